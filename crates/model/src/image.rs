@@ -1,0 +1,374 @@
+//! Image decoding with limits, and the reference's preprocessing: RGB → float in [0, 1] →
+//! resize of the long edge with kornia's antialiasing (Gaussian blur, then bilinear).
+//!
+//! Preprocessing runs on the host in plain Rust: it is cheap next to the network, works the same
+//! for every device, and lets us follow PyTorch's arithmetic step by step.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{ImageDecoder, ImageReader};
+
+use crate::{Error, Result};
+
+/// Longest side accepted by the decoder, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most pixels accepted by the decoder (40 megapixels: an 8000×5000 camera frame fits).
+pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
+/// Most bytes the decoder may allocate.
+const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// An 8-bit RGB image, pixels interleaved row by row.
+#[derive(Clone, Debug)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn new(width: u32, height: u32, data: Vec<u8>) -> Result<Self> {
+        if data.len() as u64 != width as u64 * height as u64 * 3 {
+            return Err(Error::Decode(format!(
+                "{} bytes do not make a {width}x{height} RGB image",
+                data.len()
+            )));
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+/// Decodes JPEG or PNG bytes into RGB. Dimensions are checked from the header, before any
+/// pixel buffer is allocated, so a decompression bomb is refused cheaply.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) {
+        return decode_jpeg(bytes);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Decode(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(Error::UnsupportedFormat);
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height)?;
+    decoder.set_limits(limits).map_err(map_image_error)?;
+    let image = image::DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    let rgb = image.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    RgbImage::new(width, height, rgb.into_raw())
+}
+
+fn check_dimensions(width: u32, height: u32) -> Result<()> {
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || width as u64 * height as u64 > MAX_IMAGE_PIXELS
+    {
+        return Err(Error::ImageTooLarge {
+            width,
+            height,
+            limit: format!("{MAX_IMAGE_SIDE} px per side, {MAX_IMAGE_PIXELS} pixels"),
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(Error::Decode("image has no pixels".into()));
+    }
+    Ok(())
+}
+
+/// JPEG goes through libjpeg-turbo's decoder (via mozjpeg, whose decoder is libjpeg-turbo's),
+/// with its defaults (accurate integer IDCT, fancy upsampling) — the same pixels OpenCV's
+/// `imread` gives the reference. Other decoders round differently and move keypoints.
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
+    if !has_end_of_image(bytes) {
+        return Err(Error::Decode("truncated JPEG (no end-of-image marker)".into()));
+    }
+    let decoded = std::panic::catch_unwind(|| -> Result<RgbImage> {
+        let decompress = mozjpeg::Decompress::new_mem(bytes)
+            .map_err(|e| Error::Decode(format!("JPEG header: {e}")))?;
+        let (width, height) = (decompress.width() as u32, decompress.height() as u32);
+        check_dimensions(width, height)?;
+        let mut started = decompress
+            .rgb()
+            .map_err(|e| Error::Decode(format!("JPEG: {e}")))?;
+        let data = started
+            .read_scanlines::<u8>()
+            .map_err(|e| Error::Decode(format!("JPEG data: {e}")))?;
+        started
+            .finish()
+            .map_err(|e| Error::Decode(format!("JPEG trailer: {e}")))?;
+        RgbImage::new(width, height, data)
+    });
+    decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))
+}
+
+/// A complete JPEG has an EOI marker (FF D9) after its last start-of-scan (FF DA); entropy-coded
+/// data cannot contain that byte pair, so this tells a cut-off download from a whole file.
+fn has_end_of_image(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(pos) => bytes[pos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
+fn map_image_error(e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::Unsupported(_) => Error::UnsupportedFormat,
+        image::ImageError::Limits(l) => Error::ImageTooLarge {
+            width: 0,
+            height: 0,
+            limit: l.to_string(),
+        },
+        other => Error::Decode(other.to_string()),
+    }
+}
+
+/// Reads and decodes an image file.
+pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::ImageIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_image(&bytes)
+}
+
+/// A float image in CHW layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChwImage {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// RGB bytes → CHW floats in [0, 1]; the division happens in f64 like numpy's `image / 255.0`.
+pub fn to_chw(image: &RgbImage) -> ChwImage {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let mut data = vec![0f32; 3 * h * w];
+    for (i, px) in image.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * h * w + i] = (px[c] as f64 / 255.0) as f32;
+        }
+    }
+    ChwImage {
+        channels: 3,
+        height: h,
+        width: w,
+        data,
+    }
+}
+
+/// Output (height, width) of kornia's `resize(side="long")`: the long edge becomes `target`,
+/// the other is truncated, computed in f64 like Python.
+pub fn long_edge_size(height: usize, width: usize, target: usize) -> (usize, usize) {
+    let aspect = width as f64 / height as f64;
+    if aspect < 1.0 {
+        (target, (target as f64 * aspect) as usize)
+    } else {
+        ((target as f64 / aspect) as usize, target)
+    }
+}
+
+/// kornia `resize(img, target, side="long", antialias=True, interpolation="bilinear")`.
+pub fn resize_long_edge(image: &ChwImage, target: usize) -> Result<ChwImage> {
+    let (out_h, out_w) = long_edge_size(image.height, image.width, target);
+    if out_h == 0 || out_w == 0 {
+        return Err(Error::ImageTooSmall {
+            width: image.width as u32,
+            height: image.height as u32,
+            target: target as u32,
+        });
+    }
+    if (out_h, out_w) == (image.height, image.width) {
+        return Ok(image.clone());
+    }
+    let factor_h = image.height as f64 / out_h as f64;
+    let factor_w = image.width as f64 / out_w as f64;
+    let blurred;
+    let source = if factor_h.max(factor_w) > 1.0 {
+        let sigma_h = ((factor_h - 1.0) / 2.0).max(0.001);
+        let sigma_w = ((factor_w - 1.0) / 2.0).max(0.001);
+        blurred = gaussian_blur(image, sigma_h, sigma_w);
+        &blurred
+    } else {
+        image
+    };
+    Ok(bilinear_resize(source, out_h, out_w))
+}
+
+/// kornia's kernel size for a sigma: `int(max(4σ, 3))`, made odd.
+fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let mut size = (4.0 * sigma).max(3.0) as usize;
+    if size % 2 == 0 {
+        size += 1;
+    }
+    // kornia builds the kernel in the image dtype (f32).
+    let sigma = sigma as f32;
+    let half = (size / 2) as f32;
+    let raw: Vec<f32> = (0..size)
+        .map(|i| {
+            let x = i as f32 - half;
+            (-(x * x) / (2.0 * (sigma * sigma))).exp()
+        })
+        .collect();
+    let sum: f32 = raw.iter().sum();
+    raw.into_iter().map(|v| v / sum).collect()
+}
+
+/// Index into `0..n` with numpy/PyTorch "reflect" borders (the edge sample is not repeated).
+fn reflect(i: isize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let mut i = i.rem_euclid(period);
+    if i >= n as isize {
+        i = period - i;
+    }
+    i as usize
+}
+
+/// Separable Gaussian blur with reflect borders: first along x, then along y (kornia's order).
+fn gaussian_blur(image: &ChwImage, sigma_h: f64, sigma_w: f64) -> ChwImage {
+    let (c, h, w) = (image.channels, image.height, image.width);
+    let kx = gaussian_kernel(sigma_w);
+    let ky = gaussian_kernel(sigma_h);
+    let (rx, ry) = ((kx.len() / 2) as isize, (ky.len() / 2) as isize);
+    let mut tmp = vec![0f32; c * h * w];
+    for plane in 0..c {
+        let src = &image.data[plane * h * w..(plane + 1) * h * w];
+        let dst = &mut tmp[plane * h * w..(plane + 1) * h * w];
+        for y in 0..h {
+            let row = &src[y * w..(y + 1) * w];
+            for x in 0..w {
+                let mut acc = 0f32;
+                for (k, weight) in kx.iter().enumerate() {
+                    acc += weight * row[reflect(x as isize + k as isize - rx, w)];
+                }
+                dst[y * w + x] = acc;
+            }
+        }
+    }
+    let mut out = vec![0f32; c * h * w];
+    for plane in 0..c {
+        let src = &tmp[plane * h * w..(plane + 1) * h * w];
+        let dst = &mut out[plane * h * w..(plane + 1) * h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0f32;
+                for (k, weight) in ky.iter().enumerate() {
+                    acc += weight * src[reflect(y as isize + k as isize - ry, h) * w + x];
+                }
+                dst[y * w + x] = acc;
+            }
+        }
+    }
+    ChwImage {
+        channels: c,
+        height: h,
+        width: w,
+        data: out,
+    }
+}
+
+/// Source indices and weights of PyTorch's bilinear interpolation along one axis with
+/// `align_corners=False` and an explicit output size.
+fn linear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|o| {
+            let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src as usize).min(input - 1);
+            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// `F.interpolate(mode="bilinear", align_corners=False)` to an explicit size.
+fn bilinear_resize(image: &ChwImage, out_h: usize, out_w: usize) -> ChwImage {
+    let (c, h, w) = (image.channels, image.height, image.width);
+    let ty = linear_taps(h, out_h);
+    let tx = linear_taps(w, out_w);
+    let mut out = vec![0f32; c * out_h * out_w];
+    for plane in 0..c {
+        let src = &image.data[plane * h * w..(plane + 1) * h * w];
+        let dst = &mut out[plane * out_h * out_w..(plane + 1) * out_h * out_w];
+        for (oy, &(y0, y1, wy0, wy1)) in ty.iter().enumerate() {
+            for (ox, &(x0, x1, wx0, wx1)) in tx.iter().enumerate() {
+                let top = src[y0 * w + x0] * wx0 + src[y0 * w + x1] * wx1;
+                let bottom = src[y1 * w + x0] * wx0 + src[y1 * w + x1] * wx1;
+                dst[oy * out_w + ox] = top * wy0 + bottom * wy1;
+            }
+        }
+    }
+    ChwImage {
+        channels: c,
+        height: out_h,
+        width: out_w,
+        data: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_edge_size_matches_kornia() {
+        // sacre_coeur1 is 1024x731 → 365x512; sacre_coeur2 is 768x1024 (portrait) → 512x384.
+        assert_eq!(long_edge_size(731, 1024, 512), (365, 512));
+        assert_eq!(long_edge_size(1024, 768, 512), (512, 384));
+        assert_eq!(long_edge_size(100, 100, 512), (512, 512));
+    }
+
+    #[test]
+    fn reflect_borders() {
+        let n = 4;
+        let got: Vec<usize> = (-3..7).map(|i| reflect(i, n)).collect();
+        assert_eq!(got, vec![3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn kernel_is_normalised_and_odd() {
+        for sigma in [0.001, 0.5, 1.7, 4.2] {
+            let k = gaussian_kernel(sigma);
+            assert_eq!(k.len() % 2, 1);
+            assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn garbage_bytes_are_rejected() {
+        assert!(matches!(
+            decode_image(b"definitely not an image"),
+            Err(Error::UnsupportedFormat)
+        ));
+    }
+
+    #[test]
+    fn narrow_image_cannot_be_resized() {
+        let img = ChwImage {
+            channels: 3,
+            height: 1,
+            width: 2000,
+            data: vec![0.5; 6000],
+        };
+        assert!(matches!(
+            resize_long_edge(&img, 512),
+            Err(Error::ImageTooSmall { .. })
+        ));
+    }
+}

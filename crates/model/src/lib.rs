@@ -1,0 +1,14 @@
+//! ALIKED keypoints/descriptors and LightGlue matching, implemented in candle.
+//!
+//! This crate knows nothing about HTTP, async runtimes or WBIA: it turns decoded images into
+//! [`Features`] and pairs of features into matches and a score, on any candle device.
+
+pub mod aliked;
+mod error;
+pub mod image;
+pub mod ops;
+pub mod weights;
+
+pub use aliked::{Aliked, AlikedConfig, Features};
+pub use error::{Error, Result};
+pub use image::{decode_image, load_image, RgbImage};

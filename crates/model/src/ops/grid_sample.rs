@@ -1,0 +1,116 @@
+//! Bilinear sampling of a feature map at arbitrary points: `F.grid_sample(mode="bilinear",
+//! align_corners=True, padding_mode="zeros")` for one image and a flat list of points.
+//!
+//! The tensor version computes the four corner indices and weights on the host and gathers
+//! with `index_select`, so it runs unchanged on every candle device.
+
+use candle_core::{Tensor, D};
+
+use crate::Result;
+
+/// Corner indices into a flattened `H*W` map (index `H*W` means "outside, reads zero") and
+/// their bilinear weights, four per point in PyTorch's order (nw, ne, sw, se).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BilinearTaps {
+    pub indices: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+/// PyTorch's CPU kernel unnormalises with a precomputed `(size - 1) / 2` factor.
+fn unnormalize(coord: f32, size: usize) -> f32 {
+    (coord + 1.0) * ((size as f32 - 1.0) / 2.0)
+}
+
+/// Taps for points given in normalised coordinates (x, y) ∈ [-1, 1] (align_corners=True).
+pub fn grid_taps(points: &[[f32; 2]], height: usize, width: usize) -> BilinearTaps {
+    let outside = (height * width) as u32;
+    let mut indices = Vec::with_capacity(points.len() * 4);
+    let mut weights = Vec::with_capacity(points.len() * 4);
+    for &[gx, gy] in points {
+        let ix = unnormalize(gx, width);
+        let iy = unnormalize(gy, height);
+        let (x0, y0) = (ix.floor(), iy.floor());
+        let (x1, y1) = (x0 + 1.0, y0 + 1.0);
+        let (tw, te) = (ix - x0, x1 - ix);
+        let (tn, ts) = (iy - y0, y1 - iy);
+        let corners = [
+            (x0, y0, ts * te),
+            (x1, y0, ts * tw),
+            (x0, y1, tn * te),
+            (x1, y1, tn * tw),
+        ];
+        for (x, y, weight) in corners {
+            let inside = x >= 0.0 && y >= 0.0 && x < width as f32 && y < height as f32;
+            if inside {
+                indices.push(y as u32 * width as u32 + x as u32);
+                weights.push(weight);
+            } else {
+                indices.push(outside);
+                weights.push(0.0);
+            }
+        }
+    }
+    BilinearTaps { indices, weights }
+}
+
+/// Samples `map` ([C, H, W]) at normalised points; returns [P, C].
+pub fn grid_sample(map: &Tensor, points: &[[f32; 2]]) -> Result<Tensor> {
+    let (c, h, w) = map.dims3()?;
+    let taps = grid_taps(points, h, w);
+    gather_taps(map, &taps, c, h * w)
+}
+
+/// Applies bilinear taps (four per output row) to a [C, H, W] map; returns [rows, C].
+pub(crate) fn gather_taps(map: &Tensor, taps: &BilinearTaps, c: usize, hw: usize) -> Result<Tensor> {
+    let device = map.device();
+    let rows = taps.indices.len() / 4;
+    if rows == 0 {
+        return Ok(Tensor::zeros((0, c), map.dtype(), device)?);
+    }
+    // [HW + 1, C]: the extra zero row serves every out-of-bounds corner.
+    let table = Tensor::cat(
+        &[
+            map.reshape((c, hw))?.t()?,
+            Tensor::zeros((1, c), map.dtype(), device)?,
+        ],
+        0,
+    )?
+    .contiguous()?;
+    let idx = Tensor::from_slice(&taps.indices, taps.indices.len(), device)?;
+    let wts = Tensor::from_slice(&taps.weights, (rows, 4, 1), device)?.to_dtype(map.dtype())?;
+    let corners = table.index_select(&idx, 0)?.reshape((rows, 4, c))?;
+    Ok(corners.broadcast_mul(&wts)?.sum(D::Minus2)?)
+}
+
+/// Slow, obviously-correct reference: PyTorch's scalar kernel, one point at a time.
+/// `map` is [C, H, W] row-major; returns [P, C].
+pub fn grid_sample_reference(
+    map: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    points: &[[f32; 2]],
+) -> Vec<f32> {
+    let mut out = vec![0f32; points.len() * c];
+    for (p, &[gx, gy]) in points.iter().enumerate() {
+        let ix = ((gx + 1.0) / 2.0) * (w as f32 - 1.0);
+        let iy = ((gy + 1.0) / 2.0) * (h as f32 - 1.0);
+        let (x0, y0) = (ix.floor() as i64, iy.floor() as i64);
+        let corners = [
+            (x0, y0, (x0 as f32 + 1.0 - ix) * (y0 as f32 + 1.0 - iy)),
+            (x0 + 1, y0, (ix - x0 as f32) * (y0 as f32 + 1.0 - iy)),
+            (x0, y0 + 1, (x0 as f32 + 1.0 - ix) * (iy - y0 as f32)),
+            (x0 + 1, y0 + 1, (ix - x0 as f32) * (iy - y0 as f32)),
+        ];
+        for ch in 0..c {
+            let mut acc = 0f32;
+            for &(x, y, weight) in &corners {
+                if x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h {
+                    acc += map[ch * h * w + y as usize * w + x as usize] * weight;
+                }
+            }
+            out[p * c + ch] = acc;
+        }
+    }
+    out
+}

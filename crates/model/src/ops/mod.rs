@@ -1,0 +1,7 @@
+//! Operations PyTorch has and candle lacks, each with a slow loop-by-loop reference.
+
+pub mod deform_conv;
+pub mod grid_sample;
+
+pub use deform_conv::{deform_conv2d, deform_conv2d_reference};
+pub use grid_sample::{grid_sample, grid_sample_reference, grid_taps, BilinearTaps};
