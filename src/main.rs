@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use wbia_lightglue_model::{weights, Aliked, AlikedConfig};
+use candle_core::Device;
+use wbia_lightglue_model::{load_image, weights, Aliked, AlikedConfig, LightGlue, LightGlueConfig};
 
+mod bench;
 mod cli;
 
 #[derive(Parser)]
@@ -20,6 +22,10 @@ struct Cli {
 enum Command {
     /// Detect ALIKED keypoints and descriptors in one image and write them as safetensors.
     Extract(ExtractArgs),
+    /// Match two images and print the pair score (sum of match confidences).
+    Match(MatchArgs),
+    /// Time extraction and matching on this machine and print JSON (see scripts/bench.sh).
+    Bench(bench::BenchArgs),
     /// Convert a PyTorch checkpoint (.pth) to safetensors.
     ConvertWeights {
         input: PathBuf,
@@ -54,7 +60,7 @@ impl ModelArgs {
         }
     }
 
-    pub fn load_aliked(&self, device: &candle_core::Device) -> Result<Aliked> {
+    pub fn load_aliked(&self, device: &Device) -> Result<Aliked> {
         let path = weights::find_weights(self.weights.as_deref(), weights::ALIKED_FILE)?;
         Aliked::from_file(&path, self.aliked_config(), device)
             .with_context(|| format!("loading {}", path.display()))
@@ -71,13 +77,58 @@ struct ExtractArgs {
     model: ModelArgs,
 }
 
+#[derive(Args)]
+struct MatchArgs {
+    image0: PathBuf,
+    image1: PathBuf,
+    /// Print matches, match scores and the stop layer as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    matcher: MatcherArgs,
+}
+
+/// LightGlue settings.
+#[derive(Args, Clone)]
+pub struct MatcherArgs {
+    /// Early-exit confidence (-1 disables adaptive depth).
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    pub depth_confidence: f32,
+    /// Point-pruning confidence (-1 disables adaptive width).
+    #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
+    pub width_confidence: f32,
+    /// Minimum confidence of a match.
+    #[arg(long, default_value_t = 0.1)]
+    pub filter_threshold: f32,
+}
+
+impl MatcherArgs {
+    pub fn config(&self) -> LightGlueConfig {
+        LightGlueConfig {
+            depth_confidence: self.depth_confidence,
+            width_confidence: self.width_confidence,
+            filter_threshold: self.filter_threshold,
+        }
+    }
+}
+
+impl ModelArgs {
+    pub fn load_lightglue(&self, config: LightGlueConfig, device: &Device) -> Result<LightGlue> {
+        let path = weights::find_weights(self.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
+        LightGlue::from_file(&path, config, device)
+            .with_context(|| format!("loading {}", path.display()))
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Extract(args) => {
-            let device = candle_core::Device::Cpu;
+            let device = Device::Cpu;
             let model = args.model.load_aliked(&device)?;
-            let image = wbia_lightglue_model::load_image(&args.image)?;
+            let image = load_image(&args.image)?;
             let start = Instant::now();
             let features = model.extract(&image)?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -89,6 +140,27 @@ fn main() -> Result<()> {
                 args.output.display()
             );
         }
+        Command::Match(args) => {
+            let device = Device::Cpu;
+            let extractor = args.model.load_aliked(&device)?;
+            let matcher = args.model.load_lightglue(args.matcher.config(), &device)?;
+            let f0 = extractor.extract(&load_image(&args.image0)?)?;
+            let f1 = extractor.extract(&load_image(&args.image1)?)?;
+            let result = matcher.match_pair(&f0, &f1)?;
+            if args.json {
+                let out = serde_json::json!({
+                    "score": result.score(),
+                    "num_keypoints": [f0.len(), f1.len()],
+                    "matches": result.matches,
+                    "match_scores": result.scores,
+                    "stop_layer": result.stop_layer,
+                });
+                println!("{out}");
+            } else {
+                println!("{}", result.score());
+            }
+        }
+        Command::Bench(args) => bench::run(&args)?,
         Command::ConvertWeights { input, output } => {
             let n = weights::convert_pth(&input, &output)
                 .with_context(|| format!("converting {}", input.display()))?;

@@ -16,6 +16,7 @@ Prints a single JSON object on stdout (progress goes to stderr):
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -124,6 +125,9 @@ def main() -> int:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor() or None,
+        # high load means another process competed for the cores; torch's
+        # worker threads spin-wait, so such timings can be far too slow
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
 
     # (a) extraction ---------------------------------------------------------
@@ -181,6 +185,7 @@ def main() -> int:
         res["peak_rss_mb_after_1vn"] = peak_rss_mb()
         log(f"1-vs-{args.n}: {args.n / dt:.2f} pairs/s")
 
+    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(res))
     return 0
 

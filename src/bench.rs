@@ -1,0 +1,164 @@
+//! `wbia-lightglue bench`: the timings `scripts/bench.sh` sets beside the PyTorch reference's
+//! (`scripts/reference/bench_reference.py`), with the same keys and the same inputs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::Args;
+use serde_json::{json, Map, Value};
+use wbia_lightglue_model::{load_image, Features, LightGlueConfig, RgbImage};
+
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Image for the extraction timing.
+    #[arg(long, default_value = "tests/fixtures/lightglue/sacre_coeur1.jpg")]
+    image: PathBuf,
+    /// Directory of the fixture images (the sacre_coeur pair and the 1-vs-N database).
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: PathBuf,
+    /// Timed runs per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Database size for 1-vs-N.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Pairs per padded batch in batched 1-vs-N.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long)]
+    skip_1vn: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+const DB_IMAGES: [&str; 11] = [
+    "lightglue/sacre_coeur1.jpg",
+    "lightglue/sacre_coeur2.jpg",
+    "lightglue/DSC_0410.JPG",
+    "lightglue/DSC_0411.JPG",
+    "opencv/graf1.png",
+    "opencv/graf3.png",
+    "turtles/turtle_a1.jpg",
+    "turtles/turtle_a2.jpg",
+    "turtles/turtle_b3.jpg",
+    "turtles/turtle_b4.jpg",
+    "wbia/2014_000001.jpg",
+];
+
+/// Median and all run times in milliseconds, after one untimed warm-up.
+fn timed<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, Vec<f64>)> {
+    f()?;
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    };
+    Ok((median, times))
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
+}
+
+fn round2(v: f64) -> Value {
+    json!((v * 100.0).round() / 100.0)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let mut res = Map::new();
+    res.insert("device".into(), json!("cpu"));
+    res.insert(
+        "threads".into(),
+        json!(std::env::var("RAYON_NUM_THREADS").ok()),
+    );
+    res.insert("repeat".into(), json!(args.repeat));
+
+    let extractor = args.model.load_aliked(&device)?;
+    let image = load_image(&args.image)?;
+    let (median, times) = timed(args.repeat, || Ok(extractor.extract(&image)?))?;
+    res.insert("extract_image".into(), json!(args.image));
+    res.insert("extract_ms".into(), round2(median));
+    res.insert("extract_ms_all".into(), json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()));
+    res.insert("peak_rss_mb_after_extract".into(), json!(peak_rss_mb()));
+    eprintln!("extract: {median:.1} ms");
+
+    let fixture = |p: &str| -> Result<RgbImage> { Ok(load_image(args.fixtures.join(p))?) };
+    let sc = [fixture(DB_IMAGES[0])?, fixture(DB_IMAGES[1])?];
+    let extract_pair = |max: i64| -> Result<(Features, Features)> {
+        let mut model = args.model.clone();
+        model.max_keypoints = max;
+        let e = model.load_aliked(&device)?;
+        Ok((e.extract(&sc[0])?, e.extract(&sc[1])?))
+    };
+    let pairs = [(2048, extract_pair(2048)?), (512, extract_pair(512)?)];
+    let modes = [
+        ("adaptive", LightGlueConfig::default()),
+        ("full", LightGlueConfig::full()),
+    ];
+    for (mode, config) in &modes {
+        let matcher = args.model.load_lightglue(config.clone(), &device)?;
+        for (k, (f0, f1)) in &pairs {
+            let out = matcher.match_pair(f0, f1)?;
+            let (median, times) = timed(args.repeat, || Ok(matcher.match_pair(f0, f1)?))?;
+            let key = format!("match_ms_{k}_{mode}");
+            res.insert(key.clone(), round2(median));
+            res.insert(format!("{key}_all"), json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()));
+            res.insert(format!("matches_{k}_{mode}"), json!(out.matches.len()));
+            res.insert(format!("stop_{k}_{mode}"), json!(out.stop_layer));
+            eprintln!("{key}: {median:.1} ms ({} matches, stop {})", out.matches.len(), out.stop_layer);
+        }
+    }
+    res.insert("peak_rss_mb_after_match".into(), json!(peak_rss_mb()));
+
+    if !args.skip_1vn {
+        let db_feats = DB_IMAGES
+            .iter()
+            .map(|p| Ok(extractor.extract(&fixture(p)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let db: Vec<&Features> = (0..args.n).map(|i| &db_feats[i % db_feats.len()]).collect();
+        let query = &pairs[0].1 .0;
+
+        let adaptive = args.model.load_lightglue(LightGlueConfig::default(), &device)?;
+        adaptive.match_pair(query, db[1])?;
+        let start = Instant::now();
+        for f in &db {
+            adaptive.match_pair(query, f)?;
+        }
+        let dt = start.elapsed().as_secs_f64();
+        res.insert("one_vs_n_n".into(), json!(args.n));
+        res.insert("one_vs_n_mode".into(), json!("adaptive"));
+        res.insert("one_vs_n_total_s".into(), round2(dt));
+        res.insert("one_vs_n_pairs_per_s".into(), json!(args.n as f64 / dt));
+        eprintln!("1-vs-{} sequential adaptive: {:.2} pairs/s", args.n, args.n as f64 / dt);
+
+        let full = args.model.load_lightglue(LightGlueConfig::full(), &device)?;
+        let start = Instant::now();
+        full.match_batch(query, &db, args.batch_size)?;
+        let dt = start.elapsed().as_secs_f64();
+        res.insert("one_vs_n_batched_batch_size".into(), json!(args.batch_size));
+        res.insert("one_vs_n_batched_total_s".into(), round2(dt));
+        res.insert("one_vs_n_batched_pairs_per_s".into(), json!(args.n as f64 / dt));
+        res.insert("peak_rss_mb_after_1vn".into(), json!(peak_rss_mb()));
+        eprintln!("1-vs-{} batched full: {:.2} pairs/s", args.n, args.n as f64 / dt);
+    }
+    println!("{}", Value::Object(res));
+    Ok(())
+}
