@@ -5,12 +5,14 @@
 //! `Extractor.extract(img, resize=512)`): the same weights by name, the same padding, the same
 //! keypoint detection (NMS radius 2, top-k or threshold, soft-argmax refinement).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::image::{long_edge_size, resize_long_edge, to_chw, RgbImage};
-use crate::ops::{deform_conv2d, grid_sample, grid_taps};
+use crate::ops::fused::{aggregate_features, bias_selu, l2_normalize_rows};
+use crate::ops::grid_sample::gather_taps;
+use crate::ops::{deform_conv2d, grid_taps};
 use crate::{Error, Result};
 
 /// Detection settings, with the WBIA plugin's defaults.
@@ -114,17 +116,11 @@ impl Features {
     }
 }
 
-const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
-const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
-
-fn selu(x: &Tensor) -> Result<Tensor> {
-    Ok((x.elu(SELU_ALPHA)? * SELU_SCALE)?)
-}
-
-/// A plain convolution with optional bias (weights `<name>.weight`, `<name>.bias`).
+/// A convolution whose bias (including any folded BatchNorm shift) is kept on the host, so
+/// that it can be applied together with the activation in one pass ([`bias_selu`]).
 struct Conv {
     weight: Tensor,
-    bias: Option<Tensor>,
+    bias: Option<Vec<f32>>,
     padding: usize,
 }
 
@@ -132,7 +128,7 @@ impl Conv {
     fn load(vb: VarBuilder, c_in: usize, c_out: usize, k: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((c_out, c_in, k, k), "weight")?;
         let bias = if bias {
-            Some(vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?)
+            Some(vb.get(c_out, "bias")?.to_vec1::<f32>()?)
         } else {
             None
         };
@@ -143,76 +139,83 @@ impl Conv {
         })
     }
 
+    /// The convolution without its bias.
+    fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?)
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, 1, 1, 1)?;
+        let y = self.forward_raw(x)?;
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => {
+                let b = Tensor::from_slice(b, (1, b.len(), 1, 1), y.device())?;
+                y.broadcast_add(&b)?
+            }
             None => y,
         })
     }
+
+    fn forward_selu(&self, x: &Tensor) -> Result<Tensor> {
+        bias_selu(&self.forward_raw(x)?, self.bias.as_deref())
+    }
 }
 
-/// Inference BatchNorm as PyTorch evaluates it: `x * alpha + beta` with
-/// `alpha = weight / sqrt(var + eps)` and `beta = bias - mean * alpha`.
-struct BatchNorm {
-    alpha: Tensor,
-    beta: Tensor,
-}
-
-impl BatchNorm {
-    fn load(vb: VarBuilder, c: usize) -> Result<Self> {
-        let get = |name: &str| -> Result<Vec<f32>> {
-            Ok(vb.get(c, name)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-        };
-        let (weight, bias, mean, var) = (
-            get("weight")?,
-            get("bias")?,
-            get("running_mean")?,
-            get("running_var")?,
-        );
-        let alpha: Vec<f32> = (0..c)
-            .map(|i| weight[i] * (1.0 / (var[i] + 1e-5).sqrt()))
-            .collect();
-        let beta: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * alpha[i]).collect();
-        let device = vb.device();
-        Ok(Self {
-            alpha: Tensor::from_vec(alpha, (1, c, 1, 1), device)?,
-            beta: Tensor::from_vec(beta, (1, c, 1, 1), device)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.alpha)?.broadcast_add(&self.beta)?)
-    }
+/// Inference BatchNorm as PyTorch evaluates it, `x * alpha + beta` with
+/// `alpha = weight / sqrt(var + eps)` and `beta = bias - mean * alpha`, folded into the
+/// preceding bias-free convolution: weights scaled by `alpha`, bias `beta`.
+fn fold_batch_norm(vb: VarBuilder, weight: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+    let c = weight.dim(0)?;
+    let get = |name: &str| -> Result<Vec<f32>> { Ok(vb.get(c, name)?.to_vec1::<f32>()?) };
+    let (gamma, shift, mean, var) = (
+        get("weight")?,
+        get("bias")?,
+        get("running_mean")?,
+        get("running_var")?,
+    );
+    let alpha: Vec<f32> = (0..c)
+        .map(|i| gamma[i] * (1.0 / (var[i] + 1e-5).sqrt()))
+        .collect();
+    let beta: Vec<f32> = (0..c).map(|i| shift[i] - mean[i] * alpha[i]).collect();
+    let alpha_t = Tensor::from_slice(&alpha, (c, 1, 1, 1), weight.device())?;
+    Ok((weight.broadcast_mul(&alpha_t)?, beta))
 }
 
 /// A 3×3 convolution, deformable in the deep blocks (offsets from a learnt 3×3 conv, clamped
-/// to a quarter of the map size, no modulation mask).
-enum Conv3x3 {
-    Plain(Conv),
-    Deformable { offset: Conv, weight: Tensor },
+/// to a quarter of the map size, no modulation mask), followed by a BatchNorm folded into
+/// its weights and `bias`.
+struct Conv3x3 {
+    weight: Tensor,
+    bias: Vec<f32>,
+    offset: Option<Conv>,
 }
 
 impl Conv3x3 {
-    fn load(vb: VarBuilder, c_in: usize, c_out: usize, deformable: bool) -> Result<Self> {
-        if deformable {
-            Ok(Self::Deformable {
-                offset: Conv::load(vb.pp("offset_conv"), c_in, 18, 3, true)?,
-                weight: vb.get((c_out, c_in, 3, 3), "regular_conv.weight")?,
-            })
+    fn load(vb: VarBuilder, bn: VarBuilder, c_in: usize, c_out: usize, dcn: bool) -> Result<Self> {
+        let (weight, offset) = if dcn {
+            (
+                vb.get((c_out, c_in, 3, 3), "regular_conv.weight")?,
+                Some(Conv::load(vb.pp("offset_conv"), c_in, 18, 3, true)?),
+            )
         } else {
-            Ok(Self::Plain(Conv::load(vb, c_in, c_out, 3, false)?))
-        }
+            (vb.get((c_out, c_in, 3, 3), "weight")?, None)
+        };
+        let (weight, bias) = fold_batch_norm(bn, &weight)?;
+        Ok(Self {
+            weight,
+            bias,
+            offset,
+        })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Plain(conv) => conv.forward(x),
-            Self::Deformable { offset, weight } => {
+    /// Convolution and BatchNorm scale, without the BatchNorm shift (`self.bias`).
+    fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.offset {
+            None => Ok(x.conv2d(&self.weight, 1, 1, 1, 1)?),
+            Some(offset) => {
                 let (_, _, h, w) = x.dims4()?;
                 let max_offset = h.max(w) as f64 / 4.0;
                 let offsets = offset.forward(x)?.clamp(-max_offset, max_offset)?;
-                deform_conv2d(x, &offsets, weight, None, 1)
+                deform_conv2d(x, &offsets, &self.weight, None, 1)
             }
         }
     }
@@ -221,19 +224,15 @@ impl Conv3x3 {
 /// `ConvBlock` (block1) or `ResBlock` (blocks 2–4, with a 1×1 projection on the skip path).
 struct Block {
     conv1: Conv3x3,
-    bn1: BatchNorm,
     conv2: Conv3x3,
-    bn2: BatchNorm,
     downsample: Option<Conv>,
 }
 
 impl Block {
     fn load(vb: VarBuilder, c_in: usize, c_out: usize, residual: bool, dcn: bool) -> Result<Self> {
         Ok(Self {
-            conv1: Conv3x3::load(vb.pp("conv1"), c_in, c_out, dcn)?,
-            bn1: BatchNorm::load(vb.pp("bn1"), c_out)?,
-            conv2: Conv3x3::load(vb.pp("conv2"), c_out, c_out, dcn)?,
-            bn2: BatchNorm::load(vb.pp("bn2"), c_out)?,
+            conv1: Conv3x3::load(vb.pp("conv1"), vb.pp("bn1"), c_in, c_out, dcn)?,
+            conv2: Conv3x3::load(vb.pp("conv2"), vb.pp("bn2"), c_out, c_out, dcn)?,
             downsample: if residual {
                 Some(Conv::load(vb.pp("downsample"), c_in, c_out, 1, true)?)
             } else {
@@ -243,12 +242,37 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = selu(&self.bn1.forward(&self.conv1.forward(x)?)?)?;
-        let y = self.bn2.forward(&self.conv2.forward(&y)?)?;
+        let y = bias_selu(&self.conv1.forward_raw(x)?, Some(&self.conv1.bias))?;
+        let y = self.conv2.forward_raw(&y)?;
         match &self.downsample {
-            Some(down) => selu(&(y + down.forward(x)?)?),
-            None => selu(&y),
+            Some(down) => {
+                // selu(bn2(conv2) + down(x)): both biases go into the one fused pass.
+                let bias: Vec<f32> = match &down.bias {
+                    Some(db) => self.conv2.bias.iter().zip(db).map(|(a, b)| a + b).collect(),
+                    None => self.conv2.bias.clone(),
+                };
+                bias_selu(&(y + down.forward_raw(x)?)?, Some(&bias))
+            }
+            None => bias_selu(&y, Some(&self.conv2.bias)),
         }
+    }
+}
+
+/// The L2-normalised dense descriptor map, channels-last, possibly padded: pixel (y, x) of
+/// the image's map is row `(y + top) * stride + x + left`.
+pub struct FeatureTable {
+    pub rows: Tensor,
+    pub height: usize,
+    pub width: usize,
+    top: usize,
+    left: usize,
+    stride: usize,
+}
+
+impl FeatureTable {
+    fn row(&self, pixel: u32) -> u32 {
+        let (y, x) = (pixel as usize / self.width, pixel as usize % self.width);
+        ((y + self.top) * self.stride + x + self.left) as u32
     }
 }
 
@@ -298,11 +322,12 @@ impl Sddh {
         })
     }
 
-    /// `features`: [C, H, W]; `keypoints`: normalised (x, y) in [-1, 1]. Returns [N, C].
-    fn forward(&self, features: &Tensor, keypoints: &[[f32; 2]]) -> Result<Tensor> {
-        let (c, h, w) = features.dims3()?;
+    /// `keypoints`: normalised (x, y) in [-1, 1]. Returns [N, C] descriptors.
+    fn forward(&self, features: &FeatureTable, keypoints: &[[f32; 2]]) -> Result<Tensor> {
+        let (h, w) = (features.height, features.width);
+        let c = features.rows.dim(1)?;
         let n = keypoints.len();
-        let device = features.device();
+        let device = features.rows.device();
         if n == 0 {
             return Ok(Tensor::zeros((0, c), DType::F32, device)?);
         }
@@ -325,19 +350,20 @@ impl Sddh {
             for a in 0..ps {
                 for b in 0..ps {
                     let (py, px) = ((cy + a).min(h - 1), (cx + b).min(w - 1));
-                    patch_idx.push((py * w + px) as u32);
+                    patch_idx.push(features.row((py * w + px) as u32));
                 }
             }
         }
-        let table = features.reshape((c, h * w))?.t()?.contiguous()?;
         let idx = Tensor::from_vec(patch_idx, n * ps * ps, device)?;
         // [N, 9, C] → [N, C, 9] → [N, C*9], matching the conv weight's (c, a, b) order.
-        let patches = table
+        let patches = features
+            .rows
             .index_select(&idx, 0)?
             .reshape((n, ps * ps, c))?
             .transpose(1, 2)?
             .reshape((n, c * ps * ps))?;
-        let hidden = selu(&patches.matmul(&self.offset_w1)?.broadcast_add(&self.offset_b1)?)?;
+        let hidden = patches.matmul(&self.offset_w1)?.broadcast_add(&self.offset_b1)?;
+        let hidden = bias_selu(&hidden.unsqueeze(0)?.unsqueeze(0)?, None)?.squeeze(0)?.squeeze(0)?;
         let max_offset = h.max(w) as f64 / 4.0;
         let offsets = hidden
             .matmul(&self.offset_w2)?
@@ -353,19 +379,15 @@ impl Sddh {
                 points.push([2.0 * px / wm1 - 1.0, 2.0 * py / hm1 - 1.0]);
             }
         }
-        let sampled = grid_sample(features, &points)?; // [N * n_pos, C]
-        let projected = selu(&sampled.matmul(&self.sf_weight_t)?)?;
+        let taps = grid_taps(&points, h, w);
+        let sampled = gather_taps(&features.rows, &taps, |i| features.row(i))?; // [N·n_pos, C]
+        let projected = sampled.matmul(&self.sf_weight_t)?;
+        let projected = bias_selu(&projected.unsqueeze(0)?.unsqueeze(0)?, None)?.squeeze(0)?.squeeze(0)?;
         let descs = projected
             .reshape((n, self.n_pos * self.dim))?
             .matmul(&self.agg)?;
-        l2_normalize(&descs, D::Minus1)
+        l2_normalize_rows(&descs)
     }
-}
-
-/// `F.normalize(x, p=2, dim)`: divide by the norm, floored at 1e-12.
-fn l2_normalize(x: &Tensor, dim: D) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(dim)?.sqrt()?.maximum(1e-12)?;
-    Ok(x.broadcast_div(&norm)?)
 }
 
 /// The network's weights and the detection settings.
@@ -378,7 +400,9 @@ pub struct Aliked {
     conv2: Conv,
     conv3: Conv,
     conv4: Conv,
-    score_head: [Conv; 4],
+    /// The score head's 1×1 input conv, transposed to [128, 8].
+    score_head_in: Tensor,
+    score_head: [Conv; 3],
     desc_head: Sddh,
     config: AlikedConfig,
     device: Device,
@@ -404,8 +428,12 @@ impl Aliked {
             conv2: Conv::load(vb.pp("conv2"), C2, DIM / 4, 1, false)?,
             conv3: Conv::load(vb.pp("conv3"), C3, DIM / 4, 1, false)?,
             conv4: Conv::load(vb.pp("conv4"), DIM, DIM / 4, 1, false)?,
+            score_head_in: vb
+                .get((8, DIM, 1, 1), "score_head.0.weight")?
+                .reshape((8, DIM))?
+                .t()?
+                .contiguous()?,
             score_head: [
-                Conv::load(vb.pp("score_head.0"), DIM, 8, 1, false)?,
                 Conv::load(vb.pp("score_head.2"), 8, 4, 3, false)?,
                 Conv::load(vb.pp("score_head.4"), 4, 4, 3, false)?,
                 Conv::load(vb.pp("score_head.6"), 4, 1, 3, false)?,
@@ -434,10 +462,10 @@ impl Aliked {
         &self.device
     }
 
-    /// Dense maps of a [1, 3, H, W] image: L2-normalised features [1, 128, H, W] and the
-    /// score map [1, 1, H, W]. The image is padded (replicate) to a multiple of 32 and the
-    /// maps cropped back.
-    pub fn dense_maps(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Dense maps of a [1, 3, H, W] image: the L2-normalised descriptor map (channels-last)
+    /// and the score map [1, 1, H, W]. The image is padded (replicate) to a multiple of 32;
+    /// the score map is cropped back, the feature table remembers the padding.
+    pub fn dense_maps(&self, image: &Tensor) -> Result<(FeatureTable, Tensor)> {
         let (_, _, h, w) = image.dims4()?;
         let pad = |size: usize| {
             let total = (32 - size % 32) % 32;
@@ -454,24 +482,36 @@ impl Aliked {
         let x2 = self.block2.forward(&x1.avg_pool2d(2)?)?;
         let x3 = self.block3.forward(&x2.avg_pool2d(4)?)?;
         let x4 = self.block4.forward(&x3.avg_pool2d(4)?)?;
-        let x1 = selu(&self.conv1.forward(&x1)?)?;
-        let x2 = selu(&self.conv2.forward(&x2)?)?;
-        let x3 = selu(&self.conv3.forward(&x3)?)?;
-        let x4 = selu(&self.conv4.forward(&x4)?)?;
-        let up = |t: &Tensor| t.upsample_bilinear2d(ph, pw, true);
-        let x1234 = Tensor::cat(&[x1, up(&x2)?, up(&x3)?, up(&x4)?], 1)?;
+        let maps = [
+            self.conv1.forward_selu(&x1)?,
+            self.conv2.forward_selu(&x2)?,
+            self.conv3.forward_selu(&x3)?,
+            self.conv4.forward_selu(&x4)?,
+        ];
+        // [PH·PW, 128]: the concatenated, upsampled maps, one pixel per row.
+        let x1234 = aggregate_features(&maps)?;
 
-        let mut s = x1234.clone();
+        // The head's first conv is 1×1: a matrix product on the channels-last table.
+        let s = x1234.matmul(&self.score_head_in)?; // [PH·PW, 8]
+        let mut s = bias_selu(&s.t()?.reshape((1, 8, ph, pw))?, None)?;
         for (i, conv) in self.score_head.iter().enumerate() {
-            s = conv.forward(&s)?;
-            if i < 3 {
-                s = selu(&s)?;
+            s = conv.forward_raw(&s)?;
+            if i < 2 {
+                s = bias_selu(&s, None)?;
             }
         }
-        let scores = candle_nn::ops::sigmoid(&s)?;
-        let features = l2_normalize(&x1234, D::Minus(3))?;
-        let crop = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(2, top, h)?.narrow(3, left, w)?) };
-        Ok((crop(&features)?, crop(&scores)?))
+        let scores = candle_nn::ops::sigmoid(&s)?
+            .narrow(2, top, h)?
+            .narrow(3, left, w)?;
+        let features = FeatureTable {
+            rows: l2_normalize_rows(&x1234)?,
+            height: h,
+            width: w,
+            top,
+            left,
+            stride: pw,
+        };
+        Ok((features, scores))
     }
 
     /// Keypoints and descriptors of an RGB image, in its original pixel coordinates.
@@ -501,7 +541,7 @@ impl Aliked {
         let detected = detect_keypoints(&score_map, rh, rw, &self.config);
         let descriptors = self
             .desc_head
-            .forward(&features.squeeze(0)?, &detected.normalized)?
+            .forward(&features, &detected.normalized)?
             .flatten_all()?
             .to_vec1::<f32>()?;
 

@@ -11,6 +11,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::aliked::Features;
+use crate::ops::attention;
 use crate::{Error, Result};
 
 const INPUT_DIM: usize = 128;
@@ -124,16 +125,6 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
     Ok(x.transpose(1, 2)?.reshape((b, n, DIM))?)
 }
 
-/// Softmax attention; `bias` is an additive key mask ([B, 1, 1, N], 0 or -inf).
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let mut sim = (q.matmul(&k.t()?)? * (HEAD_DIM as f64).powf(-0.5))?;
-    if let Some(bias) = bias {
-        sim = sim.broadcast_add(bias)?;
-    }
-    let attn = candle_nn::ops::softmax_last_dim(&sim)?;
-    Ok(attn.matmul(v)?)
-}
-
 /// Rotary encoding of keypoint positions: cos and sin of a learnt projection, each frequency
 /// repeated for the two members of a rotated pair. Shapes [B, 1, N, 64].
 #[derive(Clone)]
@@ -189,12 +180,13 @@ impl SelfBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, bias: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rotary: &Rotary, key_lens: Option<&[usize]>) -> Result<Tensor> {
         let qkv = self.wqkv.forward(x)?;
         let q = rotary.apply(&split_heads(&qkv.narrow(2, 0, DIM)?)?)?;
         let k = rotary.apply(&split_heads(&qkv.narrow(2, DIM, DIM)?)?)?;
         let v = split_heads(&qkv.narrow(2, 2 * DIM, DIM)?)?;
-        let context = attention(&q, &k, &v, bias)?;
+        let scale = (HEAD_DIM as f32).powf(-0.5);
+        let context = attention(&q, &k, &v, scale, key_lens)?;
         let message = self.out_proj.forward(&merge_heads(&context)?)?;
         self.ffn.residual(x, &message)
     }
@@ -217,24 +209,25 @@ impl CrossBlock {
         })
     }
 
-    /// Bidirectional attention sharing one similarity matrix; `bias1` masks padded keys of
-    /// image 1 (image 0, the query, is never padded).
-    fn forward(&self, x0: &Tensor, x1: &Tensor, bias1: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    /// Bidirectional attention: image 0 attends to image 1 and back, through the same
+    /// similarities (the reference's `sim` and its transpose). `lens1` marks the real points
+    /// of a padded image 1 (image 0, the query, is never padded).
+    fn forward(
+        &self,
+        x0: &Tensor,
+        x1: &Tensor,
+        lens1: Option<&[usize]>,
+    ) -> Result<(Tensor, Tensor)> {
         let scale = (HEAD_DIM as f64).powf(-0.5).sqrt();
         let qk0 = (split_heads(&self.to_qk.forward(x0)?)? * scale)?;
         let qk1 = (split_heads(&self.to_qk.forward(x1)?)? * scale)?;
         let v0 = split_heads(&self.to_v.forward(x0)?)?;
         let v1 = split_heads(&self.to_v.forward(x1)?)?;
-        let sim = qk0.matmul(&qk1.t()?)?; // [B, H, M, N]
-        // Only image 1's padded keys need masking; its padded rows attend to image 0 normally
-        // (finite garbage that no real point ever reads).
-        let attn01 = match bias1 {
-            Some(bias) => candle_nn::ops::softmax_last_dim(&sim.broadcast_add(bias)?)?,
-            None => candle_nn::ops::softmax_last_dim(&sim)?,
-        };
-        let attn10 = candle_nn::ops::softmax_last_dim(&sim.transpose(2, 3)?.contiguous()?)?;
-        let m0 = self.to_out.forward(&merge_heads(&attn01.matmul(&v1)?)?)?;
-        let m1 = self.to_out.forward(&merge_heads(&attn10.matmul(&v0)?)?)?;
+        let m0 = attention(&qk0, &qk1, &v1, 1.0, lens1)?;
+        // Padded rows of image 1 attend to image 0 too: finite values no real point reads.
+        let m1 = attention(&qk1, &qk0, &v0, 1.0, None)?;
+        let m0 = self.to_out.forward(&merge_heads(&m0)?)?;
+        let m1 = self.to_out.forward(&merge_heads(&m1)?)?;
         Ok((self.ffn.residual(x0, &m0)?, self.ffn.residual(x1, &m1)?))
     }
 }
@@ -532,15 +525,16 @@ impl LightGlue {
             .input_proj
             .forward(&Tensor::from_vec(desc, (b, n_max, INPUT_DIM), &self.device)?)?;
         let enc1 = self.rotary(&Tensor::stack(&kpts, 0)?)?;
-        let bias = Tensor::from_vec(bias, (b, 1, 1, n_max), &self.device)?;
+        let bias = Tensor::from_vec(bias, (b, 1, n_max), &self.device)?;
+        let lens: Vec<usize> = database.iter().map(|f| f.len()).collect();
         let mut desc0 = desc0.broadcast_as((b, m, DIM))?.contiguous()?;
         let enc0 = self.rotary(kpts0)?;
         for layer in &self.layers {
             desc0 = layer.self_attn.forward(&desc0, &enc0, None)?;
-            desc1 = layer.self_attn.forward(&desc1, &enc1, Some(&bias))?;
-            (desc0, desc1) = layer.cross_attn.forward(&desc0, &desc1, Some(&bias))?;
+            desc1 = layer.self_attn.forward(&desc1, &enc1, Some(&lens))?;
+            (desc0, desc1) = layer.cross_attn.forward(&desc0, &desc1, Some(&lens))?;
         }
-        let scores = self.assignment[LAYERS - 1].scores(&desc0, &desc1, Some(&bias.squeeze(1)?))?;
+        let scores = self.assignment[LAYERS - 1].scores(&desc0, &desc1, Some(&bias))?;
         let th = self.config.filter_threshold;
         database
             .iter()

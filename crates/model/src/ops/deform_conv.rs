@@ -56,6 +56,7 @@ fn deform_taps(
     let mut taps = BilinearTaps {
         indices: Vec::with_capacity(kh * kw * hw * 4),
         weights: Vec::with_capacity(kh * kw * hw * 4),
+        outside: hw as u32,
     };
     for i in 0..kh {
         for j in 0..kw {
@@ -108,7 +109,8 @@ pub fn deform_conv2d(
     let offsets = offset.flatten_all()?.to_vec1::<f32>()?;
     let taps = deform_taps(&offsets, h, w, kh, kw, padding);
     // [k * HW, C] → [C * k, HW], rows ordered (c, tap) like the flattened weight.
-    let columns = gather_taps(&input.squeeze(0)?, &taps, c, h * w)?
+    let table = input.reshape((c, h * w))?.t()?.contiguous()?;
+    let columns = gather_taps(&table, &taps, |i| i)?
         .reshape((k, h * w, c))?
         .permute((2, 0, 1))?
         .reshape((c * k, h * w))?;

@@ -14,6 +14,8 @@ use crate::Result;
 pub struct BilinearTaps {
     pub indices: Vec<u32>,
     pub weights: Vec<f32>,
+    /// The index that stands for "outside the map" (H·W).
+    pub outside: u32,
 }
 
 /// PyTorch's CPU kernel unnormalises with a precomputed `(size - 1) / 2` factor.
@@ -50,34 +52,45 @@ pub fn grid_taps(points: &[[f32; 2]], height: usize, width: usize) -> BilinearTa
             }
         }
     }
-    BilinearTaps { indices, weights }
+    BilinearTaps {
+        indices,
+        weights,
+        outside,
+    }
 }
 
 /// Samples `map` ([C, H, W]) at normalised points; returns [P, C].
 pub fn grid_sample(map: &Tensor, points: &[[f32; 2]]) -> Result<Tensor> {
     let (c, h, w) = map.dims3()?;
-    let taps = grid_taps(points, h, w);
-    gather_taps(map, &taps, c, h * w)
+    let table = map.reshape((c, h * w))?.t()?.contiguous()?;
+    gather_taps(&table, &grid_taps(points, h, w), |i| i)
 }
 
-/// Applies bilinear taps (four per output row) to a [C, H, W] map; returns [rows, C].
-pub(crate) fn gather_taps(map: &Tensor, taps: &BilinearTaps, c: usize, hw: usize) -> Result<Tensor> {
-    let device = map.device();
+/// Applies bilinear taps (four per output row) to a channels-last table [R, C]; returns
+/// [rows, C]. `row_of` maps a tap's pixel index to a table row; the "outside" index gets
+/// row 0 with its zero weight.
+pub(crate) fn gather_taps(
+    table: &Tensor,
+    taps: &BilinearTaps,
+    row_of: impl Fn(u32) -> u32,
+) -> Result<Tensor> {
+    let (r, c) = table.dims2()?;
+    let device = table.device();
     let rows = taps.indices.len() / 4;
     if rows == 0 {
-        return Ok(Tensor::zeros((0, c), map.dtype(), device)?);
+        return Ok(Tensor::zeros((0, c), table.dtype(), device)?);
     }
-    // [HW + 1, C]: the extra zero row serves every out-of-bounds corner.
-    let table = Tensor::cat(
-        &[
-            map.reshape((c, hw))?.t()?,
-            Tensor::zeros((1, c), map.dtype(), device)?,
-        ],
-        0,
-    )?
-    .contiguous()?;
-    let idx = Tensor::from_slice(&taps.indices, taps.indices.len(), device)?;
-    let wts = Tensor::from_slice(&taps.weights, (rows, 4, 1), device)?.to_dtype(map.dtype())?;
+    let outside = taps.outside;
+    let idx: Vec<u32> = taps
+        .indices
+        .iter()
+        .map(|&i| if i == outside { 0 } else { row_of(i) })
+        .collect();
+    if let Some(&bad) = idx.iter().find(|&&i| i as usize >= r) {
+        return Err(crate::Error::Config(format!("gather: row {bad} outside a table of {r}")));
+    }
+    let idx = Tensor::from_vec(idx, rows * 4, device)?;
+    let wts = Tensor::from_slice(&taps.weights, (rows, 4, 1), device)?.to_dtype(table.dtype())?;
     let corners = table.index_select(&idx, 0)?.reshape((rows, 4, c))?;
     Ok(corners.broadcast_mul(&wts)?.sum(D::Minus2)?)
 }

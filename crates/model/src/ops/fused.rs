@@ -1,0 +1,260 @@
+//! Fused CPU kernels for ALIKED's element-wise glue, each beside its composed candle version.
+//!
+//! candle's CPU element-wise ops run on one thread and allocate per op; on a 512-px image the
+//! bias/SELU passes, the upsample-and-concatenate of the four feature maps and the channel
+//! normalisation cost more than all convolutions together. Each kernel here does its work in
+//! one parallel pass; other devices (and the tests) use the composed version.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::Result;
+
+const SELU_ALPHA: f32 = 1.673_263_2;
+const SELU_SCALE: f32 = 1.050_701;
+
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn contiguous_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op: input must be contiguous"),
+    }
+}
+
+#[inline(always)]
+fn selu_scalar(x: f32) -> f32 {
+    if x > 0.0 {
+        SELU_SCALE * x
+    } else {
+        SELU_SCALE * SELU_ALPHA * (x.exp() - 1.0)
+    }
+}
+
+/// `selu(x + bias[c])` for an [N, C, H, W] tensor (bias optional, one value per channel).
+pub fn bias_selu(x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
+    if cpu_f32(x) {
+        let op = BiasSelu {
+            bias: bias.map(|b| b.to_vec()),
+        };
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    bias_selu_reference(x, bias)
+}
+
+/// Composed version of [`bias_selu`].
+pub fn bias_selu_reference(x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
+    let x = match bias {
+        Some(b) => {
+            let c = b.len();
+            let b = Tensor::from_slice(b, (1, c, 1, 1), x.device())?.to_dtype(x.dtype())?;
+            x.broadcast_add(&b)?
+        }
+        None => x.clone(),
+    };
+    Ok((x.elu(SELU_ALPHA as f64)? * SELU_SCALE as f64)?)
+}
+
+struct BiasSelu {
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp1 for BiasSelu {
+    fn name(&self) -> &'static str {
+        "bias-selu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(s, l)?;
+        let (_, c, h, w) = l.shape().dims4()?;
+        let plane = (h * w).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(i, (o, x))| {
+                let b = self.bias.as_ref().map_or(0.0, |b| b[i % c]);
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = selu_scalar(x + b);
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// Bilinear taps of `align_corners=True` upsampling from `input` to `output` samples,
+/// computed like PyTorch: source = ((in - 1) / (out - 1)) · dst in f32.
+fn corner_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = if output > 1 {
+        (input as f32 - 1.0) / (output as f32 - 1.0)
+    } else {
+        0.0
+    };
+    (0..output)
+        .map(|o| {
+            let src = scale * o as f32;
+            let i0 = (src as usize).min(input - 1);
+            let i1 = (i0 + 1).min(input - 1);
+            let l1 = src - i0 as f32;
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// ALIKED's feature aggregation: `cat([x1, up(x2), up(x3), up(x4)])` with bilinear
+/// `align_corners=True` upsampling to x1's size, returned channels-last as [H·W, ΣC], the
+/// layout the score head's 1×1 conv (a matrix product) and the descriptor sampling want.
+pub fn aggregate_features(maps: &[Tensor]) -> Result<Tensor> {
+    if maps.iter().all(cpu_f32) {
+        let (_, _, h, w) = maps[0].dims4()?;
+        let mut parts = Vec::with_capacity(maps.len());
+        for m in maps {
+            let (_, c, mh, mw) = m.dims4()?;
+            parts.push((c, mh, mw, m.flatten_all()?.to_vec1::<f32>()?));
+        }
+        let total_c: usize = parts.iter().map(|p| p.0).sum();
+        let taps: Vec<_> = parts
+            .iter()
+            .map(|(_, mh, mw, _)| (corner_taps(*mh, h), corner_taps(*mw, w)))
+            .collect();
+        let mut out = vec![0f32; h * w * total_c];
+        out.par_chunks_mut(w * total_c).enumerate().for_each(|(y, row)| {
+            let mut base = 0;
+            for ((c, mh, mw, data), (ty, tx)) in parts.iter().zip(&taps) {
+                let plane = mh * mw;
+                let same = *mh == h && *mw == w;
+                let (y0, y1, wy0, wy1) = ty[y];
+                for x in 0..w {
+                    let px = &mut row[x * total_c + base..x * total_c + base + c];
+                    if same {
+                        for (ch, v) in px.iter_mut().enumerate() {
+                            *v = data[ch * plane + y * w + x];
+                        }
+                    } else {
+                        let (x0, x1, wx0, wx1) = tx[x];
+                        for (ch, v) in px.iter_mut().enumerate() {
+                            let d = &data[ch * plane..(ch + 1) * plane];
+                            let top = d[y0 * mw + x0] * wx0 + d[y0 * mw + x1] * wx1;
+                            let bottom = d[y1 * mw + x0] * wx0 + d[y1 * mw + x1] * wx1;
+                            *v = top * wy0 + bottom * wy1;
+                        }
+                    }
+                }
+                base += c;
+            }
+        });
+        return Ok(Tensor::from_vec(out, (h * w, total_c), maps[0].device())?);
+    }
+    aggregate_features_reference(maps)
+}
+
+/// Composed version of [`aggregate_features`].
+pub fn aggregate_features_reference(maps: &[Tensor]) -> Result<Tensor> {
+    let (_, _, h, w) = maps[0].dims4()?;
+    let mut parts = Vec::with_capacity(maps.len());
+    for m in maps {
+        let (_, _, mh, mw) = m.dims4()?;
+        parts.push(if (mh, mw) == (h, w) {
+            m.clone()
+        } else {
+            m.upsample_bilinear2d(h, w, true)?
+        });
+    }
+    let cat = Tensor::cat(&parts, 1)?;
+    let c = cat.dim(1)?;
+    Ok(cat.reshape((c, h * w))?.t()?.contiguous()?)
+}
+
+/// `F.normalize(x, p=2, dim=-1)` for a 2-D tensor: rows divided by max(‖row‖, 1e-12).
+pub fn l2_normalize_rows(x: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&NormalizeRows)?);
+    }
+    l2_normalize_rows_reference(x)
+}
+
+/// Composed version of [`l2_normalize_rows`].
+pub fn l2_normalize_rows_reference(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+struct NormalizeRows;
+
+impl CustomOp1 for NormalizeRows {
+    fn name(&self) -> &'static str {
+        "l2-normalize-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(s, l)?;
+        let (_, c) = l.shape().dims2()?;
+        let mut out = x.to_vec();
+        if c > 0 {
+            out.par_chunks_mut(c * 64).for_each(|rows| {
+                for row in rows.chunks_exact_mut(c) {
+                    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    row.iter_mut().for_each(|v| *v /= norm);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn bias_selu_matches_composed() {
+        let x = Tensor::randn(0f32, 2.0, (1, 3, 5, 7), &Device::Cpu).unwrap();
+        let bias = [0.5f32, -1.0, 2.0];
+        for b in [None, Some(&bias[..])] {
+            let d = max_diff(&bias_selu(&x, b).unwrap(), &bias_selu_reference(&x, b).unwrap());
+            assert!(d < 1e-6, "{d}");
+        }
+    }
+
+    #[test]
+    fn aggregate_matches_upsample_and_concat() {
+        let dev = Device::Cpu;
+        let maps = [
+            Tensor::randn(0f32, 1.0, (1, 2, 32, 64), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (1, 3, 16, 32), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (1, 2, 4, 8), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (1, 1, 1, 2), &dev).unwrap(),
+        ];
+        let fused = aggregate_features(&maps).unwrap();
+        let composed = aggregate_features_reference(&maps).unwrap();
+        assert_eq!(fused.dims(), &[32 * 64, 8]);
+        let d = max_diff(&fused, &composed);
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn normalize_matches_composed_and_handles_zero_rows() {
+        let mut x = Tensor::randn(0f32, 1.0, (100, 16), &Device::Cpu).unwrap();
+        x = Tensor::cat(&[x, Tensor::zeros((1, 16), DType::F32, &Device::Cpu).unwrap()], 0).unwrap();
+        let fused = l2_normalize_rows(&x).unwrap();
+        assert!(max_diff(&fused, &l2_normalize_rows_reference(&x).unwrap()) < 1e-6);
+        assert_eq!(fused.get(100).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
