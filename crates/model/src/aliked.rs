@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::image::{long_edge_size, resize_long_edge, to_chw, RgbImage};
-use crate::ops::fused::{aggregate_features, bias_selu, l2_normalize_rows};
+use crate::ops::fused::{aggregate_normalized, bias_selu, l2_normalize_rows, scaled_rows_selu};
 use crate::ops::grid_sample::gather_taps;
 use crate::ops::{deform_conv2d, grid_taps};
 use crate::{Error, Result};
@@ -139,8 +139,15 @@ impl Conv {
         })
     }
 
-    /// The convolution without its bias.
+    /// The convolution without its bias (a 1×1 one as a plain matrix product, which spares
+    /// candle's im2col copy).
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
+        let (o, c, k, _) = self.weight.dims4()?;
+        let (b, _, h, w) = x.dims4()?;
+        if k == 1 && b == 1 {
+            let y = self.weight.reshape((o, c))?.matmul(&x.reshape((c, h * w))?)?;
+            return Ok(y.reshape((1, o, h, w))?);
+        }
         Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?)
     }
 
@@ -488,12 +495,15 @@ impl Aliked {
             self.conv3.forward_selu(&x3)?,
             self.conv4.forward_selu(&x4)?,
         ];
-        // [PH·PW, 128]: the concatenated, upsampled maps, one pixel per row.
-        let x1234 = aggregate_features(&maps)?;
+        // [PH·PW, 128]: the concatenated, upsampled maps, one pixel per row, normalised
+        // (the descriptor map), with each row's norm.
+        let (x1234, norms) = aggregate_normalized(&maps)?;
 
-        // The head's first conv is 1×1: a matrix product on the channels-last table.
+        // The head's first conv is 1×1, i.e. linear per pixel: on the raw rows
+        // (normalised · norm) it is a matrix product with the rows rescaled.
         let s = x1234.matmul(&self.score_head_in)?; // [PH·PW, 8]
-        let mut s = bias_selu(&s.t()?.reshape((1, 8, ph, pw))?, None)?;
+        let s = scaled_rows_selu(&s, &norms)?;
+        let mut s = s.t()?.reshape((1, 8, ph, pw))?;
         for (i, conv) in self.score_head.iter().enumerate() {
             s = conv.forward_raw(&s)?;
             if i < 2 {
@@ -504,7 +514,7 @@ impl Aliked {
             .narrow(2, top, h)?
             .narrow(3, left, w)?;
         let features = FeatureTable {
-            rows: l2_normalize_rows(&x1234)?,
+            rows: x1234,
             height: h,
             width: w,
             top,

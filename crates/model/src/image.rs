@@ -8,6 +8,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::{ImageDecoder, ImageReader};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -245,35 +246,40 @@ fn gaussian_blur(image: &ChwImage, sigma_h: f64, sigma_w: f64) -> ChwImage {
     let kx = gaussian_kernel(sigma_w);
     let ky = gaussian_kernel(sigma_h);
     let (rx, ry) = ((kx.len() / 2) as isize, (ky.len() / 2) as isize);
+    // Source indices of every tap, computed once per axis.
+    let xs: Vec<usize> = (0..w)
+        .flat_map(|x| (0..kx.len()).map(move |k| reflect(x as isize + k as isize - rx, w)))
+        .collect();
+    let ys: Vec<usize> = (0..h)
+        .flat_map(|y| (0..ky.len()).map(move |k| reflect(y as isize + k as isize - ry, h)))
+        .collect();
     let mut tmp = vec![0f32; c * h * w];
-    for plane in 0..c {
-        let src = &image.data[plane * h * w..(plane + 1) * h * w];
-        let dst = &mut tmp[plane * h * w..(plane + 1) * h * w];
-        for y in 0..h {
-            let row = &src[y * w..(y + 1) * w];
-            for x in 0..w {
+    tmp.par_chunks_mut(w)
+        .zip(image.data.par_chunks(w))
+        .for_each(|(dst, row)| {
+            for (x, d) in dst.iter_mut().enumerate() {
+                let taps = &xs[x * kx.len()..(x + 1) * kx.len()];
                 let mut acc = 0f32;
-                for (k, weight) in kx.iter().enumerate() {
-                    acc += weight * row[reflect(x as isize + k as isize - rx, w)];
+                for (weight, &sx) in kx.iter().zip(taps) {
+                    acc += weight * row[sx];
                 }
-                dst[y * w + x] = acc;
+                *d = acc;
             }
-        }
-    }
+        });
     let mut out = vec![0f32; c * h * w];
-    for plane in 0..c {
+    out.par_chunks_mut(w).enumerate().for_each(|(i, dst)| {
+        let (plane, y) = (i / h, i % h);
         let src = &tmp[plane * h * w..(plane + 1) * h * w];
-        let dst = &mut out[plane * h * w..(plane + 1) * h * w];
-        for y in 0..h {
-            for x in 0..w {
-                let mut acc = 0f32;
-                for (k, weight) in ky.iter().enumerate() {
-                    acc += weight * src[reflect(y as isize + k as isize - ry, h) * w + x];
-                }
-                dst[y * w + x] = acc;
+        let taps = &ys[y * ky.len()..(y + 1) * ky.len()];
+        for (k, (weight, &sy)) in ky.iter().zip(taps).enumerate() {
+            let row = &src[sy * w..(sy + 1) * w];
+            if k == 0 {
+                dst.iter_mut().zip(row).for_each(|(d, &v)| *d = weight * v);
+            } else {
+                dst.iter_mut().zip(row).for_each(|(d, &v)| *d += weight * v);
             }
         }
-    }
+    });
     ChwImage {
         channels: c,
         height: h,

@@ -108,6 +108,25 @@ fn corner_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
 /// `align_corners=True` upsampling to x1's size, returned channels-last as [H·W, ΣC], the
 /// layout the score head's 1×1 conv (a matrix product) and the descriptor sampling want.
 pub fn aggregate_features(maps: &[Tensor]) -> Result<Tensor> {
+    Ok(aggregate(maps, false)?.0)
+}
+
+/// [`aggregate_features`] with each row L2-normalised in the same pass (`F.normalize`, norm
+/// floored at 1e-12); also returns the floored norms [H·W], so that the raw rows are
+/// `normalised · norm` without a second 25-million-value table.
+pub fn aggregate_normalized(maps: &[Tensor]) -> Result<(Tensor, Vec<f32>)> {
+    let (table, norms) = aggregate(maps, true)?;
+    match norms {
+        Some(norms) => Ok((table, norms)),
+        None => {
+            let norm = table.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+            let normalized = table.broadcast_div(&norm)?;
+            Ok((normalized, norm.flatten_all()?.to_vec1::<f32>()?))
+        }
+    }
+}
+
+fn aggregate(maps: &[Tensor], normalize: bool) -> Result<(Tensor, Option<Vec<f32>>)> {
     if maps.iter().all(cpu_f32) {
         let (_, _, h, w) = maps[0].dims4()?;
         let mut parts = Vec::with_capacity(maps.len());
@@ -121,34 +140,46 @@ pub fn aggregate_features(maps: &[Tensor]) -> Result<Tensor> {
             .map(|(_, mh, mw, _)| (corner_taps(*mh, h), corner_taps(*mw, w)))
             .collect();
         let mut out = vec![0f32; h * w * total_c];
-        out.par_chunks_mut(w * total_c).enumerate().for_each(|(y, row)| {
+        let mut norms = vec![0f32; if normalize { h * w } else { 0 }];
+        let norm_rows: Vec<&mut [f32]> = if normalize {
+            norms.chunks_mut(w).collect()
+        } else {
+            (0..h).map(|_| &mut [][..]).collect()
+        };
+        out.par_chunks_mut(w * total_c).zip(norm_rows).enumerate().for_each(|(y, (row, norm_row))| {
             let mut base = 0;
             for ((c, mh, mw, data), (ty, tx)) in parts.iter().zip(&taps) {
                 let plane = mh * mw;
-                let same = *mh == h && *mw == w;
                 let (y0, y1, wy0, wy1) = ty[y];
-                for x in 0..w {
-                    let px = &mut row[x * total_c + base..x * total_c + base + c];
-                    if same {
-                        for (ch, v) in px.iter_mut().enumerate() {
-                            *v = data[ch * plane + y * w + x];
+                // Channel-outer: each source row is read contiguously.
+                for ch in 0..*c {
+                    let d = &data[ch * plane..(ch + 1) * plane];
+                    let dst = row[base + ch..].iter_mut().step_by(total_c);
+                    if *mh == h && *mw == w {
+                        for (v, &src) in dst.zip(&d[y * w..(y + 1) * w]) {
+                            *v = src;
                         }
                     } else {
-                        let (x0, x1, wx0, wx1) = tx[x];
-                        for (ch, v) in px.iter_mut().enumerate() {
-                            let d = &data[ch * plane..(ch + 1) * plane];
-                            let top = d[y0 * mw + x0] * wx0 + d[y0 * mw + x1] * wx1;
-                            let bottom = d[y1 * mw + x0] * wx0 + d[y1 * mw + x1] * wx1;
+                        let (r0, r1) = (&d[y0 * mw..(y0 + 1) * mw], &d[y1 * mw..(y1 + 1) * mw]);
+                        for (v, &(x0, x1, wx0, wx1)) in dst.zip(tx.iter()) {
+                            let top = r0[x0] * wx0 + r0[x1] * wx1;
+                            let bottom = r1[x0] * wx0 + r1[x1] * wx1;
                             *v = top * wy0 + bottom * wy1;
                         }
                     }
                 }
                 base += c;
             }
+            for (px, norm) in row.chunks_exact_mut(total_c).zip(norm_row.iter_mut()) {
+                let n = px.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                px.iter_mut().for_each(|v| *v /= n);
+                *norm = n;
+            }
         });
-        return Ok(Tensor::from_vec(out, (h * w, total_c), maps[0].device())?);
+        let table = Tensor::from_vec(out, (h * w, total_c), maps[0].device())?;
+        return Ok((table, normalize.then_some(norms)));
     }
-    aggregate_features_reference(maps)
+    Ok((aggregate_features_reference(maps)?, None))
 }
 
 /// Composed version of [`aggregate_features`].
@@ -166,6 +197,49 @@ pub fn aggregate_features_reference(maps: &[Tensor]) -> Result<Tensor> {
     let cat = Tensor::cat(&parts, 1)?;
     let c = cat.dim(1)?;
     Ok(cat.reshape((c, h * w))?.t()?.contiguous()?)
+}
+
+/// `selu(x[r, c] · scale[r])` for a 2-D tensor.
+pub fn scaled_rows_selu(x: &Tensor, scales: &[f32]) -> Result<Tensor> {
+    if cpu_f32(x) {
+        let op = ScaledRowsSelu {
+            scales: scales.to_vec(),
+        };
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    let s = Tensor::from_slice(scales, (scales.len(), 1), x.device())?.to_dtype(x.dtype())?;
+    let y = x.broadcast_mul(&s)?;
+    Ok((y.elu(SELU_ALPHA as f64)? * SELU_SCALE as f64)?)
+}
+
+struct ScaledRowsSelu {
+    scales: Vec<f32>,
+}
+
+impl CustomOp1 for ScaledRowsSelu {
+    fn name(&self) -> &'static str {
+        "scaled-rows-selu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(s, l)?;
+        let (r, c) = l.shape().dims2()?;
+        if self.scales.len() != r {
+            candle_core::bail!("scaled-rows-selu: {} scales for {r} rows", self.scales.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        if c > 0 {
+            out.par_chunks_mut(c * 256)
+                .zip(x.par_chunks(c * 256))
+                .zip(self.scales.par_chunks(256))
+                .for_each(|((o, x), sc)| {
+                    for ((o, x), &s) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(sc) {
+                        o.iter_mut().zip(x).for_each(|(o, &v)| *o = selu_scalar(v * s));
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
 }
 
 /// `F.normalize(x, p=2, dim=-1)` for a 2-D tensor: rows divided by max(‖row‖, 1e-12).
@@ -247,6 +321,34 @@ mod tests {
         assert_eq!(fused.dims(), &[32 * 64, 8]);
         let d = max_diff(&fused, &composed);
         assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn aggregate_normalized_matches_normalized_aggregate() {
+        let dev = Device::Cpu;
+        let maps = [
+            Tensor::randn(0f32, 1.0, (1, 4, 16, 24), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (1, 4, 8, 12), &dev).unwrap(),
+        ];
+        let (normalized, norms) = aggregate_normalized(&maps).unwrap();
+        let raw = aggregate_features_reference(&maps).unwrap();
+        assert!(max_diff(&normalized, &l2_normalize_rows_reference(&raw).unwrap()) < 1e-5);
+        let scales = Tensor::from_vec(norms, (16 * 24, 1), &dev).unwrap();
+        assert!(max_diff(&normalized.broadcast_mul(&scales).unwrap(), &raw) < 1e-5);
+    }
+
+    #[test]
+    fn scaled_rows_selu_matches_composed() {
+        let x = Tensor::randn(0f32, 1.0, (300, 8), &Device::Cpu).unwrap();
+        let scales: Vec<f32> = (0..300).map(|i| 0.01 * i as f32).collect();
+        let fused = scaled_rows_selu(&x, &scales).unwrap();
+        let s = Tensor::from_slice(&scales, (300, 1), &Device::Cpu).unwrap();
+        let composed = bias_selu_reference(
+            &x.broadcast_mul(&s).unwrap().unsqueeze(0).unwrap().unsqueeze(0).unwrap(),
+            None,
+        )
+        .unwrap();
+        assert!(max_diff(&fused, &composed.squeeze(0).unwrap().squeeze(0).unwrap()) < 1e-6);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The tensor version computes the four corner indices and weights on the host and gathers
 //! with `index_select`, so it runs unchanged on every candle device.
 
-use candle_core::{Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
 
 use crate::Result;
 
@@ -89,10 +90,55 @@ pub(crate) fn gather_taps(
     if let Some(&bad) = idx.iter().find(|&&i| i as usize >= r) {
         return Err(crate::Error::Config(format!("gather: row {bad} outside a table of {r}")));
     }
+    if device.is_cpu() && table.dtype() == DType::F32 {
+        let op = WeightedRows {
+            indices: idx,
+            weights: taps.weights.clone(),
+        };
+        return Ok(table.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
     let idx = Tensor::from_vec(idx, rows * 4, device)?;
     let wts = Tensor::from_slice(&taps.weights, (rows, 4, 1), device)?.to_dtype(table.dtype())?;
     let corners = table.index_select(&idx, 0)?.reshape((rows, 4, c))?;
     Ok(corners.broadcast_mul(&wts)?.sum(D::Minus2)?)
+}
+
+/// CPU kernel of [`gather_taps`]: each output row is the weighted sum of four table rows,
+/// accumulated in PyTorch's corner order, rows computed in parallel.
+struct WeightedRows {
+    indices: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl CustomOp1 for WeightedRows {
+    fn name(&self) -> &'static str {
+        "weighted-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let table = match l.contiguous_offsets() {
+            Some((a, b)) => &s.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("weighted-rows: table must be contiguous"),
+        };
+        let (_, c) = l.shape().dims2()?;
+        let rows = self.indices.len() / 4;
+        let mut out = vec![0f32; rows * c];
+        if c > 0 {
+            out.par_chunks_mut(c)
+                .zip(self.indices.par_chunks(4).zip(self.weights.par_chunks(4)))
+                .for_each(|(o, (idx, wts))| {
+                    for (k, (&i, &wt)) in idx.iter().zip(wts).enumerate() {
+                        let src = &table[i as usize * c..(i as usize + 1) * c];
+                        if k == 0 {
+                            o.iter_mut().zip(src).for_each(|(o, &v)| *o = v * wt);
+                        } else {
+                            o.iter_mut().zip(src).for_each(|(o, &v)| *o += v * wt);
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, c))))
+    }
 }
 
 /// Slow, obviously-correct reference: PyTorch's scalar kernel, one point at a time.
