@@ -11,7 +11,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::aliked::Features;
-use crate::ops::attention;
+use crate::ops::{attention, cross_attention};
 use crate::{Error, Result};
 
 const INPUT_DIM: usize = 128;
@@ -223,9 +223,8 @@ impl CrossBlock {
         let qk1 = (split_heads(&self.to_qk.forward(x1)?)? * scale)?;
         let v0 = split_heads(&self.to_v.forward(x0)?)?;
         let v1 = split_heads(&self.to_v.forward(x1)?)?;
-        let m0 = attention(&qk0, &qk1, &v1, 1.0, lens1)?;
-        // Padded rows of image 1 attend to image 0 too: finite values no real point reads.
-        let m1 = attention(&qk1, &qk0, &v0, 1.0, None)?;
+        // Padded rows of image 1 get zero messages, which no real point ever reads.
+        let (m0, m1) = cross_attention(&qk0, &qk1, &v0, &v1, lens1)?;
         let m0 = self.to_out.forward(&merge_heads(&m0)?)?;
         let m1 = self.to_out.forward(&merge_heads(&m1)?)?;
         Ok((self.ffn.residual(x0, &m0)?, self.ffn.residual(x1, &m1)?))

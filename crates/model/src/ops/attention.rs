@@ -188,6 +188,137 @@ fn attend_block(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], d: usize, len:
     }
 }
 
+/// Bidirectional cross attention over one shared similarity matrix, as LightGlue computes it:
+/// `sim = a·bᵀ`, `m_a = softmax_rows(sim)·v_b`, `m_b = softmax_cols(sim)ᵀ·v_a`. Inputs are
+/// [B, H, M, D] (`a`, `va`) and [B, H, N, D] (`b`, `vb`); `b_lens[k]` rows of `b` are real
+/// (padding rows get zero messages). On CPU the similarity is computed once per head instead
+/// of twice.
+pub fn cross_attention(
+    a: &Tensor,
+    b: &Tensor,
+    va: &Tensor,
+    vb: &Tensor,
+    b_lens: Option<&[usize]>,
+) -> Result<(Tensor, Tensor)> {
+    if !(a.device().is_cpu() && a.dtype() == candle_core::DType::F32) {
+        let ma = attention_reference(a, b, vb, 1.0, b_lens)?;
+        let mb = attention_reference(b, a, va, 1.0, None)?;
+        return Ok((ma, mb));
+    }
+    let (bsz, h, m, d) = a.dims4()?;
+    let (_, _, n, _) = b.dims4()?;
+    if b.dims4()? != (bsz, h, n, d) || va.dims4()? != (bsz, h, m, d) || vb.dims4()? != (bsz, h, n, d)
+    {
+        return Err(Error::Config("cross_attention: mismatched shapes".into()));
+    }
+    let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    let (a_h, b_h, va_h, vb_h) = (host(a)?, host(b)?, host(va)?, host(vb)?);
+    let mut out_a = vec![0f32; bsz * h * m * d];
+    let mut out_b = vec![0f32; bsz * h * n * d];
+    if m > 0 && n > 0 && d > 0 {
+        out_a
+            .par_chunks_mut(m * d)
+            .zip(out_b.par_chunks_mut(n * d))
+            .enumerate()
+            .for_each(|(bh, (oa, ob))| {
+                let len = b_lens.map_or(n, |l| l[bh / h].min(n));
+                cross_head(
+                    &a_h[bh * m * d..(bh + 1) * m * d],
+                    &b_h[bh * n * d..bh * n * d + len * d],
+                    &va_h[bh * m * d..(bh + 1) * m * d],
+                    &vb_h[bh * n * d..bh * n * d + len * d],
+                    oa,
+                    &mut ob[..len * d],
+                    d,
+                );
+            });
+    }
+    let device = a.device();
+    Ok((
+        Tensor::from_vec(out_a, (bsz, h, m, d), device)?,
+        Tensor::from_vec(out_b, (bsz, h, n, d), device)?,
+    ))
+}
+
+/// One head of [`cross_attention`]: `a` is [M, D], `b` is [N, D] (real rows only).
+fn cross_head(a: &[f32], b: &[f32], va: &[f32], vb: &[f32], oa: &mut [f32], ob: &mut [f32], d: usize) {
+    let (m, n) = (a.len() / d, b.len() / d);
+    if n == 0 {
+        oa.fill(0.0);
+        return;
+    }
+    let mut sim = vec![0f32; m * n];
+    // SAFETY (all gemm calls): pointers and strides describe the row-major buffers above with
+    // exactly the dimensions passed; destinations do not overlap sources.
+    unsafe {
+        gemm::gemm(
+            m, n, d, sim.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, d as isize,
+            b.as_ptr(), d as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+    // Rows: softmax over image b, in blocks so the exponentials stay in cache.
+    let mut block = vec![0f32; ROW_BLOCK * n];
+    for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
+        let rows = out.len() / d;
+        let e = &mut block[..rows * n];
+        e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
+        let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
+        unsafe {
+            gemm::gemm(
+                rows, d, n, out.as_mut_ptr(), 1, d as isize, false, e.as_ptr(), 1, n as isize,
+                vb.as_ptr(), 1, d as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            );
+        }
+        for (row, sum) in out.chunks_exact_mut(d).zip(sums) {
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+    // Columns: softmax over image a, exponentials written in place, then E^T · v_a.
+    let mut col_max = vec![f32::NEG_INFINITY; n];
+    for row in sim.chunks_exact(n) {
+        col_max.iter_mut().zip(row).for_each(|(c, &v)| *c = c.max(v));
+    }
+    let mut col_sum = vec![0f32; n];
+    for row in sim.chunks_exact_mut(n) {
+        exp_sub_accumulate(row, &col_max, &mut col_sum);
+    }
+    unsafe {
+        gemm::gemm(
+            n, d, m, ob.as_mut_ptr(), 1, d as isize, false, sim.as_ptr(), n as isize, 1,
+            va.as_ptr(), 1, d as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+    for (row, sum) in ob.chunks_exact_mut(d).zip(col_sum) {
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.
+fn exp_sub_accumulate(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { exp_sub_accumulate_avx2(row, max, sum) };
+    }
+    exp_sub_accumulate_plain(row, max, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_sub_accumulate_avx2(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    exp_sub_accumulate_plain(row, max, sum)
+}
+
+#[inline(always)]
+fn exp_sub_accumulate_plain(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    for ((x, &mx), s) in row.iter_mut().zip(max).zip(sum.iter_mut()) {
+        *x = fast_exp(*x - mx);
+        *s += *x;
+    }
+}
+
 /// Replaces `row` by `exp(row - max(row))` and returns the sum.
 fn softmax_numerator(row: &mut [f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -267,6 +398,28 @@ mod tests {
             .unwrap()
             .affine(1.0, seed as f64 * 1e-3)
             .unwrap()
+    }
+
+    #[test]
+    fn cross_attention_matches_two_composed_attentions() {
+        let a = random((2, 2, 40, 8), 4);
+        let b = random((2, 2, 57, 8), 5);
+        let va = random((2, 2, 40, 8), 6);
+        let vb = random((2, 2, 57, 8), 7);
+        let lens = [57usize, 20];
+        let (ma, mb) = cross_attention(&a, &b, &va, &vb, Some(&lens)).unwrap();
+        let want_a = attention_reference(&a, &b, &vb, 1.0, Some(&lens)).unwrap();
+        let want_b = attention_reference(&b, &a, &va, 1.0, None).unwrap();
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(diff(&ma, &want_a) < 1e-5);
+        // Real rows of b match; padded rows of the second item get zero messages.
+        assert!(diff(&mb.get(0).unwrap(), &want_b.get(0).unwrap()) < 1e-5);
+        let real = mb.get(1).unwrap().narrow(1, 0, 20).unwrap();
+        assert!(diff(&real, &want_b.get(1).unwrap().narrow(1, 0, 20).unwrap()) < 1e-5);
+        let pad = mb.get(1).unwrap().narrow(1, 20, 37).unwrap();
+        assert_eq!(pad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     }
 
     #[test]
