@@ -80,3 +80,89 @@ pair_tests!(dsc_adaptive, dsc_full, "dsc", "DSC_0410", "DSC_0411");
 pair_tests!(turtle_genuine_adaptive, turtle_genuine_full, "turtle_genuine", "turtle_a1", "turtle_a2");
 pair_tests!(turtle_genuine2_adaptive, turtle_genuine2_full, "turtle_genuine2", "turtle_b3", "turtle_b4");
 pair_tests!(turtle_impostor_adaptive, turtle_impostor_full, "turtle_impostor", "turtle_a1", "turtle_b3");
+
+/// Batched 1-vs-N (padded, masked, adaptive off) must give what single pairs give.
+#[test]
+fn batched_equals_single_pairs() {
+    let matcher = lightglue(LightGlueConfig::full());
+    let query = golden_features("sacre_coeur1");
+    let database: Vec<_> = ["sacre_coeur2", "sacre_coeur1_k512", "turtle_b3", "graf1"]
+        .iter()
+        .map(|n| golden_features(n))
+        .collect();
+    let refs: Vec<&_> = database.iter().collect();
+    let batched = matcher.match_batch(&query, &refs, 3).unwrap();
+    for (f, b) in database.iter().zip(&batched) {
+        let single = matcher.match_pair(&query, f).unwrap();
+        assert_eq!(b.matches, single.matches);
+        assert_eq!(b.stop_layer, single.stop_layer);
+        for (x, y) in b.scores.iter().zip(&single.scores) {
+            assert!((x - y).abs() <= 1e-5, "match score {x} vs {y}");
+        }
+        let (sb, ss) = (b.score(), single.score());
+        assert!((sb - ss).abs() <= 1e-5 * ss.max(1.0), "pair score {sb} vs {ss}");
+    }
+}
+
+fn subset(f: &wbia_lightglue_model::Features, n: usize) -> wbia_lightglue_model::Features {
+    wbia_lightglue_model::Features {
+        keypoints: f.keypoints[..n].to_vec(),
+        scores: f.scores[..n].to_vec(),
+        descriptors: f.descriptors[..n * 128].to_vec(),
+        image_size: f.image_size,
+    }
+}
+
+#[test]
+fn degenerate_inputs_do_not_panic() {
+    let matcher = lightglue(LightGlueConfig::default());
+    let full = golden_features("turtle_a1");
+    let empty = subset(&full, 0);
+    let one = subset(&full, 1);
+
+    for (a, b) in [(&empty, &full), (&full, &empty), (&empty, &empty)] {
+        let r = matcher.match_pair(a, b).unwrap();
+        assert!(r.matches.is_empty());
+        assert_eq!(r.score(), 0.0);
+    }
+    // One keypoint against many: at most one match, indices in range.
+    let r = matcher.match_pair(&one, &full).unwrap();
+    assert!(r.matches.len() <= 1);
+    assert!(r.matches.iter().all(|&[i, j]| i == 0 && j < full.len()));
+    // Unequal counts, both orders.
+    let half = subset(&golden_features("turtle_a2"), 700);
+    for (a, b) in [(&full, &half), (&half, &full)] {
+        let r = matcher.match_pair(a, b).unwrap();
+        assert!(r.matches.iter().all(|&[i, j]| i < a.len() && j < b.len()));
+    }
+    // Batched with empty and one-keypoint database entries.
+    let batched = lightglue(LightGlueConfig::full())
+        .match_batch(&full, &[&empty, &one, &half], 2)
+        .unwrap();
+    assert_eq!(batched.len(), 3);
+    assert!(batched[0].matches.is_empty());
+    assert!(batched[1].matches.len() <= 1);
+}
+
+#[test]
+fn identical_images_match_themselves() {
+    let matcher = lightglue(LightGlueConfig::default());
+    let f = golden_features("turtle_b3");
+    let r = matcher.match_pair(&f, &f).unwrap();
+    let identity = r.matches.iter().filter(|&&[i, j]| i == j).count();
+    println!("self-match: {} matches, {identity} on the identity, score {}", r.matches.len(), r.score());
+    assert!(identity as f64 >= 0.9 * r.matches.len() as f64);
+    assert!(r.matches.len() > 1000);
+}
+
+#[test]
+fn invalid_features_are_rejected() {
+    let matcher = lightglue(LightGlueConfig::default());
+    let good = golden_features("turtle_b3");
+    let mut bad = good.clone();
+    bad.descriptors.pop();
+    assert!(matcher.match_pair(&good, &bad).is_err());
+    let mut nan = good.clone();
+    nan.keypoints[0][0] = f32::NAN;
+    assert!(matcher.match_pair(&nan, &good).is_err());
+}
