@@ -96,7 +96,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (median, times) = timed(args.repeat, || Ok(extractor.extract(&image)?))?;
     res.insert("extract_image".into(), json!(args.image));
     res.insert("extract_ms".into(), round2(median));
-    res.insert("extract_ms_all".into(), json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()));
+    res.insert(
+        "extract_ms_all".into(),
+        json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()),
+    );
     res.insert("peak_rss_mb_after_extract".into(), json!(peak_rss_mb()));
     eprintln!("extract: {median:.1} ms");
 
@@ -120,10 +123,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let (median, times) = timed(args.repeat, || Ok(matcher.match_pair(f0, f1)?))?;
             let key = format!("match_ms_{k}_{mode}");
             res.insert(key.clone(), round2(median));
-            res.insert(format!("{key}_all"), json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()));
+            res.insert(
+                format!("{key}_all"),
+                json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()),
+            );
             res.insert(format!("matches_{k}_{mode}"), json!(out.matches.len()));
             res.insert(format!("stop_{k}_{mode}"), json!(out.stop_layer));
-            eprintln!("{key}: {median:.1} ms ({} matches, stop {})", out.matches.len(), out.stop_layer);
+            eprintln!(
+                "{key}: {median:.1} ms ({} matches, stop {})",
+                out.matches.len(),
+                out.stop_layer
+            );
         }
     }
     res.insert("peak_rss_mb_after_match".into(), json!(peak_rss_mb()));
@@ -136,7 +146,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let db: Vec<&Features> = (0..args.n).map(|i| &db_feats[i % db_feats.len()]).collect();
         let query = &pairs[0].1 .0;
 
-        let adaptive = args.model.load_lightglue(LightGlueConfig::default(), &device)?;
+        let adaptive = args
+            .model
+            .load_lightglue(LightGlueConfig::default(), &device)?;
         adaptive.match_pair(query, db[1])?;
         let start = Instant::now();
         for f in &db {
@@ -147,17 +159,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         res.insert("one_vs_n_mode".into(), json!("adaptive"));
         res.insert("one_vs_n_total_s".into(), round2(dt));
         res.insert("one_vs_n_pairs_per_s".into(), json!(args.n as f64 / dt));
-        eprintln!("1-vs-{} sequential adaptive: {:.2} pairs/s", args.n, args.n as f64 / dt);
+        eprintln!(
+            "1-vs-{} sequential adaptive: {:.2} pairs/s",
+            args.n,
+            args.n as f64 / dt
+        );
 
-        let full = args.model.load_lightglue(LightGlueConfig::full(), &device)?;
+        let full = args
+            .model
+            .load_lightglue(LightGlueConfig::full(), &device)?;
         let start = Instant::now();
         full.match_batch(query, &db, args.batch_size)?;
         let dt = start.elapsed().as_secs_f64();
         res.insert("one_vs_n_batched_batch_size".into(), json!(args.batch_size));
         res.insert("one_vs_n_batched_total_s".into(), round2(dt));
-        res.insert("one_vs_n_batched_pairs_per_s".into(), json!(args.n as f64 / dt));
+        res.insert(
+            "one_vs_n_batched_pairs_per_s".into(),
+            json!(args.n as f64 / dt),
+        );
         res.insert("peak_rss_mb_after_1vn".into(), json!(peak_rss_mb()));
-        eprintln!("1-vs-{} batched full: {:.2} pairs/s", args.n, args.n as f64 / dt);
+        eprintln!(
+            "1-vs-{} batched full: {:.2} pairs/s",
+            args.n,
+            args.n as f64 / dt
+        );
     }
     println!("{}", Value::Object(res));
     Ok(())

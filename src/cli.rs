@@ -15,12 +15,18 @@ pub fn save_features(features: &Features, path: &Path) -> Result<()> {
     let flat: Vec<f32> = features.keypoints.iter().flatten().copied().collect();
     let tensors: HashMap<String, Tensor> = [
         ("keypoints", Tensor::from_vec(flat, (n, 2), &dev)?),
-        ("keypoint_scores", Tensor::from_slice(&features.scores, n, &dev)?),
+        (
+            "keypoint_scores",
+            Tensor::from_slice(&features.scores, n, &dev)?,
+        ),
         (
             "descriptors",
             Tensor::from_slice(&features.descriptors, (n, Features::DESCRIPTOR_DIM), &dev)?,
         ),
-        ("image_size", Tensor::from_slice(&features.image_size, 2, &dev)?),
+        (
+            "image_size",
+            Tensor::from_slice(&features.image_size, 2, &dev)?,
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

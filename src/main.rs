@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
 use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
 use wbia_lightglue_model::{load_image, weights, Aliked, AlikedConfig, LightGlue, LightGlueConfig};
 
 mod bench;
@@ -27,10 +27,7 @@ enum Command {
     /// Time extraction and matching on this machine and print JSON (see scripts/bench.sh).
     Bench(bench::BenchArgs),
     /// Convert a PyTorch checkpoint (.pth) to safetensors.
-    ConvertWeights {
-        input: PathBuf,
-        output: PathBuf,
-    },
+    ConvertWeights { input: PathBuf, output: PathBuf },
 }
 
 /// Options shared by every command that runs the model.

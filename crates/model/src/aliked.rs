@@ -145,7 +145,10 @@ impl Conv {
         let (o, c, k, _) = self.weight.dims4()?;
         let (b, _, h, w) = x.dims4()?;
         if k == 1 && b == 1 {
-            let y = self.weight.reshape((o, c))?.matmul(&x.reshape((c, h * w))?)?;
+            let y = self
+                .weight
+                .reshape((o, c))?
+                .matmul(&x.reshape((c, h * w))?)?;
             return Ok(y.reshape((1, o, h, w))?);
         }
         Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?)
@@ -369,8 +372,12 @@ impl Sddh {
             .reshape((n, ps * ps, c))?
             .transpose(1, 2)?
             .reshape((n, c * ps * ps))?;
-        let hidden = patches.matmul(&self.offset_w1)?.broadcast_add(&self.offset_b1)?;
-        let hidden = bias_selu(&hidden.unsqueeze(0)?.unsqueeze(0)?, None)?.squeeze(0)?.squeeze(0)?;
+        let hidden = patches
+            .matmul(&self.offset_w1)?
+            .broadcast_add(&self.offset_b1)?;
+        let hidden = bias_selu(&hidden.unsqueeze(0)?.unsqueeze(0)?, None)?
+            .squeeze(0)?
+            .squeeze(0)?;
         let max_offset = h.max(w) as f64 / 4.0;
         let offsets = hidden
             .matmul(&self.offset_w2)?
@@ -389,7 +396,9 @@ impl Sddh {
         let taps = grid_taps(&points, h, w);
         let sampled = gather_taps(&features.rows, &taps, |i| features.row(i))?; // [N·n_pos, C]
         let projected = sampled.matmul(&self.sf_weight_t)?;
-        let projected = bias_selu(&projected.unsqueeze(0)?.unsqueeze(0)?, None)?.squeeze(0)?.squeeze(0)?;
+        let projected = bias_selu(&projected.unsqueeze(0)?.unsqueeze(0)?, None)?
+            .squeeze(0)?
+            .squeeze(0)?;
         let descs = projected
             .reshape((n, self.n_pos * self.dim))?
             .matmul(&self.agg)?;
@@ -458,7 +467,10 @@ impl Aliked {
         device: &Device,
     ) -> Result<Self> {
         let tensors = crate::weights::load_safetensors(path.as_ref(), device)?;
-        Self::load(VarBuilder::from_tensors(tensors, DType::F32, device), config)
+        Self::load(
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+            config,
+        )
     }
 
     pub fn config(&self) -> &AlikedConfig {
@@ -655,8 +667,7 @@ fn detect_keypoints(score_map: &[f32], h: usize, w: usize, config: &AlikedConfig
     } else {
         20_000
     };
-    let indices: Vec<usize> = if config.detection_threshold <= 0.0 && config.max_num_keypoints > 0
-    {
+    let indices: Vec<usize> = if config.detection_threshold <= 0.0 && config.max_num_keypoints > 0 {
         // Top-k of the NMS map, strongest first. Only true maxima (score > 0) are taken: where
         // the reference's top-k would pad with arbitrary zero-score pixels, we return fewer.
         let mut candidates: Vec<usize> = (0..h * w).filter(|&i| nms[i] > 0.0).collect();

@@ -19,7 +19,11 @@ pub enum Error {
         limit: String,
     },
     #[error("image is {width}x{height} pixels, too small to resize to a long edge of {target}")]
-    ImageTooSmall { width: u32, height: u32, target: u32 },
+    ImageTooSmall {
+        width: u32,
+        height: u32,
+        target: u32,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("weights not found: {0}")]

@@ -91,7 +91,9 @@ fn check_dimensions(width: u32, height: u32) -> Result<()> {
 /// `imread` gives the reference. Other decoders round differently and move keypoints.
 fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
     if !has_end_of_image(bytes) {
-        return Err(Error::Decode("truncated JPEG (no end-of-image marker)".into()));
+        return Err(Error::Decode(
+            "truncated JPEG (no end-of-image marker)".into(),
+        ));
     }
     let decoded = std::panic::catch_unwind(|| -> Result<RgbImage> {
         let decompress = mozjpeg::Decompress::new_mem(bytes)

@@ -11,6 +11,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::aliked::Features;
+use crate::ops::fused::{gelu_erf, rotary};
 use crate::ops::{attention, cross_attention};
 use crate::{Error, Result};
 
@@ -108,7 +109,7 @@ impl FeedForward {
     /// `x + ffn(cat(x, message))`.
     fn residual(&self, x: &Tensor, message: &Tensor) -> Result<Tensor> {
         let h = self.fc1.forward(&Tensor::cat(&[x, message], D::Minus1)?)?;
-        let h = self.norm.forward(&h)?.gelu_erf()?;
+        let h = gelu_erf(&self.norm.forward(&h)?)?;
         Ok((x + self.fc2.forward(&h)?)?)
     }
 }
@@ -116,7 +117,9 @@ impl FeedForward {
 /// [B, N, 256] → [B, 4, N, 64].
 fn split_heads(x: &Tensor) -> Result<Tensor> {
     let (b, n, _) = x.dims3()?;
-    Ok(x.reshape((b, n, HEADS, HEAD_DIM))?.transpose(1, 2)?.contiguous()?)
+    Ok(x.reshape((b, n, HEADS, HEAD_DIM))?
+        .transpose(1, 2)?
+        .contiguous()?)
 }
 
 /// [B, 4, N, 64] → [B, N, 256].
@@ -135,12 +138,7 @@ struct Rotary {
 
 impl Rotary {
     fn apply(&self, t: &Tensor) -> Result<Tensor> {
-        let (b, h, n, d) = t.dims4()?;
-        let pairs = t.reshape((b, h, n, d / 2, 2))?;
-        let x1 = pairs.narrow(4, 0, 1)?;
-        let x2 = pairs.narrow(4, 1, 1)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 4)?.reshape((b, h, n, d))?;
-        Ok((t.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?)
+        rotary(t, &self.cos, &self.sin)
     }
 
     fn select(&self, keep: &Tensor) -> Result<Self> {
@@ -180,60 +178,104 @@ impl SelfBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, key_lens: Option<&[usize]>) -> Result<Tensor> {
+    /// Self-attention within each image of `x` = [image 0 rows | image 1 rows] ([B, M+N, 256]):
+    /// the projections run on both images at once (one larger matrix product), attention
+    /// per image.
+    fn forward(
+        &self,
+        x: &Tensor,
+        m: usize,
+        rot: [&Rotary; 2],
+        lens1: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let qkv = self.wqkv.forward(x)?;
-        let q = rotary.apply(&split_heads(&qkv.narrow(2, 0, DIM)?)?)?;
-        let k = rotary.apply(&split_heads(&qkv.narrow(2, DIM, DIM)?)?)?;
-        let v = split_heads(&qkv.narrow(2, 2 * DIM, DIM)?)?;
+        let n = x.dim(1)? - m;
         let scale = (HEAD_DIM as f32).powf(-0.5);
-        let context = attention(&q, &k, &v, scale, key_lens)?;
-        let message = self.out_proj.forward(&merge_heads(&context)?)?;
+        let mut contexts = Vec::with_capacity(2);
+        for (image, (start, len)) in [(0, m), (m, n)].into_iter().enumerate() {
+            let part = qkv.narrow(1, start, len)?;
+            let q = rot[image].apply(&split_heads(&part.narrow(2, 0, DIM)?)?)?;
+            let k = rot[image].apply(&split_heads(&part.narrow(2, DIM, DIM)?)?)?;
+            let v = split_heads(&part.narrow(2, 2 * DIM, DIM)?)?;
+            let lens = if image == 1 { lens1 } else { None };
+            contexts.push(merge_heads(&attention(&q, &k, &v, scale, lens)?)?);
+        }
+        let message = self.out_proj.forward(&Tensor::cat(&contexts, 1)?)?;
         self.ffn.residual(x, &message)
     }
 }
 
 struct CrossBlock {
-    to_qk: Linear,
-    to_v: Linear,
+    /// `to_qk` and `to_v` stacked: one product gives both.
+    to_qkv: Linear,
     to_out: Linear,
     ffn: FeedForward,
 }
 
 impl CrossBlock {
     fn load(vb: VarBuilder) -> Result<Self> {
+        let w = Tensor::cat(
+            &[
+                vb.get((DIM, DIM), "to_qk.weight")?,
+                vb.get((DIM, DIM), "to_v.weight")?,
+            ],
+            0,
+        )?;
+        let b = Tensor::cat(&[vb.get(DIM, "to_qk.bias")?, vb.get(DIM, "to_v.bias")?], 0)?;
         Ok(Self {
-            to_qk: linear(vb.pp("to_qk"), DIM, DIM)?,
-            to_v: linear(vb.pp("to_v"), DIM, DIM)?,
+            to_qkv: Linear::new(w, Some(b)),
             to_out: linear(vb.pp("to_out"), DIM, DIM)?,
             ffn: FeedForward::load(vb.pp("ffn"))?,
         })
     }
 
-    /// Bidirectional attention: image 0 attends to image 1 and back, through the same
-    /// similarities (the reference's `sim` and its transpose). `lens1` marks the real points
-    /// of a padded image 1 (image 0, the query, is never padded).
-    fn forward(
-        &self,
-        x0: &Tensor,
-        x1: &Tensor,
-        lens1: Option<&[usize]>,
-    ) -> Result<(Tensor, Tensor)> {
+    /// Bidirectional attention between the two images of `x` = [image 0 | image 1]: each
+    /// attends to the other through the same similarities (the reference's `sim` and its
+    /// transpose). `lens1` marks the real points of a padded image 1 (image 0, the query, is
+    /// never padded); padded rows get zero messages, which no real point ever reads.
+    fn forward(&self, x: &Tensor, m: usize, lens1: Option<&[usize]>) -> Result<Tensor> {
+        let n = x.dim(1)? - m;
         let scale = (HEAD_DIM as f64).powf(-0.5).sqrt();
-        let qk0 = (split_heads(&self.to_qk.forward(x0)?)? * scale)?;
-        let qk1 = (split_heads(&self.to_qk.forward(x1)?)? * scale)?;
-        let v0 = split_heads(&self.to_v.forward(x0)?)?;
-        let v1 = split_heads(&self.to_v.forward(x1)?)?;
-        // Padded rows of image 1 get zero messages, which no real point ever reads.
-        let (m0, m1) = cross_attention(&qk0, &qk1, &v0, &v1, lens1)?;
-        let m0 = self.to_out.forward(&merge_heads(&m0)?)?;
-        let m1 = self.to_out.forward(&merge_heads(&m1)?)?;
-        Ok((self.ffn.residual(x0, &m0)?, self.ffn.residual(x1, &m1)?))
+        let qkv = self.to_qkv.forward(x)?;
+        let qk = (qkv.narrow(2, 0, DIM)? * scale)?;
+        let v = qkv.narrow(2, DIM, DIM)?;
+        let heads = |t: &Tensor, start, len| split_heads(&t.narrow(1, start, len)?);
+        let (m0, m1) = cross_attention(
+            &heads(&qk, 0, m)?,
+            &heads(&qk, m, n)?,
+            &heads(&v, 0, m)?,
+            &heads(&v, m, n)?,
+            lens1,
+        )?;
+        let messages = Tensor::cat(&[merge_heads(&m0)?, merge_heads(&m1)?], 1)?;
+        self.ffn.residual(x, &self.to_out.forward(&messages)?)
     }
 }
 
 struct Layer {
     self_attn: SelfBlock,
     cross_attn: CrossBlock,
+}
+
+impl Layer {
+    /// One self + cross layer on both images, processed together as [image 0 | image 1].
+    fn forward(
+        &self,
+        d0: &Tensor,
+        d1: &Tensor,
+        enc0: &Rotary,
+        enc1: &Rotary,
+        lens1: Option<&[usize]>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (m, n) = (d0.dim(1)?, d1.dim(1)?);
+        let x = Tensor::cat(&[d0, d1], 1)?;
+        let x = self.self_attn.forward(&x, m, [enc0, enc1], lens1)?;
+        let x = self.cross_attn.forward(&x, m, lens1)?;
+        Ok((
+            x.narrow(1, 0, m)?.contiguous()?,
+            x.narrow(1, m, n)?.contiguous()?,
+        ))
+    }
 }
 
 struct MatchAssignment {
@@ -327,7 +369,10 @@ impl LightGlue {
         device: &Device,
     ) -> Result<Self> {
         let tensors = crate::weights::load_safetensors(path.as_ref(), device)?;
-        Self::load(VarBuilder::from_tensors(tensors, DType::F32, device), config)
+        Self::load(
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+            config,
+        )
     }
 
     pub fn config(&self) -> &LightGlueConfig {
@@ -392,9 +437,7 @@ impl LightGlue {
             if ind0.is_empty() || ind1.is_empty() {
                 break;
             }
-            desc0 = layer.self_attn.forward(&desc0, &enc0, None)?;
-            desc1 = layer.self_attn.forward(&desc1, &enc1, None)?;
-            (desc0, desc1) = layer.cross_attn.forward(&desc0, &desc1, None)?;
+            (desc0, desc1) = layer.forward(&desc0, &desc1, &enc0, &enc1, None)?;
             if i == LAYERS - 1 {
                 break;
             }
@@ -520,18 +563,18 @@ impl LightGlue {
             let norm = self.normalized_keypoints(f)?;
             kpts.push(norm.pad_with_zeros(0, 0, n_max - f.len())?);
         }
-        let mut desc1 = self
-            .input_proj
-            .forward(&Tensor::from_vec(desc, (b, n_max, INPUT_DIM), &self.device)?)?;
+        let mut desc1 = self.input_proj.forward(&Tensor::from_vec(
+            desc,
+            (b, n_max, INPUT_DIM),
+            &self.device,
+        )?)?;
         let enc1 = self.rotary(&Tensor::stack(&kpts, 0)?)?;
         let bias = Tensor::from_vec(bias, (b, 1, n_max), &self.device)?;
         let lens: Vec<usize> = database.iter().map(|f| f.len()).collect();
         let mut desc0 = desc0.broadcast_as((b, m, DIM))?.contiguous()?;
         let enc0 = self.rotary(kpts0)?;
         for layer in &self.layers {
-            desc0 = layer.self_attn.forward(&desc0, &enc0, None)?;
-            desc1 = layer.self_attn.forward(&desc1, &enc1, Some(&lens))?;
-            (desc0, desc1) = layer.cross_attn.forward(&desc0, &desc1, Some(&lens))?;
+            (desc0, desc1) = layer.forward(&desc0, &desc1, &enc0, &enc1, Some(&lens))?;
         }
         let scores = self.assignment[LAYERS - 1].scores(&desc0, &desc1, Some(&bias))?;
         let th = self.config.filter_threshold;
@@ -549,7 +592,11 @@ impl LightGlue {
 
 /// Mutual-nearest matches of a log assignment matrix [M, N] whose confidence exceeds
 /// `threshold`. `valid_cols` limits image 1 to its first columns (padding in a batch).
-fn filter_matches(scores: &Tensor, threshold: f32, valid_cols: Option<usize>) -> Result<MatchResult> {
+fn filter_matches(
+    scores: &Tensor,
+    threshold: f32,
+    valid_cols: Option<usize>,
+) -> Result<MatchResult> {
     let scores = match valid_cols {
         Some(n) => scores.narrow(1, 0, n)?,
         None => scores.clone(),

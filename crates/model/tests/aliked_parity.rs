@@ -50,16 +50,27 @@ fn check(image: &str, golden: &str, config: AlikedConfig) {
     let model = aliked(config);
     let ours = model.extract(&load_image(fixture(image)).unwrap()).unwrap();
     let reference = golden_features(golden);
-    assert_eq!(ours.image_size, reference.image_size, "{golden}: image size");
+    assert_eq!(
+        ours.image_size, reference.image_size,
+        "{golden}: image size"
+    );
     assert_eq!(ours.len(), reference.len(), "{golden}: keypoint count");
     let p = compare(&ours, &reference);
     println!(
         "{golden}: {:.4} of keypoints within 0.01 px, min cosine {:.7}, max score diff {:.2e}",
         p.matched_fraction, p.min_cosine, p.max_score_diff
     );
-    assert!(p.matched_fraction >= 0.99, "{golden}: {:.4} matched", p.matched_fraction);
+    assert!(
+        p.matched_fraction >= 0.99,
+        "{golden}: {:.4} matched",
+        p.matched_fraction
+    );
     assert!(p.min_cosine >= 0.9999, "{golden}: cosine {}", p.min_cosine);
-    assert!(p.max_score_diff <= 1e-4, "{golden}: score diff {}", p.max_score_diff);
+    assert!(
+        p.max_score_diff <= 1e-4,
+        "{golden}: score diff {}",
+        p.max_score_diff
+    );
     let norms_ok = (0..ours.len()).all(|i| {
         let n: f32 = ours.descriptor(i).iter().map(|v| v * v).sum();
         (n.sqrt() - 1.0).abs() < 1e-4
@@ -77,7 +88,11 @@ macro_rules! parity_test {
 }
 
 parity_test!(sacre_coeur1, "lightglue/sacre_coeur1.jpg", "sacre_coeur1");
-parity_test!(sacre_coeur2_portrait, "lightglue/sacre_coeur2.jpg", "sacre_coeur2");
+parity_test!(
+    sacre_coeur2_portrait,
+    "lightglue/sacre_coeur2.jpg",
+    "sacre_coeur2"
+);
 parity_test!(dsc_0410, "lightglue/DSC_0410.JPG", "DSC_0410");
 parity_test!(dsc_0411, "lightglue/DSC_0411.JPG", "DSC_0411");
 parity_test!(graf1_png, "opencv/graf1.png", "graf1");

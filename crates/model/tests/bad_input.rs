@@ -10,7 +10,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -42,14 +46,20 @@ fn missing_file_names_the_path() {
 
 #[test]
 fn unsupported_format() {
-    assert!(matches!(decode_image(b"GIF89a\x01\x00\x01\x00"), Err(Error::UnsupportedFormat)));
+    assert!(matches!(
+        decode_image(b"GIF89a\x01\x00\x01\x00"),
+        Err(Error::UnsupportedFormat)
+    ));
     assert!(matches!(decode_image(b""), Err(Error::UnsupportedFormat)));
 }
 
 #[test]
 fn truncated_jpeg_and_png() {
     // A JPEG cut anywhere before its end-of-image marker; a PNG cut inside its pixel data.
-    for (path, tail) in [("lightglue/sacre_coeur1.jpg", 3), ("opencv/graf1.png", 100_000)] {
+    for (path, tail) in [
+        ("lightglue/sacre_coeur1.jpg", 3),
+        ("opencv/graf1.png", 100_000),
+    ] {
         let bytes = std::fs::read(fixture(path)).unwrap();
         for cut in [20, bytes.len() / 2, bytes.len() - tail] {
             match decode_image(&bytes[..cut]) {
@@ -102,7 +112,10 @@ fn tiny_and_flat_images_do_not_panic() {
         let image = RgbImage::new(w, h, vec![77; (w * h * 3) as usize]).unwrap();
         let f = extractor.extract(&image).unwrap();
         assert!(f.len() <= 2048);
-        assert!(f.keypoints.iter().all(|&[x, y]| x.is_finite() && y.is_finite()));
+        assert!(f
+            .keypoints
+            .iter()
+            .all(|&[x, y]| x.is_finite() && y.is_finite()));
     }
 }
 

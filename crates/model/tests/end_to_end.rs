@@ -10,21 +10,39 @@ use wbia_lightglue_model::{load_image, AlikedConfig, Features, LightGlueConfig};
 #[test]
 fn graffiti_matches_follow_the_homography() {
     let xml = std::fs::read_to_string(fixture("opencv/H1to3p.xml")).unwrap();
-    let data = xml.split("<data>").nth(1).unwrap().split("</data>").next().unwrap();
-    let h: Vec<f64> = data.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let data = xml
+        .split("<data>")
+        .nth(1)
+        .unwrap()
+        .split("</data>")
+        .next()
+        .unwrap();
+    let h: Vec<f64> = data
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
     assert_eq!(h.len(), 9);
 
     let extractor = aliked(AlikedConfig::default());
-    let f1 = extractor.extract(&load_image(fixture("opencv/graf1.png")).unwrap()).unwrap();
-    let f3 = extractor.extract(&load_image(fixture("opencv/graf3.png")).unwrap()).unwrap();
-    let result = lightglue(LightGlueConfig::default()).match_pair(&f1, &f3).unwrap();
+    let f1 = extractor
+        .extract(&load_image(fixture("opencv/graf1.png")).unwrap())
+        .unwrap();
+    let f3 = extractor
+        .extract(&load_image(fixture("opencv/graf3.png")).unwrap())
+        .unwrap();
+    let result = lightglue(LightGlueConfig::default())
+        .match_pair(&f1, &f3)
+        .unwrap();
     let mut errors: Vec<f64> = result
         .matches
         .iter()
         .map(|&[i, j]| {
             let [x, y] = f1.keypoints[i].map(|v| v as f64);
             let w = h[6] * x + h[7] * y + h[8];
-            let (px, py) = ((h[0] * x + h[1] * y + h[2]) / w, (h[3] * x + h[4] * y + h[5]) / w);
+            let (px, py) = (
+                (h[0] * x + h[1] * y + h[2]) / w,
+                (h[3] * x + h[4] * y + h[5]) / w,
+            );
             let [qx, qy] = f3.keypoints[j].map(|v| v as f64);
             ((px - qx).powi(2) + (py - qy).powi(2)).sqrt()
         })
@@ -47,10 +65,20 @@ fn genuine_turtles_outscore_impostors() {
             .extract(&load_image(fixture(&format!("turtles/{n}.jpg"))).unwrap())
             .unwrap()
     };
-    let (a1, a2, b3, b4) = (load("turtle_a1"), load("turtle_a2"), load("turtle_b3"), load("turtle_b4"));
+    let (a1, a2, b3, b4) = (
+        load("turtle_a1"),
+        load("turtle_a2"),
+        load("turtle_b3"),
+        load("turtle_b4"),
+    );
     let score = |x: &Features, y: &Features| matcher.match_pair(x, y).unwrap().score();
     let genuine = [score(&a1, &a2), score(&b3, &b4)];
-    let impostor = [score(&a1, &b3), score(&a1, &b4), score(&a2, &b3), score(&a2, &b4)];
+    let impostor = [
+        score(&a1, &b3),
+        score(&a1, &b4),
+        score(&a2, &b3),
+        score(&a2, &b4),
+    ];
     println!("genuine {genuine:?}, impostor {impostor:?}");
     let worst_genuine = genuine.iter().copied().fold(f32::INFINITY, f32::min);
     let best_impostor = impostor.iter().copied().fold(0.0, f32::max);

@@ -19,9 +19,16 @@ struct Reference {
 
 fn reference(pair: &str, mode: &str) -> Reference {
     let g = golden(&format!("lightglue/{pair}_{mode}.safetensors"));
-    let flat = g["matches"].flatten_all().unwrap().to_vec1::<i64>().unwrap();
+    let flat = g["matches"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap();
     Reference {
-        matches: flat.chunks_exact(2).map(|c| [c[0] as usize, c[1] as usize]).collect(),
+        matches: flat
+            .chunks_exact(2)
+            .map(|c| [c[0] as usize, c[1] as usize])
+            .collect(),
         score: vec1(&g["score"])[0],
         stop: g["stop"].to_vec1::<i64>().unwrap()[0] as usize,
     }
@@ -74,12 +81,36 @@ macro_rules! pair_tests {
     };
 }
 
-pair_tests!(sacre_coeur_adaptive, sacre_coeur_full, "sacre_coeur", "sacre_coeur1", "sacre_coeur2");
+pair_tests!(
+    sacre_coeur_adaptive,
+    sacre_coeur_full,
+    "sacre_coeur",
+    "sacre_coeur1",
+    "sacre_coeur2"
+);
 pair_tests!(graf_adaptive, graf_full, "graf", "graf1", "graf3");
 pair_tests!(dsc_adaptive, dsc_full, "dsc", "DSC_0410", "DSC_0411");
-pair_tests!(turtle_genuine_adaptive, turtle_genuine_full, "turtle_genuine", "turtle_a1", "turtle_a2");
-pair_tests!(turtle_genuine2_adaptive, turtle_genuine2_full, "turtle_genuine2", "turtle_b3", "turtle_b4");
-pair_tests!(turtle_impostor_adaptive, turtle_impostor_full, "turtle_impostor", "turtle_a1", "turtle_b3");
+pair_tests!(
+    turtle_genuine_adaptive,
+    turtle_genuine_full,
+    "turtle_genuine",
+    "turtle_a1",
+    "turtle_a2"
+);
+pair_tests!(
+    turtle_genuine2_adaptive,
+    turtle_genuine2_full,
+    "turtle_genuine2",
+    "turtle_b3",
+    "turtle_b4"
+);
+pair_tests!(
+    turtle_impostor_adaptive,
+    turtle_impostor_full,
+    "turtle_impostor",
+    "turtle_a1",
+    "turtle_b3"
+);
 
 /// Batched 1-vs-N (padded, masked, adaptive off) must give what single pairs give.
 #[test]
@@ -100,7 +131,10 @@ fn batched_equals_single_pairs() {
             assert!((x - y).abs() <= 1e-5, "match score {x} vs {y}");
         }
         let (sb, ss) = (b.score(), single.score());
-        assert!((sb - ss).abs() <= 1e-5 * ss.max(1.0), "pair score {sb} vs {ss}");
+        assert!(
+            (sb - ss).abs() <= 1e-5 * ss.max(1.0),
+            "pair score {sb} vs {ss}"
+        );
     }
 }
 
@@ -150,7 +184,11 @@ fn identical_images_match_themselves() {
     let f = golden_features("turtle_b3");
     let r = matcher.match_pair(&f, &f).unwrap();
     let identity = r.matches.iter().filter(|&&[i, j]| i == j).count();
-    println!("self-match: {} matches, {identity} on the identity, score {}", r.matches.len(), r.score());
+    println!(
+        "self-match: {} matches, {identity} on the identity, score {}",
+        r.matches.len(),
+        r.score()
+    );
     assert!(identity as f64 >= 0.9 * r.matches.len() as f64);
     assert!(r.matches.len() > 1000);
 }

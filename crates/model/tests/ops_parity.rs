@@ -20,12 +20,21 @@ fn grid_sample_matches_pytorch_including_out_of_range_points() {
     let points: Vec<[f32; 2]> = grid.chunks_exact(2).map(|p| [p[0], p[1]]).collect();
     assert!(points.iter().any(|p| p[0].abs() > 1.0 || p[1].abs() > 1.0));
     // PyTorch's output is [1, C, 1, P]; ours is [P, C].
-    let expected = g["grid_sample.output"].squeeze(0).unwrap().squeeze(1).unwrap().t().unwrap();
+    let expected = g["grid_sample.output"]
+        .squeeze(0)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .t()
+        .unwrap();
     let expected = vec1(&expected.contiguous().unwrap());
 
     let fast = vec1(&grid_sample(&input, &points).unwrap());
     let slow = grid_sample_reference(&vec1(&input), c, h, w, &points);
-    let (d_fast, d_slow) = (max_abs_diff(&fast, &expected), max_abs_diff(&slow, &expected));
+    let (d_fast, d_slow) = (
+        max_abs_diff(&fast, &expected),
+        max_abs_diff(&slow, &expected),
+    );
     println!("grid_sample: fast {d_fast:.2e}, slow {d_slow:.2e}");
     assert!(d_fast < 1e-5 && d_slow < 1e-5);
 }
@@ -39,9 +48,21 @@ fn check_deform(case: &str) {
     let (o, _, k, _) = weight.dims4().unwrap();
 
     let fast = vec1(&deform_conv2d(&input, &offset, &weight, None, 1).unwrap());
-    let slow =
-        deform_conv2d_reference(&vec1(&input), &vec1(&offset), &vec1(&weight), c, h, w, o, k, 1);
-    let (d_fast, d_slow) = (max_abs_diff(&fast, &expected), max_abs_diff(&slow, &expected));
+    let slow = deform_conv2d_reference(
+        &vec1(&input),
+        &vec1(&offset),
+        &vec1(&weight),
+        c,
+        h,
+        w,
+        o,
+        k,
+        1,
+    );
+    let (d_fast, d_slow) = (
+        max_abs_diff(&fast, &expected),
+        max_abs_diff(&slow, &expected),
+    );
     println!("{case}: fast {d_fast:.2e}, slow {d_slow:.2e}");
     assert!(d_fast < 1e-4 && d_slow < 1e-4);
 }

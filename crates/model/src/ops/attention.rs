@@ -13,7 +13,7 @@ use crate::{Error, Result};
 
 /// Rows of q handled together: big enough for an efficient matrix product, small enough that
 /// the [ROW_BLOCK, N] scratch stays in cache.
-const ROW_BLOCK: usize = 32;
+const ROW_BLOCK: usize = 64;
 
 /// Attention over [B, H, M, D] queries and [B, H, N, D] keys/values. `key_lens[b]` keys of
 /// batch item `b` are real, the rest padding; `None` means all are real.
@@ -121,7 +121,15 @@ impl CustomOp3 for FusedAttention {
 }
 
 /// One block of query rows against `len` keys: similarities, row softmax, weighted values.
-fn attend_block(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], d: usize, len: usize, scale: f32) {
+fn attend_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    d: usize,
+    len: usize,
+    scale: f32,
+) {
     let rows = q.len() / d;
     if len == 0 {
         out.fill(0.0);
@@ -207,7 +215,9 @@ pub fn cross_attention(
     }
     let (bsz, h, m, d) = a.dims4()?;
     let (_, _, n, _) = b.dims4()?;
-    if b.dims4()? != (bsz, h, n, d) || va.dims4()? != (bsz, h, m, d) || vb.dims4()? != (bsz, h, n, d)
+    if b.dims4()? != (bsz, h, n, d)
+        || va.dims4()? != (bsz, h, m, d)
+        || vb.dims4()? != (bsz, h, n, d)
     {
         return Err(Error::Config("cross_attention: mismatched shapes".into()));
     }
@@ -241,7 +251,15 @@ pub fn cross_attention(
 }
 
 /// One head of [`cross_attention`]: `a` is [M, D], `b` is [N, D] (real rows only).
-fn cross_head(a: &[f32], b: &[f32], va: &[f32], vb: &[f32], oa: &mut [f32], ob: &mut [f32], d: usize) {
+fn cross_head(
+    a: &[f32],
+    b: &[f32],
+    va: &[f32],
+    vb: &[f32],
+    oa: &mut [f32],
+    ob: &mut [f32],
+    d: usize,
+) {
     let (m, n) = (a.len() / d, b.len() / d);
     if n == 0 {
         oa.fill(0.0);
@@ -252,8 +270,25 @@ fn cross_head(a: &[f32], b: &[f32], va: &[f32], vb: &[f32], oa: &mut [f32], ob: 
     // exactly the dimensions passed; destinations do not overlap sources.
     unsafe {
         gemm::gemm(
-            m, n, d, sim.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, d as isize,
-            b.as_ptr(), d as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            m,
+            n,
+            d,
+            sim.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            d as isize,
+            b.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
     // Rows: softmax over image b, in blocks so the exponentials stay in cache.
@@ -265,8 +300,25 @@ fn cross_head(a: &[f32], b: &[f32], va: &[f32], vb: &[f32], oa: &mut [f32], ob: 
         let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
         unsafe {
             gemm::gemm(
-                rows, d, n, out.as_mut_ptr(), 1, d as isize, false, e.as_ptr(), 1, n as isize,
-                vb.as_ptr(), 1, d as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                rows,
+                d,
+                n,
+                out.as_mut_ptr(),
+                1,
+                d as isize,
+                false,
+                e.as_ptr(),
+                1,
+                n as isize,
+                vb.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
             );
         }
         for (row, sum) in out.chunks_exact_mut(d).zip(sums) {
@@ -277,7 +329,10 @@ fn cross_head(a: &[f32], b: &[f32], va: &[f32], vb: &[f32], oa: &mut [f32], ob: 
     // Columns: softmax over image a, exponentials written in place, then E^T · v_a.
     let mut col_max = vec![f32::NEG_INFINITY; n];
     for row in sim.chunks_exact(n) {
-        col_max.iter_mut().zip(row).for_each(|(c, &v)| *c = c.max(v));
+        col_max
+            .iter_mut()
+            .zip(row)
+            .for_each(|(c, &v)| *c = c.max(v));
     }
     let mut col_sum = vec![0f32; n];
     for row in sim.chunks_exact_mut(n) {
@@ -285,8 +340,25 @@ fn cross_head(a: &[f32], b: &[f32], va: &[f32], vb: &[f32], oa: &mut [f32], ob: 
     }
     unsafe {
         gemm::gemm(
-            n, d, m, ob.as_mut_ptr(), 1, d as isize, false, sim.as_ptr(), n as isize, 1,
-            va.as_ptr(), 1, d as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            n,
+            d,
+            m,
+            ob.as_mut_ptr(),
+            1,
+            d as isize,
+            false,
+            sim.as_ptr(),
+            n as isize,
+            1,
+            va.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
     for (row, sum) in ob.chunks_exact_mut(d).zip(col_sum) {
@@ -411,7 +483,16 @@ mod tests {
         let want_a = attention_reference(&a, &b, &vb, 1.0, Some(&lens)).unwrap();
         let want_b = attention_reference(&b, &a, &va, 1.0, None).unwrap();
         let diff = |x: &Tensor, y: &Tensor| {
-            (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         };
         assert!(diff(&ma, &want_a) < 1e-5);
         // Real rows of b match; padded rows of the second item get zero messages.
@@ -419,7 +500,15 @@ mod tests {
         let real = mb.get(1).unwrap().narrow(1, 0, 20).unwrap();
         assert!(diff(&real, &want_b.get(1).unwrap().narrow(1, 0, 20).unwrap()) < 1e-5);
         let pad = mb.get(1).unwrap().narrow(1, 20, 37).unwrap();
-        assert_eq!(pad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            pad.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 
     #[test]

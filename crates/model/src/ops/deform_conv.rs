@@ -84,8 +84,7 @@ fn check_shapes(
 ) -> Result<()> {
     let (b, c, h, w) = input;
     let (_, cw, kh, kw) = weight;
-    if b != 1 || cw != c || offset != (1, 2 * kh * kw, h, w) || 2 * padding + 1 != kh || kh != kw
-    {
+    if b != 1 || cw != c || offset != (1, 2 * kh * kw, h, w) || 2 * padding + 1 != kh || kh != kw {
         return Err(Error::Config(format!(
             "deform_conv2d: unsupported shapes input {input:?}, offset {offset:?}, weight {weight:?}, padding {padding}"
         )));
@@ -167,7 +166,8 @@ pub fn deform_conv2d_reference(
                             let k = i * ksize + j;
                             let y = (oy + i) as f32 - padding as f32 + offset[2 * k * hw + p];
                             let x = (ox + j) as f32 - padding as f32 + offset[(2 * k + 1) * hw + p];
-                            acc += weight[((oc * c + ch) * ksize + i) * ksize + j] * sample(ch, y, x);
+                            acc +=
+                                weight[((oc * c + ch) * ksize + i) * ksize + j] * sample(ch, y, x);
                         }
                     }
                 }

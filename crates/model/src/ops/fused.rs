@@ -119,7 +119,11 @@ pub fn aggregate_normalized(maps: &[Tensor]) -> Result<(Tensor, Vec<f32>)> {
     match norms {
         Some(norms) => Ok((table, norms)),
         None => {
-            let norm = table.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+            let norm = table
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .maximum(1e-12)?;
             let normalized = table.broadcast_div(&norm)?;
             Ok((normalized, norm.flatten_all()?.to_vec1::<f32>()?))
         }
@@ -146,36 +150,39 @@ fn aggregate(maps: &[Tensor], normalize: bool) -> Result<(Tensor, Option<Vec<f32
         } else {
             (0..h).map(|_| &mut [][..]).collect()
         };
-        out.par_chunks_mut(w * total_c).zip(norm_rows).enumerate().for_each(|(y, (row, norm_row))| {
-            let mut base = 0;
-            for ((c, mh, mw, data), (ty, tx)) in parts.iter().zip(&taps) {
-                let plane = mh * mw;
-                let (y0, y1, wy0, wy1) = ty[y];
-                // Channel-outer: each source row is read contiguously.
-                for ch in 0..*c {
-                    let d = &data[ch * plane..(ch + 1) * plane];
-                    let dst = row[base + ch..].iter_mut().step_by(total_c);
-                    if *mh == h && *mw == w {
-                        for (v, &src) in dst.zip(&d[y * w..(y + 1) * w]) {
-                            *v = src;
-                        }
-                    } else {
-                        let (r0, r1) = (&d[y0 * mw..(y0 + 1) * mw], &d[y1 * mw..(y1 + 1) * mw]);
-                        for (v, &(x0, x1, wx0, wx1)) in dst.zip(tx.iter()) {
-                            let top = r0[x0] * wx0 + r0[x1] * wx1;
-                            let bottom = r1[x0] * wx0 + r1[x1] * wx1;
-                            *v = top * wy0 + bottom * wy1;
+        out.par_chunks_mut(w * total_c)
+            .zip(norm_rows)
+            .enumerate()
+            .for_each(|(y, (row, norm_row))| {
+                let mut base = 0;
+                for ((c, mh, mw, data), (ty, tx)) in parts.iter().zip(&taps) {
+                    let plane = mh * mw;
+                    let (y0, y1, wy0, wy1) = ty[y];
+                    // Channel-outer: each source row is read contiguously.
+                    for ch in 0..*c {
+                        let d = &data[ch * plane..(ch + 1) * plane];
+                        let dst = row[base + ch..].iter_mut().step_by(total_c);
+                        if *mh == h && *mw == w {
+                            for (v, &src) in dst.zip(&d[y * w..(y + 1) * w]) {
+                                *v = src;
+                            }
+                        } else {
+                            let (r0, r1) = (&d[y0 * mw..(y0 + 1) * mw], &d[y1 * mw..(y1 + 1) * mw]);
+                            for (v, &(x0, x1, wx0, wx1)) in dst.zip(tx.iter()) {
+                                let top = r0[x0] * wx0 + r0[x1] * wx1;
+                                let bottom = r1[x0] * wx0 + r1[x1] * wx1;
+                                *v = top * wy0 + bottom * wy1;
+                            }
                         }
                     }
+                    base += c;
                 }
-                base += c;
-            }
-            for (px, norm) in row.chunks_exact_mut(total_c).zip(norm_row.iter_mut()) {
-                let n = px.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                px.iter_mut().for_each(|v| *v /= n);
-                *norm = n;
-            }
-        });
+                for (px, norm) in row.chunks_exact_mut(total_c).zip(norm_row.iter_mut()) {
+                    let n = px.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    px.iter_mut().for_each(|v| *v /= n);
+                    *norm = n;
+                }
+            });
         let table = Tensor::from_vec(out, (h * w, total_c), maps[0].device())?;
         return Ok((table, normalize.then_some(norms)));
     }
@@ -225,7 +232,10 @@ impl CustomOp1 for ScaledRowsSelu {
         let x = contiguous_slice(s, l)?;
         let (r, c) = l.shape().dims2()?;
         if self.scales.len() != r {
-            candle_core::bail!("scaled-rows-selu: {} scales for {r} rows", self.scales.len());
+            candle_core::bail!(
+                "scaled-rows-selu: {} scales for {r} rows",
+                self.scales.len()
+            );
         }
         let mut out = vec![0f32; x.len()];
         if c > 0 {
@@ -234,10 +244,109 @@ impl CustomOp1 for ScaledRowsSelu {
                 .zip(self.scales.par_chunks(256))
                 .for_each(|((o, x), sc)| {
                     for ((o, x), &s) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(sc) {
-                        o.iter_mut().zip(x).for_each(|(o, &v)| *o = selu_scalar(v * s));
+                        o.iter_mut()
+                            .zip(x)
+                            .for_each(|(o, &v)| *o = selu_scalar(v * s));
                     }
                 });
         }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// Rotary position encoding, `t·cos + rotate_half(t)·sin`, where `rotate_half` maps each pair
+/// (a, b) of the last dimension to (-b, a). `t` is [B, H, N, D]; `cos`/`sin` are [B, 1, N, D]
+/// or [1, 1, N, D] (shared by the batch).
+pub fn rotary(t: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if cpu_f32(t) {
+        let (b, h, n, d) = t.dims4()?;
+        let table = |x: &Tensor| -> Result<Vec<f32>> { Ok(x.flatten_all()?.to_vec1::<f32>()?) };
+        let (cos, sin) = (table(cos)?, table(sin)?);
+        let shared = cos.len() == n * d;
+        if !(shared || cos.len() == b * n * d) || sin.len() != cos.len() {
+            return Err(crate::Error::Config("rotary: table shape mismatch".into()));
+        }
+        let op = Rotary {
+            cos,
+            sin,
+            per_item: if shared { 0 } else { h },
+        };
+        return Ok(t.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    rotary_reference(t, cos, sin)
+}
+
+/// Composed version of [`rotary`].
+pub fn rotary_reference(t: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, n, d) = t.dims4()?;
+    let pairs = t.reshape((b, h, n, d / 2, 2))?;
+    let x1 = pairs.narrow(4, 0, 1)?;
+    let x2 = pairs.narrow(4, 1, 1)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 4)?.reshape((b, h, n, d))?;
+    Ok((t.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+struct Rotary {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// Heads per batch item, or 0 when one table serves the whole batch.
+    per_item: usize,
+}
+
+impl CustomOp1 for Rotary {
+    fn name(&self) -> &'static str {
+        "rotary"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(s, l)?;
+        let (_, _, n, d) = l.shape().dims4()?;
+        let mut out = vec![0f32; x.len()];
+        let plane = (n * d).max(1);
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(bh, (o, x))| {
+                let base = match self.per_item {
+                    0 => 0,
+                    h => (bh / h) * n * d,
+                };
+                let (cos, sin) = (&self.cos[base..base + n * d], &self.sin[base..base + n * d]);
+                for i in (0..n * d).step_by(2) {
+                    let (a, b) = (x[i], x[i + 1]);
+                    o[i] = a * cos[i] + (-b) * sin[i];
+                    o[i + 1] = b * cos[i + 1] + a * sin[i + 1];
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// GELU with the exact error function, `x/2 · (1 + erf(x/√2))`, in one parallel pass.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&GeluErf)?);
+    }
+    Ok(x.gelu_erf()?)
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(s, l)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -302,7 +411,10 @@ mod tests {
         let x = Tensor::randn(0f32, 2.0, (1, 3, 5, 7), &Device::Cpu).unwrap();
         let bias = [0.5f32, -1.0, 2.0];
         for b in [None, Some(&bias[..])] {
-            let d = max_diff(&bias_selu(&x, b).unwrap(), &bias_selu_reference(&x, b).unwrap());
+            let d = max_diff(
+                &bias_selu(&x, b).unwrap(),
+                &bias_selu_reference(&x, b).unwrap(),
+            );
             assert!(d < 1e-6, "{d}");
         }
     }
@@ -344,7 +456,12 @@ mod tests {
         let fused = scaled_rows_selu(&x, &scales).unwrap();
         let s = Tensor::from_slice(&scales, (300, 1), &Device::Cpu).unwrap();
         let composed = bias_selu_reference(
-            &x.broadcast_mul(&s).unwrap().unsqueeze(0).unwrap().unsqueeze(0).unwrap(),
+            &x.broadcast_mul(&s)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
             None,
         )
         .unwrap();
@@ -352,11 +469,50 @@ mod tests {
     }
 
     #[test]
+    fn rotary_matches_composed() {
+        let dev = Device::Cpu;
+        let t = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let cos = Tensor::randn(0f32, 1.0, (2, 1, 5, 8), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (2, 1, 5, 8), &dev).unwrap();
+        let d = max_diff(
+            &rotary(&t, &cos, &sin).unwrap(),
+            &rotary_reference(&t, &cos, &sin).unwrap(),
+        );
+        assert!(d < 1e-6, "{d}");
+        let (c1, s1) = (cos.narrow(0, 0, 1).unwrap(), sin.narrow(0, 0, 1).unwrap());
+        let d = max_diff(
+            &rotary(&t, &c1, &s1).unwrap(),
+            &rotary_reference(&t, &c1, &s1).unwrap(),
+        );
+        assert!(d < 1e-6, "shared table: {d}");
+    }
+
+    #[test]
+    fn gelu_matches_candle() {
+        let x = Tensor::randn(0f32, 3.0, (1000,), &Device::Cpu).unwrap();
+        let d = max_diff(&gelu_erf(&x).unwrap(), &x.gelu_erf().unwrap());
+        assert!(d < 1e-6, "{d}");
+    }
+
+    #[test]
     fn normalize_matches_composed_and_handles_zero_rows() {
         let mut x = Tensor::randn(0f32, 1.0, (100, 16), &Device::Cpu).unwrap();
-        x = Tensor::cat(&[x, Tensor::zeros((1, 16), DType::F32, &Device::Cpu).unwrap()], 0).unwrap();
+        x = Tensor::cat(
+            &[x, Tensor::zeros((1, 16), DType::F32, &Device::Cpu).unwrap()],
+            0,
+        )
+        .unwrap();
         let fused = l2_normalize_rows(&x).unwrap();
         assert!(max_diff(&fused, &l2_normalize_rows_reference(&x).unwrap()) < 1e-6);
-        assert_eq!(fused.get(100).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            fused
+                .get(100)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 }

@@ -88,7 +88,9 @@ pub(crate) fn gather_taps(
         .map(|&i| if i == outside { 0 } else { row_of(i) })
         .collect();
     if let Some(&bad) = idx.iter().find(|&&i| i as usize >= r) {
-        return Err(crate::Error::Config(format!("gather: row {bad} outside a table of {r}")));
+        return Err(crate::Error::Config(format!(
+            "gather: row {bad} outside a table of {r}"
+        )));
     }
     if device.is_cpu() && table.dtype() == DType::F32 {
         let op = WeightedRows {

@@ -46,7 +46,10 @@ pub fn aliked(config: AlikedConfig) -> Aliked {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn lightglue(config: wbia_lightglue_model::LightGlueConfig) -> wbia_lightglue_model::LightGlue {
