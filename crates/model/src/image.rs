@@ -213,7 +213,7 @@ pub fn resize_long_edge(image: &ChwImage, target: usize) -> Result<ChwImage> {
 /// kornia's kernel size for a sigma: `int(max(4σ, 3))`, made odd.
 fn gaussian_kernel(sigma: f64) -> Vec<f32> {
     let mut size = (4.0 * sigma).max(3.0) as usize;
-    if size % 2 == 0 {
+    if size.is_multiple_of(2) {
         size += 1;
     }
     // kornia builds the kernel in the image dtype (f32).

@@ -1,0 +1,101 @@
+//! The `wbia-lightglue` binary as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wbia-lightglue"))
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+#[test]
+fn extract_writes_the_documented_tensors() {
+    let out = std::env::temp_dir().join(format!(
+        "wbia-lightglue-cli-{}.safetensors",
+        std::process::id()
+    ));
+    let run = bin()
+        .args([
+            "extract",
+            fixture("turtles/turtle_b3.jpg").to_str().unwrap(),
+            "-o",
+        ])
+        .arg(&out)
+        .args(["--max-keypoints", "300"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("300 keypoints"), "{stdout}");
+
+    let tensors = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(tensors["keypoints"].dims(), &[300, 2]);
+    assert_eq!(tensors["keypoint_scores"].dims(), &[300]);
+    assert_eq!(tensors["descriptors"].dims(), &[300, 128]);
+    let size = tensors["image_size"].to_vec1::<f32>().unwrap();
+    assert_eq!(size, vec![589.0, 518.0]);
+}
+
+#[test]
+fn match_json_has_the_documented_fields() {
+    let run = bin()
+        .args(["match", "--json", "--max-keypoints", "256"])
+        .arg(fixture("turtles/turtle_b3.jpg"))
+        .arg(fixture("turtles/turtle_b4.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let matches = v["matches"].as_array().unwrap();
+    let scores = v["match_scores"].as_array().unwrap();
+    assert_eq!(matches.len(), scores.len());
+    assert!(!matches.is_empty());
+    assert_eq!(v["num_keypoints"], serde_json::json!([256, 256]));
+    let sum: f64 = scores.iter().map(|s| s.as_f64().unwrap()).sum();
+    assert!((sum - v["score"].as_f64().unwrap()).abs() < 1e-2 * sum.max(1.0));
+    assert!((1..=9).contains(&v["stop_layer"].as_u64().unwrap()));
+}
+
+#[test]
+fn bad_image_is_a_clear_error() {
+    let run = bin()
+        .args(["extract", "Cargo.toml", "-o", "/dev/null"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("unsupported"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_weights_are_a_clear_error() {
+    let run = bin()
+        .args([
+            "extract",
+            fixture("turtles/turtle_b3.jpg").to_str().unwrap(),
+            "-o",
+            "/dev/null",
+        ])
+        .args(["--weights", "/nonexistent-weights-dir"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("aliked-n16.safetensors"), "{stderr}");
+}
