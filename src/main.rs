@@ -24,6 +24,8 @@ enum Command {
     Extract(ExtractArgs),
     /// Match two images and print the pair score (sum of match confidences).
     Match(MatchArgs),
+    /// Serve WBIA's LightGlue query endpoints over HTTP.
+    Serve(ServeArgs),
     /// Time extraction and matching on this machine and print JSON (see scripts/bench.sh).
     Bench(bench::BenchArgs),
     /// Convert a PyTorch checkpoint (.pth) to safetensors.
@@ -75,6 +77,33 @@ struct ExtractArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WBIA_LIGHTGLUE_HOST", default_value = "0.0.0.0")]
+    host: std::net::IpAddr,
+    /// Port to listen on (5000, like WBIA).
+    #[arg(long, env = "WBIA_LIGHTGLUE_PORT", default_value_t = 5000)]
+    port: u16,
+    /// Base URL of the WBIA server that holds the annotations.
+    #[arg(long, env = "WBIA_URL", default_value = "http://localhost:5001")]
+    wbia_url: String,
+    /// Directory of JSON configurations (`config.json` is the default one; built-in defaults
+    /// when absent). A request's `config_path` must lie inside it.
+    #[arg(
+        long,
+        env = "WBIA_LIGHTGLUE_CONFIG_DIR",
+        default_value = "/v_config/lightglue"
+    )]
+    config_dir: PathBuf,
+    /// Directory holding the converted weights.
+    #[arg(long, env = weights::WEIGHTS_DIR_ENV)]
+    weights: Option<PathBuf>,
+    /// Model jobs that may wait before requests get 429.
+    #[arg(long, env = "WBIA_LIGHTGLUE_QUEUE", default_value_t = 64)]
+    queue_capacity: usize,
+}
+
+#[derive(Args)]
 struct MatchArgs {
     image0: PathBuf,
     image1: PathBuf,
@@ -119,6 +148,38 @@ impl ModelArgs {
     }
 }
 
+fn serve(args: ServeArgs) -> Result<()> {
+    use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info".into()),
+        )
+        .init();
+    let configs = ConfigDir::new(&args.config_dir);
+    // Fail fast on a broken default configuration rather than on the first request.
+    let default = configs.load(None)?;
+    let engine = Engine::start(EngineOptions {
+        weights_dir: args.weights.clone(),
+        queue_capacity: args.queue_capacity,
+        cache_capacity: default.feature_cache_max_size,
+    })?;
+    let wbia = wbia_client::WbiaClient::new(&args.wbia_url, Default::default())?;
+    let state = std::sync::Arc::new(wbia_lightglue_server::AppState {
+        engine,
+        wbia,
+        configs,
+        ready: Default::default(),
+        metrics: Default::default(),
+    });
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(wbia_lightglue_server::serve(
+        state,
+        std::net::SocketAddr::new(args.host, args.port),
+    ))?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -158,6 +219,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Bench(args) => bench::run(&args)?,
+        Command::Serve(args) => serve(args)?,
         Command::ConvertWeights { input, output } => {
             let n = weights::convert_pth(&input, &output)
                 .with_context(|| format!("converting {}", input.display()))?;

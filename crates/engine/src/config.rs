@@ -1,0 +1,235 @@
+//! The plugin's JSON configuration: the same keys and defaults as `wbia_lightglue/core.py`
+//! (`DEFAULT_CONFIG`), missing keys defaulted, unknown keys and wrong types refused. A request's
+//! `config_path` is resolved inside the configuration directory only.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wbia_lightglue_model::{AlikedConfig, LightGlueConfig};
+
+use crate::{Error, Result};
+
+/// Name of the configuration read when a request names none.
+pub const DEFAULT_CONFIG_FILE: &str = "config.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model_name: String,
+    pub max_num_keypoints: i64,
+    pub detection_threshold: f32,
+    pub image_size: usize,
+    pub depth_confidence: f32,
+    pub width_confidence: f32,
+    pub filter_threshold: f32,
+    pub feature_cache_max_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let a = AlikedConfig::default();
+        let l = LightGlueConfig::default();
+        Self {
+            model_name: "aliked-n16".into(),
+            max_num_keypoints: a.max_num_keypoints,
+            detection_threshold: a.detection_threshold,
+            image_size: a.image_size,
+            depth_confidence: l.depth_confidence,
+            width_confidence: l.width_confidence,
+            filter_threshold: l.filter_threshold,
+            feature_cache_max_size: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a configuration file's text; `source` names it in errors.
+    pub fn from_json(text: &str, source: &str) -> Result<Self> {
+        let config: Self =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| Error::Config(format!("{source}: {e}")))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.model_name != "aliked-n16" {
+            return Err(Error::Config(format!(
+                "model_name {:?} is not supported (only \"aliked-n16\" ships)",
+                self.model_name
+            )));
+        }
+        if self.feature_cache_max_size == 0 {
+            return Err(Error::Config(
+                "feature_cache_max_size must be positive".into(),
+            ));
+        }
+        self.aliked().validate()?;
+        self.lightglue().validate()?;
+        Ok(())
+    }
+
+    pub fn aliked(&self) -> AlikedConfig {
+        AlikedConfig {
+            max_num_keypoints: self.max_num_keypoints,
+            detection_threshold: self.detection_threshold,
+            image_size: self.image_size,
+            ..AlikedConfig::default()
+        }
+    }
+
+    pub fn lightglue(&self) -> LightGlueConfig {
+        LightGlueConfig {
+            depth_confidence: self.depth_confidence,
+            width_confidence: self.width_confidence,
+            filter_threshold: self.filter_threshold,
+        }
+    }
+
+    /// The settings that change features: part of every cache key.
+    pub fn feature_key(&self) -> String {
+        format!(
+            "{}/k{}/t{}/s{}",
+            self.model_name, self.max_num_keypoints, self.detection_threshold, self.image_size
+        )
+    }
+}
+
+/// Reads configurations from one directory (WBIA's `/v_config/lightglue`).
+#[derive(Clone, Debug)]
+pub struct ConfigDir {
+    dir: PathBuf,
+}
+
+impl ConfigDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration for a request. `None` reads `config.json` in the directory, or the
+    /// built-in defaults when that file does not exist. A given path may be relative to the
+    /// directory or absolute inside it; `..` and symlinks that leave the directory are refused.
+    pub fn load(&self, config_path: Option<&str>) -> Result<Config> {
+        let requested = match config_path.map(str::trim).filter(|p| !p.is_empty()) {
+            None => {
+                let default = self.dir.join(DEFAULT_CONFIG_FILE);
+                if !default.exists() {
+                    return Ok(Config::default());
+                }
+                return self.read(&default, DEFAULT_CONFIG_FILE);
+            }
+            Some(p) => p,
+        };
+        let path = Path::new(requested);
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(Error::Config(format!(
+                "config_path {requested:?} may not contain '..'"
+            )));
+        }
+        let relative = if path.is_absolute() {
+            path.strip_prefix(&self.dir).map_err(|_| {
+                Error::Config(format!(
+                    "config_path {requested:?} is outside the configuration directory {}",
+                    self.dir.display()
+                ))
+            })?
+        } else {
+            path
+        };
+        let candidate = self.dir.join(relative);
+        let root = self.dir.canonicalize().map_err(|e| {
+            Error::Config(format!(
+                "configuration directory {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        let resolved = candidate
+            .canonicalize()
+            .map_err(|e| Error::Config(format!("config_path {requested:?}: {e}")))?;
+        if !resolved.starts_with(&root) {
+            return Err(Error::Config(format!(
+                "config_path {requested:?} resolves outside the configuration directory"
+            )));
+        }
+        self.read(&resolved, requested)
+    }
+
+    fn read(&self, path: &Path, name: &str) -> Result<Config> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::Config(format!("{name}: {e}")))?;
+        if meta.len() > 1 << 20 {
+            return Err(Error::Config(format!("{name}: larger than 1 MiB")));
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{name}: {e}")))?;
+        Config::from_json(&text, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wbia-lg-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn missing_keys_take_defaults() {
+        let c = Config::from_json(r#"{"max_num_keypoints": 1024}"#, "t").unwrap();
+        assert_eq!(c.max_num_keypoints, 1024);
+        assert_eq!(c.image_size, 512);
+        assert_eq!(c.feature_cache_max_size, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors() {
+        let e = Config::from_json(r#"{"max_keypoints": 1}"#, "x.json").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = Config::from_json(r#"{"image_size": "big"}"#, "x.json").unwrap_err();
+        assert!(e.to_string().contains("x.json"), "{e}");
+        assert!(Config::from_json(r#"{"model_name": "aliked-t16"}"#, "x").is_err());
+        assert!(Config::from_json(r#"{"depth_confidence": 7}"#, "x").is_err());
+    }
+
+    #[test]
+    fn absent_directory_gives_defaults() {
+        let dir = ConfigDir::new("/nonexistent/v_config/lightglue");
+        assert_eq!(dir.load(None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn config_path_stays_inside_the_directory() {
+        let dir = temp_dir("inside");
+        std::fs::write(dir.join("highres.json"), r#"{"image_size": 1024}"#).unwrap();
+        let outside = temp_dir("outside");
+        std::fs::write(outside.join("evil.json"), "{}").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(outside.join("evil.json"), dir.join("link.json")).unwrap();
+        let configs = ConfigDir::new(&dir);
+
+        assert_eq!(configs.load(Some("highres.json")).unwrap().image_size, 1024);
+        let absolute = dir.join("highres.json");
+        assert_eq!(
+            configs
+                .load(Some(absolute.to_str().unwrap()))
+                .unwrap()
+                .image_size,
+            1024
+        );
+        assert!(configs.load(Some("../outside/evil.json")).is_err());
+        assert!(configs
+            .load(Some(outside.join("evil.json").to_str().unwrap()))
+            .is_err());
+        #[cfg(unix)]
+        assert!(configs.load(Some("link.json")).is_err());
+        assert!(configs.load(Some("missing.json")).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! The matching engine behind the service: configuration, the model worker thread and its
+//! bounded queue, the feature cache, and ranking. It knows nothing of HTTP.
+
+pub mod config;
+pub mod scoring;
+mod worker;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use wbia_lightglue_model::Features;
+
+pub use config::{Config, ConfigDir};
+pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
+use worker::{Job, ModelWorker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] wbia_lightglue_model::Error),
+    #[error("annotation {uuid}: {source}")]
+    Annotation {
+        uuid: Uuid,
+        source: wbia_lightglue_model::Error,
+    },
+    #[error("the model queue is full ({0} jobs waiting); retry later")]
+    QueueFull(usize),
+    #[error("the model worker has stopped")]
+    WorkerGone,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How the engine is set up.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Directory with the converted weights (`None`: the model crate's search path).
+    pub weights_dir: Option<PathBuf>,
+    /// Jobs that may wait for the model worker before requests are refused.
+    pub queue_capacity: usize,
+    /// Feature sets kept in memory.
+    pub cache_capacity: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            weights_dir: None,
+            queue_capacity: 64,
+            cache_capacity: Config::default().feature_cache_max_size,
+        }
+    }
+}
+
+/// Features are cached by annotation, by the settings that shape them, and by the SHA-256 of
+/// the chip bytes: a chip that WBIA re-renders (new bbox, theta or image) has new bytes and so
+/// a new key, and is never served stale features.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FeatureKey {
+    annot: Uuid,
+    settings: String,
+    chip: [u8; 32],
+}
+
+/// Cache counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+pub struct Engine {
+    worker: ModelWorker,
+    cache: Mutex<lru::LruCache<FeatureKey, Arc<Features>>>,
+    pub cache_stats: CacheStats,
+}
+
+impl Engine {
+    /// Starts the model worker thread. Models load lazily, once per distinct configuration.
+    pub fn start(options: EngineOptions) -> Result<Self> {
+        let capacity = NonZeroUsize::new(options.cache_capacity)
+            .ok_or_else(|| Error::Config("cache capacity must be positive".into()))?;
+        Ok(Self {
+            worker: ModelWorker::spawn(options.weights_dir, options.queue_capacity.max(1))?,
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+            cache_stats: CacheStats::default(),
+        })
+    }
+
+    /// Loads the models of `config` and runs them once, so the first request is not slow.
+    pub async fn warm_up(&self, config: &Config) -> Result<()> {
+        let image = wbia_lightglue_model::RgbImage::new(64, 48, vec![128; 64 * 48 * 3])?;
+        let f = Arc::new(
+            self.worker
+                .call(|reply| Job::ExtractDecoded {
+                    image,
+                    config: config.clone(),
+                    reply,
+                })
+                .await??,
+        );
+        self.worker
+            .call(|reply| Job::Match {
+                query: f.clone(),
+                database: vec![f],
+                config: config.clone(),
+                reply,
+            })
+            .await??;
+        Ok(())
+    }
+
+    pub fn cached_features(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Features of an annotation's chip, from the cache or computed on the worker.
+    pub async fn features(
+        &self,
+        annot: Uuid,
+        chip: Bytes,
+        config: &Config,
+    ) -> Result<Arc<Features>> {
+        let key = FeatureKey {
+            annot,
+            settings: config.feature_key(),
+            chip: Sha256::digest(&chip).into(),
+        };
+        if let Some(f) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&key).cloned())
+        {
+            self.cache_stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(f);
+        }
+        self.cache_stats.misses.fetch_add(1, Ordering::Relaxed);
+        let features = self
+            .worker
+            .call(|reply| Job::Extract {
+                chip,
+                config: config.clone(),
+                reply,
+            })
+            .await?
+            .map_err(|source| match source {
+                Error::Model(source) => Error::Annotation {
+                    uuid: annot,
+                    source,
+                },
+                other => other,
+            })?;
+        let features = Arc::new(features);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(key, features.clone());
+        }
+        Ok(features)
+    }
+
+    /// Pair scores (sum of match confidences) of one query against each database entry.
+    pub async fn scores(
+        &self,
+        query: Arc<Features>,
+        database: Vec<Arc<Features>>,
+        config: &Config,
+    ) -> Result<Vec<f32>> {
+        self.worker
+            .call(|reply| Job::Match {
+                query,
+                database,
+                config: config.clone(),
+                reply,
+            })
+            .await?
+    }
+
+    /// Jobs waiting for the worker now.
+    pub fn queue_depth(&self) -> usize {
+        self.worker.depth()
+    }
+}

@@ -1,0 +1,118 @@
+//! Ranking of database annotations for one query, and name scores as the plugin computes them
+//! (`get_match_results`: the score of a name is the **max** over its annotations).
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// One database annotation's score against the query.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoredAnnot {
+    pub annot: Uuid,
+    pub score: f32,
+    /// The individual's name, when WBIA knows it.
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NameScore {
+    pub name: String,
+    pub score: f32,
+    /// The annotation that gave the name its score.
+    pub best_annot: Uuid,
+}
+
+/// Results for one query annotation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryResult {
+    pub query: Uuid,
+    /// Database annotations, best first (ties keep request order); the query itself is dropped.
+    pub ranked: Vec<ScoredAnnot>,
+    /// Named individuals, best first.
+    pub name_scores: Vec<NameScore>,
+}
+
+impl QueryResult {
+    pub fn best(&self) -> Option<&ScoredAnnot> {
+        self.ranked.first()
+    }
+}
+
+/// Ranks scored annotations for `query`, dropping self-matches.
+pub fn rank(query: Uuid, scored: Vec<ScoredAnnot>) -> QueryResult {
+    let mut ranked: Vec<ScoredAnnot> = scored.into_iter().filter(|s| s.annot != query).collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut name_scores: Vec<NameScore> = Vec::new();
+    for s in &ranked {
+        let Some(name) = &s.name else { continue };
+        // `ranked` is sorted, so the first annotation seen for a name carries its max.
+        if !name_scores.iter().any(|n| &n.name == name) {
+            name_scores.push(NameScore {
+                name: name.clone(),
+                score: s.score,
+                best_annot: s.annot,
+            });
+        }
+    }
+    QueryResult {
+        query,
+        ranked,
+        name_scores,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn ranks_drops_self_and_takes_max_per_name() {
+        let scored = vec![
+            ScoredAnnot {
+                annot: u(1),
+                score: 99.0,
+                name: Some("a".into()),
+            },
+            ScoredAnnot {
+                annot: u(2),
+                score: 5.0,
+                name: Some("b".into()),
+            },
+            ScoredAnnot {
+                annot: u(3),
+                score: 40.0,
+                name: Some("b".into()),
+            },
+            ScoredAnnot {
+                annot: u(4),
+                score: 10.0,
+                name: None,
+            },
+            ScoredAnnot {
+                annot: u(5),
+                score: 20.0,
+                name: Some("a".into()),
+            },
+        ];
+        let r = rank(u(1), scored);
+        let order: Vec<u128> = r.ranked.iter().map(|s| s.annot.as_u128()).collect();
+        assert_eq!(order, vec![3, 5, 4, 2]);
+        assert_eq!(r.best().unwrap().annot, u(3));
+        let names: Vec<(&str, f32)> = r
+            .name_scores
+            .iter()
+            .map(|n| (n.name.as_str(), n.score))
+            .collect();
+        assert_eq!(names, vec![("b", 40.0), ("a", 20.0)]);
+    }
+
+    #[test]
+    fn empty_database() {
+        let r = rank(u(1), vec![]);
+        assert!(r.best().is_none());
+        assert!(r.name_scores.is_empty());
+    }
+}

@@ -1,0 +1,171 @@
+//! The model worker: one thread owns the models and runs jobs from a bounded queue, replying
+//! on oneshot channels. Keeping inference off the async runtime means a 2-second match never
+//! stalls HTTP handling, and the queue bound turns overload into a clear "retry later".
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use candle_core::Device;
+use tokio::sync::oneshot;
+use wbia_lightglue_model::{weights, Aliked, Features, LightGlue, RgbImage};
+
+use crate::{Config, Error, Result};
+
+pub(crate) enum Job {
+    Extract {
+        chip: Bytes,
+        config: Config,
+        reply: oneshot::Sender<Result<Features>>,
+    },
+    ExtractDecoded {
+        image: RgbImage,
+        config: Config,
+        reply: oneshot::Sender<Result<Features>>,
+    },
+    Match {
+        query: Arc<Features>,
+        database: Vec<Arc<Features>>,
+        config: Config,
+        reply: oneshot::Sender<Result<Vec<f32>>>,
+    },
+}
+
+pub(crate) struct ModelWorker {
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl ModelWorker {
+    pub fn spawn(weights_dir: Option<PathBuf>, capacity: usize) -> Result<Self> {
+        let (tx, rx) = sync_channel::<Job>(capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let worker_depth = depth.clone();
+        std::thread::Builder::new()
+            .name("model-worker".into())
+            .spawn(move || {
+                let mut models = Models::new(weights_dir);
+                while let Ok(job) = rx.recv() {
+                    worker_depth.fetch_sub(1, Ordering::Relaxed);
+                    models.run(job);
+                }
+            })
+            .map_err(|_| Error::WorkerGone)?;
+        Ok(Self {
+            tx,
+            depth,
+            capacity,
+        })
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues a job built around a reply channel and waits for its answer.
+    pub async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::QueueFull(self.capacity));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::WorkerGone);
+            }
+        }
+        answer.await.map_err(|_| Error::WorkerGone)
+    }
+}
+
+/// Models by the settings that shape them, loaded on first use.
+struct Models {
+    weights_dir: Option<PathBuf>,
+    device: Device,
+    extractors: HashMap<String, Aliked>,
+    matchers: HashMap<String, LightGlue>,
+}
+
+impl Models {
+    fn new(weights_dir: Option<PathBuf>) -> Self {
+        Self {
+            weights_dir,
+            device: Device::Cpu,
+            extractors: HashMap::new(),
+            matchers: HashMap::new(),
+        }
+    }
+
+    fn run(&mut self, job: Job) {
+        // A reply nobody waits for any more (client gone) is simply dropped.
+        match job {
+            Job::Extract {
+                chip,
+                config,
+                reply,
+            } => {
+                let result = wbia_lightglue_model::decode_image(&chip)
+                    .map_err(Error::Model)
+                    .and_then(|image| self.extract(&image, &config));
+                let _ = reply.send(result);
+            }
+            Job::ExtractDecoded {
+                image,
+                config,
+                reply,
+            } => {
+                let _ = reply.send(self.extract(&image, &config));
+            }
+            Job::Match {
+                query,
+                database,
+                config,
+                reply,
+            } => {
+                let _ = reply.send(self.match_all(&query, &database, &config));
+            }
+        }
+    }
+
+    fn extract(&mut self, image: &RgbImage, config: &Config) -> Result<Features> {
+        let key = config.feature_key();
+        if !self.extractors.contains_key(&key) {
+            let path = weights::find_weights(self.weights_dir.as_deref(), weights::ALIKED_FILE)?;
+            let model = Aliked::from_file(path, config.aliked(), &self.device)?;
+            tracing::info!(settings = %key, "loaded ALIKED");
+            self.extractors.insert(key.clone(), model);
+        }
+        Ok(self.extractors[&key].extract(image)?)
+    }
+
+    /// Pair by pair, with the configured adaptive depth/width, exactly as the plugin scores.
+    /// (Padded batches — `LightGlue::match_batch` — give the same scores with adaptivity off,
+    /// but measured slower than single pairs on CPU; see BENCHMARKS.md.)
+    fn match_all(
+        &mut self,
+        query: &Features,
+        database: &[Arc<Features>],
+        config: &Config,
+    ) -> Result<Vec<f32>> {
+        let lg = config.lightglue();
+        let key = format!("{lg:?}");
+        if !self.matchers.contains_key(&key) {
+            let path = weights::find_weights(self.weights_dir.as_deref(), weights::LIGHTGLUE_FILE)?;
+            let model = LightGlue::from_file(path, lg.clone(), &self.device)?;
+            tracing::info!(settings = %key, "loaded LightGlue");
+            self.matchers.insert(key.clone(), model);
+        }
+        let matcher = &self.matchers[&key];
+        database
+            .iter()
+            .map(|f| Ok(matcher.match_pair(query, f)?.score()))
+            .collect()
+    }
+}

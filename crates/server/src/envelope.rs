@@ -1,0 +1,86 @@
+//! WBIA's response envelope (CONTRACT.md §1.3): `{"status": {success, code, message, cache},
+//! "response": ...}`, with the HTTP status equal to the code on errors.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+pub fn ok(response: Value) -> Response {
+    Json(json!({
+        "status": {"success": true, "code": 200, "message": "", "cache": -1},
+        "response": response,
+    }))
+    .into_response()
+}
+
+/// An error answered in the envelope.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+    pub response: Value,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: u16, message: impl Into<String>, response: Value) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            response,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message, Value::Null)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "status": {"success": false, "code": self.code, "message": self.message, "cache": -1},
+            "response": self.response,
+        });
+        // WBIA's own codes (600–609) are valid HTTP statuses too, and Wildbook expects them.
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<wbia_lightglue_engine::Error> for ApiError {
+    fn from(e: wbia_lightglue_engine::Error) -> Self {
+        use wbia_lightglue_engine::Error as E;
+        match e {
+            E::QueueFull(_) => ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(429, e.to_string(), Value::Null)
+            },
+            E::Config(_) => ApiError::bad_request(e.to_string()),
+            E::Annotation { .. } => ApiError::new(422, e.to_string(), Value::Null),
+            other => ApiError::new(500, other.to_string(), Value::Null),
+        }
+    }
+}
+
+impl From<wbia_client::Error> for ApiError {
+    fn from(e: wbia_client::Error) -> Self {
+        use wbia_client::Error as E;
+        match &e {
+            E::UnknownAnnotation(u) => ApiError::new(
+                600,
+                e.to_string(),
+                json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": [wbia_client::fancy_uuid(u)]}),
+            ),
+            _ => ApiError::new(502, e.to_string(), Value::Null),
+        }
+    }
+}

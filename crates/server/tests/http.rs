@@ -1,0 +1,435 @@
+//! The real router on port 0 against a fake WBIA that serves the turtle fixtures by UUID
+//! (shapes from CONTRACT.md §5), with the real weights.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
+use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
+use wbia_lightglue_server::{router, AppState};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Annot {
+    uuid: Uuid,
+    aid: i64,
+    file: &'static str,
+    name: &'static str,
+}
+
+fn annots() -> Vec<Annot> {
+    let a = |n: u128, aid, file, name| Annot {
+        uuid: Uuid::from_u128(n),
+        aid,
+        file,
+        name,
+    };
+    vec![
+        a(0xa1, 11, "turtles/turtle_a1.jpg", "turtle_a"),
+        a(0xa2, 12, "turtles/turtle_a2.jpg", "turtle_a"),
+        a(0xb3, 13, "turtles/turtle_b3.jpg", "turtle_b"),
+        a(0xb4, 14, "turtles/turtle_b4.jpg", "____"),
+    ]
+}
+
+#[derive(Default)]
+struct FakeWbia {
+    by_uuid: HashMap<Uuid, (i64, String)>,
+    chips: HashMap<i64, Vec<u8>>,
+    chip_requests: AtomicUsize,
+    /// Chip requests to answer with HTTP 503 before serving (exercises retries).
+    fail_first: AtomicUsize,
+}
+
+fn envelope(v: Value) -> Json<Value> {
+    Json(
+        json!({"status": {"success": true, "code": 200, "message": "", "cache": -1}, "response": v}),
+    )
+}
+
+fn uuids_param(q: &HashMap<String, String>) -> Vec<Uuid> {
+    let v: Value = serde_json::from_str(&q["annot_uuid_list"]).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|u| wbia_client::uuid_from_value(u).unwrap())
+        .collect()
+}
+
+async fn spawn(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
+    let mut fake = FakeWbia::default();
+    for a in annots() {
+        fake.by_uuid.insert(a.uuid, (a.aid, a.name.to_string()));
+        fake.chips.insert(
+            a.aid,
+            std::fs::read(repo().join("tests/fixtures").join(a.file)).unwrap(),
+        );
+    }
+    fake.fail_first.store(fail_first, Ordering::SeqCst);
+    let fake = Arc::new(fake);
+    let app = Router::new()
+        .route(
+            "/api/annot/rowid/uuid/json/",
+            get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|u| json!(f.by_uuid.get(u).map(|x| x.0))).collect())
+            }),
+        )
+        .route(
+            "/api/annot/name/text/json/",
+            get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|u| json!(f.by_uuid.get(u).map(|x| x.1.clone()))).collect())
+            }),
+        )
+        .route(
+            "/api/annot/src/{aid}/",
+            get(|State(f): State<Arc<FakeWbia>>, Path(aid): Path<i64>| async move {
+                f.chip_requests.fetch_add(1, Ordering::SeqCst);
+                if f.fail_first.load(Ordering::SeqCst) > 0 {
+                    f.fail_first.fetch_sub(1, Ordering::SeqCst);
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+                }
+                ([("content-type", "image/jpeg")], f.chips[&aid].clone()).into_response()
+            }),
+        )
+        .route("/api/test/heartbeat/", get(|| async { envelope(json!(true)) }))
+        .with_state(fake.clone());
+    (spawn(app).await, fake)
+}
+
+/// Our server against `wbia_url`, with a config dir whose default asks for 512 keypoints
+/// (quicker in debug builds) and a second config `k256.json`.
+async fn our_server(wbia_url: &str) -> (SocketAddr, Arc<AppState>) {
+    let dir = std::env::temp_dir().join(format!(
+        "wbia-lg-http-{}-{}",
+        std::process::id(),
+        Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"max_num_keypoints": 512}"#).unwrap();
+    std::fs::write(dir.join("k256.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
+    let options = ClientOptions {
+        initial_backoff: std::time::Duration::from_millis(10),
+        ..ClientOptions::default()
+    };
+    let state = Arc::new(AppState {
+        engine: Engine::start(EngineOptions {
+            weights_dir: Some(repo().join("weights")),
+            ..EngineOptions::default()
+        })
+        .unwrap(),
+        wbia: WbiaClient::new(wbia_url, options).unwrap(),
+        configs: ConfigDir::new(dir),
+        ready: Default::default(),
+        metrics: Default::default(),
+    });
+    (spawn(router(state.clone())).await, state)
+}
+
+fn list(uuids: &[u128]) -> String {
+    serde_json::to_string(
+        &uuids
+            .iter()
+            .map(|u| Uuid::from_u128(*u).to_string())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+}
+
+fn uuid_of(v: &Value) -> u128 {
+    wbia_client::uuid_from_value(v).unwrap().as_u128()
+}
+
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_queries_rank_the_genuine_turtle_first() {
+    let (wbia, fake) = fake_wbia(2).await;
+    let (addr, _state) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/review/query/chip/best/");
+
+    // The README's curl, verbatim in shape: multipart form fields, plain-string UUID lists.
+    let form = reqwest::multipart::Form::new()
+        .text("query_annot_uuid_list", list(&[0xa1]))
+        .text("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4]))
+        .text("pipeline_root", "LightGlue");
+    let resp = client.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"]["success"], true, "{body}");
+    assert_eq!(body["status"]["code"], 200);
+    let result = &body["response"]["query_results"][0];
+    assert_eq!(uuid_of(&result["qannot_uuid"]), 0xa1);
+    let ranked = result["ranked"].as_array().unwrap();
+    assert_eq!(ranked.len(), 3);
+    assert_eq!(uuid_of(&ranked[0]["dannot_uuid"]), 0xa2, "{result}");
+    assert_eq!(uuid_of(&result["best"]["dannot_uuid"]), 0xa2);
+    let (genuine, impostor) = (
+        ranked[0]["score"].as_f64().unwrap(),
+        ranked[1]["score"].as_f64().unwrap(),
+    );
+    assert!(
+        genuine > 10.0 * impostor.max(0.1),
+        "genuine {genuine} vs impostor {impostor}"
+    );
+    // Name scores: max per known name; "____" is unnamed.
+    let names = result["name_scores"].as_array().unwrap();
+    assert_eq!(names[0]["name"], "turtle_a");
+    assert_eq!(names.len(), 2);
+    assert!(ranked.iter().any(|r| r["dname"].is_null()));
+    assert!(
+        fake.chip_requests.load(Ordering::SeqCst) >= 6,
+        "503s were retried"
+    );
+
+    // The second curl: urlencoded, fancy UUIDs, a config_path; then the same as a JSON body.
+    let misses_before = metric(&client, &base, "wbia_lightglue_feature_cache_misses_total").await;
+    let hits_before = metric(&client, &base, "wbia_lightglue_feature_cache_hits_total").await;
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let resp = client
+        .post(&url)
+        .form(&[
+            ("query_annot_uuid_list", json!([fancy(0xb3)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([fancy(0xa1), fancy(0xa2), fancy(0xb4)]).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+            ("config_path", "k256.json".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["response"]["config"]["max_num_keypoints"], 256,
+        "{body}"
+    );
+    assert_eq!(
+        uuid_of(&body["response"]["query_results"][0]["best"]["dannot_uuid"]),
+        0xb4
+    );
+
+    let resp = client
+        .post(&url)
+        .json(&json!({
+            "query_annot_uuid_list": [fancy(0xa1)],
+            "database_annot_uuid_list": [fancy(0xa2), fancy(0xb3), fancy(0xb4)],
+            "pipeline_root": "LightGlue",
+        }))
+        .send()
+        .await
+        .unwrap();
+    let repeat: Value = resp.json().await.unwrap();
+    assert_eq!(
+        repeat["response"]["query_results"][0]["ranked"]
+            .as_array()
+            .unwrap(),
+        ranked,
+        "same request, same answer"
+    );
+    // The k256 request extracted 4 new feature sets; the repeat hit the cache for all 4.
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_feature_cache_misses_total").await,
+        misses_before + 4
+    );
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_feature_cache_hits_total").await,
+        hits_before + 4
+    );
+
+    let hb: Value = client
+        .get(format!("{base}/api/test/heartbeat/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hb["response"], true);
+    let info: Value = client
+        .get(format!("{base}/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["pipeline_root"], "LightGlue");
+    assert_eq!(info["default_config"]["max_num_keypoints"], 512);
+}
+
+async fn post_form(client: &reqwest::Client, url: &str, fields: &[(&str, String)]) -> (u16, Value) {
+    let resp = client.post(url).form(fields).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_come_back_in_the_envelope() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/api/review/query/chip/best/");
+    let ok_q = list(&[0xa1]);
+    let ok_d = list(&[0xa2]);
+    // (expected code, form fields, a word the message must contain)
+    type Case<'a> = (u16, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            400,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", ok_d.clone()),
+                ("pipeline_root", "HotSpotter".into()),
+            ],
+            "pipeline_root",
+        ),
+        (
+            400,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", ok_d.clone()),
+            ],
+            "pipeline_root",
+        ),
+        (
+            400,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("pipeline_root", "LightGlue".into()),
+            ],
+            "database_annot_uuid_list",
+        ),
+        (
+            400,
+            vec![
+                ("query_annot_uuid_list", "[]".into()),
+                ("database_annot_uuid_list", ok_d.clone()),
+                ("pipeline_root", "LightGlue".into()),
+            ],
+            "empty",
+        ),
+        (
+            608,
+            vec![
+                ("query_annot_uuid_list", "[\"not-a-uuid\"]".into()),
+                ("database_annot_uuid_list", ok_d.clone()),
+                ("pipeline_root", "LightGlue".into()),
+            ],
+            "invalid",
+        ),
+        (
+            601,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", list(&[0xa2, 0xa2])),
+                ("pipeline_root", "LightGlue".into()),
+            ],
+            "duplicate",
+        ),
+        (
+            600,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", list(&[0xa2, 0xdead])),
+                ("pipeline_root", "LightGlue".into()),
+            ],
+            "unknown",
+        ),
+        (
+            400,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", ok_d.clone()),
+                ("pipeline_root", "LightGlue".into()),
+                ("config_path", "../../etc/passwd".into()),
+            ],
+            "..",
+        ),
+        (
+            400,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", ok_d.clone()),
+                ("pipeline_root", "LightGlue".into()),
+                ("config_path", "nope.json".into()),
+            ],
+            "nope.json",
+        ),
+    ];
+    for (code, fields, needle) in cases {
+        let (status, body) = post_form(&client, &url, &fields).await;
+        assert_eq!(status, code, "{fields:?}: {body}");
+        assert_eq!(body["status"]["success"], false);
+        assert_eq!(body["status"]["code"], code);
+        let message = body["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
+        if code == 600 {
+            let missing = &body["response"]["missing_annot_uuid_list"];
+            assert_eq!(uuid_of(&missing[0]), 0xdead);
+        }
+    }
+
+    // WBIA unreachable: a clear 502 naming the URL, not a hang or a panic.
+    let (addr, _) = our_server("http://127.0.0.1:9").await;
+    let (status, body) = post_form(
+        &client,
+        &format!("http://{addr}/api/review/query/chip/best/"),
+        &[
+            ("query_annot_uuid_list", ok_q),
+            ("database_annot_uuid_list", ok_d),
+            ("pipeline_root", "LightGlue".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    let health = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["wbia_reachable"], false);
+}

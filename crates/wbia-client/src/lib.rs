@@ -1,0 +1,323 @@
+//! A small client for the parts of WBIA's HTTP API this service reads: annotation UUID → rowid,
+//! chip bytes, annotation names, heartbeat (shapes pinned in `shared/wbia/CONTRACT.md` §5, §7).
+//!
+//! Every call has connect and total timeouts; chip downloads are bounded in number; requests
+//! that fail with a 5xx status, a timeout or a connection error are retried with exponential
+//! backoff, others are not. Errors name the annotation and the cause.
+
+pub mod json;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+pub use json::{fancy_uuid, parse_lenient, uuid_from_value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("WBIA at {url} is unreachable: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("WBIA answered HTTP {status} for {url}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("WBIA error {code} for {url}: {message}")]
+    Wbia {
+        url: String,
+        code: i64,
+        message: String,
+    },
+    #[error("annotation {0} is not known to WBIA")]
+    UnknownAnnotation(Uuid),
+    #[error("chip of annotation {uuid}: {cause}")]
+    Chip { uuid: Uuid, cause: Box<Error> },
+    #[error("unexpected reply from {url}: {detail}")]
+    BadReply { url: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Timeouts, concurrency and retry policy.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Most chip downloads in flight at once.
+    pub max_concurrent_downloads: usize,
+    /// Retries after the first attempt, for 5xx, timeouts and connection errors only.
+    pub retries: u32,
+    pub initial_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(60),
+            max_concurrent_downloads: 8,
+            retries: 3,
+            initial_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Client for one WBIA server.
+#[derive(Clone)]
+pub struct WbiaClient {
+    base: String,
+    http: reqwest::Client,
+    downloads: Arc<Semaphore>,
+    options: ClientOptions,
+}
+
+/// Whether a failed attempt is worth repeating.
+enum Attempt<T> {
+    Done(T),
+    Retry(Error),
+    Fail(Error),
+}
+
+impl WbiaClient {
+    pub fn new(base_url: &str, options: ClientOptions) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.timeout)
+            .build()
+            .map_err(|e| Error::Unreachable {
+                url: base_url.to_string(),
+                cause: e.to_string(),
+            })?;
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            http,
+            downloads: Arc::new(Semaphore::new(options.max_concurrent_downloads.max(1))),
+            options,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or retries run out.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let mut backoff = self.options.initial_backoff;
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(e) if tries >= self.options.retries => return Err(e),
+                Attempt::Retry(e) => {
+                    tracing::warn!(error = %e, attempt = tries + 1, "retrying WBIA request");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, url: &str, query: &[(&str, String)]) -> Attempt<reqwest::Response> {
+        match self.http.get(url).query(query).send().await {
+            Ok(resp) if resp.status().is_server_error() => {
+                let status = resp.status().as_u16();
+                let body = resp.text().await.unwrap_or_default();
+                Attempt::Retry(Error::Status {
+                    url: url.to_string(),
+                    status,
+                    body: truncate(&body),
+                })
+            }
+            Ok(resp) if !resp.status().is_success() && resp.status().as_u16() != 600 => {
+                let status = resp.status().as_u16();
+                let body = resp.text().await.unwrap_or_default();
+                Attempt::Fail(Error::Status {
+                    url: url.to_string(),
+                    status,
+                    body: truncate(&body),
+                })
+            }
+            Ok(resp) => Attempt::Done(resp),
+            Err(e) => Attempt::Retry(Error::Unreachable {
+                url: url.to_string(),
+                cause: e.to_string(),
+            }),
+        }
+    }
+
+    /// GET a JSON endpoint and unwrap WBIA's `{"status": ..., "response": ...}` envelope.
+    async fn get_json(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        let url = self.url(path);
+        let text = self
+            .with_retries(|| async {
+                match self.send(&url, query).await {
+                    Attempt::Done(resp) => match resp.text().await {
+                        Ok(t) => Attempt::Done(t),
+                        Err(e) => Attempt::Retry(Error::Unreachable {
+                            url: url.clone(),
+                            cause: e.to_string(),
+                        }),
+                    },
+                    Attempt::Retry(e) => Attempt::Retry(e),
+                    Attempt::Fail(e) => Attempt::Fail(e),
+                }
+            })
+            .await?;
+        unwrap_envelope(&url, &text)
+    }
+
+    /// `GET /api/test/heartbeat/`: true when WBIA answers.
+    pub async fn heartbeat(&self) -> bool {
+        let url = self.url("/api/test/heartbeat/");
+        match self.send(&url, &[]).await {
+            Attempt::Done(resp) => resp
+                .text()
+                .await
+                .ok()
+                .and_then(|t| unwrap_envelope(&url, &t).ok())
+                .is_some_and(|v| v == Value::Bool(true)),
+            _ => false,
+        }
+    }
+
+    /// Annotation rowids (`aid`) for UUIDs; `None` for UUIDs WBIA does not know.
+    pub async fn annot_aids(&self, uuids: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        let path = "/api/annot/rowid/uuid/json/";
+        let v = self.annot_getter(path, uuids).await?;
+        Ok(v.iter().map(Value::as_i64).collect())
+    }
+
+    /// Name texts of annotations; `None` for unnamed ones (`"____"`) or unknown UUIDs.
+    pub async fn annot_names(&self, uuids: &[Uuid]) -> Result<Vec<Option<String>>> {
+        let v = self
+            .annot_getter("/api/annot/name/text/json/", uuids)
+            .await?;
+        Ok(v.iter()
+            .map(|n| {
+                n.as_str()
+                    .filter(|s| !s.is_empty() && *s != "____")
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    async fn annot_getter(&self, path: &str, uuids: &[Uuid]) -> Result<Vec<Value>> {
+        if uuids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = [("annot_uuid_list", json::uuid_list_param(uuids))];
+        let v = self.get_json(path, &query).await?;
+        match v {
+            Value::Array(items) if items.len() == uuids.len() => Ok(items),
+            other => Err(Error::BadReply {
+                url: self.url(path),
+                detail: format!(
+                    "expected a list of {}, got {}",
+                    uuids.len(),
+                    truncate(&other.to_string())
+                ),
+            }),
+        }
+    }
+
+    /// Chip bytes (`GET /api/annot/src/<aid>/`, JPEG) of an annotation, by UUID.
+    pub async fn chip(&self, uuid: Uuid) -> Result<Bytes> {
+        let aid = match self.annot_aids(&[uuid]).await?.first() {
+            Some(Some(aid)) => *aid,
+            _ => return Err(Error::UnknownAnnotation(uuid)),
+        };
+        self.chip_by_aid(uuid, aid).await.map_err(|e| Error::Chip {
+            uuid,
+            cause: Box::new(e),
+        })
+    }
+
+    /// Chip bytes for an annotation whose rowid is already known.
+    pub async fn chip_by_aid(&self, uuid: Uuid, aid: i64) -> Result<Bytes> {
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| Error::Unreachable {
+                url: self.base.clone(),
+                cause: "client shut down".into(),
+            })?;
+        let url = self.url(&format!("/api/annot/src/{aid}/"));
+        tracing::debug!(%uuid, aid, "downloading chip");
+        self.with_retries(|| async {
+            let resp = match self.send(&url, &[]).await {
+                Attempt::Done(r) => r,
+                Attempt::Retry(e) => return Attempt::Retry(e),
+                Attempt::Fail(e) => return Attempt::Fail(e),
+            };
+            let is_json = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("json"));
+            match resp.bytes().await {
+                // Route errors come back as an envelope with HTTP 200 (CONTRACT.md §1.3).
+                Ok(body) if is_json => match unwrap_envelope(&url, &String::from_utf8_lossy(&body))
+                {
+                    Ok(_) => Attempt::Fail(Error::BadReply {
+                        url: url.clone(),
+                        detail: "JSON instead of image bytes".into(),
+                    }),
+                    Err(e) => Attempt::Fail(e),
+                },
+                Ok(body) => Attempt::Done(body),
+                Err(e) => Attempt::Retry(Error::Unreachable {
+                    url: url.clone(),
+                    cause: e.to_string(),
+                }),
+            }
+        })
+        .await
+    }
+}
+
+/// The `response` of a WBIA envelope, or its error.
+fn unwrap_envelope(url: &str, text: &str) -> Result<Value> {
+    let v = parse_lenient(text).map_err(|e| Error::BadReply {
+        url: url.to_string(),
+        detail: format!("not JSON ({e}): {}", truncate(text)),
+    })?;
+    let status = &v["status"];
+    if status["success"] == Value::Bool(true) {
+        return Ok(v["response"].clone());
+    }
+    if status.is_object() {
+        return Err(Error::Wbia {
+            url: url.to_string(),
+            code: status["code"].as_i64().unwrap_or(500),
+            message: status["message"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Err(Error::BadReply {
+        url: url.to_string(),
+        detail: format!("no WBIA envelope: {}", truncate(text)),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    const MAX: usize = 300;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
