@@ -17,26 +17,25 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.json";
 pub struct Config {
     pub model_name: String,
     pub max_num_keypoints: i64,
-    pub detection_threshold: f32,
+    pub detection_threshold: f64,
     pub image_size: usize,
-    pub depth_confidence: f32,
-    pub width_confidence: f32,
-    pub filter_threshold: f32,
+    pub depth_confidence: f64,
+    pub width_confidence: f64,
+    pub filter_threshold: f64,
     pub feature_cache_max_size: usize,
 }
 
+/// The plugin's `DEFAULT_CONFIG` (kept in f64 so it prints as written).
 impl Default for Config {
     fn default() -> Self {
-        let a = AlikedConfig::default();
-        let l = LightGlueConfig::default();
         Self {
             model_name: "aliked-n16".into(),
-            max_num_keypoints: a.max_num_keypoints,
-            detection_threshold: a.detection_threshold,
-            image_size: a.image_size,
-            depth_confidence: l.depth_confidence,
-            width_confidence: l.width_confidence,
-            filter_threshold: l.filter_threshold,
+            max_num_keypoints: 2048,
+            detection_threshold: 0.0,
+            image_size: 512,
+            depth_confidence: 0.95,
+            width_confidence: 0.99,
+            filter_threshold: 0.1,
             feature_cache_max_size: 10_000,
         }
     }
@@ -73,7 +72,7 @@ impl Config {
     pub fn aliked(&self) -> AlikedConfig {
         AlikedConfig {
             max_num_keypoints: self.max_num_keypoints,
-            detection_threshold: self.detection_threshold,
+            detection_threshold: self.detection_threshold as f32,
             image_size: self.image_size,
             ..AlikedConfig::default()
         }
@@ -81,9 +80,9 @@ impl Config {
 
     pub fn lightglue(&self) -> LightGlueConfig {
         LightGlueConfig {
-            depth_confidence: self.depth_confidence,
-            width_confidence: self.width_confidence,
-            filter_threshold: self.filter_threshold,
+            depth_confidence: self.depth_confidence as f32,
+            width_confidence: self.width_confidence as f32,
+            filter_threshold: self.filter_threshold as f32,
         }
     }
 
@@ -179,6 +178,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn defaults_agree_with_the_model_crate() {
+        let c = Config::default();
+        assert_eq!(c.aliked(), AlikedConfig::default());
+        assert_eq!(c.lightglue(), LightGlueConfig::default());
     }
 
     #[test]
