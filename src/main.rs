@@ -169,6 +169,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         engine,
         wbia,
         configs,
+        jobs: Default::default(),
         ready: Default::default(),
         metrics: Default::default(),
     });

@@ -1,7 +1,9 @@
 //! The HTTP face of the service: WBIA-compatible query endpoints, health and metrics.
 
 pub mod envelope;
+pub mod jobs;
 pub mod params;
+mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +31,7 @@ pub const MAX_ANNOTS_PER_REQUEST: usize = 5_000;
 
 pub struct AppState {
     pub engine: Engine,
+    pub jobs: jobs::JobStore,
     pub wbia: WbiaClient,
     pub configs: ConfigDir,
     pub ready: AtomicBool,
@@ -52,6 +55,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/engine/query/graph/",
+            get(jobs::start).post(jobs::start),
+        )
+        .route("/api/engine/job/", get(jobs::list).post(jobs::list))
+        .route(
+            "/api/engine/job/status/",
+            get(jobs::status).post(jobs::status),
+        )
+        .route(
+            "/api/engine/job/result/",
+            get(jobs::result).post(jobs::result),
+        )
+        .fallback(proxy::pass_through)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -188,7 +205,7 @@ async fn query_chip_best(State(state): State<Arc<AppState>>, req: Request) -> Re
 }
 
 async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
-    let params = Params::from_request(req).await?;
+    let (params, _, _) = Params::read(req).await?;
     match params.string("pipeline_root").as_deref() {
         Some("LightGlue") => {}
         Some(other) => {
@@ -207,6 +224,30 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
         .load(params.string("config_path").as_deref())?;
     let queries = params.uuid_list("query_annot_uuid_list")?;
     let database = params.uuid_list("database_annot_uuid_list")?;
+    let computed = compute(state, &queries, &database, &config).await?;
+    Ok(json!({
+        "pipeline_root": "LightGlue",
+        "config": config_json(&config),
+        "query_results": computed.results.iter().map(query_json).collect::<Vec<_>>(),
+    }))
+}
+
+/// What a query run produces: per query, ranked results; and what WBIA told us about the
+/// annotations on the way.
+pub struct Computed {
+    pub results: Vec<QueryResult>,
+    pub aids: Vec<(Uuid, i64)>,
+    pub name_uuids: Vec<(Uuid, Option<Uuid>)>,
+}
+
+/// Validates the lists, fetches chips, extracts features (cached) and scores every query
+/// against the database (minus itself).
+pub async fn compute(
+    state: &AppState,
+    queries: &[Uuid],
+    database: &[Uuid],
+    config: &Config,
+) -> Result<Computed, ApiError> {
     if queries.is_empty() || database.is_empty() {
         return Err(ApiError::bad_request(
             "query_annot_uuid_list and database_annot_uuid_list must not be empty",
@@ -217,10 +258,10 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
             "at most {MAX_ANNOTS_PER_REQUEST} annotations per request"
         )));
     }
-    check_duplicates(&queries, &database)?;
+    check_duplicates(queries, database)?;
 
     // One lookup for every annotation, so all unknown UUIDs are reported at once (code 600).
-    let mut all: Vec<Uuid> = queries.clone();
+    let mut all: Vec<Uuid> = queries.to_vec();
     all.extend(database.iter().filter(|u| !queries.contains(u)));
     let started = Instant::now();
     let aids = state.wbia.annot_aids(&all).await?;
@@ -237,74 +278,69 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
             json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": missing}),
         ));
     }
-    let names = state.wbia.annot_names(&database).await?;
-    let chips = try_join_all(all.iter().zip(&aids).map(|(&uuid, aid)| {
-        let aid = aid.expect("checked above");
-        async move {
-            state
-                .wbia
-                .chip_by_aid(uuid, aid)
-                .await
-                .map(|bytes| (uuid, bytes))
-                .map_err(|e| {
-                    ApiError::from(wbia_client::Error::Chip {
-                        uuid,
-                        cause: Box::new(e),
-                    })
+    let aids: Vec<(Uuid, i64)> = all
+        .iter()
+        .copied()
+        .zip(aids.into_iter().flatten())
+        .collect();
+    let names = state.wbia.annot_names(&all).await?;
+    let name_uuids = state.wbia.annot_name_uuids(&all).await?;
+    let chips = try_join_all(aids.iter().map(|&(uuid, aid)| async move {
+        state
+            .wbia
+            .chip_by_aid(uuid, aid)
+            .await
+            .map(|bytes| (uuid, bytes))
+            .map_err(|e| {
+                ApiError::from(wbia_client::Error::Chip {
+                    uuid,
+                    cause: Box::new(e),
                 })
-        }
+            })
     }))
     .await?;
     add_ms(&state.metrics.fetch_ms, started);
 
     let started = Instant::now();
-    let config = &config;
     let features = try_join_all(chips.into_iter().map(|(uuid, bytes)| async move {
         Ok::<_, ApiError>((uuid, state.engine.features(uuid, bytes, config).await?))
     }))
     .await?;
     add_ms(&state.metrics.features_ms, started);
-    let lookup = |u: &Uuid| {
-        features
-            .iter()
-            .find(|(v, _)| v == u)
-            .map(|(_, f)| f.clone())
-            .expect("extracted")
-    };
+    let index = |u: &Uuid| all.iter().position(|v| v == u).expect("known annotation");
 
     let started = Instant::now();
     let mut results = Vec::with_capacity(queries.len());
-    for q in &queries {
-        let others: Vec<(usize, &Uuid)> = database
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| *d != q)
-            .collect();
+    for q in queries {
+        let others: Vec<&Uuid> = database.iter().filter(|d| *d != q).collect();
         let scores = state
             .engine
             .scores(
-                lookup(q),
-                others.iter().map(|(_, d)| lookup(d)).collect(),
+                features[index(q)].1.clone(),
+                others
+                    .iter()
+                    .map(|d| features[index(d)].1.clone())
+                    .collect(),
                 config,
             )
             .await?;
         let scored = others
             .iter()
             .zip(scores)
-            .map(|(&(i, d), score)| ScoredAnnot {
-                annot: *d,
+            .map(|(d, score)| ScoredAnnot {
+                annot: **d,
                 score,
-                name: names[i].clone(),
+                name: names[index(d)].clone(),
             })
             .collect();
-        results.push(query_json(&rank(*q, scored)));
+        results.push(rank(*q, scored));
     }
     add_ms(&state.metrics.match_ms, started);
-    Ok(json!({
-        "pipeline_root": "LightGlue",
-        "config": config_json(config),
-        "query_results": results,
-    }))
+    Ok(Computed {
+        results,
+        aids,
+        name_uuids: all.iter().copied().zip(name_uuids).collect(),
+    })
 }
 
 fn add_ms(counter: &AtomicU64, since: Instant) {

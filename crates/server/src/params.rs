@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use serde_json::Value;
 use uuid::Uuid;
 use wbia_client::uuid_from_value;
@@ -19,7 +21,19 @@ pub const MAX_BODY: usize = 2 * 1024 * 1024;
 pub struct Params(HashMap<String, Value>);
 
 impl Params {
-    pub async fn from_request(req: Request) -> Result<Self, ApiError> {
+    /// Reads the body (up to [`MAX_BODY`]) and decodes; also returns the request's parts and
+    /// body so that a request that is not ours can be passed to WBIA unchanged.
+    pub async fn read(req: Request) -> Result<(Self, Parts, Bytes), ApiError> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+        let params = Self::parse(&parts, body.clone()).await?;
+        Ok((params, parts, body))
+    }
+
+    async fn parse(parts: &Parts, body: Bytes) -> Result<Self, ApiError> {
+        let req = Request::from_parts(parts.clone(), Body::from(body));
         let mut params = Params::default();
         if let Some(query) = req.uri().query() {
             for (k, v) in form_urlencoded::parse(query.as_bytes()) {

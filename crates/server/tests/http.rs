@@ -50,6 +50,17 @@ struct FakeWbia {
     chip_requests: AtomicUsize,
     /// Chip requests to answer with HTTP 503 before serving (exercises retries).
     fail_first: AtomicUsize,
+    /// `jobid`s received on the callback URL.
+    callbacks: std::sync::Mutex<Vec<String>>,
+}
+
+/// Name UUIDs the fake hands out: one per name text, none for "____".
+fn name_uuid(name: &str) -> Option<Uuid> {
+    match name {
+        "turtle_a" => Some(Uuid::from_u128(0x1a)),
+        "turtle_b" => Some(Uuid::from_u128(0x1b)),
+        _ => None,
+    }
 }
 
 fn envelope(v: Value) -> Json<Value> {
@@ -109,7 +120,36 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
                 ([("content-type", "image/jpeg")], f.chips[&aid].clone()).into_response()
             }),
         )
+        .route(
+            "/api/annot/name/uuid/json/",
+            get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
+                envelope(
+                    uuids_param(&q)
+                        .iter()
+                        .map(|u| json!(f.by_uuid.get(u).and_then(|x| name_uuid(&x.1)).map(|n| fancy_uuid(&n))))
+                        .collect(),
+                )
+            }),
+        )
         .route("/api/test/heartbeat/", get(|| async { envelope(json!(true)) }))
+        // What only WBIA answers: pass-through targets.
+        .route("/api/image/json/", get(|| async { envelope(json!(["from-wbia"])) }))
+        .route(
+            "/api/engine/query/graph/",
+            axum::routing::post(|body: String| async move { envelope(json!(format!("wbia-job:{}", body.len()))) }),
+        )
+        .route("/api/engine/job/status/", get(|| async { envelope(json!({"status": "ok", "jobstatus": "wbia-owned"})) }))
+        .route(
+            "/ia",
+            axum::routing::post(|State(f): State<Arc<FakeWbia>>, body: String| async move {
+                let jobid = form_urlencoded::parse(body.as_bytes())
+                    .find(|(k, _)| k == "jobid")
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                f.callbacks.lock().unwrap().push(jobid);
+                "ok"
+            }),
+        )
         .with_state(fake.clone());
     (spawn(app).await, fake)
 }
@@ -137,6 +177,7 @@ async fn our_server(wbia_url: &str) -> (SocketAddr, Arc<AppState>) {
         .unwrap(),
         wbia: WbiaClient::new(wbia_url, options).unwrap(),
         configs: ConfigDir::new(dir),
+        jobs: Default::default(),
         ready: Default::default(),
         metrics: Default::default(),
     });
@@ -432,4 +473,242 @@ async fn errors_come_back_in_the_envelope() {
     assert_eq!(health.status(), 503);
     let health: Value = health.json().await.unwrap();
     assert_eq!(health["wbia_reachable"], false);
+}
+
+fn keys(v: &Value) -> std::collections::BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+/// Wildbook's flow: start a job form-encoded with a callback, poll its status, get the
+/// callback, read the result; checked field by field against the contract's example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_job_flow_gives_what_wildbook_parses() {
+    let (wbia, fake) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let jobid = "6e1f3a2b-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+    let resp = client
+        .post(format!("{base}/api/engine/query/graph/"))
+        .form(&[
+            ("query_annot_uuid_list", json!([fancy(0xb4)]).to_string()),
+            ("query_annot_name_list", r#"["____"]"#.to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([fancy(0xa1), fancy(0xa2), fancy(0xb3)]).to_string(),
+            ),
+            (
+                "database_annot_name_list",
+                r#"["turtle_a","turtle_a","turtle_b"]"#.to_string(),
+            ),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+            ),
+            ("callback_url", format!("http://{wbia}/ia?callback")),
+            ("jobid", jobid.to_string()),
+            ("lane", "fast".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let started: Value = resp.json().await.unwrap();
+    assert_eq!(started["status"]["success"], true, "{started}");
+    assert_eq!(started["response"], jobid);
+
+    let mut status = String::new();
+    for _ in 0..600 {
+        let s: Value = client
+            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s["response"]["status"], "ok");
+        status = s["response"]["jobstatus"].as_str().unwrap().to_string();
+        if status == "completed" || status == "exception" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, "completed");
+    for _ in 0..50 {
+        if !fake.callbacks.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(*fake.callbacks.lock().unwrap(), vec![jobid.to_string()]);
+
+    let text = client
+        .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ours = wbia_client::parse_lenient(&text).unwrap();
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/03_engine_job_result_lightglue.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(keys(&ours["status"]), keys(&example["status"]));
+    assert_eq!(keys(&ours["response"]), keys(&example["response"]));
+    assert_eq!(ours["response"]["status"], "completed");
+    let (result, want) = (
+        &ours["response"]["json_result"],
+        &example["response"]["json_result"],
+    );
+    assert_eq!(keys(result), keys(want));
+    // cm_dict keyed by the plain query UUID string, with every key the example has.
+    let q = Uuid::from_u128(0xb4).to_string();
+    let cm = &result["cm_dict"][&q];
+    let want_cm = want["cm_dict"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+    assert_eq!(keys(cm), keys(want_cm));
+    let n = cm["dannot_uuid_list"].as_array().unwrap().len();
+    assert_eq!(n, 3);
+    for k in [
+        "dname_uuid_list",
+        "dname_list",
+        "score_list",
+        "annot_score_list",
+        "dannot_extern_list",
+    ] {
+        assert_eq!(cm[k].as_array().unwrap().len(), n, "{k}");
+    }
+    assert_eq!(uuid_of(&cm["qannot_uuid"]), 0xb4);
+    // Request order, not score order: the genuine partner b3 is last.
+    let annot_scores: Vec<f64> = cm["annot_score_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        annot_scores[2] > 10.0 * annot_scores[0].max(annot_scores[1]),
+        "{annot_scores:?}"
+    );
+    // turtle_a has two annotations: the weaker one's score_list entry is a bare -Infinity.
+    assert_ne!(annot_scores[0], annot_scores[1]);
+    let weaker = if annot_scores[0] < annot_scores[1] {
+        0
+    } else {
+        1
+    };
+    assert!(
+        cm["score_list"][weaker].is_null(),
+        "-Infinity reads as null leniently"
+    );
+    assert!(text.contains("-Infinity"));
+    assert_eq!(cm["score_list"][2].as_f64().unwrap(), annot_scores[2]);
+    assert_eq!(
+        cm["name_score_list"].as_array().unwrap().len(),
+        cm["unique_name_list"].as_array().unwrap().len()
+    );
+    // What Wildbook requires, else it marks the task as an error.
+    let pairs = &result["inference_dict"]["annot_pair_dict"];
+    let review = pairs["review_pair_list"].as_array().unwrap();
+    let confidence = pairs["confidence_list"].as_array().unwrap();
+    assert_eq!(review.len(), confidence.len());
+    assert!(!review.is_empty());
+    assert_eq!(
+        keys(&review[0]),
+        keys(&want["inference_dict"]["annot_pair_dict"]["review_pair_list"][0])
+    );
+    let c: Vec<f64> = confidence.iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(c.windows(2).all(|w| w[0] <= w[1]), "ascending confidence");
+    assert!(review.iter().any(|p| uuid_of(&p["annot_uuid_2"]) == 0xb3));
+    assert_eq!(
+        result["database_annot_uuid_list"].as_array().unwrap().len(),
+        4,
+        "query included"
+    );
+    assert_eq!(result["query_config_dict"]["pipeline_root"], "LightGlue");
+
+    let jobs: Value = client
+        .get(format!("{base}/api/engine/job/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs["response"], json!([jobid]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_else_passes_through_to_wbia() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+
+    let v: Value = client
+        .get(format!("{base}/api/image/json/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["response"], json!(["from-wbia"]));
+    // An engine query for another algorithm goes to WBIA, body intact.
+    let body = "query_config_dict=%7B%22pipeline_root%22%3A%22vsmany%22%7D&query_annot_uuid_list=x";
+    let v: Value = client
+        .post(format!("{base}/api/engine/query/graph/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["response"], format!("wbia-job:{}", body.len()));
+    // A job id that is not ours.
+    let v: Value = client
+        .get(format!(
+            "{base}/api/engine/job/status/?jobid=somebody-elses"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["response"]["jobstatus"], "wbia-owned");
+    // Unknown paths come back with WBIA's status.
+    let resp = client
+        .get(format!("{base}/api/nothing/here/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // Wildbook puts raw JSON in query strings: [ ] { } unescaped. (A raw `"` is still refused
+    // by the HTTP stack's URI parser with 400; see the README.)
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = format!(
+        "GET /api/annot/name/text/json/?annot_uuid_list=[{{%22__UUID__%22:%22{}%22}}] HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Uuid::from_u128(0xa2)
+    );
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("turtle_a"), "{answer}");
 }

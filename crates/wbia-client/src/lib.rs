@@ -216,6 +216,75 @@ impl WbiaClient {
             .collect())
     }
 
+    /// Name UUIDs of annotations; `None` for unnamed ones or unknown UUIDs.
+    pub async fn annot_name_uuids(&self, uuids: &[Uuid]) -> Result<Vec<Option<Uuid>>> {
+        let v = self
+            .annot_getter("/api/annot/name/uuid/json/", uuids)
+            .await?;
+        Ok(v.iter().map(uuid_from_value).collect())
+    }
+
+    /// Sends a request to WBIA unchanged (for pass-through): same method, path and query,
+    /// headers (minus hop-by-hop ones) and body. No retries: the caller's request may not be
+    /// idempotent.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &reqwest::header::HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response> {
+        let url = self.url(path_and_query);
+        let mut out = reqwest::header::HeaderMap::new();
+        for (name, value) in headers {
+            let hop = matches!(
+                name.as_str(),
+                "host"
+                    | "connection"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "keep-alive"
+                    | "upgrade"
+            );
+            if !hop {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        self.http
+            .request(method, &url)
+            .headers(out)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable {
+                url,
+                cause: e.to_string(),
+            })
+    }
+
+    /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (CONTRACT.md §3.2):
+    /// a form body for POST and PUT, a query parameter for GET.
+    pub async fn job_callback(&self, url: &str, method: &str, jobid: &str) -> Result<()> {
+        let form = [("jobid", jobid)];
+        let request = match method.to_ascii_uppercase().as_str() {
+            "GET" => self.http.get(url).query(&form),
+            "PUT" => self.http.put(url).form(&form),
+            _ => self.http.post(url).form(&form),
+        };
+        let resp = request.send().await.map_err(|e| Error::Unreachable {
+            url: url.to_string(),
+            cause: e.to_string(),
+        })?;
+        if !resp.status().is_success() {
+            return Err(Error::Status {
+                url: url.to_string(),
+                status: resp.status().as_u16(),
+                body: truncate(&resp.text().await.unwrap_or_default()),
+            });
+        }
+        Ok(())
+    }
+
     async fn annot_getter(&self, path: &str, uuids: &[Uuid]) -> Result<Vec<Value>> {
         if uuids.is_empty() {
             return Ok(Vec::new());

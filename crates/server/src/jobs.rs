@@ -1,0 +1,433 @@
+//! The engine job API Wildbook drives (CONTRACT.md §3–4): start an identification job, poll its
+//! status, fetch its result, and get a `jobid=<id>` callback when it is done. Jobs whose
+//! `pipeline_root` is not LightGlue, and job ids that are not ours, go to WBIA unchanged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use wbia_client::fancy_uuid;
+use wbia_lightglue_engine::QueryResult;
+
+use crate::envelope::{self, ApiError};
+use crate::params::Params;
+use crate::{compute, proxy, AppState, Computed};
+
+/// Finished jobs kept for status/result queries; the oldest are forgotten first.
+const MAX_JOBS: usize = 10_000;
+
+#[derive(Clone, Debug)]
+struct Job {
+    /// WBIA's job states: received → working → completed | exception.
+    status: &'static str,
+    /// `json_result`: the identification result, or the error text.
+    result: Option<Value>,
+}
+
+#[derive(Default)]
+pub struct JobStore {
+    inner: Mutex<(HashMap<String, Job>, VecDeque<String>)>,
+}
+
+impl JobStore {
+    fn set(&self, id: &str, job: Job) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (jobs, order) = &mut *guard;
+        if jobs.insert(id.to_string(), job).is_none() {
+            order.push_back(id.to_string());
+            while order.len() > MAX_JOBS {
+                if let Some(old) = order.pop_front() {
+                    jobs.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Job> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(id)
+            .cloned()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn is_lightglue(query_config: &Value) -> bool {
+    let root = query_config
+        .get("pipeline_root")
+        .or_else(|| query_config.get("proot"));
+    root.and_then(Value::as_str) == Some("LightGlue")
+}
+
+/// `POST|GET /api/engine/query/graph/` (`start_identify_annots_query`).
+pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, parts, body) = match Params::read(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let query_config = params
+        .get("query_config_dict")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if !is_lightglue(&query_config) {
+        return proxy::forward(&state, &parts, body).await;
+    }
+    match accept(&state, &params, query_config) {
+        Ok(jobid) => envelope::ok(Value::String(jobid)),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validates the request, records the job and runs it in the background.
+fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result<String, ApiError> {
+    let queries = params.uuid_list("query_annot_uuid_list")?;
+    if queries.len() != 1 {
+        return Err(ApiError::bad_request(format!(
+            "query_annot_uuid_list must hold exactly one annotation, not {}",
+            queries.len()
+        )));
+    }
+    if params.get("database_annot_uuid_list").is_none() {
+        return Err(ApiError::bad_request(
+            "database_annot_uuid_list is required (database_imgsetid and species-wide queries are not supported)",
+        ));
+    }
+    let mut database = params.uuid_list("database_annot_uuid_list")?;
+    let config_path = query_config.get("config_path").and_then(Value::as_str);
+    let config = state.configs.load(config_path)?;
+    // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
+    // in database_annot_uuid_list but never scored against itself.
+    let include_query = params
+        .get("include_qaid_in_daids")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    if include_query && !database.contains(&queries[0]) {
+        database.push(queries[0]);
+    }
+    let jobid = params
+        .string("jobid")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let callback = params.string("callback_url").map(|url| {
+        let method = params
+            .string("callback_method")
+            .unwrap_or_else(|| "POST".into());
+        (url, method)
+    });
+    state.jobs.set(
+        &jobid,
+        Job {
+            status: "received",
+            result: None,
+        },
+    );
+    let state = state.clone();
+    let id = jobid.clone();
+    tokio::spawn(async move {
+        state.jobs.set(
+            &id,
+            Job {
+                status: "working",
+                result: None,
+            },
+        );
+        let job = match compute(&state, &queries, &database, &config).await {
+            Ok(c) => Job {
+                status: "completed",
+                result: Some(identification_result(
+                    &c,
+                    &queries,
+                    &database,
+                    &query_config,
+                )),
+            },
+            Err(e) => Job {
+                status: "exception",
+                result: Some(Value::String(format!("{} (code {})", e.message, e.code))),
+            },
+        };
+        tracing::info!(jobid = %id, status = job.status, "job finished");
+        state.jobs.set(&id, job);
+        if let Some((url, method)) = callback {
+            if let Err(e) = state.wbia.job_callback(&url, &method, &id).await {
+                tracing::warn!(jobid = %id, error = %e, "callback failed");
+            }
+        }
+    });
+    Ok(jobid)
+}
+
+fn jobid_of(params: &Params) -> Option<String> {
+    params.string("jobid")
+}
+
+/// `/api/engine/job/status/`.
+pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, parts, body) = match Params::read(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let Some(id) = jobid_of(&params) else {
+        return proxy::forward(&state, &parts, body).await;
+    };
+    match state.jobs.get(&id) {
+        Some(job) => envelope::ok(json!({"status": "ok", "jobid": id, "jobstatus": job.status})),
+        None => proxy::forward(&state, &parts, body).await,
+    }
+}
+
+/// `/api/engine/job/result/`.
+pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, parts, body) = match Params::read(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let job = jobid_of(&params).and_then(|id| state.jobs.get(&id).map(|j| (id, j)));
+    match job {
+        Some((id, job)) => {
+            let body = json!({
+                "status": {"success": true, "code": 200, "message": "", "cache": -1},
+                "response": {
+                    // WBIA reports the execution status here ("completed" / "exception"), not
+                    // "ok" (CONTRACT.md §10).
+                    "status": job.status,
+                    "jobid": id,
+                    "json_result": job.result,
+                },
+            });
+            (
+                [("content-type", "application/json; charset=utf-8")],
+                render(&body),
+            )
+                .into_response()
+        }
+        None => proxy::forward(&state, &parts, body).await,
+    }
+}
+
+/// `/api/engine/job/`: our job ids.
+pub async fn list(State(state): State<Arc<AppState>>) -> Response {
+    envelope::ok(json!(state.jobs.ids()))
+}
+
+/// The result document of `query_chips_graph` (CONTRACT.md §4), for the one query.
+fn identification_result(
+    c: &Computed,
+    queries: &[Uuid],
+    database: &[Uuid],
+    query_config: &Value,
+) -> Value {
+    let q = queries[0];
+    let r = &c.results[0];
+    let name_uuid = |u: &Uuid| {
+        c.name_uuids
+            .iter()
+            .find(|(v, _)| v == u)
+            .and_then(|(_, n)| *n)
+    };
+    let aid = |u: &Uuid| {
+        c.aids
+            .iter()
+            .find(|(v, _)| v == u)
+            .map(|(_, a)| *a)
+            .unwrap_or(0)
+    };
+    // Unnamed annotations each count as their own individual, with a negative id as WBIA
+    // gives them (`-aid`).
+    let name_id = |u: &Uuid| -> Value {
+        name_uuid(u)
+            .map(|n| fancy_uuid(&n))
+            .unwrap_or(json!(-aid(u)))
+    };
+    let name_key = |u: &Uuid, name: &Option<String>| -> String {
+        match name {
+            Some(n) => format!("name:{n}"),
+            None => format!("annot:{u}"),
+        }
+    };
+
+    // cm_dict lists the database in request order (not by score), like WBIA's daid_list.
+    let scored: Vec<_> = database
+        .iter()
+        .filter(|d| **d != q)
+        .filter_map(|d| r.ranked.iter().find(|s| s.annot == *d))
+        .collect();
+    let mut best_of_name: HashMap<String, (Uuid, f32)> = HashMap::new();
+    for s in &scored {
+        let key = name_key(&s.annot, &s.name);
+        let entry = best_of_name.entry(key).or_insert((s.annot, s.score));
+        if s.score > entry.1 {
+            *entry = (s.annot, s.score);
+        }
+    }
+    // The best annotation of each name carries the name score; the others -Infinity.
+    let score_list: Vec<Value> = scored
+        .iter()
+        .map(|s| {
+            let (best, score) = best_of_name[&name_key(&s.annot, &s.name)];
+            if best == s.annot {
+                json!(score)
+            } else {
+                Value::String(NEG_INF.into())
+            }
+        })
+        .collect();
+    let mut names: Vec<(String, Uuid, f32)> = best_of_name
+        .iter()
+        .map(|(k, (u, s))| (k.clone(), *u, *s))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let display = |u: &Uuid| -> String {
+        scored
+            .iter()
+            .find(|s| s.annot == *u)
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| "____".into())
+    };
+
+    let mut cm = Map::new();
+    cm.insert("qannot_uuid".into(), fancy_uuid(&q));
+    cm.insert("qname_uuid".into(), name_id(&q));
+    cm.insert("qname".into(), json!("____"));
+    cm.insert(
+        "dannot_uuid_list".into(),
+        json!(scored
+            .iter()
+            .map(|s| fancy_uuid(&s.annot))
+            .collect::<Vec<_>>()),
+    );
+    cm.insert(
+        "dname_uuid_list".into(),
+        json!(scored.iter().map(|s| name_id(&s.annot)).collect::<Vec<_>>()),
+    );
+    cm.insert(
+        "dname_list".into(),
+        json!(scored.iter().map(|s| display(&s.annot)).collect::<Vec<_>>()),
+    );
+    cm.insert("score_list".into(), json!(score_list));
+    cm.insert(
+        "annot_score_list".into(),
+        json!(scored.iter().map(|s| s.score).collect::<Vec<_>>()),
+    );
+    cm.insert(
+        "unique_name_uuid_list".into(),
+        json!(names.iter().map(|n| name_id(&n.1)).collect::<Vec<_>>()),
+    );
+    cm.insert(
+        "unique_name_list".into(),
+        json!(names.iter().map(|n| display(&n.1)).collect::<Vec<_>>()),
+    );
+    cm.insert(
+        "name_score_list".into(),
+        json!(names.iter().map(|n| n.2).collect::<Vec<_>>()),
+    );
+    for key in [
+        "fm_list",
+        "fsv_list",
+        "fk_list",
+        "H_list",
+        "fsv_col_lbls",
+        "filtnorm_aids",
+        "filtnorm_fxs",
+    ] {
+        cm.insert(key.into(), Value::Null);
+    }
+    // No match thumbnails are rendered, so Wildbook must not ask for them.
+    cm.insert("dannot_extern_reference".into(), Value::Null);
+    cm.insert(
+        "dannot_extern_list".into(),
+        json!(vec![false; scored.len()]),
+    );
+    cm.insert("model_url".into(), Value::Null);
+    cm.insert("config_url".into(), Value::Null);
+
+    json!({
+        "cm_dict": { q.to_string(): Value::Object(cm) },
+        "inference_dict": inference(q, r),
+        "query_annot_uuid_list": [fancy_uuid(&q)],
+        "database_annot_uuid_list": database.iter().map(fancy_uuid).collect::<Vec<_>>(),
+        "query_config_dict": query_config,
+        "summary_annot": scored_summary(r, &aid),
+        "summary_name": r.name_scores.iter().take(20).map(|n| json!({
+            "score": n.score, "duuid": fancy_uuid(&n.best_annot), "daid": aid(&n.best_annot),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Marker for WBIA's bare `-Infinity`, which JSON values cannot hold; [`render`] writes it.
+pub const NEG_INF: &str = "__wbia_lightglue_negative_infinity__";
+
+/// Serialises a result the way WBIA does, with bare `-Infinity` where [`NEG_INF`] stands.
+pub fn render(v: &Value) -> String {
+    v.to_string()
+        .replace(&format!("\"{NEG_INF}\""), "-Infinity")
+}
+
+fn scored_summary(r: &QueryResult, aid: &dyn Fn(&Uuid) -> i64) -> Vec<Value> {
+    r.ranked
+        .iter()
+        .take(20)
+        .map(|s| json!({"score": s.score, "duuid": fancy_uuid(&s.annot), "daid": aid(&s.annot)}))
+        .collect()
+}
+
+/// `make_inference`: one review pair for each of the top 4 individuals, with
+/// `p_same = expit(2·score − 1.5)` and confidence `(2·|0.5 − p_same|)²`, least confident first.
+fn inference(q: Uuid, r: &QueryResult) -> Value {
+    let mut individuals: Vec<(Uuid, f32)> = r
+        .name_scores
+        .iter()
+        .map(|n| (n.best_annot, n.score))
+        .collect();
+    for s in r.ranked.iter().filter(|s| s.name.is_none()) {
+        individuals.push((s.annot, s.score));
+    }
+    individuals.sort_by(|a, b| b.1.total_cmp(&a.1));
+    individuals.truncate(4);
+    let mut pairs: Vec<(Value, f64)> = individuals
+        .iter()
+        .map(|&(d, score)| {
+            let p = 1.0 / (1.0 + (-(2.0 * score as f64 - 1.5)).exp());
+            let confidence = (2.0 * (0.5 - p).abs()).powi(2);
+            let pair = json!({
+                "annot_uuid_key": fancy_uuid(&q),
+                "annot_uuid_1": fancy_uuid(&q),
+                "annot_uuid_2": fancy_uuid(&d),
+                "prior_matching_state": {"p_match": p, "p_nomatch": 1.0 - p, "p_notcomp": 0.0},
+            });
+            (pair, confidence)
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    json!({
+        "cluster_dict": {
+            "annot_uuid_list": [fancy_uuid(&q)],
+            "orig_name_list": ["____"],
+            "new_name_list": [r.name_scores.first().map(|n| n.name.clone()).unwrap_or_else(|| "____".into())],
+            "exemplar_flag_list": [true],
+            "error_flag_list": [[]],
+        },
+        "annot_pair_dict": {
+            "review_pair_list": pairs.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+            "confidence_list": pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+        },
+        "_internal_state": null,
+    })
+}
