@@ -2,6 +2,7 @@
 
 pub mod envelope;
 pub mod jobs;
+pub mod lenient_uri;
 pub mod params;
 mod proxy;
 
@@ -50,7 +51,11 @@ pub struct Metrics {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/api/review/query/chip/best/", post(query_chip_best))
+        // The upstream GET form (one integer `aid`) is WBIA's own: passed through.
+        .route(
+            "/api/review/query/chip/best/",
+            post(query_chip_best).get(proxy::pass_through),
+        )
         .route("/api/test/heartbeat/", any(heartbeat))
         .route("/health", get(health))
         .route("/info", get(info))
@@ -81,7 +86,7 @@ pub async fn serve(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<()
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     spawn_warm_up(state.clone());
-    axum::serve(listener, router(state))
+    axum::serve(lenient_uri::LenientListener(listener), router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

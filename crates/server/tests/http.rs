@@ -85,6 +85,15 @@ async fn spawn(app: Router) -> SocketAddr {
     addr
 }
 
+/// Our router behind the same listener `serve` uses.
+async fn spawn_ours(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = wbia_lightglue_server::lenient_uri::LenientListener(listener);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
     let mut fake = FakeWbia::default();
     for a in annots() {
@@ -181,7 +190,7 @@ async fn our_server(wbia_url: &str) -> (SocketAddr, Arc<AppState>) {
         ready: Default::default(),
         metrics: Default::default(),
     });
-    (spawn(router(state.clone())).await, state)
+    (spawn_ours(router(state.clone())).await, state)
 }
 
 fn list(uuids: &[u128]) -> String {
@@ -698,12 +707,11 @@ async fn everything_else_passes_through_to_wbia() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 
-    // Wildbook puts raw JSON in query strings: [ ] { } unescaped. (A raw `"` is still refused
-    // by the HTTP stack's URI parser with 400; see the README.)
+    // Wildbook puts raw JSON in query strings: [ ] { } and " unescaped.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let raw = format!(
-        "GET /api/annot/name/text/json/?annot_uuid_list=[{{%22__UUID__%22:%22{}%22}}] HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /api/annot/name/text/json/?annot_uuid_list=[{{\"__UUID__\":\"{}\"}}] HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Uuid::from_u128(0xa2)
     );
     stream.write_all(raw.as_bytes()).await.unwrap();
