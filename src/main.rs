@@ -98,6 +98,13 @@ struct ServeArgs {
     /// Directory holding the converted weights.
     #[arg(long, env = weights::WEIGHTS_DIR_ENV)]
     weights: Option<PathBuf>,
+    /// Directory of the persisted feature store (SQLite), created if needed.
+    #[arg(
+        long,
+        env = "WBIA_LIGHTGLUE_DATA_DIR",
+        default_value = "wbia-lightglue-data"
+    )]
+    data_dir: PathBuf,
     /// Model jobs that may wait before requests get 429.
     #[arg(long, env = "WBIA_LIGHTGLUE_QUEUE", default_value_t = 64)]
     queue_capacity: usize,
@@ -163,6 +170,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         weights_dir: args.weights.clone(),
         queue_capacity: args.queue_capacity,
         cache_capacity: default.feature_cache_max_size,
+        data_dir: Some(args.data_dir.clone()),
     })?;
     let wbia = wbia_client::WbiaClient::new(&args.wbia_url, Default::default())?;
     let state = std::sync::Arc::new(wbia_lightglue_server::AppState {

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod scoring;
+pub mod store;
 mod worker;
 
 use std::num::NonZeroUsize;
@@ -34,6 +35,8 @@ pub enum Error {
     QueueFull(usize),
     #[error("the model worker has stopped")]
     WorkerGone,
+    #[error("feature store: {0}")]
+    Store(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -47,6 +50,8 @@ pub struct EngineOptions {
     pub queue_capacity: usize,
     /// Feature sets kept in memory.
     pub cache_capacity: usize,
+    /// Directory of the persisted feature store (`None`: memory only).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -55,6 +60,7 @@ impl Default for EngineOptions {
             weights_dir: None,
             queue_capacity: 64,
             cache_capacity: Config::default().feature_cache_max_size,
+            data_dir: None,
         }
     }
 }
@@ -63,23 +69,29 @@ impl Default for EngineOptions {
 /// the chip bytes: a chip that WBIA re-renders (new bbox, theta or image) has new bytes and so
 /// a new key, and is never served stale features.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct FeatureKey {
-    annot: Uuid,
-    settings: String,
-    chip: [u8; 32],
+pub(crate) struct FeatureKey {
+    pub(crate) annot: Uuid,
+    pub(crate) settings: String,
+    pub(crate) chip: [u8; 32],
 }
 
 /// Cache counters, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct CacheStats {
+    /// Found in memory.
     pub hits: AtomicU64,
+    /// Not in memory.
     pub misses: AtomicU64,
+    /// Not in memory but in the persisted store.
+    pub store_hits: AtomicU64,
+    /// Computed by ALIKED.
+    pub extractions: AtomicU64,
 }
 
 pub struct Engine {
     worker: ModelWorker,
     cache: Mutex<lru::LruCache<FeatureKey, Arc<Features>>>,
-    pub cache_stats: CacheStats,
+    pub cache_stats: Arc<CacheStats>,
 }
 
 impl Engine {
@@ -87,10 +99,20 @@ impl Engine {
     pub fn start(options: EngineOptions) -> Result<Self> {
         let capacity = NonZeroUsize::new(options.cache_capacity)
             .ok_or_else(|| Error::Config("cache capacity must be positive".into()))?;
+        let store = match &options.data_dir {
+            Some(dir) => Some(store::FeatureStore::open(dir)?),
+            None => None,
+        };
+        let cache_stats = Arc::new(CacheStats::default());
         Ok(Self {
-            worker: ModelWorker::spawn(options.weights_dir, options.queue_capacity.max(1))?,
+            worker: ModelWorker::spawn(
+                options.weights_dir,
+                store,
+                cache_stats.clone(),
+                options.queue_capacity.max(1),
+            )?,
             cache: Mutex::new(lru::LruCache::new(capacity)),
-            cache_stats: CacheStats::default(),
+            cache_stats,
         })
     }
 
@@ -147,6 +169,7 @@ impl Engine {
             .worker
             .call(|reply| Job::Extract {
                 chip,
+                key: key.clone(),
                 config: config.clone(),
                 reply,
             })

@@ -13,11 +13,15 @@ use candle_core::Device;
 use tokio::sync::oneshot;
 use wbia_lightglue_model::{weights, Aliked, Features, LightGlue, RgbImage};
 
-use crate::{Config, Error, Result};
+use crate::store::FeatureStore;
+use crate::{CacheStats, Config, Error, FeatureKey, Result};
 
 pub(crate) enum Job {
+    /// Features of a chip: from the persisted store when it has `key`, else extracted (and
+    /// stored).
     Extract {
         chip: Bytes,
+        key: FeatureKey,
         config: Config,
         reply: oneshot::Sender<Result<Features>>,
     },
@@ -41,14 +45,19 @@ pub(crate) struct ModelWorker {
 }
 
 impl ModelWorker {
-    pub fn spawn(weights_dir: Option<PathBuf>, capacity: usize) -> Result<Self> {
+    pub fn spawn(
+        weights_dir: Option<PathBuf>,
+        store: Option<FeatureStore>,
+        stats: Arc<CacheStats>,
+        capacity: usize,
+    ) -> Result<Self> {
         let (tx, rx) = sync_channel::<Job>(capacity);
         let depth = Arc::new(AtomicUsize::new(0));
         let worker_depth = depth.clone();
         std::thread::Builder::new()
             .name("model-worker".into())
             .spawn(move || {
-                let mut models = Models::new(weights_dir);
+                let mut models = Models::new(weights_dir, store, stats);
                 while let Ok(job) = rx.recv() {
                     worker_depth.fetch_sub(1, Ordering::Relaxed);
                     models.run(job);
@@ -88,15 +97,23 @@ impl ModelWorker {
 /// Models by the settings that shape them, loaded on first use.
 struct Models {
     weights_dir: Option<PathBuf>,
+    store: Option<FeatureStore>,
+    stats: Arc<CacheStats>,
     device: Device,
     extractors: HashMap<String, Aliked>,
     matchers: HashMap<String, LightGlue>,
 }
 
 impl Models {
-    fn new(weights_dir: Option<PathBuf>) -> Self {
+    fn new(
+        weights_dir: Option<PathBuf>,
+        store: Option<FeatureStore>,
+        stats: Arc<CacheStats>,
+    ) -> Self {
         Self {
             weights_dir,
+            store,
+            stats,
             device: Device::Cpu,
             extractors: HashMap::new(),
             matchers: HashMap::new(),
@@ -108,13 +125,11 @@ impl Models {
         match job {
             Job::Extract {
                 chip,
+                key,
                 config,
                 reply,
             } => {
-                let result = wbia_lightglue_model::decode_image(&chip)
-                    .map_err(Error::Model)
-                    .and_then(|image| self.extract(&image, &config));
-                let _ = reply.send(result);
+                let _ = reply.send(self.stored_or_extract(&chip, &key, &config));
             }
             Job::ExtractDecoded {
                 image,
@@ -134,7 +149,35 @@ impl Models {
         }
     }
 
+    fn stored_or_extract(
+        &mut self,
+        chip: &[u8],
+        key: &FeatureKey,
+        config: &Config,
+    ) -> Result<Features> {
+        if let Some(store) = &self.store {
+            match store.get(key) {
+                Ok(Some(f)) => {
+                    self.stats.store_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(f);
+                }
+                Ok(None) => {}
+                // A broken store slows us down but must not stop matching.
+                Err(e) => tracing::warn!(error = %e, "feature store read failed"),
+            }
+        }
+        let image = wbia_lightglue_model::decode_image(chip)?;
+        let features = self.extract(&image, config)?;
+        if let Some(store) = &self.store {
+            if let Err(e) = store.put(key, &features) {
+                tracing::warn!(error = %e, "feature store write failed");
+            }
+        }
+        Ok(features)
+    }
+
     fn extract(&mut self, image: &RgbImage, config: &Config) -> Result<Features> {
+        self.stats.extractions.fetch_add(1, Ordering::Relaxed);
         let key = config.feature_key();
         if !self.extractors.contains_key(&key) {
             let path = weights::find_weights(self.weights_dir.as_deref(), weights::ALIKED_FILE)?;

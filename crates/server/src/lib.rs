@@ -181,6 +181,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             c.misses.load(Ordering::Relaxed),
         ),
         (
+            "wbia_lightglue_feature_store_hits_total",
+            c.store_hits.load(Ordering::Relaxed),
+        ),
+        (
+            "wbia_lightglue_extractions_total",
+            c.extractions.load(Ordering::Relaxed),
+        ),
+        (
             "wbia_lightglue_feature_cache_entries",
             state.engine.cached_features() as u64,
         ),

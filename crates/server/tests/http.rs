@@ -166,6 +166,13 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
 /// Our server against `wbia_url`, with a config dir whose default asks for 512 keypoints
 /// (quicker in debug builds) and a second config `k256.json`.
 async fn our_server(wbia_url: &str) -> (SocketAddr, Arc<AppState>) {
+    our_server_with_store(wbia_url, None).await
+}
+
+async fn our_server_with_store(
+    wbia_url: &str,
+    data_dir: Option<PathBuf>,
+) -> (SocketAddr, Arc<AppState>) {
     let dir = std::env::temp_dir().join(format!(
         "wbia-lg-http-{}-{}",
         std::process::id(),
@@ -181,6 +188,7 @@ async fn our_server(wbia_url: &str) -> (SocketAddr, Arc<AppState>) {
     let state = Arc::new(AppState {
         engine: Engine::start(EngineOptions {
             weights_dir: Some(repo().join("weights")),
+            data_dir,
             ..EngineOptions::default()
         })
         .unwrap(),
@@ -719,4 +727,41 @@ async fn everything_else_passes_through_to_wbia() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("turtle_a"), "{answer}");
+}
+
+/// Features persist across a restart: the second server extracts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_features_survive_a_restart() {
+    let (wbia, _) = fake_wbia(0).await;
+    let data = std::env::temp_dir().join(format!("wbia-lg-store-{}", Uuid::new_v4()));
+    let client = reqwest::Client::new();
+    let fields = [
+        ("query_annot_uuid_list", list(&[0xb3])),
+        ("database_annot_uuid_list", list(&[0xa1, 0xb4])),
+        ("pipeline_root", "LightGlue".to_string()),
+    ];
+    let mut answers = Vec::new();
+    for run in 0..2 {
+        let (addr, state) =
+            our_server_with_store(&format!("http://{wbia}"), Some(data.clone())).await;
+        let base = format!("http://{addr}");
+        let (status, body) = post_form(
+            &client,
+            &format!("{base}/api/review/query/chip/best/"),
+            &fields,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        answers.push(body["response"]["query_results"].clone());
+        let extractions = metric(&client, &base, "wbia_lightglue_extractions_total").await;
+        let store_hits = metric(&client, &base, "wbia_lightglue_feature_store_hits_total").await;
+        if run == 0 {
+            assert_eq!((extractions, store_hits), (3, 0));
+        } else {
+            assert_eq!((extractions, store_hits), (0, 3), "restart re-extracted");
+        }
+        drop(state);
+    }
+    assert_eq!(answers[0], answers[1]);
+    std::fs::remove_dir_all(data).unwrap();
 }

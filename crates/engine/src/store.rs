@@ -1,0 +1,166 @@
+//! Features persisted in SQLite (the plugin's `LightGlueFeatures` table), so a restart does not
+//! re-extract every chip. Rows are keyed like the in-memory cache: annotation UUID, feature
+//! settings, and the SHA-256 of the chip bytes. Used only from the model worker thread.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use wbia_lightglue_model::Features;
+
+use crate::{Error, FeatureKey, Result};
+
+pub struct FeatureStore {
+    conn: Connection,
+}
+
+fn db_error(e: rusqlite::Error) -> Error {
+    Error::Store(e.to_string())
+}
+
+fn to_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
+    values.flat_map(f32::to_le_bytes).collect()
+}
+
+fn from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl FeatureStore {
+    /// Opens (creating if needed) `features.sqlite3` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Store(format!("data directory {}: {e}", dir.display())))?;
+        let conn = Connection::open(dir.join("features.sqlite3")).map_err(db_error)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS lightglue_features (
+                 annot_uuid TEXT NOT NULL,
+                 settings TEXT NOT NULL,
+                 chip_sha256 BLOB NOT NULL,
+                 keypoints BLOB NOT NULL,
+                 keypoint_scores BLOB NOT NULL,
+                 descriptors BLOB NOT NULL,
+                 width REAL NOT NULL,
+                 height REAL NOT NULL,
+                 created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                 PRIMARY KEY (annot_uuid, settings, chip_sha256)
+             );",
+        )
+        .map_err(db_error)?;
+        Ok(Self { conn })
+    }
+
+    pub(crate) fn get(&self, key: &FeatureKey) -> Result<Option<Features>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT keypoints, keypoint_scores, descriptors, width, height
+                 FROM lightglue_features
+                 WHERE annot_uuid = ?1 AND settings = ?2 AND chip_sha256 = ?3",
+                params![key.annot.to_string(), key.settings, &key.chip[..]],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, f64>(3)?,
+                        r.get::<_, f64>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_error)?;
+        let Some((kp, scores, desc, w, h)) = row else {
+            return Ok(None);
+        };
+        let kp = from_bytes(&kp);
+        let features = Features {
+            keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+            scores: from_bytes(&scores),
+            descriptors: from_bytes(&desc),
+            image_size: [w as f32, h as f32],
+        };
+        // A damaged row is treated as absent (and will be overwritten), not trusted.
+        match features.validate() {
+            Ok(()) => Ok(Some(features)),
+            Err(e) => {
+                tracing::warn!(annot = %key.annot, error = %e, "ignoring a damaged stored feature row");
+                Ok(None)
+            }
+        }
+    }
+
+    pub(crate) fn put(&self, key: &FeatureKey, f: &Features) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO lightglue_features
+                 (annot_uuid, settings, chip_sha256, keypoints, keypoint_scores, descriptors, width, height)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    key.annot.to_string(),
+                    key.settings,
+                    &key.chip[..],
+                    to_bytes(f.keypoints.iter().flatten().copied()),
+                    to_bytes(f.scores.iter().copied()),
+                    to_bytes(f.descriptors.iter().copied()),
+                    f.image_size[0] as f64,
+                    f.image_size[1] as f64,
+                ],
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> Result<usize> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM lightglue_features", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
+            .map_err(db_error)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn round_trip_and_key_parts_matter() {
+        let dir = std::env::temp_dir().join(format!("wbia-lg-store-{}", Uuid::new_v4()));
+        let store = FeatureStore::open(&dir).unwrap();
+        let f = Features {
+            keypoints: vec![[1.5, 2.5], [3.0, 4.0]],
+            scores: vec![0.5, 0.25],
+            descriptors: (0..256).map(|i| i as f32 / 256.0).collect(),
+            image_size: [640.0, 480.0],
+        };
+        let key = FeatureKey {
+            annot: Uuid::from_u128(7),
+            settings: "s".into(),
+            chip: [1; 32],
+        };
+        assert!(store.get(&key).unwrap().is_none());
+        store.put(&key, &f).unwrap();
+        assert_eq!(store.get(&key).unwrap(), Some(f.clone()));
+        let other_chip = FeatureKey {
+            chip: [2; 32],
+            ..key.clone()
+        };
+        assert!(store.get(&other_chip).unwrap().is_none());
+        drop(store);
+        let reopened = FeatureStore::open(&dir).unwrap();
+        assert_eq!(reopened.get(&key).unwrap(), Some(f));
+        assert_eq!(reopened.len().unwrap(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
