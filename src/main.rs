@@ -10,6 +10,7 @@ use wbia_lightglue_model::{load_image, weights, Aliked, AlikedConfig, LightGlue,
 
 mod bench;
 mod cli;
+mod evaluate;
 
 #[derive(Parser)]
 #[command(name = "wbia-lightglue", version, about)]
@@ -26,6 +27,8 @@ enum Command {
     Match(MatchArgs),
     /// Serve WBIA's LightGlue query endpoints over HTTP.
     Serve(ServeArgs),
+    /// 1-vs-all CMC (ranks 1/5/10/20) and mAP over a labelled image folder or WBIA annotations.
+    Evaluate(evaluate::EvaluateArgs),
     /// Time extraction and matching on this machine and print JSON (see scripts/bench.sh).
     Bench(bench::BenchArgs),
     /// Convert a PyTorch checkpoint (.pth) to safetensors.
@@ -229,6 +232,7 @@ fn main() -> Result<()> {
         }
         Command::Bench(args) => bench::run(&args)?,
         Command::Serve(args) => serve(args)?,
+        Command::Evaluate(args) => evaluate::run(&args)?,
         Command::ConvertWeights { input, output } => {
             let n = weights::convert_pth(&input, &output)
                 .with_context(|| format!("converting {}", input.display()))?;

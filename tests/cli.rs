@@ -99,3 +99,44 @@ fn missing_weights_are_a_clear_error() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("aliked-n16.safetensors"), "{stderr}");
 }
+
+#[test]
+fn evaluate_reports_cmc_and_map_on_the_turtles() {
+    let run = bin()
+        .args([
+            "evaluate",
+            "--json",
+            "--max-keypoints",
+            "256",
+            "--group-column",
+            "side",
+            "--csv",
+        ])
+        .arg(fixture("turtles/labels.csv"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["queries"], 4);
+    assert_eq!(v["cmc"][0], serde_json::json!([1, 1.0]));
+    assert_eq!(v["mean_average_precision"], 1.0);
+}
+
+#[test]
+fn evaluate_names_a_bad_csv() {
+    let csv = std::env::temp_dir().join(format!("wbia-lg-bad-{}.csv", std::process::id()));
+    std::fs::write(&csv, "file,label\nx.jpg,a\n").unwrap();
+    let run = bin()
+        .args(["evaluate", "--csv"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&csv).unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("`path` and `identity`"), "{stderr}");
+}

@@ -2,6 +2,7 @@
 //! bounded queue, the feature cache, and ranking. It knows nothing of HTTP.
 
 pub mod config;
+pub mod evaluate;
 pub mod scoring;
 pub mod store;
 mod worker;
