@@ -466,11 +466,7 @@ impl Aliked {
         config: AlikedConfig,
         device: &Device,
     ) -> Result<Self> {
-        let tensors = crate::weights::load_safetensors(path.as_ref(), device)?;
-        Self::load(
-            VarBuilder::from_tensors(tensors, DType::F32, device),
-            config,
-        )
+        Self::load(crate::weights::var_builder(path.as_ref(), device)?, config)
     }
 
     pub fn config(&self) -> &AlikedConfig {

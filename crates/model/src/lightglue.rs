@@ -6,7 +6,7 @@
 //! considered at every layer (its CPU threshold is -1), attention in f32. The pair score is the
 //! WBIA plugin's: the sum of the confidences of the matches that pass `filter_threshold`.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -368,11 +368,7 @@ impl LightGlue {
         config: LightGlueConfig,
         device: &Device,
     ) -> Result<Self> {
-        let tensors = crate::weights::load_safetensors(path.as_ref(), device)?;
-        Self::load(
-            VarBuilder::from_tensors(tensors, DType::F32, device),
-            config,
-        )
+        Self::load(crate::weights::var_builder(path.as_ref(), device)?, config)
     }
 
     pub fn config(&self) -> &LightGlueConfig {

@@ -62,6 +62,16 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
     Ok(candle_core::safetensors::load(path, device)?)
 }
 
+/// A `VarBuilder` over every tensor of a safetensors weights file, as f32 on `device`.
+pub fn var_builder(path: &Path, device: &Device) -> Result<candle_nn::VarBuilder<'static>> {
+    let tensors = load_safetensors(path, device)?;
+    Ok(candle_nn::VarBuilder::from_tensors(
+        tensors,
+        DType::F32,
+        device,
+    ))
+}
+
 /// Converts a PyTorch checkpoint (a pickled state dict) to safetensors: float tensors are kept
 /// as f32 under their state-dict names, BatchNorm's `num_batches_tracked` counters are dropped,
 /// and LightGlue's legacy `self_attn.{i}` / `cross_attn.{i}` prefixes become

@@ -136,64 +136,18 @@ fn attend_block(
         return;
     }
     let mut sim = vec![0f32; rows * len];
-    // SAFETY: every pointer/stride pair below describes a buffer of exactly the given
-    // dimensions (row-major, checked by the caller's shape test); the regions don't overlap.
-    unsafe {
-        // sim[rows, len] = q[rows, d] · kᵀ, times scale.
-        gemm::gemm(
-            rows,
-            len,
-            d,
-            sim.as_mut_ptr(),
-            1,
-            len as isize,
-            false,
-            q.as_ptr(),
-            1,
-            d as isize,
-            k.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul_into(
+        &mut sim,
+        Mat::rows(q, rows, d),
+        Mat::rows(k, len, d).t(),
+        scale,
+    );
     let mut sums = vec![0f32; rows];
     for (row, sum) in sim.chunks_exact_mut(len).zip(sums.iter_mut()) {
         *sum = softmax_numerator(row);
     }
-    unsafe {
-        // out[rows, d] = p[rows, len] · v[len, d].
-        gemm::gemm(
-            rows,
-            d,
-            len,
-            out.as_mut_ptr(),
-            1,
-            d as isize,
-            false,
-            sim.as_ptr(),
-            1,
-            len as isize,
-            v.as_ptr(),
-            1,
-            d as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    for (row, sum) in out.chunks_exact_mut(d).zip(sums) {
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
-    }
+    matmul_into(out, Mat::rows(&sim, rows, len), Mat::rows(v, len, d), 1.0);
+    divide_rows(out, d, &sums);
 }
 
 /// Bidirectional cross attention over one shared similarity matrix, as LightGlue computes it:
@@ -266,31 +220,7 @@ fn cross_head(
         return;
     }
     let mut sim = vec![0f32; m * n];
-    // SAFETY (all gemm calls): pointers and strides describe the row-major buffers above with
-    // exactly the dimensions passed; destinations do not overlap sources.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            d,
-            sim.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            d as isize,
-            b.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul_into(&mut sim, Mat::rows(a, m, d), Mat::rows(b, n, d).t(), 1.0);
     // Rows: softmax over image b, in blocks so the exponentials stay in cache.
     let mut block = vec![0f32; ROW_BLOCK * n];
     for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
@@ -298,33 +228,8 @@ fn cross_head(
         let e = &mut block[..rows * n];
         e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
         let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
-        unsafe {
-            gemm::gemm(
-                rows,
-                d,
-                n,
-                out.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                e.as_ptr(),
-                1,
-                n as isize,
-                vb.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for (row, sum) in out.chunks_exact_mut(d).zip(sums) {
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        matmul_into(out, Mat::rows(e, rows, n), Mat::rows(vb, n, d), 1.0);
+        divide_rows(out, d, &sums);
     }
     // Columns: softmax over image a, exponentials written in place, then E^T · v_a.
     let mut col_max = vec![f32::NEG_INFINITY; n];
@@ -338,33 +243,8 @@ fn cross_head(
     for row in sim.chunks_exact_mut(n) {
         exp_sub_accumulate(row, &col_max, &mut col_sum);
     }
-    unsafe {
-        gemm::gemm(
-            n,
-            d,
-            m,
-            ob.as_mut_ptr(),
-            1,
-            d as isize,
-            false,
-            sim.as_ptr(),
-            n as isize,
-            1,
-            va.as_ptr(),
-            1,
-            d as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    for (row, sum) in ob.chunks_exact_mut(d).zip(col_sum) {
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
-    }
+    matmul_into(ob, Mat::rows(&sim, m, n).t(), Mat::rows(va, m, d), 1.0);
+    divide_rows(ob, d, &col_sum);
 }
 
 /// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.
@@ -388,6 +268,89 @@ fn exp_sub_accumulate_plain(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
     for ((x, &mx), s) in row.iter_mut().zip(max).zip(sum.iter_mut()) {
         *x = fast_exp(*x - mx);
         *s += *x;
+    }
+}
+
+/// A matrix view into a slice: element (r, c) is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix.
+    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, without copying.
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = scale · lhs · rhs`, `dst` row-major, on the calling thread (callers parallelise over
+/// blocks and heads). The one place this module calls into `gemm`'s raw-pointer API.
+fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert!(
+        rhs.rows == k && dst.len() == m * n && lhs.fits() && rhs.fits(),
+        "matmul_into: bad shapes"
+    );
+    // SAFETY: the assertion above proves every index gemm touches lies inside the three
+    // slices, and `dst` is a unique borrow, so it overlaps neither source.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Divides each `d`-wide row of `x` by its softmax denominator.
+fn divide_rows(x: &mut [f32], d: usize, sums: &[f32]) {
+    for (row, &sum) in x.chunks_exact_mut(d).zip(sums) {
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
     }
 }
 
@@ -453,6 +416,7 @@ pub fn fast_exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -482,23 +446,11 @@ mod tests {
         let (ma, mb) = cross_attention(&a, &b, &va, &vb, Some(&lens)).unwrap();
         let want_a = attention_reference(&a, &b, &vb, 1.0, Some(&lens)).unwrap();
         let want_b = attention_reference(&b, &a, &va, 1.0, None).unwrap();
-        let diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&ma, &want_a) < 1e-5);
+        assert!(max_abs_diff(&ma, &want_a) < 1e-5);
         // Real rows of b match; padded rows of the second item get zero messages.
-        assert!(diff(&mb.get(0).unwrap(), &want_b.get(0).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&mb.get(0).unwrap(), &want_b.get(0).unwrap()) < 1e-5);
         let real = mb.get(1).unwrap().narrow(1, 0, 20).unwrap();
-        assert!(diff(&real, &want_b.get(1).unwrap().narrow(1, 0, 20).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&real, &want_b.get(1).unwrap().narrow(1, 0, 20).unwrap()) < 1e-5);
         let pad = mb.get(1).unwrap().narrow(1, 20, 37).unwrap();
         assert_eq!(
             pad.abs()
@@ -519,16 +471,7 @@ mod tests {
         for lens in [None, Some(&[70usize, 33][..])] {
             let fused = attention(&q, &k, &v, 0.25, lens).unwrap();
             let composed = attention_reference(&q, &k, &v, 0.25, lens).unwrap();
-            let diff = (fused - composed)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&fused, &composed);
             assert!(diff < 1e-5, "max diff {diff} with lens {lens:?}");
         }
     }

@@ -393,18 +393,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::ops::max_abs_diff as max_diff;
 
     #[test]
     fn bias_selu_matches_composed() {
