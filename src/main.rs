@@ -108,6 +108,9 @@ struct ServeArgs {
         default_value = "wbia-lightglue-data"
     )]
     data_dir: PathBuf,
+    /// Device for inference: `cpu` (this build has no CUDA backend yet).
+    #[arg(long, env = "WBIA_LIGHTGLUE_DEVICE", default_value = "cpu")]
+    device: String,
     /// Model jobs that may wait before requests get 429.
     #[arg(long, env = "WBIA_LIGHTGLUE_QUEUE", default_value_t = 64)]
     queue_capacity: usize,
@@ -166,6 +169,12 @@ fn serve(args: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
         .init();
+    if args.device != "cpu" {
+        anyhow::bail!(
+            "--device {}: this build runs on cpu only (CUDA support is not implemented yet)",
+            args.device
+        );
+    }
     let configs = ConfigDir::new(&args.config_dir);
     // Fail fast on a broken default configuration rather than on the first request.
     let default = configs.load(None)?;
