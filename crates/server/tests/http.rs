@@ -166,12 +166,20 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
 /// Our server against `wbia_url`, with a config dir whose default asks for 512 keypoints
 /// (quicker in debug builds) and a second config `k256.json`.
 async fn our_server(wbia_url: &str) -> (SocketAddr, Arc<AppState>) {
-    our_server_with_store(wbia_url, None).await
+    our_server_with(wbia_url, None, 64).await
 }
 
 async fn our_server_with_store(
     wbia_url: &str,
     data_dir: Option<PathBuf>,
+) -> (SocketAddr, Arc<AppState>) {
+    our_server_with(wbia_url, data_dir, 64).await
+}
+
+async fn our_server_with(
+    wbia_url: &str,
+    data_dir: Option<PathBuf>,
+    queue_capacity: usize,
 ) -> (SocketAddr, Arc<AppState>) {
     let dir = std::env::temp_dir().join(format!(
         "wbia-lg-http-{}-{}",
@@ -189,6 +197,7 @@ async fn our_server_with_store(
         engine: Engine::start(EngineOptions {
             weights_dir: Some(repo().join("weights")),
             data_dir,
+            queue_capacity,
             ..EngineOptions::default()
         })
         .unwrap(),
@@ -764,4 +773,30 @@ async fn persisted_features_survive_a_restart() {
     }
     assert_eq!(answers[0], answers[1]);
     std::fs::remove_dir_all(data).unwrap();
+}
+
+/// A full model queue answers 429 with Retry-After, in the envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_429() {
+    let (wbia, _) = fake_wbia(0).await;
+    // One waiting job at most; a request with four chips queues four extractions at once,
+    // while the worker is busy with the first for far longer than the others take to arrive.
+    let (addr, _) = our_server_with(&format!("http://{wbia}"), None, 1).await;
+    let client = reqwest::Client::new();
+    let (status, body) = post_form(
+        &client,
+        &format!("http://{addr}/api/review/query/chip/best/"),
+        &[
+            ("query_annot_uuid_list", list(&[0xa1])),
+            ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
+            ("pipeline_root", "LightGlue".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["status"]["code"], 429);
+    assert!(body["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("queue is full"));
 }
