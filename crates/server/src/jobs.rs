@@ -148,11 +148,22 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
                 result: None,
             },
         );
-        let job = match compute(&state, &queries, &database, &config).await {
-            Ok(c) => Job {
+        let outcome = async {
+            let computed = compute(&state, &queries, &database, &config).await?;
+            // Only the job result reports name UUIDs; the synchronous endpoint does not need them.
+            let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
+            let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
+            let name_uuids: Vec<(Uuid, Option<Uuid>)> =
+                annots.into_iter().zip(name_uuids).collect();
+            Ok::<_, ApiError>((computed, name_uuids))
+        }
+        .await;
+        let job = match outcome {
+            Ok((c, name_uuids)) => Job {
                 status: "completed",
                 result: Some(identification_result(
                     &c,
+                    &name_uuids,
                     &queries,
                     &database,
                     &query_config,
@@ -230,6 +241,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
 /// The result document of `query_chips_graph` (CONTRACT.md §4), for the one query.
 fn identification_result(
     c: &Computed,
+    name_uuids: &[(Uuid, Option<Uuid>)],
     queries: &[Uuid],
     database: &[Uuid],
     query_config: &Value,
@@ -237,7 +249,7 @@ fn identification_result(
     let q = queries[0];
     let r = &c.results[0];
     let name_uuid = |u: &Uuid| {
-        c.name_uuids
+        name_uuids
             .iter()
             .find(|(v, _)| v == u)
             .and_then(|(_, n)| *n)

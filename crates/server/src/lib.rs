@@ -252,12 +252,11 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
     }))
 }
 
-/// What a query run produces: per query, ranked results; and what WBIA told us about the
+/// What a query run produces: per query, ranked results; and the rowids WBIA gave for the
 /// annotations on the way.
 pub struct Computed {
     pub results: Vec<QueryResult>,
     pub aids: Vec<(Uuid, i64)>,
-    pub name_uuids: Vec<(Uuid, Option<Uuid>)>,
 }
 
 /// Validates the lists, fetches chips, extracts features (cached) and scores every query
@@ -304,7 +303,6 @@ pub async fn compute(
         .zip(aids.into_iter().flatten())
         .collect();
     let names = state.wbia.annot_names(&all).await?;
-    let name_uuids = state.wbia.annot_name_uuids(&all).await?;
     let chips = try_join_all(aids.iter().map(|&(uuid, aid)| async move {
         state
             .wbia
@@ -356,11 +354,7 @@ pub async fn compute(
         results.push(rank(*q, scored));
     }
     add_ms(&state.metrics.match_ms, started);
-    Ok(Computed {
-        results,
-        aids,
-        name_uuids: all.iter().copied().zip(name_uuids).collect(),
-    })
+    Ok(Computed { results, aids })
 }
 
 fn add_ms(counter: &AtomicU64, since: Instant) {

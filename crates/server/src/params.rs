@@ -33,20 +33,21 @@ impl Params {
     }
 
     async fn parse(parts: &Parts, body: Bytes) -> Result<Self, ApiError> {
-        let req = Request::from_parts(parts.clone(), Body::from(body));
         let mut params = Params::default();
-        if let Some(query) = req.uri().query() {
+        if let Some(query) = parts.uri.query() {
             for (k, v) in form_urlencoded::parse(query.as_bytes()) {
                 params.insert(&k, &v)?;
             }
         }
-        let content_type = req
-            .headers()
+        let content_type = parts
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
         if content_type.starts_with("multipart/form-data") {
+            // The multipart parser wants a request; hand it the already-read body.
+            let req = Request::from_parts(parts.clone(), Body::from(body));
             let mut multipart = Multipart::from_request(req, &())
                 .await
                 .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
@@ -64,9 +65,6 @@ impl Params {
             }
             return Ok(params);
         }
-        let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
         if body.is_empty() {
             return Ok(params);
         }
