@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::Args;
 use serde_json::{json, Map, Value};
-use wbia_lightglue_model::{load_image, Features, LightGlueConfig, RgbImage};
+use wbia_lightglue_model::{device_name, load_image, Features, LightGlueConfig, RgbImage};
 
 use crate::ModelArgs;
 
@@ -82,9 +81,10 @@ fn round2(v: f64) -> Value {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = args.model.runtime.open()?;
     let mut res = Map::new();
-    res.insert("device".into(), json!("cpu"));
+    res.insert("device".into(), json!(device_name(&device)));
+    res.insert("precision".into(), json!(args.model.runtime.precision));
     res.insert(
         "threads".into(),
         json!(std::env::var("RAYON_NUM_THREADS").ok()),
@@ -96,6 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (median, times) = timed(args.repeat, || Ok(extractor.extract(&image)?))?;
     res.insert("extract_image".into(), json!(args.image));
     res.insert("extract_ms".into(), round2(median));
+    res.insert("extract_chips_per_s".into(), round2(1e3 / median));
     res.insert(
         "extract_ms_all".into(),
         json!(times.iter().map(|t| round2(*t)).collect::<Vec<_>>()),
@@ -168,6 +169,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let full = args
             .model
             .load_lightglue(LightGlueConfig::full(), &device)?;
+        // Warm-up: one batch (allocations, kernel loading on a GPU).
+        full.match_batch(query, &db[..args.batch_size.min(db.len())], args.batch_size)?;
         let start = Instant::now();
         full.match_batch(query, &db, args.batch_size)?;
         let dt = start.elapsed().as_secs_f64();

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wbia_lightglue_engine::evaluate::{evaluate, Evaluation};
@@ -156,7 +155,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     if items.len() < 2 {
         bail!("need at least two labelled images, got {}", items.len());
     }
-    let device = Device::Cpu;
+    let device = args.model.runtime.open()?;
     let extractor = args.model.load_aliked(&device)?;
     let matcher = args.model.load_lightglue(args.matcher.config(), &device)?;
 

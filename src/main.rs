@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
-use wbia_lightglue_model::{load_image, weights, Aliked, AlikedConfig, LightGlue, LightGlueConfig};
+use wbia_lightglue_model::{
+    load_image, parse_device, weights, Aliked, AlikedConfig, LightGlue, LightGlueConfig, Precision,
+};
 
 mod bench;
 mod cli;
@@ -35,6 +37,25 @@ enum Command {
     ConvertWeights { input: PathBuf, output: PathBuf },
 }
 
+/// Where and how the models run.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda`, `cuda:N`, or `auto`: the first GPU when this build has CUDA support and
+    /// one answers, else the CPU.
+    #[arg(long, env = "WBIA_LIGHTGLUE_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Arithmetic of LightGlue's transformer layers: f32, f16 (pair scores within 2% of f32)
+    /// or bf16 (CUDA only).
+    #[arg(long, env = "WBIA_LIGHTGLUE_PRECISION", default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl DeviceArgs {
+    pub fn open(&self) -> Result<Device> {
+        Ok(parse_device(&self.device)?)
+    }
+}
+
 /// Options shared by every command that runs the model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -50,6 +71,8 @@ pub struct ModelArgs {
     /// 0 takes the top `max-keypoints` maxima; above 0, every maximum over the threshold.
     #[arg(long, default_value_t = 0.0)]
     pub detection_threshold: f32,
+    #[command(flatten)]
+    pub runtime: DeviceArgs,
 }
 
 impl ModelArgs {
@@ -108,9 +131,12 @@ struct ServeArgs {
         default_value = "wbia-lightglue-data"
     )]
     data_dir: PathBuf,
-    /// Device for inference: `cpu` (this build has no CUDA backend yet).
-    #[arg(long, env = "WBIA_LIGHTGLUE_DEVICE", default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    runtime: DeviceArgs,
+    /// Database annotations matched in one padded batch (adaptive depth/width off); 1 matches
+    /// pair by pair exactly as the plugin does. 0: 16 on a GPU, 1 on the CPU.
+    #[arg(long, env = "WBIA_LIGHTGLUE_MATCH_BATCH", default_value_t = 0)]
+    match_batch: usize,
     /// Model jobs that may wait before requests get 429.
     #[arg(long, env = "WBIA_LIGHTGLUE_QUEUE", default_value_t = 64)]
     queue_capacity: usize,
@@ -156,7 +182,7 @@ impl MatcherArgs {
 impl ModelArgs {
     pub fn load_lightglue(&self, config: LightGlueConfig, device: &Device) -> Result<LightGlue> {
         let path = weights::find_weights(self.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
-        LightGlue::from_file(&path, config, device)
+        LightGlue::from_file_with_precision(&path, config, device, self.runtime.precision)
             .with_context(|| format!("loading {}", path.display()))
     }
 }
@@ -169,12 +195,12 @@ fn serve(args: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
         .init();
-    if args.device != "cpu" {
-        anyhow::bail!(
-            "--device {}: this build runs on cpu only (CUDA support is not implemented yet)",
-            args.device
-        );
-    }
+    let device = args.runtime.open()?;
+    let match_batch = match (args.match_batch, device.is_cuda()) {
+        (0, true) => 16,
+        (0, false) => 1,
+        (n, _) => n,
+    };
     let configs = ConfigDir::new(&args.config_dir);
     // Fail fast on a broken default configuration rather than on the first request.
     let default = configs.load(None)?;
@@ -183,7 +209,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         queue_capacity: args.queue_capacity,
         cache_capacity: default.feature_cache_max_size,
         data_dir: Some(args.data_dir.clone()),
+        device,
+        precision: args.runtime.precision,
+        match_batch,
     })?;
+    tracing::info!(runtime = ?engine.runtime, "model worker started");
     let wbia = wbia_client::WbiaClient::new(&args.wbia_url, Default::default())?;
     let state = std::sync::Arc::new(wbia_lightglue_server::AppState {
         engine,
@@ -205,7 +235,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Extract(args) => {
-            let device = Device::Cpu;
+            let device = args.model.runtime.open()?;
             let model = args.model.load_aliked(&device)?;
             let image = load_image(&args.image)?;
             let start = Instant::now();
@@ -220,7 +250,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Match(args) => {
-            let device = Device::Cpu;
+            let device = args.model.runtime.open()?;
             let extractor = args.model.load_aliked(&device)?;
             let matcher = args.model.load_lightglue(args.matcher.config(), &device)?;
             let f0 = extractor.extract(&load_image(&args.image0)?)?;

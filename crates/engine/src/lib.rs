@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use wbia_lightglue_model::Features;
+use wbia_lightglue_model::{Features, Precision};
 
 pub use config::{Config, ConfigDir};
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
@@ -53,6 +53,14 @@ pub struct EngineOptions {
     pub cache_capacity: usize,
     /// Directory of the persisted feature store (`None`: memory only).
     pub data_dir: Option<PathBuf>,
+    /// Where the models run.
+    pub device: candle_core::Device,
+    /// Arithmetic of LightGlue's transformer layers.
+    pub precision: Precision,
+    /// Database annotations matched together in one padded batch. 1 matches pair by pair
+    /// with adaptive depth and width, exactly as the plugin does; above 1, batches run every
+    /// layer on every point (adaptivity off), which pays on a GPU.
+    pub match_batch: usize,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +70,9 @@ impl Default for EngineOptions {
             queue_capacity: 64,
             cache_capacity: Config::default().feature_cache_max_size,
             data_dir: None,
+            device: candle_core::Device::Cpu,
+            precision: Precision::F32,
+            match_batch: 1,
         }
     }
 }
@@ -74,6 +85,15 @@ pub(crate) struct FeatureKey {
     pub(crate) annot: Uuid,
     pub(crate) settings: String,
     pub(crate) chip: [u8; 32],
+}
+
+/// Where and how the models run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuntimeInfo {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub precision: Precision,
+    pub match_batch: usize,
 }
 
 /// Cache counters, for `/metrics`.
@@ -91,6 +111,8 @@ pub struct CacheStats {
 
 pub struct Engine {
     worker: ModelWorker,
+    /// Device, precision and batching, as `/info` reports them.
+    pub runtime: RuntimeInfo,
     cache: Mutex<lru::LruCache<FeatureKey, Arc<Features>>>,
     pub cache_stats: Arc<CacheStats>,
 }
@@ -105,9 +127,20 @@ impl Engine {
             None => None,
         };
         let cache_stats = Arc::new(CacheStats::default());
+        let runtime = RuntimeInfo {
+            device: wbia_lightglue_model::device_name(&options.device),
+            precision: options.precision,
+            match_batch: options.match_batch.max(1),
+        };
         Ok(Self {
+            runtime,
             worker: ModelWorker::spawn(
-                options.weights_dir,
+                worker::Settings {
+                    weights_dir: options.weights_dir,
+                    device: options.device,
+                    precision: options.precision,
+                    match_batch: options.match_batch.max(1),
+                },
                 store,
                 cache_stats.clone(),
                 options.queue_capacity.max(1),

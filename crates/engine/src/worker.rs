@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use candle_core::Device;
 use tokio::sync::oneshot;
-use wbia_lightglue_model::{weights, Aliked, Features, LightGlue, RgbImage};
+use wbia_lightglue_model::{weights, Aliked, Features, LightGlue, Precision, RgbImage};
 
 use crate::store::FeatureStore;
 use crate::{CacheStats, Config, Error, FeatureKey, Result};
@@ -38,6 +38,14 @@ pub(crate) enum Job {
     },
 }
 
+/// What the worker thread needs to build its models.
+pub(crate) struct Settings {
+    pub weights_dir: Option<PathBuf>,
+    pub device: Device,
+    pub precision: Precision,
+    pub match_batch: usize,
+}
+
 pub(crate) struct ModelWorker {
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
@@ -46,7 +54,7 @@ pub(crate) struct ModelWorker {
 
 impl ModelWorker {
     pub fn spawn(
-        weights_dir: Option<PathBuf>,
+        settings: Settings,
         store: Option<FeatureStore>,
         stats: Arc<CacheStats>,
         capacity: usize,
@@ -57,7 +65,7 @@ impl ModelWorker {
         std::thread::Builder::new()
             .name("model-worker".into())
             .spawn(move || {
-                let mut models = Models::new(weights_dir, store, stats);
+                let mut models = Models::new(settings, store, stats);
                 while let Ok(job) = rx.recv() {
                     worker_depth.fetch_sub(1, Ordering::Relaxed);
                     models.run(job);
@@ -96,25 +104,19 @@ impl ModelWorker {
 
 /// Models by the settings that shape them, loaded on first use.
 struct Models {
-    weights_dir: Option<PathBuf>,
+    settings: Settings,
     store: Option<FeatureStore>,
     stats: Arc<CacheStats>,
-    device: Device,
     extractors: HashMap<String, Aliked>,
     matchers: HashMap<String, LightGlue>,
 }
 
 impl Models {
-    fn new(
-        weights_dir: Option<PathBuf>,
-        store: Option<FeatureStore>,
-        stats: Arc<CacheStats>,
-    ) -> Self {
+    fn new(settings: Settings, store: Option<FeatureStore>, stats: Arc<CacheStats>) -> Self {
         Self {
-            weights_dir,
+            settings,
             store,
             stats,
-            device: Device::Cpu,
             extractors: HashMap::new(),
             matchers: HashMap::new(),
         }
@@ -180,17 +182,19 @@ impl Models {
         self.stats.extractions.fetch_add(1, Ordering::Relaxed);
         let key = config.feature_key();
         if !self.extractors.contains_key(&key) {
-            let path = weights::find_weights(self.weights_dir.as_deref(), weights::ALIKED_FILE)?;
-            let model = Aliked::from_file(path, config.aliked(), &self.device)?;
+            let dir = self.settings.weights_dir.as_deref();
+            let path = weights::find_weights(dir, weights::ALIKED_FILE)?;
+            let model = Aliked::from_file(path, config.aliked(), &self.settings.device)?;
             tracing::info!(settings = %key, "loaded ALIKED");
             self.extractors.insert(key.clone(), model);
         }
         Ok(self.extractors[&key].extract(image)?)
     }
 
-    /// Pair by pair, with the configured adaptive depth/width, exactly as the plugin scores.
-    /// (Padded batches — `LightGlue::match_batch` — give the same scores with adaptivity off,
-    /// but measured slower than single pairs on CPU; see BENCHMARKS.md.)
+    /// With `match_batch` 1: pair by pair, with the configured adaptive depth/width, exactly
+    /// as the plugin scores. Above 1: padded batches of that many database annotations with
+    /// adaptivity off (`LightGlue::match_batch`), for GPUs; measured slower than single pairs
+    /// on CPU (BENCHMARKS.md).
     fn match_all(
         &mut self,
         query: &Features,
@@ -200,12 +204,23 @@ impl Models {
         let lg = config.lightglue();
         let key = format!("{lg:?}");
         if !self.matchers.contains_key(&key) {
-            let path = weights::find_weights(self.weights_dir.as_deref(), weights::LIGHTGLUE_FILE)?;
-            let model = LightGlue::from_file(path, lg.clone(), &self.device)?;
+            let dir = self.settings.weights_dir.as_deref();
+            let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;
+            let s = &self.settings;
+            let model =
+                LightGlue::from_file_with_precision(path, lg.clone(), &s.device, s.precision)?;
             tracing::info!(settings = %key, "loaded LightGlue");
             self.matchers.insert(key.clone(), model);
         }
         let matcher = &self.matchers[&key];
+        if self.settings.match_batch > 1 {
+            let refs: Vec<&Features> = database.iter().map(|f| f.as_ref()).collect();
+            return Ok(matcher
+                .match_batch(query, &refs, self.settings.match_batch)?
+                .iter()
+                .map(|r| r.score())
+                .collect());
+        }
         database
             .iter()
             .map(|f| Ok(matcher.match_pair(query, f)?.score()))

@@ -4,6 +4,7 @@
 //! [`Features`] and pairs of features into matches and a score, on any candle device.
 
 pub mod aliked;
+pub mod device;
 mod error;
 pub mod image;
 pub mod lightglue;
@@ -11,6 +12,7 @@ pub mod ops;
 pub mod weights;
 
 pub use aliked::{Aliked, AlikedConfig, Features};
+pub use device::{device_name, parse_device};
 pub use error::{Error, Result};
 pub use image::{decode_image, load_image, RgbImage};
-pub use lightglue::{LightGlue, LightGlueConfig, MatchResult};
+pub use lightglue::{LightGlue, LightGlueConfig, MatchResult, Precision};

@@ -64,7 +64,9 @@ pub fn attention_reference(
         let bias = Tensor::from_vec(bias, (b, 1, 1, n), q.device())?.to_dtype(sim.dtype())?;
         sim = sim.broadcast_add(&bias)?;
     }
-    Ok(candle_nn::ops::softmax_last_dim(&sim)?.matmul(v)?)
+    // The softmax runs in f32 whatever the inputs' precision (as autocast does).
+    let probs = candle_nn::ops::softmax_last_dim(&sim.to_dtype(candle_core::DType::F32)?)?;
+    Ok(probs.to_dtype(v.dtype())?.matmul(v)?)
 }
 
 struct FusedAttention {

@@ -2,12 +2,13 @@
 //! `torchvision.ops.deform_conv2d(input, offset, weight, bias, padding, mask=None)` with
 //! stride 1, dilation 1, one group and one offset group.
 //!
-//! The tensor version builds deformable "im2col" columns by gathering four bilinear corners per
-//! (kernel tap, output pixel) with `index_select`, then multiplies by the weights: only candle
-//! ops, so it runs on every device. Sampling positions are computed on the host from the
-//! offsets, mirroring torchvision's `bilinear_interpolate`.
+//! Builds deformable "im2col" columns, four bilinear corners per (channel, kernel tap, output
+//! pixel) as torchvision's `bilinear_interpolate` does, then multiplies them by the weights.
+//! The columns come from our own kernel on CPU and CUDA ([`DeformIm2col`]); other devices
+//! gather them with candle's `index_select`.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::grid_sample::{gather_taps, BilinearTaps};
 use crate::{Error, Result};
@@ -105,19 +106,101 @@ pub fn deform_conv2d(
     let (_, c, h, w) = input.dims4()?;
     let (o, _, kh, kw) = weight.dims4()?;
     let k = kh * kw;
-    let offsets = offset.flatten_all()?.to_vec1::<f32>()?;
-    let taps = deform_taps(&offsets, h, w, kh, kw, padding);
-    // [k * HW, C] → [C * k, HW], rows ordered (c, tap) like the flattened weight.
-    let table = input.reshape((c, h * w))?.t()?.contiguous()?;
-    let columns = gather_taps(&table, &taps, |i| i)?
-        .reshape((k, h * w, c))?
-        .permute((2, 0, 1))?
-        .reshape((c * k, h * w))?;
+    let device = input.device();
+    let columns = if (device.is_cpu() || device.is_cuda()) && input.dtype() == DType::F32 {
+        let op = DeformIm2col { ksize: kh, padding };
+        input
+            .reshape((c, h, w))?
+            .contiguous()?
+            .apply_op2_no_bwd(&offset.reshape((2 * k, h, w))?.contiguous()?, &op)?
+    } else {
+        let offsets = offset
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let taps = deform_taps(&offsets, h, w, kh, kw, padding);
+        // [k * HW, C] → [C * k, HW], rows ordered (c, tap) like the flattened weight.
+        let table = input.reshape((c, h * w))?.t()?.contiguous()?;
+        gather_taps(&table, &taps, |i| i)?
+            .reshape((k, h * w, c))?
+            .permute((2, 0, 1))?
+            .reshape((c * k, h * w))?
+    };
     let mut out = weight.reshape((o, c * k))?.matmul(&columns)?;
     if let Some(bias) = bias {
         out = out.broadcast_add(&bias.reshape((o, 1))?)?;
     }
     Ok(out.reshape((1, o, h, w))?)
+}
+
+/// Deformable im2col: a [C, H, W] input and [2K, H, W] offsets give [C·K, H·W] columns, row
+/// `ch·K + k` holding channel `ch` sampled at tap `k` of every output pixel. Each value sums
+/// its four corner products in the order nw, ne, sw, se, the CPU and CUDA kernels alike.
+struct DeformIm2col {
+    ksize: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for DeformIm2col {
+    fn name(&self) -> &'static str {
+        "deform-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (c, h, w) = l1.shape().dims3()?;
+        let (ks, k) = (self.ksize, self.ksize * self.ksize);
+        if l2.shape().dims() != [2 * k, h, w] {
+            candle_core::bail!(
+                "deform-im2col: offsets {:?} for input {:?}",
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        let (Some((i0, i1)), Some((o0, o1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("deform-im2col: inputs must be contiguous");
+        };
+        let input = &s1.as_slice::<f32>()?[i0..i1];
+        let offsets = &s2.as_slice::<f32>()?[o0..o1];
+        let taps = deform_taps(offsets, h, w, ks, ks, self.padding);
+        let hw = h * w;
+        let mut out = vec![0f32; c * k * hw];
+        if hw > 0 {
+            out.par_chunks_mut(hw).enumerate().for_each(|(row, col)| {
+                let (ch, tap) = (row / k, row % k);
+                let plane = &input[ch * hw..(ch + 1) * hw];
+                let idx = &taps.indices[tap * hw * 4..(tap + 1) * hw * 4];
+                let wts = &taps.weights[tap * hw * 4..(tap + 1) * hw * 4];
+                for (p, v) in col.iter_mut().enumerate() {
+                    // "Outside" (index H·W) reads pixel 0 with weight 0, as in `gather_taps`.
+                    let at = |q: usize| plane[(idx[4 * p + q] as usize) % hw] * wts[4 * p + q];
+                    let mut acc = at(0);
+                    for q in 1..4 {
+                        acc += at(q);
+                    }
+                    *v = acc;
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((c * k, hw))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::deform_im2col(s1, l1, s2, l2, self.ksize, self.padding)
+    }
 }
 
 /// Slow reference: torchvision's CPU algorithm, loop by loop. Shapes as in [`deform_conv2d`],

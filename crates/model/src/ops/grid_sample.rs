@@ -1,8 +1,8 @@
 //! Bilinear sampling of a feature map at arbitrary points: `F.grid_sample(mode="bilinear",
 //! align_corners=True, padding_mode="zeros")` for one image and a flat list of points.
 //!
-//! The tensor version computes the four corner indices and weights on the host and gathers
-//! with `index_select`, so it runs unchanged on every candle device.
+//! The four corner indices and weights are computed on the host; the weighted gather runs in
+//! our own kernel on CPU and CUDA (`WeightedRows`) and in `index_select` on other devices.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -92,7 +92,7 @@ pub(crate) fn gather_taps(
             "gather: row {bad} outside a table of {r}"
         )));
     }
-    if device.is_cpu() && table.dtype() == DType::F32 {
+    if (device.is_cpu() || device.is_cuda()) && table.dtype() == DType::F32 {
         let op = WeightedRows {
             indices: idx,
             weights: taps.weights.clone(),
@@ -105,11 +105,11 @@ pub(crate) fn gather_taps(
     Ok(corners.broadcast_mul(&wts)?.sum(D::Minus2)?)
 }
 
-/// CPU kernel of [`gather_taps`]: each output row is the weighted sum of four table rows,
-/// accumulated in PyTorch's corner order, rows computed in parallel.
-struct WeightedRows {
-    indices: Vec<u32>,
-    weights: Vec<f32>,
+/// Kernel of [`gather_taps`]: each output row is the weighted sum of four table rows,
+/// accumulated in PyTorch's corner order (CPU: rows in parallel; CUDA: `kernels/ops.cu`).
+pub(crate) struct WeightedRows {
+    pub(crate) indices: Vec<u32>,
+    pub(crate) weights: Vec<f32>,
 }
 
 impl CustomOp1 for WeightedRows {
@@ -140,6 +140,15 @@ impl CustomOp1 for WeightedRows {
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::weighted_rows(s, l, &self.indices, &self.weights)
     }
 }
 

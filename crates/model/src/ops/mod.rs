@@ -1,6 +1,8 @@
 //! Operations PyTorch has and candle lacks, each with a slow loop-by-loop reference.
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod deform_conv;
 pub mod fused;
 pub mod grid_sample;
