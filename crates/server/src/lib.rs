@@ -3,6 +3,7 @@
 pub mod envelope;
 pub mod jobs;
 pub mod lenient_uri;
+pub mod openapi;
 pub mod params;
 mod proxy;
 
@@ -72,6 +73,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/engine/job/result/",
             get(jobs::result).post(jobs::result),
+        )
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/swagger-ui")
+                .url("/api-docs/openapi.json", <openapi::ApiDoc as utoipa::OpenApi>::openapi()),
         )
         .fallback(proxy::pass_through)
         .layer(PropagateRequestIdLayer::x_request_id())

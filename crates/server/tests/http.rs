@@ -282,6 +282,31 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
         "503s were retried"
     );
 
+    // The OpenAPI document describes exactly the fields this response has.
+    let doc: Value = client
+        .get(format!("{base}/api-docs/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/review/query/chip/best/"]["post"].is_object());
+    let props = |schema: &str| -> std::collections::BTreeSet<String> {
+        let p = &doc["components"]["schemas"][schema]["properties"];
+        assert!(p.is_object(), "schema {schema} in {doc}");
+        keys(p)
+    };
+    assert_eq!(props("ChipBestResponse"), keys(&body));
+    assert_eq!(props("ChipBestResult"), keys(&body["response"]));
+    assert_eq!(props("QueryResult"), keys(result));
+    assert_eq!(props("ScoredAnnotation"), keys(&ranked[0]));
+    assert_eq!(props("NameScore"), keys(&names[0]));
+    assert_eq!(props("Status"), keys(&body["status"]));
+    let ui = client.get(format!("{base}/swagger-ui/")).send().await.unwrap();
+    assert_eq!(ui.status(), 200);
+    assert!(ui.text().await.unwrap().contains("swagger"), "Swagger UI page");
+
     // The second curl: urlencoded, fancy UUIDs, a config_path; then the same as a JSON body.
     let misses_before = metric(&client, &base, "wbia_lightglue_feature_cache_misses_total").await;
     let hits_before = metric(&client, &base, "wbia_lightglue_feature_cache_hits_total").await;
