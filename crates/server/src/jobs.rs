@@ -104,12 +104,26 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
             queries.len()
         )));
     }
-    if params.get("database_annot_uuid_list").is_none() {
+    // A null or absent list means every annotation of the query's species, as in WBIA
+    // (CONTRACT.md §3.1); resolved in the job, since it takes WBIA round trips.
+    let listed = params
+        .get("database_annot_uuid_list")
+        .is_some_and(|v| !v.is_null());
+    if !listed
+        && params
+            .get("database_imgsetid")
+            .is_some_and(|v| !v.is_null())
+    {
         return Err(ApiError::bad_request(
-            "database_annot_uuid_list is required (database_imgsetid and species-wide queries are not supported)",
+            "database_imgsetid is not supported here: send database_annot_uuid_list, or neither \
+             to match against every annotation of the query's species",
         ));
     }
-    let mut database = params.uuid_list("database_annot_uuid_list")?;
+    let database = if listed {
+        Some(params.uuid_list("database_annot_uuid_list")?)
+    } else {
+        None
+    };
     let config_path = query_config.get("config_path").and_then(Value::as_str);
     let config = state.configs.load(config_path)?;
     // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
@@ -118,9 +132,6 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
         .get("include_qaid_in_daids")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    if include_query && !database.contains(&queries[0]) {
-        database.push(queries[0]);
-    }
     let jobid = params
         .string("jobid")
         .filter(|s| !s.is_empty())
@@ -149,17 +160,24 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
             },
         );
         let outcome = async {
+            let mut database = match database {
+                Some(list) => list,
+                None => same_species(&state, queries[0]).await?,
+            };
+            if include_query && !database.contains(&queries[0]) {
+                database.push(queries[0]);
+            }
             let computed = compute(&state, &queries, &database, &config).await?;
             // Only the job result reports name UUIDs; the synchronous endpoint does not need them.
             let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
             let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
             let name_uuids: Vec<(Uuid, Option<Uuid>)> =
                 annots.into_iter().zip(name_uuids).collect();
-            Ok::<_, ApiError>((computed, name_uuids))
+            Ok::<_, ApiError>((computed, name_uuids, database))
         }
         .await;
         let job = match outcome {
-            Ok((c, name_uuids)) => Job {
+            Ok((c, name_uuids, database)) => Job {
                 status: "completed",
                 result: Some(identification_result(
                     &c,
@@ -183,6 +201,29 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
         }
     });
     Ok(jobid)
+}
+
+/// Every annotation WBIA holds of the query's species, the query excluded.
+async fn same_species(state: &AppState, query: Uuid) -> Result<Vec<Uuid>, ApiError> {
+    let species = match state.wbia.annot_species(&[query]).await?.pop().flatten() {
+        Some(s) => s,
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "annotation {query} has no species, so there is no species-wide database; \
+                 send database_annot_uuid_list"
+            )))
+        }
+    };
+    let all = state.wbia.all_annot_uuids().await?;
+    let species_of = state.wbia.annot_species(&all).await?;
+    let database: Vec<Uuid> = all
+        .into_iter()
+        .zip(species_of)
+        .filter(|(u, s)| *u != query && s.as_deref() == Some(species.as_str()))
+        .map(|(u, _)| u)
+        .collect();
+    tracing::info!(%query, %species, annotations = database.len(), "species-wide database");
+    Ok(database)
 }
 
 fn jobid_of(params: &Params) -> Option<String> {

@@ -195,7 +195,23 @@ fn metrics() {}
         description = "ALIKED + LightGlue matching for WBIA and Wildbook. Every other /api/ \
                        request is passed through to the WBIA server unchanged."
     ),
-    paths(chip_best, engine_query, job_status, job_result, job_list, heartbeat, health, info, metrics),
-    components(schemas(FancyUuid, ChipBestRequest, ChipBestResponse, ErrorResponse, EngineQueryRequest))
+    paths(
+        chip_best,
+        engine_query,
+        job_status,
+        job_result,
+        job_list,
+        heartbeat,
+        health,
+        info,
+        metrics
+    ),
+    components(schemas(
+        FancyUuid,
+        ChipBestRequest,
+        ChipBestResponse,
+        ErrorResponse,
+        EngineQueryRequest
+    ))
 )]
 pub struct ApiDoc;

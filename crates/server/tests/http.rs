@@ -26,26 +26,54 @@ struct Annot {
     aid: i64,
     file: &'static str,
     name: &'static str,
+    species: &'static str,
 }
 
 fn annots() -> Vec<Annot> {
-    let a = |n: u128, aid, file, name| Annot {
+    let a = |n: u128, aid, file, name, species| Annot {
         uuid: Uuid::from_u128(n),
         aid,
         file,
         name,
+        species,
     };
+    // b4 is filed under another species, so species-wide queries leave it out.
     vec![
-        a(0xa1, 11, "turtles/turtle_a1.jpg", "turtle_a"),
-        a(0xa2, 12, "turtles/turtle_a2.jpg", "turtle_a"),
-        a(0xb3, 13, "turtles/turtle_b3.jpg", "turtle_b"),
-        a(0xb4, 14, "turtles/turtle_b4.jpg", "____"),
+        a(
+            0xa1,
+            11,
+            "turtles/turtle_a1.jpg",
+            "turtle_a",
+            "turtle_green",
+        ),
+        a(
+            0xa2,
+            12,
+            "turtles/turtle_a2.jpg",
+            "turtle_a",
+            "turtle_green",
+        ),
+        a(
+            0xb3,
+            13,
+            "turtles/turtle_b3.jpg",
+            "turtle_b",
+            "turtle_green",
+        ),
+        a(
+            0xb4,
+            14,
+            "turtles/turtle_b4.jpg",
+            "____",
+            "turtle_hawksbill",
+        ),
     ]
 }
 
 #[derive(Default)]
 struct FakeWbia {
     by_uuid: HashMap<Uuid, (i64, String)>,
+    species: HashMap<Uuid, String>,
     chips: HashMap<i64, Vec<u8>>,
     chip_requests: AtomicUsize,
     /// Chip requests to answer with HTTP 503 before serving (exercises retries).
@@ -98,6 +126,7 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
     let mut fake = FakeWbia::default();
     for a in annots() {
         fake.by_uuid.insert(a.uuid, (a.aid, a.name.to_string()));
+        fake.species.insert(a.uuid, a.species.to_string());
         fake.chips.insert(
             a.aid,
             std::fs::read(repo().join("tests/fixtures").join(a.file)).unwrap(),
@@ -138,6 +167,16 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
                         .map(|u| json!(f.by_uuid.get(u).and_then(|x| name_uuid(&x.1)).map(|n| fancy_uuid(&n))))
                         .collect(),
                 )
+            }),
+        )
+        .route(
+            "/api/annot/json/",
+            get(|| async { envelope(annots().iter().map(|a| fancy_uuid(&a.uuid)).collect()) }),
+        )
+        .route(
+            "/api/annot/species/json/",
+            get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|u| json!(f.species.get(u))).collect())
             }),
         )
         .route("/api/test/heartbeat/", get(|| async { envelope(json!(true)) }))
@@ -303,9 +342,16 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
     assert_eq!(props("ScoredAnnotation"), keys(&ranked[0]));
     assert_eq!(props("NameScore"), keys(&names[0]));
     assert_eq!(props("Status"), keys(&body["status"]));
-    let ui = client.get(format!("{base}/swagger-ui/")).send().await.unwrap();
+    let ui = client
+        .get(format!("{base}/swagger-ui/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ui.status(), 200);
-    assert!(ui.text().await.unwrap().contains("swagger"), "Swagger UI page");
+    assert!(
+        ui.text().await.unwrap().contains("swagger"),
+        "Swagger UI page"
+    );
 
     // The second curl: urlencoded, fancy UUIDs, a config_path; then the same as a JSON body.
     let misses_before = metric(&client, &base, "wbia_lightglue_feature_cache_misses_total").await;
@@ -530,6 +576,103 @@ fn keys(v: &Value) -> std::collections::BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
 
+/// Polls a job until it ends; returns its last `jobstatus`.
+async fn wait_for_job(client: &reqwest::Client, base: &str, jobid: &str) -> String {
+    for _ in 0..600 {
+        let s: Value = client
+            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s["response"]["status"], "ok");
+        let status = s["response"]["jobstatus"].as_str().unwrap().to_string();
+        if status == "completed" || status == "exception" {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("job {jobid} did not finish");
+}
+
+/// No database list: every annotation of the query's species (as WBIA does), the query
+/// echoed in the database; `database_imgsetid` is refused with a clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn species_wide_engine_query() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/engine/query/graph/");
+    let query = json!([fancy_uuid(&Uuid::from_u128(0xa1))]).to_string();
+    let config = r#"{"pipeline_root":"LightGlue"}"#.to_string();
+    let (code, started) = post_form(
+        &client,
+        &url,
+        &[
+            ("query_annot_uuid_list", query.clone()),
+            ("query_config_dict", config.clone()),
+            ("jobid", "species-wide".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{started}");
+    assert_eq!(
+        wait_for_job(&client, &base, "species-wide").await,
+        "completed"
+    );
+    let result: Value = client
+        .get(format!("{base}/api/engine/job/result/?jobid=species-wide"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let json_result = &result["response"]["json_result"];
+    let database: Vec<u128> = json_result["database_annot_uuid_list"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{result}"))
+        .iter()
+        .map(uuid_of)
+        .collect();
+    assert_eq!(
+        database,
+        vec![0xa2, 0xb3, 0xa1],
+        "same species, query appended"
+    );
+    let cm = &json_result["cm_dict"][Uuid::from_u128(0xa1).to_string()];
+    let scored: Vec<u128> = cm["dannot_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(uuid_of)
+        .collect();
+    assert_eq!(scored.len(), 2, "{cm}");
+    assert!(!scored.contains(&0xb4) && !scored.contains(&0xa1));
+
+    let (code, refused) = post_form(
+        &client,
+        &url,
+        &[
+            ("query_annot_uuid_list", query),
+            ("query_config_dict", config),
+            ("database_imgsetid", "3".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        refused["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("database_imgsetid"),
+        "{refused}"
+    );
+}
+
 /// Wildbook's flow: start a job form-encoded with a callback, poll its status, get the
 /// callback, read the result; checked field by field against the contract's example.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,24 +711,7 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     assert_eq!(started["status"]["success"], true, "{started}");
     assert_eq!(started["response"], jobid);
 
-    let mut status = String::new();
-    for _ in 0..600 {
-        let s: Value = client
-            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(s["response"]["status"], "ok");
-        status = s["response"]["jobstatus"].as_str().unwrap().to_string();
-        if status == "completed" || status == "exception" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert_eq!(status, "completed");
+    assert_eq!(wait_for_job(&client, &base, jobid).await, "completed");
     for _ in 0..50 {
         if !fake.callbacks.lock().unwrap().is_empty() {
             break;

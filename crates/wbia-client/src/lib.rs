@@ -216,6 +216,30 @@ impl WbiaClient {
             .collect())
     }
 
+    /// Every valid annotation's UUID (`GET /api/annot/json/`, CONTRACT.md §5).
+    pub async fn all_annot_uuids(&self) -> Result<Vec<Uuid>> {
+        let path = "/api/annot/json/";
+        let v = self.get_json(path, &[]).await?;
+        let bad = |detail: String| Error::BadReply {
+            url: self.url(path),
+            detail,
+        };
+        let list = v
+            .as_array()
+            .ok_or_else(|| bad(format!("expected a list, got {}", truncate(&v.to_string()))))?;
+        list.iter()
+            .map(|u| uuid_from_value(u).ok_or_else(|| bad(format!("not an annotation UUID: {u}"))))
+            .collect()
+    }
+
+    /// Species of annotations (`/api/annot/species/json/`); `None` for unknown UUIDs.
+    pub async fn annot_species(&self, uuids: &[Uuid]) -> Result<Vec<Option<String>>> {
+        let v = self.annot_getter("/api/annot/species/json/", uuids).await?;
+        Ok(v.iter()
+            .map(|s| s.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+            .collect())
+    }
+
     /// Name UUIDs of annotations; `None` for unnamed ones or unknown UUIDs.
     pub async fn annot_name_uuids(&self, uuids: &[Uuid]) -> Result<Vec<Option<Uuid>>> {
         let v = self
@@ -286,22 +310,26 @@ impl WbiaClient {
     }
 
     async fn annot_getter(&self, path: &str, uuids: &[Uuid]) -> Result<Vec<Value>> {
-        if uuids.is_empty() {
-            return Ok(Vec::new());
+        // The list travels in the query string: chunks keep URLs well under server limits.
+        const CHUNK: usize = 200;
+        let mut out = Vec::with_capacity(uuids.len());
+        for chunk in uuids.chunks(CHUNK) {
+            let query = [("annot_uuid_list", json::uuid_list_param(chunk))];
+            match self.get_json(path, &query).await? {
+                Value::Array(items) if items.len() == chunk.len() => out.extend(items),
+                other => {
+                    return Err(Error::BadReply {
+                        url: self.url(path),
+                        detail: format!(
+                            "expected a list of {}, got {}",
+                            chunk.len(),
+                            truncate(&other.to_string())
+                        ),
+                    })
+                }
+            }
         }
-        let query = [("annot_uuid_list", json::uuid_list_param(uuids))];
-        let v = self.get_json(path, &query).await?;
-        match v {
-            Value::Array(items) if items.len() == uuids.len() => Ok(items),
-            other => Err(Error::BadReply {
-                url: self.url(path),
-                detail: format!(
-                    "expected a list of {}, got {}",
-                    uuids.len(),
-                    truncate(&other.to_string())
-                ),
-            }),
-        }
+        Ok(out)
     }
 
     /// Chip bytes (`GET /api/annot/src/<aid>/`, JPEG) of an annotation, by UUID.
