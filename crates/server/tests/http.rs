@@ -132,6 +132,10 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
             std::fs::read(repo().join("tests/fixtures").join(a.file)).unwrap(),
         );
     }
+    // An annotation whose chip is not an image (WBIA serving a broken file).
+    fake.by_uuid
+        .insert(Uuid::from_u128(0xbad), (66, "____".to_string()));
+    fake.chips.insert(66, b"<html>not a chip</html>".to_vec());
     fake.fail_first.store(fail_first, Ordering::SeqCst);
     let fake = Arc::new(fake);
     let app = Router::new()
@@ -507,6 +511,15 @@ async fn errors_come_back_in_the_envelope() {
                 ("pipeline_root", "LightGlue".into()),
             ],
             "unknown",
+        ),
+        (
+            422,
+            vec![
+                ("query_annot_uuid_list", ok_q.clone()),
+                ("database_annot_uuid_list", list(&[0xa2, 0xbad])),
+                ("pipeline_root", "LightGlue".into()),
+            ],
+            &"00000000-0000-0000-0000-000000000bad"[..],
         ),
         (
             400,
