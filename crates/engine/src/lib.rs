@@ -96,6 +96,26 @@ pub struct RuntimeInfo {
     pub match_batch: usize,
 }
 
+impl FeatureKey {
+    /// Hex SHA-256 of the key's parts: how pair scores name their feature sets.
+    pub(crate) fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.annot.as_bytes());
+        h.update((self.settings.len() as u64).to_le_bytes());
+        h.update(self.settings.as_bytes());
+        h.update(self.chip);
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// An annotation's features with the key they were computed under (what the pair-score store
+/// needs to recognise them).
+#[derive(Clone, Debug)]
+pub struct AnnotFeatures {
+    pub(crate) key: FeatureKey,
+    pub features: Arc<Features>,
+}
+
 /// Cache counters, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -107,13 +127,17 @@ pub struct CacheStats {
     pub store_hits: AtomicU64,
     /// Computed by ALIKED.
     pub extractions: AtomicU64,
+    /// Pair scores found in the persisted store.
+    pub score_store_hits: AtomicU64,
+    /// Pairs run through LightGlue.
+    pub pairs_matched: AtomicU64,
 }
 
 pub struct Engine {
     worker: ModelWorker,
     /// Device, precision and batching, as `/info` reports them.
     pub runtime: RuntimeInfo,
-    cache: Mutex<lru::LruCache<FeatureKey, Arc<Features>>>,
+    cache: Mutex<lru::LruCache<FeatureKey, AnnotFeatures>>,
     pub cache_stats: Arc<CacheStats>,
 }
 
@@ -166,6 +190,7 @@ impl Engine {
             .call(|reply| Job::Match {
                 query: f.clone(),
                 database: vec![f],
+                keys: None,
                 config: config.clone(),
                 reply,
             })
@@ -183,7 +208,7 @@ impl Engine {
         annot: Uuid,
         chip: Bytes,
         config: &Config,
-    ) -> Result<Arc<Features>> {
+    ) -> Result<AnnotFeatures> {
         let key = FeatureKey {
             annot,
             settings: config.feature_key(),
@@ -215,24 +240,33 @@ impl Engine {
                 },
                 other => other,
             })?;
-        let features = Arc::new(features);
+        let features = AnnotFeatures {
+            key: key.clone(),
+            features: Arc::new(features),
+        };
         if let Ok(mut cache) = self.cache.lock() {
             cache.put(key, features.clone());
         }
         Ok(features)
     }
 
-    /// Pair scores (sum of match confidences) of one query against each database entry.
+    /// Pair scores (sum of match confidences) of one query against each database entry;
+    /// pairs scored before (persisted store) are not matched again.
     pub async fn scores(
         &self,
-        query: Arc<Features>,
-        database: Vec<Arc<Features>>,
+        query: &AnnotFeatures,
+        database: &[AnnotFeatures],
         config: &Config,
     ) -> Result<Vec<f32>> {
+        let keys = (
+            query.key.clone(),
+            database.iter().map(|d| d.key.clone()).collect(),
+        );
         self.worker
             .call(|reply| Job::Match {
-                query,
-                database,
+                query: query.features.clone(),
+                database: database.iter().map(|d| d.features.clone()).collect(),
+                keys: Some(keys),
                 config: config.clone(),
                 reply,
             })

@@ -1,6 +1,9 @@
-//! Features persisted in SQLite (the plugin's `LightGlueFeatures` table), so a restart does not
-//! re-extract every chip. Rows are keyed like the in-memory cache: annotation UUID, feature
-//! settings, and the SHA-256 of the chip bytes. Used only from the model worker thread.
+//! Features and pair scores persisted in SQLite (the plugin's `LightGlueFeatures` and
+//! `LightGlue` tables), so a restart neither re-extracts every chip nor re-matches every pair.
+//! Feature rows are keyed like the in-memory cache: annotation UUID, feature settings, and the
+//! SHA-256 of the chip bytes. A pair score is keyed by both feature sets' keys (as digests) and
+//! the matcher's settings, so a re-rendered chip or a changed setting never reuses a score.
+//! Used only from the model worker thread.
 
 use std::path::Path;
 
@@ -48,6 +51,14 @@ impl FeatureStore {
                  height REAL NOT NULL,
                  created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
                  PRIMARY KEY (annot_uuid, settings, chip_sha256)
+             );
+             CREATE TABLE IF NOT EXISTS lightglue_scores (
+                 query_features TEXT NOT NULL,
+                 database_features TEXT NOT NULL,
+                 matcher TEXT NOT NULL,
+                 score REAL NOT NULL,
+                 created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                 PRIMARY KEY (query_features, database_features, matcher)
              );",
         )
         .map_err(db_error)?;
@@ -115,6 +126,53 @@ impl FeatureStore {
         Ok(())
     }
 
+    /// A stored pair score, if any.
+    pub(crate) fn score(&self, query: &str, database: &str, matcher: &str) -> Result<Option<f32>> {
+        self.conn
+            .query_row(
+                "SELECT score FROM lightglue_scores
+                 WHERE query_features = ?1 AND database_features = ?2 AND matcher = ?3",
+                params![query, database, matcher],
+                |r| r.get::<_, f64>(0),
+            )
+            .optional()
+            .map(|s| s.filter(|s| s.is_finite()).map(|s| s as f32))
+            .map_err(db_error)
+    }
+
+    /// Stores pair scores `(query digest, database digest, score)` in one transaction.
+    pub(crate) fn put_scores(
+        &mut self,
+        matcher: &str,
+        scores: &[(String, String, f32)],
+    ) -> Result<()> {
+        let tx = self.conn.transaction().map_err(db_error)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO lightglue_scores
+                     (query_features, database_features, matcher, score) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db_error)?;
+            for (q, d, score) in scores {
+                insert
+                    .execute(params![q, d, matcher, *score as f64])
+                    .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)
+    }
+
+    /// Stored pair scores.
+    pub fn score_count(&self) -> Result<usize> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM lightglue_scores", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
+            .map_err(db_error)
+    }
+
     pub fn len(&self) -> Result<usize> {
         self.conn
             .query_row("SELECT COUNT(*) FROM lightglue_features", [], |r| {
@@ -161,6 +219,30 @@ mod tests {
         let reopened = FeatureStore::open(&dir).unwrap();
         assert_eq!(reopened.get(&key).unwrap(), Some(f));
         assert_eq!(reopened.len().unwrap(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pair_scores_round_trip_by_every_key_part() {
+        let dir = std::env::temp_dir().join(format!("wbia-lg-scores-{}", Uuid::new_v4()));
+        let mut store = FeatureStore::open(&dir).unwrap();
+        store
+            .put_scores(
+                "m1",
+                &[
+                    ("q".into(), "d1".into(), 12.5),
+                    ("q".into(), "d2".into(), 0.0),
+                ],
+            )
+            .unwrap();
+        assert_eq!(store.score("q", "d1", "m1").unwrap(), Some(12.5));
+        assert_eq!(store.score("q", "d2", "m1").unwrap(), Some(0.0));
+        assert_eq!(store.score("q", "d1", "m2").unwrap(), None);
+        assert_eq!(store.score("d1", "q", "m1").unwrap(), None);
+        drop(store);
+        let reopened = FeatureStore::open(&dir).unwrap();
+        assert_eq!(reopened.score("q", "d1", "m1").unwrap(), Some(12.5));
+        assert_eq!(reopened.score_count().unwrap(), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -30,9 +30,12 @@ pub(crate) enum Job {
         config: Config,
         reply: oneshot::Sender<Result<Features>>,
     },
+    /// Pair scores; with `keys` (the feature sets' keys), stored scores are reused and new
+    /// ones stored.
     Match {
         query: Arc<Features>,
         database: Vec<Arc<Features>>,
+        keys: Option<(FeatureKey, Vec<FeatureKey>)>,
         config: Config,
         reply: oneshot::Sender<Result<Vec<f32>>>,
     },
@@ -143,10 +146,11 @@ impl Models {
             Job::Match {
                 query,
                 database,
+                keys,
                 config,
                 reply,
             } => {
-                let _ = reply.send(self.match_all(&query, &database, &config));
+                let _ = reply.send(self.stored_or_match(&query, &database, keys, &config));
             }
         }
     }
@@ -191,6 +195,69 @@ impl Models {
         Ok(self.extractors[&key].extract(image)?)
     }
 
+    /// Scores from the store where it has them; the rest matched, then stored.
+    fn stored_or_match(
+        &mut self,
+        query: &Arc<Features>,
+        database: &[Arc<Features>],
+        keys: Option<(FeatureKey, Vec<FeatureKey>)>,
+        config: &Config,
+    ) -> Result<Vec<f32>> {
+        let (Some(store), Some((qkey, dkeys))) = (self.store.as_ref(), keys) else {
+            return self.match_all(query, database, config);
+        };
+        let matcher = self.matcher_settings(config);
+        let q = qkey.digest();
+        let digests: Vec<String> = dkeys.iter().map(FeatureKey::digest).collect();
+        let mut scores: Vec<Option<f32>> = digests
+            .iter()
+            .map(|d| match store.score(&q, d, &matcher) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pair score store read failed");
+                    None
+                }
+            })
+            .collect();
+        let hits = scores.iter().filter(|s| s.is_some()).count();
+        self.stats
+            .score_store_hits
+            .fetch_add(hits as u64, Ordering::Relaxed);
+        let todo: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_none()).collect();
+        if !todo.is_empty() {
+            let subset: Vec<Arc<Features>> = todo.iter().map(|&i| database[i].clone()).collect();
+            let fresh = self.match_all(query, &subset, config)?;
+            let rows: Vec<(String, String, f32)> = todo
+                .iter()
+                .zip(&fresh)
+                .map(|(&i, &s)| (q.clone(), digests[i].clone(), s))
+                .collect();
+            for (&i, s) in todo.iter().zip(fresh) {
+                scores[i] = Some(s);
+            }
+            if let Some(store) = self.store.as_mut() {
+                if let Err(e) = store.put_scores(&matcher, &rows) {
+                    tracing::warn!(error = %e, "pair score store write failed");
+                }
+            }
+        }
+        Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
+    }
+
+    /// Everything that changes a pair's score besides its two feature sets.
+    fn matcher_settings(&self, config: &Config) -> String {
+        let mode = if self.settings.match_batch > 1 {
+            "batched"
+        } else {
+            "pairwise"
+        };
+        format!(
+            "{:?}/{}/{mode}",
+            config.lightglue(),
+            self.settings.precision
+        )
+    }
+
     /// With `match_batch` 1: pair by pair, with the configured adaptive depth/width, exactly
     /// as the plugin scores. Above 1: padded batches of that many database annotations with
     /// adaptivity off (`LightGlue::match_batch`), for GPUs; measured slower than single pairs
@@ -213,6 +280,9 @@ impl Models {
             self.matchers.insert(key.clone(), model);
         }
         let matcher = &self.matchers[&key];
+        self.stats
+            .pairs_matched
+            .fetch_add(database.len() as u64, Ordering::Relaxed);
         if self.settings.match_batch > 1 {
             let refs: Vec<&Features> = database.iter().map(|f| f.as_ref()).collect();
             return Ok(matcher

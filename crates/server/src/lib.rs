@@ -203,6 +203,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             c.extractions.load(Ordering::Relaxed),
         ),
         (
+            "wbia_lightglue_pair_score_store_hits_total",
+            c.score_store_hits.load(Ordering::Relaxed),
+        ),
+        (
+            "wbia_lightglue_pairs_matched_total",
+            c.pairs_matched.load(Ordering::Relaxed),
+        ),
+        (
             "wbia_lightglue_feature_cache_entries",
             state.engine.cached_features() as u64,
         ),
@@ -338,16 +346,13 @@ pub async fn compute(
     let mut results = Vec::with_capacity(queries.len());
     for q in queries {
         let others: Vec<&Uuid> = database.iter().filter(|d| *d != q).collect();
+        let db: Vec<_> = others
+            .iter()
+            .map(|d| features[index(d)].1.clone())
+            .collect();
         let scores = state
             .engine
-            .scores(
-                features[index(q)].1.clone(),
-                others
-                    .iter()
-                    .map(|d| features[index(d)].1.clone())
-                    .collect(),
-                config,
-            )
+            .scores(&features[index(q)].1, &db, config)
             .await?;
         let scored = others
             .iter()

@@ -904,7 +904,7 @@ async fn everything_else_passes_through_to_wbia() {
 
 /// Features persist across a restart: the second server extracts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persisted_features_survive_a_restart() {
+async fn persisted_features_and_scores_survive_a_restart() {
     let (wbia, _) = fake_wbia(0).await;
     let data = std::env::temp_dir().join(format!("wbia-lg-store-{}", Uuid::new_v4()));
     let client = reqwest::Client::new();
@@ -928,10 +928,14 @@ async fn persisted_features_survive_a_restart() {
         answers.push(body["response"]["query_results"].clone());
         let extractions = metric(&client, &base, "wbia_lightglue_extractions_total").await;
         let store_hits = metric(&client, &base, "wbia_lightglue_feature_store_hits_total").await;
+        let matched = metric(&client, &base, "wbia_lightglue_pairs_matched_total").await;
+        let score_hits = metric(&client, &base, "wbia_lightglue_pair_score_store_hits_total").await;
         if run == 0 {
             assert_eq!((extractions, store_hits), (3, 0));
+            assert_eq!((matched, score_hits), (2, 0));
         } else {
             assert_eq!((extractions, store_hits), (0, 3), "restart re-extracted");
+            assert_eq!((matched, score_hits), (0, 2), "restart re-matched");
         }
         drop(state);
     }
