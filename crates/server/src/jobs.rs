@@ -69,7 +69,7 @@ impl JobStore {
     }
 }
 
-fn is_lightglue(query_config: &Value) -> bool {
+pub(crate) fn is_lightglue(query_config: &Value) -> bool {
     let root = query_config
         .get("pipeline_root")
         .or_else(|| query_config.get("proot"));

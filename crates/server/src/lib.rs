@@ -6,6 +6,7 @@ pub mod lenient_uri;
 pub mod openapi;
 pub mod params;
 mod proxy;
+mod review;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,10 +53,11 @@ pub struct Metrics {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        // The upstream GET form (one integer `aid`) is WBIA's own: passed through.
+        // POST: the plugin README's form (ours). GET: WBIA's `aid` form, answered here for
+        // LightGlue and passed through otherwise.
         .route(
             "/api/review/query/chip/best/",
-            post(query_chip_best).get(proxy::pass_through),
+            post(query_chip_best).get(review::chip_best_by_aid),
         )
         .route("/api/test/heartbeat/", any(heartbeat))
         .route("/health", get(health))

@@ -174,6 +174,37 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
             }),
         )
         .route(
+            "/api/annot/uuid/",
+            get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
+                let aids: Vec<i64> = serde_json::from_str(&q["aid_list"]).unwrap();
+                envelope(
+                    aids.iter()
+                        .map(|aid| {
+                            let u = f.by_uuid.iter().find(|(_, v)| v.0 == *aid).map(|(u, _)| fancy_uuid(u));
+                            json!(u)
+                        })
+                        .collect(),
+                )
+            }),
+        )
+        .route(
+            "/api/annot/sex/text/json/",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|_| json!("female")).collect())
+            }),
+        )
+        .route(
+            "/api/annot/age/months/min/json/",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|_| json!(36)).collect())
+            }),
+        )
+        // WBIA's own chip/best answer, for other pipelines.
+        .route(
+            "/api/review/query/chip/best/",
+            get(|| async { envelope(json!({"name": "from-wbia"})) }),
+        )
+        .route(
             "/api/annot/json/",
             get(|| async { envelope(annots().iter().map(|a| fancy_uuid(&a.uuid)).collect()) }),
         )
@@ -587,6 +618,50 @@ async fn errors_come_back_in_the_envelope() {
 
 fn keys(v: &Value) -> std::collections::BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
+}
+
+/// WBIA's GET form (one integer aid against every annotation): answered here for LightGlue,
+/// passed through for other pipelines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_get_form_by_aid() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/api/review/query/chip/best/");
+    let get = |query: Vec<(&'static str, &'static str)>| {
+        let req = client.get(&url).query(&query);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let lightglue = r#"{"pipeline_root": "LightGlue"}"#;
+    let (code, body) = get(vec![("aid", "11"), ("query_config_dict", lightglue)]).await;
+    assert_eq!(code, 200, "{body}");
+    let r = &body["response"];
+    assert_eq!(r["name"], "turtle_a", "{body}");
+    assert_eq!(r["sex"], "Female");
+    assert_eq!(r["age"], "Adult");
+    assert_eq!(
+        r["extern"]["qannot_uuid"],
+        Uuid::from_u128(0xa1).to_string()
+    );
+    assert_eq!(
+        r["extern"]["dannot_uuid"],
+        Uuid::from_u128(0xa2).to_string()
+    );
+
+    let (code, body) = get(vec![("aid", "999"), ("query_config_dict", lightglue)]).await;
+    assert_eq!(code, 600, "{body}");
+    let (code, body) = get(vec![("query_config_dict", lightglue)]).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["status"]["message"].as_str().unwrap().contains("aid"));
+    // Another pipeline (or none): WBIA's answer.
+    let (code, body) = get(vec![("aid", "11")]).await;
+    assert_eq!(
+        (code, &body["response"]["name"]),
+        (200, &json!("from-wbia"))
+    );
 }
 
 /// Polls a job until it ends; returns its last `jobstatus`.

@@ -240,6 +240,42 @@ impl WbiaClient {
             .collect())
     }
 
+    /// Annotation UUIDs for rowids (`GET /api/annot/uuid/?aid_list=`); `None` for unknown aids.
+    pub async fn annot_uuids_by_aid(&self, aids: &[i64]) -> Result<Vec<Option<Uuid>>> {
+        let path = "/api/annot/uuid/";
+        let list = serde_json::to_string(aids).unwrap_or_else(|_| "[]".into());
+        match self.get_json(path, &[("aid_list", list)]).await? {
+            Value::Array(items) if items.len() == aids.len() => {
+                Ok(items.iter().map(uuid_from_value).collect())
+            }
+            other => Err(Error::BadReply {
+                url: self.url(path),
+                detail: format!(
+                    "expected a list of {}, got {}",
+                    aids.len(),
+                    truncate(&other.to_string())
+                ),
+            }),
+        }
+    }
+
+    /// Sex of each annotation's individual as WBIA writes it (`/api/annot/sex/text/json/`).
+    pub async fn annot_sex_texts(&self, uuids: &[Uuid]) -> Result<Vec<Option<String>>> {
+        let v = self
+            .annot_getter("/api/annot/sex/text/json/", uuids)
+            .await?;
+        Ok(v.iter().map(|s| s.as_str().map(str::to_string)).collect())
+    }
+
+    /// Lower bound of each annotation's estimated age in months
+    /// (`/api/annot/age/months/min/json/`); `None` where unset.
+    pub async fn annot_age_months_min(&self, uuids: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        let v = self
+            .annot_getter("/api/annot/age/months/min/json/", uuids)
+            .await?;
+        Ok(v.iter().map(Value::as_i64).collect())
+    }
+
     /// Name UUIDs of annotations; `None` for unnamed ones or unknown UUIDs.
     pub async fn annot_name_uuids(&self, uuids: &[Uuid]) -> Result<Vec<Option<Uuid>>> {
         let v = self

@@ -1,0 +1,160 @@
+//! `GET /api/review/query/chip/best/?aid=…` — WBIA's own form of the query (CONTRACT.md §2):
+//! one integer `aid` against every valid annotation, answering the best individual with its
+//! sex and age. We answer it when `query_config_dict` selects LightGlue, as WBIA would with the
+//! plugin; any other pipeline goes to WBIA unchanged.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::envelope::{self, ApiError};
+use crate::params::Params;
+use crate::{compute, jobs, proxy, AppState};
+
+pub async fn chip_best_by_aid(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, parts, body) = match Params::read(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let query_config = params
+        .get("query_config_dict")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if !jobs::is_lightglue(&query_config) {
+        return proxy::forward(&state, &parts, body).await;
+    }
+    match best_individual(&state, &params, &query_config).await {
+        Ok(v) => envelope::ok(v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn best_individual(
+    state: &AppState,
+    params: &Params,
+    query_config: &Value,
+) -> Result<Value, ApiError> {
+    let aid = params
+        .get("aid")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ApiError::bad_request("aid (an integer annotation rowid) is required"))?;
+    if params
+        .get("database_imgsetid")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::bad_request(
+            "database_imgsetid is not supported here; the database is every valid annotation",
+        ));
+    }
+    let config = state
+        .configs
+        .load(query_config.get("config_path").and_then(Value::as_str))?;
+    let query = match state.wbia.annot_uuids_by_aid(&[aid]).await?.pop().flatten() {
+        Some(u) => u,
+        None => {
+            return Err(ApiError::new(
+                600,
+                format!("annotation rowid {aid} is unknown to WBIA"),
+                Value::Null,
+            ))
+        }
+    };
+    let database: Vec<_> = state
+        .wbia
+        .all_annot_uuids()
+        .await?
+        .into_iter()
+        .filter(|u| *u != query)
+        .collect();
+    if database.is_empty() {
+        return Err(ApiError::bad_request(
+            "WBIA holds no other annotation to compare with",
+        ));
+    }
+    let computed = compute(state, &[query], &database, &config).await?;
+    let result = &computed.results[0];
+    let Some(best) = result.name_scores.first() else {
+        // WBIA answers all-null when no database annotation has a name.
+        return Ok(json!({"name": null, "sex": null, "age": null, "extern": null}));
+    };
+    let name_annots: Vec<_> = result
+        .ranked
+        .iter()
+        .filter(|s| s.name.as_deref() == Some(best.name.as_str()))
+        .map(|s| s.annot)
+        .collect();
+    let sex = state
+        .wbia
+        .annot_sex_texts(&[best.best_annot])
+        .await?
+        .pop()
+        .flatten()
+        .map(|s| title_case(&s));
+    // The individual's age: the smallest lower bound over its annotations.
+    let min_age = state
+        .wbia
+        .annot_age_months_min(&name_annots)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter(|&m| m >= 0)
+        .min();
+    Ok(json!({
+        "name": best.name,
+        "sex": sex,
+        "age": age_class(min_age),
+        "extern": {
+            "reference": format!("lightglue:{query}"),
+            "qannot_uuid": query.to_string(),
+            "dannot_uuid": best.best_annot.to_string(),
+        },
+    }))
+}
+
+/// WBIA's age classes from an estimated minimum age in months.
+fn age_class(months: Option<i64>) -> &'static str {
+    match months {
+        Some(0 | 3 | 6) => "Newborn",
+        Some(12) => "Yearling",
+        Some(24) => "2-Year-Old",
+        Some(36) => "Adult",
+        _ => "Unknown",
+    }
+}
+
+/// Python's `str.title()` for the ASCII words WBIA uses ("unknown sex" → "Unknown Sex").
+fn title_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut start = true;
+    for c in s.chars() {
+        if c.is_alphabetic() {
+            if start {
+                out.extend(c.to_uppercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
+            start = false;
+        } else {
+            out.push(c);
+            start = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_and_ages_as_wbia_writes_them() {
+        assert_eq!(title_case("unknown sex"), "Unknown Sex");
+        assert_eq!(title_case("FEMALE"), "Female");
+        assert_eq!(age_class(Some(3)), "Newborn");
+        assert_eq!(age_class(Some(36)), "Adult");
+        assert_eq!(age_class(Some(7)), "Unknown");
+        assert_eq!(age_class(None), "Unknown");
+    }
+}
