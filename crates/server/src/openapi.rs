@@ -130,6 +130,22 @@ pub struct EngineQueryRequest {
 fn chip_best() {}
 
 #[utoipa::path(
+    get,
+    path = "/api/review/query/chip/best/",
+    tag = "query",
+    params(
+        ("aid" = i64, Query, description = "the query annotation's rowid"),
+        ("query_config_dict" = String, Query, description = r#"`{"pipeline_root": "LightGlue"}` (optionally `config_path`); other pipelines are WBIA's"#),
+    ),
+    responses(
+        (status = 200, description = "`response`: {name, sex, age, extern: {reference, qannot_uuid, dannot_uuid}} of the best individual among every valid annotation (all null when none is named)", body = ErrorResponse),
+        (status = 600, description = "unknown aid", body = ErrorResponse),
+    )
+)]
+#[allow(dead_code)]
+fn chip_best_by_aid() {}
+
+#[utoipa::path(
     post,
     path = "/api/engine/query/graph/",
     tag = "engine",
@@ -197,6 +213,7 @@ fn metrics() {}
     ),
     paths(
         chip_best,
+        chip_best_by_aid,
         engine_query,
         job_status,
         job_result,
