@@ -366,6 +366,7 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
         .await
         .unwrap();
     assert!(doc["paths"]["/api/review/query/chip/best/"]["post"].is_object());
+    assert!(doc["paths"]["/api/review/query/chip/best/"]["get"].is_object());
     let props = |schema: &str| -> std::collections::BTreeSet<String> {
         let p = &doc["components"]["schemas"][schema]["properties"];
         assert!(p.is_object(), "schema {schema} in {doc}");
