@@ -140,3 +140,79 @@ fn evaluate_names_a_bad_csv() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("`path` and `identity`"), "{stderr}");
 }
+
+/// `evaluate` over annotations fetched from WBIA by UUID (a fake WBIA on port 0 serving the
+/// turtle fixtures); an unnamed annotation is skipped.
+#[test]
+fn evaluate_fetches_annotations_from_wbia() {
+    use axum::extract::{Path, Query};
+    use axum::routing::get;
+    use serde_json::{json, Value};
+    use std::collections::HashMap;
+
+    let annots = [
+        (0xa1u128, 1i64, "turtle_a1.jpg", "a"),
+        (0xa2, 2, "turtle_a2.jpg", "a"),
+        (0xb3, 3, "turtle_b3.jpg", "b"),
+        (0xb4, 4, "turtle_b4.jpg", "b"),
+        (0xc5, 5, "turtle_b4.jpg", "____"),
+    ];
+    let uuid = |n: u128| format!("00000000-0000-0000-0000-{n:012x}");
+    let lookup = move |q: &HashMap<String, String>, f: &dyn Fn(usize) -> Value| -> Value {
+        let list: Vec<Value> = serde_json::from_str(&q["annot_uuid_list"]).unwrap();
+        let out: Vec<Value> = list
+            .iter()
+            .map(|u| {
+                let s = u["__UUID__"].as_str().or(u.as_str()).unwrap().to_string();
+                let i = annots.iter().position(|a| uuid(a.0) == s).unwrap();
+                f(i)
+            })
+            .collect();
+        json!({"status": {"success": true, "code": 200, "message": "", "cache": -1}, "response": out})
+    };
+    let app = axum::Router::new()
+        .route(
+            "/api/annot/name/text/json/",
+            get(move |Query(q): Query<HashMap<String, String>>| async move {
+                axum::Json(lookup(&q, &|i| json!(annots[i].3)))
+            }),
+        )
+        .route(
+            "/api/annot/rowid/uuid/json/",
+            get(move |Query(q): Query<HashMap<String, String>>| async move {
+                axum::Json(lookup(&q, &|i| json!(annots[i].1)))
+            }),
+        )
+        .route(
+            "/api/annot/src/{aid}/",
+            get(move |Path(aid): Path<i64>| async move {
+                let a = annots.iter().find(|a| a.1 == aid).unwrap();
+                std::fs::read(fixture(&format!("turtles/{}", a.2))).unwrap()
+            }),
+        );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let list = std::env::temp_dir().join(format!("wbia-lg-uuids-{}.txt", std::process::id()));
+    let lines: Vec<String> = annots.iter().map(|a| uuid(a.0)).collect();
+    std::fs::write(&list, lines.join("\n")).unwrap();
+    let run = bin()
+        .args(["evaluate", "--json", "--max-keypoints", "256", "--uuids"])
+        .arg(&list)
+        .args(["--wbia-url", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&list).unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["queries"], 4, "the unnamed annotation is skipped: {v}");
+    assert_eq!(v["cmc"][0], json!([1, 1.0]));
+}
