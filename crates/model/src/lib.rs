@@ -9,6 +9,7 @@ mod error;
 pub mod image;
 pub mod lightglue;
 pub mod ops;
+pub mod render;
 pub mod weights;
 
 pub use aliked::{Aliked, AlikedConfig, Features};

@@ -2,15 +2,16 @@
 //! status, fetch its result, and get a `jobid=<id>` callback when it is done. Jobs whose
 //! `pipeline_root` is not LightGlue, and job ids that are not ours, go to WBIA unchanged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use wbia_client::fancy_uuid;
-use wbia_lightglue_engine::QueryResult;
+use wbia_lightglue_engine::{Config, QueryResult};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
@@ -18,6 +19,20 @@ use crate::{compute, proxy, AppState, Computed};
 
 /// Finished jobs kept for status/result queries; the oldest are forgotten first.
 const MAX_JOBS: usize = 10_000;
+/// Annotations per result marked as having a match thumbnail (WBIA renders its top 20).
+const THUMBS_PER_RESULT: usize = 20;
+
+/// The `dannot_extern_reference` of our results, in WBIA's form (16 lowercase letters),
+/// derived from the configuration; `/api/query/graph/match/thumb/` knows it as ours.
+pub fn thumb_reference(config: &Config) -> String {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    let digest = Sha256::digest(format!("wbia-lightglue/{text}").as_bytes());
+    digest
+        .iter()
+        .take(16)
+        .map(|b| (b'a' + b % 26) as char)
+        .collect()
+}
 
 #[derive(Clone, Debug)]
 struct Job {
@@ -30,9 +45,25 @@ struct Job {
 #[derive(Default)]
 pub struct JobStore {
     inner: Mutex<(HashMap<String, Job>, VecDeque<String>)>,
+    /// Thumbnail references handed out in results.
+    references: Mutex<HashSet<String>>,
 }
 
 impl JobStore {
+    pub fn remember_reference(&self, reference: &str) {
+        self.references
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(reference.to_string());
+    }
+
+    pub fn knows_reference(&self, reference: &str) -> bool {
+        self.references
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(reference)
+    }
+
     fn set(&self, id: &str, job: Job) {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (jobs, order) = &mut *guard;
@@ -128,6 +159,7 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
     let config = state.configs.load(config_path)?;
     // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
     // in database_annot_uuid_list but never scored against itself.
+    state.jobs.remember_reference(&thumb_reference(&config));
     let include_query = params
         .get("include_qaid_in_daids")
         .and_then(Value::as_bool)
@@ -181,6 +213,7 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
                 status: "completed",
                 result: Some(identification_result(
                     &c,
+                    &thumb_reference(&config),
                     &name_uuids,
                     &queries,
                     &database,
@@ -282,6 +315,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
 /// The result document of `query_chips_graph` (CONTRACT.md §4), for the one query.
 fn identification_result(
     c: &Computed,
+    reference: &str,
     name_uuids: &[(Uuid, Option<Uuid>)],
     queries: &[Uuid],
     database: &[Uuid],
@@ -402,11 +436,20 @@ fn identification_result(
     ] {
         cm.insert(key.into(), Value::Null);
     }
-    // No match thumbnails are rendered, so Wildbook must not ask for them.
-    cm.insert("dannot_extern_reference".into(), Value::Null);
+    // Thumbnails (rendered on request) for the best annotations, as WBIA marks its top 20.
+    let top: Vec<Uuid> = r
+        .ranked
+        .iter()
+        .take(THUMBS_PER_RESULT)
+        .map(|s| s.annot)
+        .collect();
+    cm.insert("dannot_extern_reference".into(), json!(reference));
     cm.insert(
         "dannot_extern_list".into(),
-        json!(vec![false; scored.len()]),
+        json!(scored
+            .iter()
+            .map(|s| top.contains(&s.annot))
+            .collect::<Vec<_>>()),
     );
     cm.insert("model_url".into(), Value::Null);
     cm.insert("config_url".into(), Value::Null);

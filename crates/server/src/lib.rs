@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod params;
 mod proxy;
 mod review;
+mod thumbs;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/review/query/chip/best/",
             post(query_chip_best).get(review::chip_best_by_aid),
         )
+        .route("/api/query/graph/match/thumb/", get(thumbs::match_thumb))
         .route("/api/test/heartbeat/", any(heartbeat))
         .route("/health", get(health))
         .route("/info", get(info))

@@ -184,6 +184,24 @@ fn job_result() {}
 #[allow(dead_code)]
 fn job_list() {}
 
+#[utoipa::path(
+    get,
+    path = "/api/query/graph/match/thumb/",
+    tag = "query",
+    params(
+        ("extern_reference" = String, Query, description = "`dannot_extern_reference` of a result"),
+        ("query_annot_uuid" = String, Query),
+        ("database_annot_uuid" = String, Query),
+        ("version" = String, Query, description = "clean, matches or heatmask (aliases match, mask): all the two chips side by side"),
+    ),
+    responses(
+        (status = 200, description = "JPEG", content_type = "image/jpeg"),
+        (status = 607, description = "cannot render (e.g. unknown annotation)", body = ErrorResponse),
+    )
+)]
+#[allow(dead_code)]
+fn match_thumb() {}
+
 #[utoipa::path(get, path = "/api/test/heartbeat/", tag = "health",
     responses((status = 200, description = "`response`: true")))]
 #[allow(dead_code)]
@@ -214,6 +232,7 @@ fn metrics() {}
     paths(
         chip_best,
         chip_best_by_aid,
+        match_thumb,
         engine_query,
         job_status,
         job_result,

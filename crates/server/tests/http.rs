@@ -855,6 +855,45 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     ] {
         assert_eq!(cm[k].as_array().unwrap().len(), n, "{k}");
     }
+
+    // Match thumbnails: every candidate (fewer than 20) has one, under our reference.
+    assert_eq!(cm["dannot_extern_list"], json!([true, true, true]));
+    let reference = cm["dannot_extern_reference"].as_str().unwrap().to_string();
+    assert!(
+        reference.len() == 16 && reference.bytes().all(|b| b.is_ascii_lowercase()),
+        "{reference}"
+    );
+    let thumb = |reference: String, d: u128, version: &'static str| {
+        let req = client
+            .get(format!("{base}/api/query/graph/match/thumb/"))
+            .query(&[
+                ("extern_reference", reference),
+                ("query_annot_uuid", Uuid::from_u128(0xb4).to_string()),
+                ("database_annot_uuid", Uuid::from_u128(d).to_string()),
+                ("version", version.to_string()),
+            ]);
+        async move { req.send().await.unwrap() }
+    };
+    let resp = thumb(reference.clone(), 0xa1, "heatmask").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    let jpeg = resp.bytes().await.unwrap();
+    let image = wbia_lightglue_model::decode_image(&jpeg).unwrap();
+    assert!(
+        image.width > image.height,
+        "side by side: {}x{}",
+        image.width,
+        image.height
+    );
+    let resp = thumb(reference.clone(), 0xa1, "sideways").await;
+    assert_eq!(resp.status(), 400);
+    let resp = thumb(reference.clone(), 0xdead, "clean").await;
+    assert_eq!(resp.status().as_u16(), 607);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["response"]["version"], "clean", "{body}");
+    // A reference that is not ours is WBIA's business (the fake has no such route: 404).
+    let resp = thumb("abcdefghijklmnop".into(), 0xa1, "clean").await;
+    assert_eq!(resp.status(), 404);
     assert_eq!(uuid_of(&cm["qannot_uuid"]), 0xb4);
     // Request order, not score order: the genuine partner b3 is last.
     let annot_scores: Vec<f64> = cm["annot_score_list"]
