@@ -15,7 +15,7 @@ use wbia_lightglue_engine::{Config, QueryResult};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
-use crate::{compute, proxy, AppState, Computed};
+use crate::{compute, proxy, AppState, Computed, Progress};
 
 /// Finished jobs kept for status/result queries; the oldest are forgotten first.
 const MAX_JOBS: usize = 10_000;
@@ -40,6 +40,8 @@ struct Job {
     status: &'static str,
     /// `json_result`: the identification result, or the error text.
     result: Option<Value>,
+    /// Stage and counts while the job works.
+    progress: Option<Arc<Progress>>,
 }
 
 #[derive(Default)]
@@ -179,16 +181,19 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
         Job {
             status: "received",
             result: None,
+            progress: None,
         },
     );
     let state = state.clone();
     let id = jobid.clone();
+    let progress = Arc::new(Progress::default());
     tokio::spawn(async move {
         state.jobs.set(
             &id,
             Job {
                 status: "working",
                 result: None,
+                progress: Some(progress.clone()),
             },
         );
         let outcome = async {
@@ -199,7 +204,7 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
             if include_query && !database.contains(&queries[0]) {
                 database.push(queries[0]);
             }
-            let computed = compute(&state, &queries, &database, &config).await?;
+            let computed = compute(&state, &queries, &database, &config, Some(&progress)).await?;
             // Only the job result reports name UUIDs; the synchronous endpoint does not need them.
             let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
             let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
@@ -219,10 +224,12 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
                     &database,
                     &query_config,
                 )),
+                progress: None,
             },
             Err(e) => Job {
                 status: "exception",
                 result: Some(Value::String(format!("{} (code {})", e.message, e.code))),
+                progress: None,
             },
         };
         tracing::info!(jobid = %id, status = job.status, "job finished");
@@ -273,7 +280,14 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
         return proxy::forward(&state, &parts, body).await;
     };
     match state.jobs.get(&id) {
-        Some(job) => envelope::ok(json!({"status": "ok", "jobid": id, "jobstatus": job.status})),
+        Some(job) => {
+            let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status});
+            // Not in WBIA's answer; Wildbook ignores keys it does not read.
+            if let Some(p) = &job.progress {
+                status["progress"] = p.to_json();
+            }
+            envelope::ok(status)
+        }
         None => proxy::forward(&state, &parts, body).await,
     }
 }

@@ -32,6 +32,40 @@ use params::Params;
 
 /// Most annotations one request may name.
 pub const MAX_ANNOTS_PER_REQUEST: usize = 5_000;
+/// Database annotations sent to the model worker at once: progress is reported per chunk, and
+/// other requests' work can run between chunks.
+const MATCH_CHUNK: usize = 64;
+
+/// How far a computation has got (shown in job status): stage, and items done of total.
+#[derive(Debug, Default)]
+pub struct Progress {
+    stage: AtomicU64,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Progress {
+    const STAGES: [&'static str; 3] = ["fetch", "extract", "match"];
+
+    fn start(&self, stage: usize, total: usize) {
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total as u64, Ordering::Relaxed);
+        self.stage.store(stage as u64, Ordering::Relaxed);
+    }
+
+    fn advance(&self, n: usize) {
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> Value {
+        let stage = self.stage.load(Ordering::Relaxed) as usize;
+        json!({
+            "stage": Self::STAGES.get(stage).copied().unwrap_or("fetch"),
+            "done": self.done.load(Ordering::Relaxed),
+            "total": self.total.load(Ordering::Relaxed),
+        })
+    }
+}
 
 pub struct AppState {
     pub engine: Engine,
@@ -263,7 +297,7 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
         .load(params.string("config_path").as_deref())?;
     let queries = params.uuid_list("query_annot_uuid_list")?;
     let database = params.uuid_list("database_annot_uuid_list")?;
-    let computed = compute(state, &queries, &database, &config).await?;
+    let computed = compute(state, &queries, &database, &config, None).await?;
     Ok(json!({
         "pipeline_root": "LightGlue",
         "config": config_json(&config),
@@ -285,7 +319,18 @@ pub async fn compute(
     queries: &[Uuid],
     database: &[Uuid],
     config: &Config,
+    progress: Option<&Progress>,
 ) -> Result<Computed, ApiError> {
+    let start = |stage, total| {
+        if let Some(p) = progress {
+            p.start(stage, total)
+        }
+    };
+    let advance = |n| {
+        if let Some(p) = progress {
+            p.advance(n)
+        }
+    };
     if queries.is_empty() || database.is_empty() {
         return Err(ApiError::bad_request(
             "query_annot_uuid_list and database_annot_uuid_list must not be empty",
@@ -322,11 +367,13 @@ pub async fn compute(
         .zip(aids.into_iter().flatten())
         .collect();
     let names = state.wbia.annot_names(&all).await?;
+    start(0, aids.len());
     let chips = try_join_all(aids.iter().map(|&(uuid, aid)| async move {
         state
             .wbia
             .chip_by_aid(uuid, aid)
             .await
+            .inspect(|_| advance(1))
             .map(|bytes| (uuid, bytes))
             .map_err(|e| {
                 ApiError::from(wbia_client::Error::Chip {
@@ -339,8 +386,11 @@ pub async fn compute(
     add_ms(&state.metrics.fetch_ms, started);
 
     let started = Instant::now();
+    start(1, chips.len());
     let features = try_join_all(chips.into_iter().map(|(uuid, bytes)| async move {
-        Ok::<_, ApiError>((uuid, state.engine.features(uuid, bytes, config).await?))
+        let f = state.engine.features(uuid, bytes, config).await?;
+        advance(1);
+        Ok::<_, ApiError>((uuid, f))
     }))
     .await?;
     add_ms(&state.metrics.features_ms, started);
@@ -348,16 +398,23 @@ pub async fn compute(
 
     let started = Instant::now();
     let mut results = Vec::with_capacity(queries.len());
+    let pairs = queries
+        .iter()
+        .map(|q| database.iter().filter(|d| *d != q).count())
+        .sum();
+    start(2, pairs);
     for q in queries {
         let others: Vec<&Uuid> = database.iter().filter(|d| *d != q).collect();
         let db: Vec<_> = others
             .iter()
             .map(|d| features[index(d)].1.clone())
             .collect();
-        let scores = state
-            .engine
-            .scores(&features[index(q)].1, &db, config)
-            .await?;
+        let mut scores = Vec::with_capacity(db.len());
+        for chunk in db.chunks(MATCH_CHUNK) {
+            let query = &features[index(q)].1;
+            scores.extend(state.engine.scores(query, chunk, config).await?);
+            advance(chunk.len());
+        }
         let scored = others
             .iter()
             .zip(scores)

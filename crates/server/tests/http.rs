@@ -667,6 +667,16 @@ async fn upstream_get_form_by_aid() {
 
 /// Polls a job until it ends; returns its last `jobstatus`.
 async fn wait_for_job(client: &reqwest::Client, base: &str, jobid: &str) -> String {
+    wait_for_job_progress(client, base, jobid).await.0
+}
+
+/// [`wait_for_job`], also returning every progress report seen while the job worked.
+async fn wait_for_job_progress(
+    client: &reqwest::Client,
+    base: &str,
+    jobid: &str,
+) -> (String, Vec<Value>) {
+    let mut seen = Vec::new();
     for _ in 0..600 {
         let s: Value = client
             .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
@@ -679,9 +689,12 @@ async fn wait_for_job(client: &reqwest::Client, base: &str, jobid: &str) -> Stri
         assert_eq!(s["response"]["status"], "ok");
         let status = s["response"]["jobstatus"].as_str().unwrap().to_string();
         if status == "completed" || status == "exception" {
-            return status;
+            return (status, seen);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if status == "working" {
+            seen.push(s["response"]["progress"].clone());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("job {jobid} did not finish");
 }
@@ -800,7 +813,18 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     assert_eq!(started["status"]["success"], true, "{started}");
     assert_eq!(started["response"], jobid);
 
-    assert_eq!(wait_for_job(&client, &base, jobid).await, "completed");
+    let (status, progress) = wait_for_job_progress(&client, &base, jobid).await;
+    assert_eq!(status, "completed");
+    // Fetching and extracting four chips takes long enough to be seen working at least once.
+    assert!(!progress.is_empty(), "no progress reported");
+    for p in &progress {
+        let (done, total) = (p["done"].as_u64().unwrap(), p["total"].as_u64().unwrap());
+        assert!(
+            ["fetch", "extract", "match"].contains(&p["stage"].as_str().unwrap()),
+            "{p}"
+        );
+        assert!(done <= total, "{p}");
+    }
     for _ in 0..50 {
         if !fake.callbacks.lock().unwrap().is_empty() {
             break;
