@@ -102,26 +102,39 @@ impl JobStore {
     }
 }
 
-pub(crate) fn is_lightglue(query_config: &Value) -> bool {
+fn is_lightglue(query_config: &Value) -> bool {
     let root = query_config
         .get("pipeline_root")
         .or_else(|| query_config.get("proot"));
     root.and_then(Value::as_str) == Some("LightGlue")
 }
 
-/// `POST|GET /api/engine/query/graph/` (`start_identify_annots_query`).
-pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (params, parts, body) = match Params::read(req).await {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
+/// Reads a request that names its pipeline in `query_config_dict`: a LightGlue one is ours
+/// (its parameters and that dict come back); any other is WBIA's, forwarded unchanged, and
+/// WBIA's response comes back as the error.
+pub(crate) async fn lightglue_or_forward(
+    state: &AppState,
+    req: Request,
+) -> Result<(Params, Value), Response> {
+    let (params, parts, body) = Params::read(req)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let query_config = params
         .get("query_config_dict")
         .cloned()
         .unwrap_or(Value::Null);
     if !is_lightglue(&query_config) {
-        return proxy::forward(&state, &parts, body).await;
+        return Err(proxy::forward(state, &parts, body).await);
     }
+    Ok((params, query_config))
+}
+
+/// `POST|GET /api/engine/query/graph/` (`start_identify_annots_query`).
+pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, query_config) = match lightglue_or_forward(&state, req).await {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
     match accept(&state, &params, query_config) {
         Ok(jobid) => envelope::ok(Value::String(jobid)),
         Err(e) => e.into_response(),

@@ -11,20 +11,13 @@ use serde_json::{json, Value};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
-use crate::{compute, jobs, proxy, AppState};
+use crate::{compute, jobs, AppState};
 
 pub async fn chip_best_by_aid(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (params, parts, body) = match Params::read(req).await {
+    let (params, query_config) = match jobs::lightglue_or_forward(&state, req).await {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(response) => return response,
     };
-    let query_config = params
-        .get("query_config_dict")
-        .cloned()
-        .unwrap_or(Value::Null);
-    if !jobs::is_lightglue(&query_config) {
-        return proxy::forward(&state, &parts, body).await;
-    }
     match best_individual(&state, &params, &query_config).await {
         Ok(v) => envelope::ok(v),
         Err(e) => e.into_response(),

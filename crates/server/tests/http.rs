@@ -551,7 +551,7 @@ async fn errors_come_back_in_the_envelope() {
                 ("database_annot_uuid_list", list(&[0xa2, 0xbad])),
                 ("pipeline_root", "LightGlue".into()),
             ],
-            &"00000000-0000-0000-0000-000000000bad"[..],
+            "00000000-0000-0000-0000-000000000bad",
         ),
         (
             400,
