@@ -8,8 +8,9 @@
 #    the CPU (f32 pair scores within 1e-3), f16/bf16 within 2% of f32, batched == single.
 # 2. `wbia-lightglue bench` on CUDA in f32, f16 and bf16.
 # 3. The PyTorch reference's bench on the same GPU, and the ratio table (scripts/bench_table.py).
-# Results go to $OUT (default target/gpu-check). Needs python3 with torch, torchvision, opencv,
-# numpy and safetensors (the reference), and xz.
+# Results go to $OUT (default target/gpu-check), seven files: summary.txt, cuda-tests.log,
+# run.log (everything else printed), ours-{f32,f16,bf16}.json, reference.json. Needs python3
+# with torch, torchvision, opencv, numpy and safetensors (the reference), and xz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bundle="${1:-gpu-bundle}"
@@ -18,7 +19,8 @@ mkdir -p "$out"
 repeat="${REPEAT:-10}"
 status=0
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.csv"
+log="$out/run.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/summary.txt"
 
 # CUDA 13 runtime libraries (cudart, cublas, curand, nvrtc): the system's, else those of the
 # Python nvidia-* wheels that PyTorch uses.
@@ -35,13 +37,12 @@ PY
   export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
-bin="$out/bin"
-mkdir -p "$bin"
+bin=$(mktemp -d)
 for f in wbia-lightglue cuda-tests; do
   xz -dc "$bundle/$f.xz" > "$bin/$f" && chmod +x "$bin/$f"
 done
 
-echo "== CUDA tests" | tee "$out/summary.txt"
+echo "== CUDA tests" | tee -a "$out/summary.txt"
 if ! WBIA_LIGHTGLUE_REPO="$PWD" "$bin/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$out/cuda-tests.log"; then
   status=1
 fi
@@ -50,20 +51,20 @@ grep -E "test result|rel|within" "$out/cuda-tests.log" >> "$out/summary.txt"
 echo "== wbia-lightglue bench (cuda)" | tee -a "$out/summary.txt"
 for p in f32 f16 bf16; do
   if ! "$bin/wbia-lightglue" bench --device cuda --precision "$p" --repeat "$repeat" \
-      --batch-size 64 > "$out/ours-$p.json" 2> "$out/ours-$p.log"; then
-    echo "bench $p failed (see ours-$p.log)" | tee -a "$out/summary.txt"
+      --batch-size 64 > "$out/ours-$p.json" 2>> "$log"; then
+    echo "bench $p failed (see run.log)" | tee -a "$out/summary.txt"
     status=1
   fi
 done
 
 echo "== PyTorch reference bench (cuda)" | tee -a "$out/summary.txt"
 site_dir=$(mktemp -d)
-python3 -m pip install -q --no-index --no-deps --no-compile --target "$site_dir" "$bundle"/wheels/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$site_dir" "$bundle"/wheels/*.whl >> "$log" 2>&1
 if PYTHONPATH="$bundle/reference:$site_dir" python3 scripts/reference/bench_reference.py \
-    --device cuda --repeat "$repeat" --weights-dir weights > "$out/reference.json" 2> "$out/reference.log"; then
+    --device cuda --repeat "$repeat" --weights-dir weights > "$out/reference.json" 2>> "$log"; then
   python3 scripts/bench_table.py "$out/reference.json" "$out/ours-f32.json" | tee -a "$out/summary.txt"
 else
-  echo "reference bench failed (see reference.log)" | tee -a "$out/summary.txt"
+  echo "reference bench failed (see run.log)" | tee -a "$out/summary.txt"
   status=1
 fi
 for p in f16 bf16; do
