@@ -56,6 +56,9 @@ impl DeviceArgs {
     }
 }
 
+/// Largest `--match-batch`.
+const MAX_MATCH_BATCH: usize = 256;
+
 /// Options shared by every command that runs the model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -196,11 +199,19 @@ fn serve(args: ServeArgs) -> Result<()> {
         )
         .init();
     let device = args.runtime.open()?;
+    if args.runtime.precision == Precision::Bf16 && device.is_cpu() {
+        anyhow::bail!("--precision bf16 needs a CUDA device; use f16 or f32 on the CPU");
+    }
     let match_batch = match (args.match_batch, device.is_cuda()) {
         (0, true) => 16,
         (0, false) => 1,
         (n, _) => n,
     };
+    // Each batch item pads to the largest feature set: 256 × 2048 keypoints is already
+    // several GiB of activations.
+    if match_batch > MAX_MATCH_BATCH {
+        anyhow::bail!("--match-batch {match_batch}: at most {MAX_MATCH_BATCH}");
+    }
     let configs = ConfigDir::new(&args.config_dir);
     // Fail fast on a broken default configuration rather than on the first request.
     let default = configs.load(None)?;

@@ -216,3 +216,38 @@ fn evaluate_fetches_annotations_from_wbia() {
     assert_eq!(v["queries"], 4, "the unnamed annotation is skipped: {v}");
     assert_eq!(v["cmc"][0], json!([1, 1.0]));
 }
+
+/// Device and precision mistakes are refused at once, with the reason.
+#[test]
+fn bad_device_settings_are_clear_errors() {
+    let fails_with = |args: &[&str], needle: &str| {
+        let run = bin().args(args).output().unwrap();
+        assert!(!run.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    let image = fixture("turtles/turtle_a1.jpg");
+    let image = image.to_str().unwrap();
+    fails_with(
+        &["match", image, image, "--device", "gpu"],
+        "unknown device",
+    );
+    fails_with(
+        &["match", image, image, "--precision", "int8"],
+        "unknown precision",
+    );
+    fails_with(
+        &["serve", "--device", "cpu", "--precision", "bf16"],
+        "bf16 needs a CUDA device",
+    );
+    fails_with(
+        &["serve", "--device", "cpu", "--match-batch", "1000"],
+        "at most 256",
+    );
+    if !cfg!(feature = "cuda") {
+        fails_with(
+            &["match", image, image, "--device", "cuda:0"],
+            "no CUDA support",
+        );
+    }
+}
