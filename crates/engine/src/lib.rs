@@ -131,6 +131,8 @@ pub struct CacheStats {
     pub score_store_hits: AtomicU64,
     /// Pairs run through LightGlue.
     pub pairs_matched: AtomicU64,
+    /// Matching jobs that joined another job's padded batches (`match_batch` > 1).
+    pub match_jobs_joined: AtomicU64,
 }
 
 pub struct Engine {

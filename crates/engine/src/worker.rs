@@ -49,6 +49,18 @@ pub(crate) struct Settings {
     pub match_batch: usize,
 }
 
+/// Most queued jobs taken together into shared matching batches.
+const MAX_JOBS_TOGETHER: usize = 16;
+
+/// A matching job's parts, so that several jobs can share padded batches.
+struct MatchWork {
+    query: Arc<Features>,
+    database: Vec<Arc<Features>>,
+    keys: Option<(FeatureKey, Vec<FeatureKey>)>,
+    config: Config,
+    reply: oneshot::Sender<Result<Vec<f32>>>,
+}
+
 pub(crate) struct ModelWorker {
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
@@ -71,7 +83,26 @@ impl ModelWorker {
                 let mut models = Models::new(settings, store, stats);
                 while let Ok(job) = rx.recv() {
                     worker_depth.fetch_sub(1, Ordering::Relaxed);
-                    models.run(job);
+                    let mut jobs = vec![job];
+                    // With batching on, matching jobs already waiting (other queries, other
+                    // requests) join this one's padded batches.
+                    if models.settings.match_batch > 1 && matches!(jobs[0], Job::Match { .. }) {
+                        while jobs.len() < MAX_JOBS_TOGETHER {
+                            match rx.try_recv() {
+                                Ok(next) => {
+                                    worker_depth.fetch_sub(1, Ordering::Relaxed);
+                                    jobs.push(next);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    let joined = jobs.len() as u64 - 1;
+                    models
+                        .stats
+                        .match_jobs_joined
+                        .fetch_add(joined, Ordering::Relaxed);
+                    models.run_all(jobs);
                 }
             })
             .map_err(|_| Error::WorkerGone)?;
@@ -125,6 +156,38 @@ impl Models {
         }
     }
 
+    /// Runs jobs taken from the queue together: matching jobs with the same matcher settings
+    /// share batches, the others run one by one.
+    fn run_all(&mut self, jobs: Vec<Job>) {
+        let mut work = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Match {
+                    query,
+                    database,
+                    keys,
+                    config,
+                    reply,
+                } => work.push(MatchWork {
+                    query,
+                    database,
+                    keys,
+                    config,
+                    reply,
+                }),
+                other => self.run(other),
+            }
+        }
+        while !work.is_empty() {
+            let settings = self.matcher_settings(&work[0].config);
+            let (group, rest): (Vec<_>, Vec<_>) = work
+                .into_iter()
+                .partition(|w| self.matcher_settings(&w.config) == settings);
+            work = rest;
+            self.run_matches(group);
+        }
+    }
+
     fn run(&mut self, job: Job) {
         // A reply nobody waits for any more (client gone) is simply dropped.
         match job {
@@ -149,9 +212,13 @@ impl Models {
                 keys,
                 config,
                 reply,
-            } => {
-                let _ = reply.send(self.stored_or_match(&query, &database, keys, &config));
-            }
+            } => self.run_matches(vec![MatchWork {
+                query,
+                database,
+                keys,
+                config,
+                reply,
+            }]),
         }
     }
 
@@ -195,53 +262,95 @@ impl Models {
         Ok(self.extractors[&key].extract(image)?)
     }
 
-    /// Scores from the store where it has them; the rest matched, then stored.
-    fn stored_or_match(
-        &mut self,
-        query: &Arc<Features>,
-        database: &[Arc<Features>],
-        keys: Option<(FeatureKey, Vec<FeatureKey>)>,
-        config: &Config,
-    ) -> Result<Vec<f32>> {
-        let (Some(store), Some((qkey, dkeys))) = (self.store.as_ref(), keys) else {
-            return self.match_all(query, database, config);
+    /// Matching jobs with the same matcher settings: scores from the store where it has them;
+    /// every other pair of every job matched together, then stored; one reply per job.
+    fn run_matches(&mut self, group: Vec<MatchWork>) {
+        let Some(config) = group.first().map(|w| w.config.clone()) else {
+            return;
         };
-        let matcher = self.matcher_settings(config);
-        let q = qkey.digest();
-        let digests: Vec<String> = dkeys.iter().map(FeatureKey::digest).collect();
-        let mut scores: Vec<Option<f32>> = digests
+        let settings = self.matcher_settings(&config);
+        let mut scores = Vec::with_capacity(group.len());
+        let mut digests = Vec::with_capacity(group.len());
+        for w in &group {
+            let (stored, names) = self.stored_scores(w, &settings);
+            scores.push(stored);
+            digests.push(names);
+        }
+        // (job, database index) of every pair still to match.
+        let todo: Vec<(usize, usize)> = scores
             .iter()
-            .map(|d| match store.score(&q, d, &matcher) {
-                Ok(s) => s,
-                Err(e) => {
+            .enumerate()
+            .flat_map(|(j, s)| {
+                (0..s.len())
+                    .filter(|&i| s[i].is_none())
+                    .map(move |i| (j, i))
+            })
+            .collect();
+        let pairs: Vec<(&Features, &Features)> = todo
+            .iter()
+            .map(|&(j, i)| (group[j].query.as_ref(), group[j].database[i].as_ref()))
+            .collect();
+        let fresh = match self.score_pairs(&pairs, &config) {
+            Ok(fresh) => fresh,
+            // One job's bad input must not fail the others: alone, each gets its own answer.
+            Err(_) if group.len() > 1 => {
+                for w in group {
+                    self.run_matches(vec![w]);
+                }
+                return;
+            }
+            Err(e) => {
+                if let Some(w) = group.into_iter().next() {
+                    let _ = w.reply.send(Err(e));
+                }
+                return;
+            }
+        };
+        let mut rows: Vec<(String, String, f32)> = Vec::new();
+        for (&(j, i), s) in todo.iter().zip(fresh) {
+            scores[j][i] = Some(s);
+            if let Some((q, d)) = &digests[j] {
+                rows.push((q.clone(), d[i].clone(), s));
+            }
+        }
+        if let (Some(store), false) = (self.store.as_mut(), rows.is_empty()) {
+            if let Err(e) = store.put_scores(&settings, &rows) {
+                tracing::warn!(error = %e, "pair score store write failed");
+            }
+        }
+        for (w, s) in group.into_iter().zip(scores) {
+            let _ = w
+                .reply
+                .send(Ok(s.into_iter().map(|s| s.unwrap_or(0.0)).collect()));
+        }
+    }
+
+    /// A job's stored pair scores (`None` where not stored) and its feature digests (`None`
+    /// when there is no store or the job has no keys).
+    fn stored_scores(
+        &self,
+        w: &MatchWork,
+        settings: &str,
+    ) -> (Vec<Option<f32>>, Option<(String, Vec<String>)>) {
+        let (Some(store), Some((qkey, dkeys))) = (self.store.as_ref(), w.keys.as_ref()) else {
+            return (vec![None; w.database.len()], None);
+        };
+        let q = qkey.digest();
+        let d: Vec<String> = dkeys.iter().map(FeatureKey::digest).collect();
+        let scores: Vec<Option<f32>> = d
+            .iter()
+            .map(|d| {
+                store.score(&q, d, settings).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "pair score store read failed");
                     None
-                }
+                })
             })
             .collect();
         let hits = scores.iter().filter(|s| s.is_some()).count();
         self.stats
             .score_store_hits
             .fetch_add(hits as u64, Ordering::Relaxed);
-        let todo: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_none()).collect();
-        if !todo.is_empty() {
-            let subset: Vec<Arc<Features>> = todo.iter().map(|&i| database[i].clone()).collect();
-            let fresh = self.match_all(query, &subset, config)?;
-            let rows: Vec<(String, String, f32)> = todo
-                .iter()
-                .zip(&fresh)
-                .map(|(&i, &s)| (q.clone(), digests[i].clone(), s))
-                .collect();
-            for (&i, s) in todo.iter().zip(fresh) {
-                scores[i] = Some(s);
-            }
-            if let Some(store) = self.store.as_mut() {
-                if let Err(e) = store.put_scores(&matcher, &rows) {
-                    tracing::warn!(error = %e, "pair score store write failed");
-                }
-            }
-        }
-        Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
+        (scores, Some((q, d)))
     }
 
     /// Everything that changes a pair's score besides its two feature sets.
@@ -259,13 +368,12 @@ impl Models {
     }
 
     /// With `match_batch` 1: pair by pair, with the configured adaptive depth/width, exactly
-    /// as the plugin scores. Above 1: padded batches of that many database annotations with
-    /// adaptivity off (`LightGlue::match_batch`), for GPUs; measured slower than single pairs
-    /// on CPU (BENCHMARKS.md).
-    fn match_all(
+    /// as the plugin scores. Above 1: padded batches of that many pairs with adaptivity off
+    /// (`LightGlue::match_pairs`), for GPUs; measured slower than single pairs on CPU
+    /// (BENCHMARKS.md).
+    fn score_pairs(
         &mut self,
-        query: &Features,
-        database: &[Arc<Features>],
+        pairs: &[(&Features, &Features)],
         config: &Config,
     ) -> Result<Vec<f32>> {
         let lg = config.lightglue();
@@ -282,18 +390,17 @@ impl Models {
         let matcher = &self.matchers[&key];
         self.stats
             .pairs_matched
-            .fetch_add(database.len() as u64, Ordering::Relaxed);
+            .fetch_add(pairs.len() as u64, Ordering::Relaxed);
         if self.settings.match_batch > 1 {
-            let refs: Vec<&Features> = database.iter().map(|f| f.as_ref()).collect();
             return Ok(matcher
-                .match_batch(query, &refs, self.settings.match_batch)?
+                .match_pairs(pairs, self.settings.match_batch)?
                 .iter()
                 .map(|r| r.score())
                 .collect());
         }
-        database
+        pairs
             .iter()
-            .map(|f| Ok(matcher.match_pair(query, f)?.score()))
+            .map(|(q, d)| Ok(matcher.match_pair(q, d)?.score()))
             .collect()
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aliked::Features;
 use crate::ops::fused::{gelu_erf, rotary};
-use crate::ops::{attention, cross_attention};
+use crate::ops::{attention, attention_reference, cross_attention};
 use crate::{Error, Result};
 
 const INPUT_DIM: usize = 128;
@@ -236,7 +236,7 @@ impl SelfBlock {
         x: &Tensor,
         m: usize,
         rot: [&Rotary; 2],
-        lens1: Option<&[usize]>,
+        lens: [Option<&[usize]>; 2],
     ) -> Result<Tensor> {
         let qkv = self.wqkv.forward(x)?;
         let n = x.dim(1)? - m;
@@ -247,8 +247,7 @@ impl SelfBlock {
             let q = rot[image].apply(&split_heads(&part.narrow(2, 0, DIM)?)?)?;
             let k = rot[image].apply(&split_heads(&part.narrow(2, DIM, DIM)?)?)?;
             let v = split_heads(&part.narrow(2, 2 * DIM, DIM)?)?;
-            let lens = if image == 1 { lens1 } else { None };
-            contexts.push(merge_heads(&attention(&q, &k, &v, scale, lens)?)?);
+            contexts.push(merge_heads(&attention(&q, &k, &v, scale, lens[image])?)?);
         }
         let message = self.out_proj.forward(&Tensor::cat(&contexts, 1)?)?;
         self.ffn.residual(x, &message)
@@ -281,22 +280,25 @@ impl CrossBlock {
 
     /// Bidirectional attention between the two images of `x` = [image 0 | image 1]: each
     /// attends to the other through the same similarities (the reference's `sim` and its
-    /// transpose). `lens1` marks the real points of a padded image 1 (image 0, the query, is
-    /// never padded); padded rows get zero messages, which no real point ever reads.
-    fn forward(&self, x: &Tensor, m: usize, lens1: Option<&[usize]>) -> Result<Tensor> {
+    /// transpose). `lens` mark the real points of padded images (`None`: no padding on that
+    /// side); padded rows get messages that no real point ever reads.
+    fn forward(&self, x: &Tensor, m: usize, lens: [Option<&[usize]>; 2]) -> Result<Tensor> {
         let n = x.dim(1)? - m;
         let scale = (HEAD_DIM as f64).powf(-0.5).sqrt();
         let qkv = self.to_qkv.forward(x)?;
         let qk = (qkv.narrow(2, 0, DIM)? * scale)?;
         let v = qkv.narrow(2, DIM, DIM)?;
         let heads = |t: &Tensor, start, len| split_heads(&t.narrow(1, start, len)?);
-        let (m0, m1) = cross_attention(
-            &heads(&qk, 0, m)?,
-            &heads(&qk, m, n)?,
-            &heads(&v, 0, m)?,
-            &heads(&v, m, n)?,
-            lens1,
-        )?;
+        let (a, b) = (heads(&qk, 0, m)?, heads(&qk, m, n)?);
+        let (va, vb) = (heads(&v, 0, m)?, heads(&v, m, n)?);
+        let (m0, m1) = match lens[0] {
+            // The fused kernel pads image 1 only.
+            None => cross_attention(&a, &b, &va, &vb, lens[1])?,
+            Some(lens0) => (
+                attention_reference(&a, &b, &vb, 1.0, lens[1])?,
+                attention_reference(&b, &a, &va, 1.0, Some(lens0))?,
+            ),
+        };
         let messages = Tensor::cat(&[merge_heads(&m0)?, merge_heads(&m1)?], 1)?;
         self.ffn.residual(x, &self.to_out.forward(&messages)?)
     }
@@ -315,12 +317,12 @@ impl Layer {
         d1: &Tensor,
         enc0: &Rotary,
         enc1: &Rotary,
-        lens1: Option<&[usize]>,
+        lens: [Option<&[usize]>; 2],
     ) -> Result<(Tensor, Tensor)> {
         let (m, n) = (d0.dim(1)?, d1.dim(1)?);
         let x = Tensor::cat(&[d0, d1], 1)?;
-        let x = self.self_attn.forward(&x, m, [enc0, enc1], lens1)?;
-        let x = self.cross_attn.forward(&x, m, lens1)?;
+        let x = self.self_attn.forward(&x, m, [enc0, enc1], lens)?;
+        let x = self.cross_attn.forward(&x, m, lens)?;
         Ok((
             x.narrow(1, 0, m)?.contiguous()?,
             x.narrow(1, m, n)?.contiguous()?,
@@ -342,8 +344,15 @@ impl MatchAssignment {
     }
 
     /// Log assignment scores [B, M, N] (dustbins are not needed to read matches);
-    /// `bias1` ([B, 1, N], 0 or -inf) masks padded columns out of the row softmax.
-    fn scores(&self, d0: &Tensor, d1: &Tensor, bias1: Option<&Tensor>) -> Result<Tensor> {
+    /// `bias1` ([B, 1, N], 0 or -inf) masks padded columns out of the row softmax, `bias0`
+    /// ([B, M, 1]) padded rows out of the column softmax.
+    fn scores(
+        &self,
+        d0: &Tensor,
+        d1: &Tensor,
+        bias0: Option<&Tensor>,
+        bias1: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let scale = (DIM as f64).powf(0.25);
         let m0 = (self.final_proj.forward(d0)? / scale)?;
         let m1 = (self.final_proj.forward(d1)? / scale)?;
@@ -354,7 +363,10 @@ impl MatchAssignment {
             Some(bias) => candle_nn::ops::log_softmax(&sim.broadcast_add(bias)?, 2)?,
             None => candle_nn::ops::log_softmax(&sim, 2)?,
         };
-        let cols = candle_nn::ops::log_softmax(&sim, 1)?;
+        let cols = match bias0 {
+            Some(bias) => candle_nn::ops::log_softmax(&sim.broadcast_add(bias)?, 1)?,
+            None => candle_nn::ops::log_softmax(&sim, 1)?,
+        };
         Ok((rows + cols)?.broadcast_add(&z0)?.broadcast_add(&z1)?)
     }
 
@@ -532,7 +544,7 @@ impl LightGlue {
             if ind0.is_empty() || ind1.is_empty() {
                 break;
             }
-            (desc0, desc1) = layer.forward(&desc0, &desc1, &enc0, &enc1, None)?;
+            (desc0, desc1) = layer.forward(&desc0, &desc1, &enc0, &enc1, [None, None])?;
             if i == LAYERS - 1 {
                 break;
             }
@@ -578,8 +590,9 @@ impl LightGlue {
             });
         }
         let scores =
-            self.assignment[last].scores(&Self::f32(&desc0)?, &Self::f32(&desc1)?, None)?;
-        let mut result = filter_matches(&scores.squeeze(0)?, self.config.filter_threshold, None)?;
+            self.assignment[last].scores(&Self::f32(&desc0)?, &Self::f32(&desc1)?, None, None)?;
+        let threshold = self.config.filter_threshold;
+        let mut result = filter_matches(&scores.squeeze(0)?, threshold, None, None)?;
         for pair in &mut result.matches {
             *pair = [ind0[pair[0]] as usize, ind1[pair[1]] as usize];
         }
@@ -612,81 +625,87 @@ impl LightGlue {
         database: &[&Features],
         batch_size: usize,
     ) -> Result<Vec<MatchResult>> {
-        query.validate()?;
+        let pairs: Vec<(&Features, &Features)> = database.iter().map(|d| (query, *d)).collect();
+        self.match_pairs(&pairs, batch_size)
+    }
+
+    /// Matches any (image 0, image 1) pairs in padded batches of `batch_size`, both sides
+    /// padded and masked, adaptive depth and width off; results in `pairs` order. This is how
+    /// the service batches several queries' work together.
+    pub fn match_pairs(
+        &self,
+        pairs: &[(&Features, &Features)],
+        batch_size: usize,
+    ) -> Result<Vec<MatchResult>> {
         let mut results = vec![
             MatchResult {
                 stop_layer: 1,
                 ..MatchResult::default()
             };
-            database.len()
+            pairs.len()
         ];
-        if query.is_empty() {
-            return Ok(results);
+        for (f0, f1) in pairs {
+            f0.validate()?;
+            f1.validate()?;
         }
-        let todo: Vec<usize> = (0..database.len())
-            .filter(|&i| !database[i].is_empty())
+        let todo: Vec<usize> = (0..pairs.len())
+            .filter(|&i| !pairs[i].0.is_empty() && !pairs[i].1.is_empty())
             .collect();
-        for f in &todo {
-            database[*f].validate()?;
-        }
-        let desc0 = self.descriptors(query)?;
-        let kpts0 = self.normalized_keypoints(query)?.unsqueeze(0)?;
         for chunk in todo.chunks(batch_size.max(1)) {
-            let feats: Vec<&Features> = chunk.iter().map(|&i| database[i]).collect();
-            let chunk_results = self.match_padded(&desc0, &kpts0, &feats)?;
-            for (&i, r) in chunk.iter().zip(chunk_results) {
+            let batch: Vec<(&Features, &Features)> = chunk.iter().map(|&i| pairs[i]).collect();
+            for (&i, r) in chunk.iter().zip(self.match_padded(&batch)?) {
                 results[i] = r;
             }
         }
         Ok(results)
     }
 
-    fn match_padded(
-        &self,
-        desc0: &Tensor,
-        kpts0: &Tensor,
-        database: &[&Features],
-    ) -> Result<Vec<MatchResult>> {
-        let b = database.len();
-        let (_, m, _) = desc0.dims3()?;
-        let n_max = database.iter().map(|f| f.len()).max().unwrap_or(0);
-        let mut desc = vec![0f32; b * n_max * INPUT_DIM];
+    /// One side of a padded batch: projected descriptors [B, L, 256], rotary tables, the
+    /// softmax bias (0 for real points, -inf for padding) and the real lengths.
+    fn padded_side(&self, feats: &[&Features]) -> Result<(Tensor, Rotary, Vec<f32>, Vec<usize>)> {
+        let b = feats.len();
+        let len = feats.iter().map(|f| f.len()).max().unwrap_or(0);
+        let mut desc = vec![0f32; b * len * INPUT_DIM];
         let mut kpts = Vec::with_capacity(b);
-        let mut bias = vec![f32::NEG_INFINITY; b * n_max];
-        for (k, f) in database.iter().enumerate() {
-            let start = k * n_max * INPUT_DIM;
+        let mut bias = vec![f32::NEG_INFINITY; b * len];
+        for (k, f) in feats.iter().enumerate() {
+            let start = k * len * INPUT_DIM;
             desc[start..start + f.descriptors.len()].copy_from_slice(&f.descriptors);
-            bias[k * n_max..k * n_max + f.len()].fill(0.0);
+            bias[k * len..k * len + f.len()].fill(0.0);
             let norm = self.normalized_keypoints(f)?;
-            kpts.push(norm.pad_with_zeros(0, 0, n_max - f.len())?);
+            kpts.push(norm.pad_with_zeros(0, 0, len - f.len())?);
         }
-        let mut desc1 = self
-            .input_proj
-            .forward(&Tensor::from_vec(
-                desc,
-                (b, n_max, INPUT_DIM),
-                &self.device,
-            )?)?
-            .to_dtype(self.dtype)?;
-        let enc1 = self.rotary(&Tensor::stack(&kpts, 0)?)?;
-        let bias = Tensor::from_vec(bias, (b, 1, n_max), &self.device)?;
-        let lens: Vec<usize> = database.iter().map(|f| f.len()).collect();
-        let mut desc0 = desc0.broadcast_as((b, m, DIM))?.contiguous()?;
-        let enc0 = self.rotary(kpts0)?;
+        let desc = Tensor::from_vec(desc, (b, len, INPUT_DIM), &self.device)?;
+        let desc = self.input_proj.forward(&desc)?.to_dtype(self.dtype)?;
+        let enc = self.rotary(&Tensor::stack(&kpts, 0)?)?;
+        Ok((desc, enc, bias, feats.iter().map(|f| f.len()).collect()))
+    }
+
+    fn match_padded(&self, pairs: &[(&Features, &Features)]) -> Result<Vec<MatchResult>> {
+        let b = pairs.len();
+        let side0: Vec<&Features> = pairs.iter().map(|p| p.0).collect();
+        let side1: Vec<&Features> = pairs.iter().map(|p| p.1).collect();
+        let (mut desc0, enc0, bias0, lens0) = self.padded_side(&side0)?;
+        let (mut desc1, enc1, bias1, lens1) = self.padded_side(&side1)?;
+        let (m, n) = (desc0.dim(1)?, desc1.dim(1)?);
+        // Unpadded image 0 (one query against its database) keeps the fused CPU kernels.
+        let padded0 = lens0.iter().any(|&l| l < m);
+        let lens = [padded0.then_some(&lens0[..]), Some(&lens1[..])];
         for layer in &self.layers {
-            (desc0, desc1) = layer.forward(&desc0, &desc1, &enc0, &enc1, Some(&lens))?;
+            (desc0, desc1) = layer.forward(&desc0, &desc1, &enc0, &enc1, lens)?;
         }
+        let bias0 = Tensor::from_vec(bias0, (b, m, 1), &self.device)?;
+        let bias1 = Tensor::from_vec(bias1, (b, 1, n), &self.device)?;
         let scores = self.assignment[LAYERS - 1].scores(
             &Self::f32(&desc0)?,
             &Self::f32(&desc1)?,
-            Some(&bias),
+            padded0.then_some(&bias0),
+            Some(&bias1),
         )?;
         let th = self.config.filter_threshold;
-        database
-            .iter()
-            .enumerate()
-            .map(|(k, f)| {
-                let mut r = filter_matches(&scores.get(k)?, th, Some(f.len()))?;
+        (0..b)
+            .map(|k| {
+                let mut r = filter_matches(&scores.get(k)?, th, Some(lens0[k]), Some(lens1[k]))?;
                 r.stop_layer = LAYERS;
                 Ok(r)
             })
@@ -695,16 +714,21 @@ impl LightGlue {
 }
 
 /// Mutual-nearest matches of a log assignment matrix [M, N] whose confidence exceeds
-/// `threshold`. `valid_cols` limits image 1 to its first columns (padding in a batch).
+/// `threshold`. `valid_rows` / `valid_cols` limit the images to their first points (padding
+/// in a batch).
 fn filter_matches(
     scores: &Tensor,
     threshold: f32,
+    valid_rows: Option<usize>,
     valid_cols: Option<usize>,
 ) -> Result<MatchResult> {
-    let scores = match valid_cols {
-        Some(n) => scores.narrow(1, 0, n)?,
-        None => scores.clone(),
-    };
+    let mut scores = scores.clone();
+    if let Some(m) = valid_rows {
+        scores = scores.narrow(0, 0, m)?;
+    }
+    if let Some(n) = valid_cols {
+        scores = scores.narrow(1, 0, n)?;
+    }
     let best0 = scores.argmax(1)?.to_vec1::<u32>()?;
     let max0 = scores.max(1)?.to_vec1::<f32>()?;
     let best1 = scores.argmax(0)?.to_vec1::<u32>()?;
