@@ -49,6 +49,10 @@ pub(crate) struct Settings {
     pub match_batch: usize,
 }
 
+/// A job's feature sets as the pair-score store names them: the query's digest and each
+/// database entry's.
+type Digests = (String, Vec<String>);
+
 /// Most queued jobs taken together into shared matching batches.
 const MAX_JOBS_TOGETHER: usize = 16;
 
@@ -331,7 +335,7 @@ impl Models {
         &self,
         w: &MatchWork,
         settings: &str,
-    ) -> (Vec<Option<f32>>, Option<(String, Vec<String>)>) {
+    ) -> (Vec<Option<f32>>, Option<Digests>) {
         let (Some(store), Some((qkey, dkeys))) = (self.store.as_ref(), w.keys.as_ref()) else {
             return (vec![None; w.database.len()], None);
         };
