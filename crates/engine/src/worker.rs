@@ -331,11 +331,7 @@ impl Models {
 
     /// A job's stored pair scores (`None` where not stored) and its feature digests (`None`
     /// when there is no store or the job has no keys).
-    fn stored_scores(
-        &self,
-        w: &MatchWork,
-        settings: &str,
-    ) -> (Vec<Option<f32>>, Option<Digests>) {
+    fn stored_scores(&self, w: &MatchWork, settings: &str) -> (Vec<Option<f32>>, Option<Digests>) {
         let (Some(store), Some((qkey, dkeys))) = (self.store.as_ref(), w.keys.as_ref()) else {
             return (vec![None; w.database.len()], None);
         };
