@@ -19,7 +19,7 @@ use wbia_lightglue_model::{Features, Precision};
 
 pub use config::{Config, ConfigDir};
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
-use worker::{Job, ModelWorker};
+use worker::{Job, MatchWork, ModelWorker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -153,10 +153,11 @@ impl Engine {
             None => None,
         };
         let cache_stats = Arc::new(CacheStats::default());
+        let match_batch = options.match_batch.max(1);
         let runtime = RuntimeInfo {
             device: wbia_lightglue_model::device_name(&options.device),
             precision: options.precision,
-            match_batch: options.match_batch.max(1),
+            match_batch,
         };
         Ok(Self {
             runtime,
@@ -165,7 +166,7 @@ impl Engine {
                     weights_dir: options.weights_dir,
                     device: options.device,
                     precision: options.precision,
-                    match_batch: options.match_batch.max(1),
+                    match_batch,
                 },
                 store,
                 cache_stats.clone(),
@@ -189,12 +190,14 @@ impl Engine {
                 .await??,
         );
         self.worker
-            .call(|reply| Job::Match {
-                query: f.clone(),
-                database: vec![f],
-                keys: None,
-                config: config.clone(),
-                reply,
+            .call(|reply| {
+                Job::Match(MatchWork {
+                    query: f.clone(),
+                    database: vec![f],
+                    keys: None,
+                    config: config.clone(),
+                    reply,
+                })
             })
             .await??;
         Ok(())
@@ -265,12 +268,14 @@ impl Engine {
             database.iter().map(|d| d.key.clone()).collect(),
         );
         self.worker
-            .call(|reply| Job::Match {
-                query: query.features.clone(),
-                database: database.iter().map(|d| d.features.clone()).collect(),
-                keys: Some(keys),
-                config: config.clone(),
-                reply,
+            .call(|reply| {
+                Job::Match(MatchWork {
+                    query: query.features.clone(),
+                    database: database.iter().map(|d| d.features.clone()).collect(),
+                    keys: Some(keys),
+                    config: config.clone(),
+                    reply,
+                })
             })
             .await?
     }

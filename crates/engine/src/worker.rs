@@ -30,15 +30,7 @@ pub(crate) enum Job {
         config: Config,
         reply: oneshot::Sender<Result<Features>>,
     },
-    /// Pair scores; with `keys` (the feature sets' keys), stored scores are reused and new
-    /// ones stored.
-    Match {
-        query: Arc<Features>,
-        database: Vec<Arc<Features>>,
-        keys: Option<(FeatureKey, Vec<FeatureKey>)>,
-        config: Config,
-        reply: oneshot::Sender<Result<Vec<f32>>>,
-    },
+    Match(MatchWork),
 }
 
 /// What the worker thread needs to build its models.
@@ -56,13 +48,14 @@ type Digests = (String, Vec<String>);
 /// Most queued jobs taken together into shared matching batches.
 const MAX_JOBS_TOGETHER: usize = 16;
 
-/// A matching job's parts, so that several jobs can share padded batches.
-struct MatchWork {
-    query: Arc<Features>,
-    database: Vec<Arc<Features>>,
-    keys: Option<(FeatureKey, Vec<FeatureKey>)>,
-    config: Config,
-    reply: oneshot::Sender<Result<Vec<f32>>>,
+/// Pair scores of a query against a database; with `keys` (the feature sets' keys), stored
+/// scores are reused and new ones stored. Several can share padded batches.
+pub(crate) struct MatchWork {
+    pub query: Arc<Features>,
+    pub database: Vec<Arc<Features>>,
+    pub keys: Option<(FeatureKey, Vec<FeatureKey>)>,
+    pub config: Config,
+    pub reply: oneshot::Sender<Result<Vec<f32>>>,
 }
 
 pub(crate) struct ModelWorker {
@@ -90,7 +83,7 @@ impl ModelWorker {
                     let mut jobs = vec![job];
                     // With batching on, matching jobs already waiting (other queries, other
                     // requests) join this one's padded batches.
-                    if models.settings.match_batch > 1 && matches!(jobs[0], Job::Match { .. }) {
+                    if models.settings.match_batch > 1 && matches!(jobs[0], Job::Match(_)) {
                         while jobs.len() < MAX_JOBS_TOGETHER {
                             match rx.try_recv() {
                                 Ok(next) => {
@@ -166,19 +159,7 @@ impl Models {
         let mut work = Vec::new();
         for job in jobs {
             match job {
-                Job::Match {
-                    query,
-                    database,
-                    keys,
-                    config,
-                    reply,
-                } => work.push(MatchWork {
-                    query,
-                    database,
-                    keys,
-                    config,
-                    reply,
-                }),
+                Job::Match(w) => work.push(w),
                 other => self.run(other),
             }
         }
@@ -210,19 +191,7 @@ impl Models {
             } => {
                 let _ = reply.send(self.extract(&image, &config));
             }
-            Job::Match {
-                query,
-                database,
-                keys,
-                config,
-                reply,
-            } => self.run_matches(vec![MatchWork {
-                query,
-                database,
-                keys,
-                config,
-                reply,
-            }]),
+            Job::Match(w) => self.run_matches(vec![w]),
         }
     }
 

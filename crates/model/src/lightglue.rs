@@ -359,14 +359,15 @@ impl MatchAssignment {
         let sim = m0.matmul(&m1.t()?)?;
         let z0 = log_sigmoid(&self.matchability.forward(d0)?)?; // [B, M, 1]
         let z1 = log_sigmoid(&self.matchability.forward(d1)?)?.transpose(1, 2)?; // [B, 1, N]
-        let rows = match bias1 {
-            Some(bias) => candle_nn::ops::log_softmax(&sim.broadcast_add(bias)?, 2)?,
-            None => candle_nn::ops::log_softmax(&sim, 2)?,
+        let masked_log_softmax = |bias: Option<&Tensor>, dim| -> Result<Tensor> {
+            let logits = match bias {
+                Some(bias) => sim.broadcast_add(bias)?,
+                None => sim.clone(),
+            };
+            Ok(candle_nn::ops::log_softmax(&logits, dim)?)
         };
-        let cols = match bias0 {
-            Some(bias) => candle_nn::ops::log_softmax(&sim.broadcast_add(bias)?, 1)?,
-            None => candle_nn::ops::log_softmax(&sim, 1)?,
-        };
+        let rows = masked_log_softmax(bias1, 2)?;
+        let cols = masked_log_softmax(bias0, 1)?;
         Ok((rows + cols)?.broadcast_add(&z0)?.broadcast_add(&z1)?)
     }
 
@@ -390,8 +391,8 @@ pub struct LightGlue {
     token_confidence: Vec<Linear>,
     thresholds: [f32; LAYERS],
     config: LightGlueConfig,
-    /// dtype of the transformer layers.
-    dtype: DType,
+    /// Arithmetic of the transformer layers.
+    precision: Precision,
     device: Device,
 }
 
@@ -440,7 +441,7 @@ impl LightGlue {
             token_confidence,
             thresholds,
             config,
-            dtype,
+            precision,
             device: vb.device().clone(),
         })
     }
@@ -470,15 +471,7 @@ impl LightGlue {
     }
 
     pub fn precision(&self) -> Precision {
-        match self.dtype {
-            DType::F16 => Precision::F16,
-            DType::BF16 => Precision::Bf16,
-            _ => Precision::F32,
-        }
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
+        self.precision
     }
 
     /// Layer activations back to f32 for the heads.
@@ -508,14 +501,17 @@ impl LightGlue {
                 .reshape((b, 1, n, HEAD_DIM))?)
         };
         Ok(Rotary {
-            cos: repeat(projected.cos()?)?.to_dtype(self.dtype)?,
-            sin: repeat(projected.sin()?)?.to_dtype(self.dtype)?,
+            cos: repeat(projected.cos()?)?.to_dtype(self.precision.dtype())?,
+            sin: repeat(projected.sin()?)?.to_dtype(self.precision.dtype())?,
         })
     }
 
     fn descriptors(&self, f: &Features) -> Result<Tensor> {
         let d = Tensor::from_slice(&f.descriptors, (1, f.len(), INPUT_DIM), &self.device)?;
-        Ok(self.input_proj.forward(&d)?.to_dtype(self.dtype)?)
+        Ok(self
+            .input_proj
+            .forward(&d)?
+            .to_dtype(self.precision.dtype())?)
     }
 
     /// Matches two feature sets, with adaptive depth and width as configured.
@@ -676,7 +672,10 @@ impl LightGlue {
             kpts.push(norm.pad_with_zeros(0, 0, len - f.len())?);
         }
         let desc = Tensor::from_vec(desc, (b, len, INPUT_DIM), &self.device)?;
-        let desc = self.input_proj.forward(&desc)?.to_dtype(self.dtype)?;
+        let desc = self
+            .input_proj
+            .forward(&desc)?
+            .to_dtype(self.precision.dtype())?;
         let enc = self.rotary(&Tensor::stack(&kpts, 0)?)?;
         Ok((desc, enc, bias, feats.iter().map(|f| f.len()).collect()))
     }

@@ -174,7 +174,8 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
     let config = state.configs.load(config_path)?;
     // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
     // in database_annot_uuid_list but never scored against itself.
-    state.jobs.remember_reference(&thumb_reference(&config));
+    let reference = thumb_reference(&config);
+    state.jobs.remember_reference(&reference);
     let include_query = params
         .get("include_qaid_in_daids")
         .and_then(Value::as_bool)
@@ -231,7 +232,7 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
                 status: "completed",
                 result: Some(identification_result(
                     &c,
-                    &thumb_reference(&config),
+                    &reference,
                     &name_uuids,
                     &queries,
                     &database,

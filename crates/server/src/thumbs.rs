@@ -25,9 +25,12 @@ pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Re
         Err(e) => return e.into_response(),
     };
     let reference = params.string("extern_reference").unwrap_or_default();
-    let default_reference = state.configs.load(None).ok().map(|c| thumb_reference(&c));
+    // References outlive a restart only for the default configuration, recomputed here.
     let ours = state.jobs.knows_reference(&reference)
-        || default_reference.as_deref() == Some(reference.as_str());
+        || state
+            .configs
+            .load(None)
+            .is_ok_and(|c| thumb_reference(&c) == reference);
     if !ours {
         return proxy::forward(&state, &parts, body).await;
     }

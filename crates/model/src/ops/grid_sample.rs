@@ -107,9 +107,9 @@ pub(crate) fn gather_taps(
 
 /// Kernel of [`gather_taps`]: each output row is the weighted sum of four table rows,
 /// accumulated in PyTorch's corner order (CPU: rows in parallel; CUDA: `kernels/ops.cu`).
-pub(crate) struct WeightedRows {
-    pub(crate) indices: Vec<u32>,
-    pub(crate) weights: Vec<f32>,
+struct WeightedRows {
+    indices: Vec<u32>,
+    weights: Vec<f32>,
 }
 
 impl CustomOp1 for WeightedRows {
