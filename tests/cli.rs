@@ -1,10 +1,26 @@
 //! The `wbia-lightglue` binary as a user runs it.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wbia-lightglue"))
+}
+
+/// The output of a run that must succeed (its stderr shown if it did not).
+fn succeeded(run: Output) -> Output {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run
+}
+
+/// The stderr of a run that must fail.
+fn failed(run: Output) -> String {
+    assert!(!run.status.success(), "should have failed");
+    String::from_utf8_lossy(&run.stderr).into_owned()
 }
 
 fn fixture(rel: &str) -> PathBuf {
@@ -29,11 +45,7 @@ fn extract_writes_the_documented_tensors() {
         .args(["--max-keypoints", "300"])
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = succeeded(run);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("300 keypoints"), "{stdout}");
 
@@ -54,11 +66,7 @@ fn match_json_has_the_documented_fields() {
         .arg(fixture("turtles/turtle_b4.jpg"))
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = succeeded(run);
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let matches = v["matches"].as_array().unwrap();
     let scores = v["match_scores"].as_array().unwrap();
@@ -77,8 +85,7 @@ fn bad_image_is_a_clear_error() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = failed(run);
     assert!(stderr.contains("unsupported"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -95,8 +102,7 @@ fn missing_weights_are_a_clear_error() {
         .args(["--weights", "/nonexistent-weights-dir"])
         .output()
         .unwrap();
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = failed(run);
     assert!(stderr.contains("aliked-n16.safetensors"), "{stderr}");
 }
 
@@ -115,11 +121,7 @@ fn evaluate_reports_cmc_and_map_on_the_turtles() {
         .arg(fixture("turtles/labels.csv"))
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = succeeded(run);
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(v["queries"], 4);
     assert_eq!(v["cmc"][0], serde_json::json!([1, 1.0]));
@@ -136,8 +138,7 @@ fn evaluate_names_a_bad_csv() {
         .output()
         .unwrap();
     std::fs::remove_file(&csv).unwrap();
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = failed(run);
     assert!(stderr.contains("`path` and `identity`"), "{stderr}");
 }
 
@@ -207,11 +208,7 @@ fn evaluate_fetches_annotations_from_wbia() {
         .output()
         .unwrap();
     std::fs::remove_file(&list).unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = succeeded(run);
     let v: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(v["queries"], 4, "the unnamed annotation is skipped: {v}");
     assert_eq!(v["cmc"][0], json!([1, 1.0]));
@@ -221,9 +218,7 @@ fn evaluate_fetches_annotations_from_wbia() {
 #[test]
 fn bad_device_settings_are_clear_errors() {
     let fails_with = |args: &[&str], needle: &str| {
-        let run = bin().args(args).output().unwrap();
-        assert!(!run.status.success(), "{args:?} should fail");
-        let stderr = String::from_utf8_lossy(&run.stderr);
+        let stderr = failed(bin().args(args).output().unwrap());
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     };
     let image = fixture("turtles/turtle_a1.jpg");
