@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::image::{long_edge_size, resize_long_edge, to_chw, RgbImage};
 use crate::ops::fused::{aggregate_normalized, bias_selu, l2_normalize_rows, scaled_rows_selu};
 use crate::ops::grid_sample::gather_taps;
-use crate::ops::{deform_conv2d, grid_taps};
+use crate::ops::{conv2d, deform_conv2d, grid_taps};
 use crate::{Error, Result};
 
 /// Detection settings, with the WBIA plugin's defaults.
@@ -151,7 +151,7 @@ impl Conv {
                 .matmul(&x.reshape((c, h * w))?)?;
             return Ok(y.reshape((1, o, h, w))?);
         }
-        Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?)
+        conv2d(x, &self.weight, self.padding)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -220,7 +220,7 @@ impl Conv3x3 {
     /// Convolution and BatchNorm scale, without the BatchNorm shift (`self.bias`).
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
         match &self.offset {
-            None => Ok(x.conv2d(&self.weight, 1, 1, 1, 1)?),
+            None => conv2d(x, &self.weight, 1),
             Some(offset) => {
                 let (_, _, h, w) = x.dims4()?;
                 let max_offset = h.max(w) as f64 / 4.0;

@@ -1,6 +1,7 @@
 //! Operations PyTorch has and candle lacks, each with a slow loop-by-loop reference.
 
 pub mod attention;
+pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod deform_conv;
@@ -8,6 +9,7 @@ pub mod fused;
 pub mod grid_sample;
 
 pub use attention::{attention, attention_reference, cross_attention};
+pub use conv::{conv2d, conv2d_reference};
 pub use deform_conv::{deform_conv2d, deform_conv2d_reference};
 pub use grid_sample::{grid_sample, grid_sample_reference, grid_taps, BilinearTaps};
 
