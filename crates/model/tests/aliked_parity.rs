@@ -7,44 +7,7 @@
 mod common;
 
 use common::*;
-use wbia_lightglue_model::{load_image, AlikedConfig, Features};
-
-struct Parity {
-    matched_fraction: f64,
-    min_cosine: f32,
-    max_score_diff: f32,
-}
-
-fn compare(ours: &Features, reference: &Features) -> Parity {
-    let mut matched = 0usize;
-    let mut min_cosine = 1f32;
-    let mut max_score_diff = 0f32;
-    for (i, r) in reference.keypoints.iter().enumerate() {
-        let (j, d2) = ours
-            .keypoints
-            .iter()
-            .enumerate()
-            .map(|(j, o)| (j, (o[0] - r[0]).powi(2) + (o[1] - r[1]).powi(2)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .expect("ours has keypoints");
-        if d2.sqrt() <= 0.01 {
-            matched += 1;
-            let cos: f32 = ours
-                .descriptor(j)
-                .iter()
-                .zip(reference.descriptor(i))
-                .map(|(a, b)| a * b)
-                .sum();
-            min_cosine = min_cosine.min(cos);
-            max_score_diff = max_score_diff.max((ours.scores[j] - reference.scores[i]).abs());
-        }
-    }
-    Parity {
-        matched_fraction: matched as f64 / reference.len() as f64,
-        min_cosine,
-        max_score_diff,
-    }
-}
+use wbia_lightglue_model::{load_image, AlikedConfig};
 
 fn check(image: &str, golden: &str, config: AlikedConfig) {
     let model = aliked(config);
@@ -55,7 +18,7 @@ fn check(image: &str, golden: &str, config: AlikedConfig) {
         "{golden}: image size"
     );
     assert_eq!(ours.len(), reference.len(), "{golden}: keypoint count");
-    let p = compare(&ours, &reference);
+    let p = compare_features(&ours, &reference);
     println!(
         "{golden}: {:.4} of keypoints within 0.01 px, min cosine {:.7}, max score diff {:.2e}",
         p.matched_fraction, p.min_cosine, p.max_score_diff

@@ -32,15 +32,7 @@ pub fn vec1(t: &Tensor) -> Vec<f32> {
 
 /// Reference features stored by `scripts/reference/make_goldens.py`.
 pub fn golden_features(name: &str) -> Features {
-    let g = golden(&format!("aliked/{name}.safetensors"));
-    let kp = vec1(&g["keypoints"]);
-    let size = vec1(&g["image_size"]);
-    Features {
-        keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
-        scores: vec1(&g["keypoint_scores"]),
-        descriptors: vec1(&g["descriptors"]),
-        image_size: [size[0], size[1]],
-    }
+    features_from(&golden(&format!("aliked/{name}.safetensors")))
 }
 
 pub fn aliked(config: AlikedConfig) -> Aliked {
@@ -61,4 +53,70 @@ pub fn lightglue(config: wbia_lightglue_model::LightGlueConfig) -> wbia_lightglu
     let path = weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE)
         .expect("weights/aliked-lightglue.safetensors");
     wbia_lightglue_model::LightGlue::from_file(path, config, &Device::Cpu).expect("load LightGlue")
+}
+
+/// How closely our keypoints and descriptors follow the reference's, keypoints compared as
+/// sets (near-tied keypoints may swap order): the share of reference keypoints with one of
+/// ours within 0.01 px, and over those pairs the lowest descriptor cosine and the largest
+/// keypoint-score difference.
+pub struct FeatureParity {
+    pub matched_fraction: f64,
+    pub min_cosine: f32,
+    pub max_score_diff: f32,
+}
+
+pub fn compare_features(ours: &Features, reference: &Features) -> FeatureParity {
+    let mut matched = 0usize;
+    let mut min_cosine = 1f32;
+    let mut max_score_diff = 0f32;
+    for (i, r) in reference.keypoints.iter().enumerate() {
+        let Some((j, d2)) = ours
+            .keypoints
+            .iter()
+            .enumerate()
+            .map(|(j, o)| (j, (o[0] - r[0]).powi(2) + (o[1] - r[1]).powi(2)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            break;
+        };
+        if d2.sqrt() <= 0.01 {
+            matched += 1;
+            let cos: f32 = ours
+                .descriptor(j)
+                .iter()
+                .zip(reference.descriptor(i))
+                .map(|(a, b)| a * b)
+                .sum();
+            min_cosine = min_cosine.min(cos);
+            max_score_diff = max_score_diff.max((ours.scores[j] - reference.scores[i]).abs());
+        }
+    }
+    FeatureParity {
+        matched_fraction: if reference.is_empty() {
+            1.0
+        } else {
+            matched as f64 / reference.len() as f64
+        },
+        min_cosine,
+        max_score_diff,
+    }
+}
+
+/// Features in a golden file (descriptors stored as f32 or f16).
+pub fn features_from(g: &HashMap<String, Tensor>) -> Features {
+    let kp = vec1(&g["keypoints"]);
+    let size = vec1(&g["image_size"]);
+    let descriptors = g["descriptors"]
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    Features {
+        keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+        scores: vec1(&g["keypoint_scores"]),
+        descriptors,
+        image_size: [size[0], size[1]],
+    }
 }
