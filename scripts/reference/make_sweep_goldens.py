@@ -215,7 +215,7 @@ def decoding_cases() -> dict:
         lambda p: base.quantize(256).save(p, "PNG"))
     add("rgb16.png", "16-bit RGB PNG", lambda p: cv2.imwrite(str(p), _rgb16_bgr(base)))
     add("gray16.png", "16-bit grayscale PNG",
-        lambda p: cv2.imwrite(str(p), (np.asarray(base.convert("L")).astype(np.uint16) * 257 + 11)))
+        lambda p: cv2.imwrite(str(p), (np.asarray(base.convert("L")).astype(np.uint16) * 256 + 200)))
     return cases
 
 

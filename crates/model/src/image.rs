@@ -7,7 +7,8 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{ImageDecoder, ImageReader};
+use image::metadata::Orientation;
+use image::{ColorType, ImageDecoder, ImageReader};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -43,8 +44,11 @@ impl RgbImage {
     }
 }
 
-/// Decodes JPEG or PNG bytes into RGB. Dimensions are checked from the header, before any
-/// pixel buffer is allocated, so a decompression bomb is refused cheaply.
+/// Decodes JPEG or PNG bytes into RGB exactly as the reference's `cv2.imread(path,
+/// IMREAD_COLOR)` then BGR → RGB does: EXIF orientation applied (JPEG APP1, PNG eXIf), grey
+/// replicated, alpha dropped (not blended), palettes expanded, 16-bit samples cut to their high
+/// byte, CMYK and YCCK JPEGs converted with OpenCV's formula. Dimensions are checked from the
+/// header, before any pixel buffer is allocated, so a decompression bomb is refused cheaply.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) {
         return decode_jpeg(bytes);
@@ -63,10 +67,53 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height)?;
     decoder.set_limits(limits).map_err(map_image_error)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = image::DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    let sixteen_bit = matches!(
+        image.color(),
+        ColorType::L16 | ColorType::La16 | ColorType::Rgb16 | ColorType::Rgba16
+    );
+    let rgb = if sixteen_bit {
+        // libpng's strip-16 as OpenCV asks for it: the high byte, not a rounded value.
+        let wide = image.into_rgb16();
+        let (w, h) = wide.dimensions();
+        let narrow: Vec<u8> = wide.into_raw().iter().map(|&v| (v >> 8) as u8).collect();
+        image::RgbImage::from_raw(w, h, narrow).expect("same dimensions")
+    } else {
+        image.into_rgb8()
+    };
+    oriented(rgb, orientation)
+}
+
+/// Applies an EXIF orientation (rotation and/or mirror), as OpenCV's `imread` does by default.
+fn oriented(rgb: image::RgbImage, orientation: Orientation) -> Result<RgbImage> {
+    let mut image = image::DynamicImage::ImageRgb8(rgb);
+    image.apply_orientation(orientation);
     let rgb = image.into_rgb8();
     let (width, height) = rgb.dimensions();
     RgbImage::new(width, height, rgb.into_raw())
+}
+
+/// The orientation in a JPEG's Exif APP1 segment, if any.
+fn jpeg_orientation(bytes: &[u8]) -> Orientation {
+    // Segments run from SOI to the first start-of-scan; each is FF, marker, 2-byte length.
+    let mut at = 2;
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+        let marker = bytes[at + 1];
+        if marker == 0xDA || marker == 0xD9 {
+            break;
+        }
+        let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+        let end = (at + 2 + len).min(bytes.len());
+        let payload = &bytes[(at + 4).min(end)..end];
+        if marker == 0xE1 && payload.starts_with(b"Exif\0\0") {
+            if let Some(o) = Orientation::from_exif_chunk(&payload[6..]) {
+                return o;
+            }
+        }
+        at = end;
+    }
+    Orientation::NoTransforms
 }
 
 fn check_dimensions(width: u32, height: u32) -> Result<()> {
@@ -100,18 +147,45 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
             .map_err(|e| Error::Decode(format!("JPEG header: {e}")))?;
         let (width, height) = (decompress.width() as u32, decompress.height() as u32);
         check_dimensions(width, height)?;
-        let mut started = decompress
-            .rgb()
-            .map_err(|e| Error::Decode(format!("JPEG: {e}")))?;
+        let four_channel = matches!(
+            decompress.color_space(),
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
+        );
+        let mut started = if four_channel {
+            decompress.to_colorspace(mozjpeg::ColorSpace::JCS_CMYK)
+        } else {
+            decompress.rgb()
+        }
+        .map_err(|e| Error::Decode(format!("JPEG: {e}")))?;
         let data = started
             .read_scanlines::<u8>()
             .map_err(|e| Error::Decode(format!("JPEG data: {e}")))?;
         started
             .finish()
             .map_err(|e| Error::Decode(format!("JPEG trailer: {e}")))?;
+        let data = if four_channel {
+            data.chunks_exact(4).flat_map(cmyk_to_rgb).collect()
+        } else {
+            data
+        };
         RgbImage::new(width, height, data)
     });
-    decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))
+    let rgb = decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))?;
+    match jpeg_orientation(bytes) {
+        Orientation::NoTransforms => Ok(rgb),
+        o => oriented(
+            image::RgbImage::from_raw(rgb.width, rgb.height, rgb.data).expect("same dimensions"),
+            o,
+        ),
+    }
+}
+
+/// OpenCV's CMYK → RGB for JPEG (Adobe's inverted CMYK, as libjpeg returns it): each colour
+/// is `k - ((255 - c) * k >> 8)`, integer arithmetic with no division by 255.
+fn cmyk_to_rgb(px: &[u8]) -> [u8; 3] {
+    let k = px[3] as u32;
+    let channel = |c: u8| (k - (((255 - c as u32) * k) >> 8)) as u8;
+    [channel(px[0]), channel(px[1]), channel(px[2])]
 }
 
 /// A complete JPEG has an EOI marker (FF D9) after its last start-of-scan (FF DA); entropy-coded

@@ -1,7 +1,8 @@
 //! ALIKED on the real weights against the PyTorch reference, on real photographs.
 //!
 //! Tolerances (issue #3): ≥99% of reference keypoints have one of ours within 0.01 px; on those
-//! pairs the descriptor cosine is ≥0.9999 and the keypoint score differs by ≤1e-4. Keypoints are
+//! pairs the descriptor cosine is ≥0.9999 and the keypoint score differs by ≤1e-4; plus tight
+//! bounds a little above what is measured (issue #15). Keypoints are
 //! compared as sets, since near-tied keypoints may swap order.
 
 mod common;
@@ -33,6 +34,12 @@ fn check(image: &str, golden: &str, config: AlikedConfig) {
         p.max_score_diff <= 1e-4,
         "{golden}: score diff {}",
         p.max_score_diff
+    );
+    // Tight bounds near the measured worst (1.0 matched, cosine 0.9999993, score 1.5e-5), so
+    // that a regression well inside the promise above is still seen.
+    assert!(
+        p.matched_fraction >= 0.995 && p.min_cosine >= 0.999995 && p.max_score_diff <= 5e-5,
+        "{golden}: outside the tight bounds"
     );
     let norms_ok = (0..ours.len()).all(|i| {
         let n: f32 = ours.descriptor(i).iter().map(|v| v * v).sum();

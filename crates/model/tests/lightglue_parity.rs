@@ -6,13 +6,15 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use common::*;
 use wbia_lightglue_model::{LightGlueConfig, MatchResult};
 
 struct Reference {
     matches: HashSet<[usize; 2]>,
+    /// Confidence of each match.
+    match_scores: HashMap<[usize; 2], f32>,
     score: f32,
     stop: usize,
 }
@@ -24,11 +26,13 @@ fn reference(pair: &str, mode: &str) -> Reference {
         .unwrap()
         .to_vec1::<i64>()
         .unwrap();
+    let pairs: Vec<[usize; 2]> = flat
+        .chunks_exact(2)
+        .map(|c| [c[0] as usize, c[1] as usize])
+        .collect();
     Reference {
-        matches: flat
-            .chunks_exact(2)
-            .map(|c| [c[0] as usize, c[1] as usize])
-            .collect(),
+        match_scores: pairs.iter().copied().zip(vec1(&g["scores"])).collect(),
+        matches: pairs.into_iter().collect(),
         score: vec1(&g["score"])[0],
         stop: g["stop"].to_vec1::<i64>().unwrap()[0] as usize,
     }
@@ -66,6 +70,19 @@ fn check(pair: &str, a: &str, b: &str, mode: &str) {
     assert!(iou >= 0.99, "{pair} {mode}: IoU {iou}");
     assert!(rel <= 5e-3, "{pair} {mode}: relative score error {rel}");
     assert_eq!(ours.stop_layer, r.stop, "{pair} {mode}: stop layer");
+    // Tight bounds near the measured worst (IoU 1.0, score 1.3e-5 relative), and every common
+    // match's confidence.
+    let per_match = ours
+        .matches
+        .iter()
+        .zip(&ours.scores)
+        .filter_map(|(m, s)| r.match_scores.get(m).map(|rs| (s - rs).abs()))
+        .fold(0f32, f32::max);
+    println!("{pair} {mode}: max per-match confidence difference {per_match:.1e}");
+    assert!(
+        iou >= 0.995 && rel <= 2e-4 && per_match <= 3e-4,
+        "{pair} {mode}: outside the tight bounds"
+    );
 }
 
 macro_rules! pair_tests {

@@ -81,12 +81,9 @@ pub fn compare_features(ours: &Features, reference: &Features) -> FeatureParity 
         };
         if d2.sqrt() <= 0.01 {
             matched += 1;
-            let cos: f32 = ours
-                .descriptor(j)
-                .iter()
-                .zip(reference.descriptor(i))
-                .map(|(a, b)| a * b)
-                .sum();
+            let (a, b) = (ours.descriptor(j), reference.descriptor(i));
+            let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+            let cos = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
             min_cosine = min_cosine.min(cos);
             max_score_diff = max_score_diff.max((ours.scores[j] - reference.scores[i]).abs());
         }
