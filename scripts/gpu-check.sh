@@ -43,7 +43,7 @@ for f in wbia-lightglue cuda-tests; do
 done
 
 echo "== CUDA tests" | tee -a "$out/summary.txt"
-if ! WBIA_LIGHTGLUE_REPO="$PWD" "$bin/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$out/cuda-tests.log"; then
+if ! WBIA_LIGHTGLUE_REQUIRE_CUDA=1 WBIA_LIGHTGLUE_REPO="$PWD" "$bin/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$out/cuda-tests.log"; then
   status=1
 fi
 grep -E "test result|rel|within" "$out/cuda-tests.log" >> "$out/summary.txt"

@@ -108,6 +108,16 @@ I2I = {
     "turtle_square_vs_full": ((T1, (0, 50, 518, 518), 1), (T2, (0, 0, 518, 637), 1), 512, 512),
 }
 
+# Chips served by the fake WBIA in the service's HTTP test (crates/server/tests/http.rs):
+# square crops written as JPEG files, scored by the reference from those files at the
+# plugin's defaults (512 px, 2048 keypoints, adaptive), so the HTTP path is held to the same
+# numbers as the CLI path.
+SERVICE = {
+    "turtle_squares": (("turtle_a1_square.jpg", (T1, (0, 50, 518, 518), 1)),
+                       ("turtle_a2_square.jpg", (T2, (0, 60, 518, 518), 1))),
+}
+SQUARE_CHIPS = FIXTURES / "square"
+
 FILTER_THRESHOLD = 0.1
 
 
@@ -296,6 +306,21 @@ def main() -> None:
             "score": float(r["score"]),
         }
         print(pair, len(m), float(r["score"]), flush=True)
+    for pair, sides in SERVICE.items():
+        feats_ = []
+        for file, recipe in sides:
+            SQUARE_CHIPS.mkdir(parents=True, exist_ok=True)
+            bgr = np.ascontiguousarray(make_input(*recipe)[..., ::-1])
+            cv2.imwrite(str(SQUARE_CHIPS / file), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            feats_.append(extract(read_rgb(f"square/{file}"), 512, 2048, 0.0, rounded=False))
+        r = match(feats_[0], feats_[1], *MODES["adaptive"])
+        manifest.setdefault("service_pairs", {})[pair] = {
+            "chips": [f"tests/fixtures/square/{file}" for file, _ in sides],
+            "made_from": [{"fixture": rec[0], "crop": list(rec[1])} for _, rec in sides],
+            "image_size": 512, "max_num_keypoints": 2048, "mode": "adaptive",
+            "num_matches": len(r["matches"]), "score": float(r["score"]),
+        }
+        print(pair, len(r["matches"]), float(r["score"]), flush=True)
     manifest["decoding"] = decoding_cases()
     path = ROOT / "tests" / "goldens" / "sweep_manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")

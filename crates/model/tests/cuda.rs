@@ -1,6 +1,7 @@
 //! CUDA against CPU: our kernels against their CPU twins, and the whole pipeline on a real
 //! pair. Built only with the `cuda` feature; each test prints why it skipped when no CUDA
-//! device is present (the binary itself needs the NVIDIA driver's libcuda to start).
+//! device is present, unless `WBIA_LIGHTGLUE_REQUIRE_CUDA` is set (the binary itself needs the
+//! NVIDIA driver's libcuda to start).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -12,9 +13,15 @@ use wbia_lightglue_model::{
     load_image, weights, Aliked, AlikedConfig, Features, LightGlue, LightGlueConfig, Precision,
 };
 
+/// The first GPU. Without one each test skips, except where `WBIA_LIGHTGLUE_REQUIRE_CUDA` is
+/// set (`scripts/gpu-check.sh` sets it): there a CUDA that fails to start is a failure, not
+/// a pass.
 fn gpu() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(d) => Some(d),
+        Err(e) if std::env::var_os("WBIA_LIGHTGLUE_REQUIRE_CUDA").is_some() => {
+            panic!("WBIA_LIGHTGLUE_REQUIRE_CUDA is set but no CUDA device opens: {e}")
+        }
         Err(e) => {
             eprintln!("skipped: no CUDA device ({e})");
             None

@@ -132,6 +132,18 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
             std::fs::read(repo().join("tests/fixtures").join(a.file)).unwrap(),
         );
     }
+    // Square chips (not listed by /api/annot/json/), for parity through the HTTP path.
+    for (n, aid, file) in [
+        (0x5a1, 21, "square/turtle_a1_square.jpg"),
+        (0x5a2, 22, "square/turtle_a2_square.jpg"),
+    ] {
+        fake.by_uuid
+            .insert(Uuid::from_u128(n), (aid, "turtle_a".to_string()));
+        fake.chips.insert(
+            aid,
+            std::fs::read(repo().join("tests/fixtures").join(file)).unwrap(),
+        );
+    }
     // An annotation whose chip is not an image (WBIA serving a broken file).
     fake.by_uuid
         .insert(Uuid::from_u128(0xbad), (66, "____".to_string()));
@@ -263,6 +275,7 @@ async fn our_server_with(
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), r#"{"max_num_keypoints": 512}"#).unwrap();
     std::fs::write(dir.join("k256.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
+    std::fs::write(dir.join("plugin_defaults.json"), "{}").unwrap();
     let options = ClientOptions {
         initial_backoff: std::time::Duration::from_millis(10),
         ..ClientOptions::default()
@@ -1106,4 +1119,41 @@ async fn full_queue_is_429() {
         .as_str()
         .unwrap()
         .contains("queue is full"));
+}
+
+/// Square chips through the service (WBIA → decode → ALIKED → LightGlue, the plugin's
+/// defaults) score what the PyTorch reference scores from the same files
+/// (`tests/goldens/sweep_manifest.json`, `service_pairs`): the HTTP path cannot drift from the
+/// CLI path. Promise 0.5%; measured ~1e-6, so the tight bound is 2e-4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn square_chips_through_wbia_score_as_the_reference() {
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/goldens/sweep_manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let reference = manifest["service_pairs"]["turtle_squares"]["score"]
+        .as_f64()
+        .unwrap();
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let client = reqwest::Client::new();
+    let (status, body) = post_form(
+        &client,
+        &format!("http://{addr}/api/review/query/chip/best/"),
+        &[
+            ("query_annot_uuid_list", list(&[0x5a1])),
+            ("database_annot_uuid_list", list(&[0x5a2])),
+            ("pipeline_root", "LightGlue".to_string()),
+            ("config_path", "plugin_defaults.json".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let result = &body["response"]["query_results"][0];
+    assert_eq!(body["response"]["config"]["max_num_keypoints"], 2048);
+    let ours = result["best"]["score"].as_f64().unwrap();
+    let rel = (ours - reference).abs() / reference;
+    println!("square chips via WBIA: {ours} vs reference {reference} (rel {rel:.1e})");
+    assert!(rel <= 5e-3, "relative error {rel}");
+    assert!(rel <= 2e-4, "outside the tight bound: {rel}");
 }
