@@ -140,9 +140,32 @@ struct ServeArgs {
     /// pair by pair exactly as the plugin does. 0: 16 on a GPU, 1 on the CPU.
     #[arg(long, env = "WBIA_LIGHTGLUE_MATCH_BATCH", default_value_t = 0)]
     match_batch: usize,
-    /// Model jobs that may wait before requests get 429.
-    #[arg(long, env = "WBIA_LIGHTGLUE_QUEUE", default_value_t = 64)]
-    queue_capacity: usize,
+    /// Requests (queries and engine jobs) admitted at once; more get 429 with Retry-After.
+    #[arg(
+        long,
+        alias = "queue-capacity",
+        env = "WBIA_LIGHTGLUE_MAX_REQUESTS",
+        default_value_t = 64
+    )]
+    max_requests: usize,
+    /// Pairs still to score over all admitted requests above which new requests get 429
+    /// (one larger request is still admitted when nothing else runs).
+    #[arg(
+        long,
+        env = "WBIA_LIGHTGLUE_MAX_PENDING_PAIRS",
+        default_value_t = 1_000_000
+    )]
+    max_pending_pairs: usize,
+    /// Bytes of features kept in memory (a 2,048-keypoint set is ~1.1 MB).
+    #[arg(long, env = "WBIA_LIGHTGLUE_CACHE_BYTES", default_value_t = 2 << 30)]
+    cache_bytes: usize,
+    /// Largest chip accepted from WBIA, in bytes.
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_CHIP_BYTES", default_value_t = 32 << 20)]
+    max_chip_bytes: usize,
+    /// Download every chip and key features by its bytes, instead of trusting WBIA's image
+    /// UUID, bbox and theta to identify it.
+    #[arg(long, env = "WBIA_LIGHTGLUE_VERIFY_CHIP_BYTES")]
+    verify_chip_bytes: bool,
 }
 
 #[derive(Args)]
@@ -217,15 +240,24 @@ fn serve(args: ServeArgs) -> Result<()> {
     let default = configs.load(None)?;
     let engine = Engine::start(EngineOptions {
         weights_dir: args.weights.clone(),
-        queue_capacity: args.queue_capacity,
+        max_requests: args.max_requests,
+        max_pending_pairs: args.max_pending_pairs,
         cache_capacity: default.feature_cache_max_size,
+        cache_bytes: args.cache_bytes,
         data_dir: Some(args.data_dir.clone()),
         device,
         precision: args.runtime.precision,
         match_batch,
+        verify_chip_bytes: args.verify_chip_bytes,
     })?;
     tracing::info!(runtime = ?engine.runtime, "model worker started");
-    let wbia = wbia_client::WbiaClient::new(&args.wbia_url, Default::default())?;
+    let wbia = wbia_client::WbiaClient::new(
+        &args.wbia_url,
+        wbia_client::ClientOptions {
+            max_chip_bytes: args.max_chip_bytes,
+            ..Default::default()
+        },
+    )?;
     let state = std::sync::Arc::new(wbia_lightglue_server::AppState {
         engine,
         wbia,

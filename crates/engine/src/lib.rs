@@ -1,23 +1,30 @@
-//! The matching engine behind the service: configuration, the model worker thread and its
-//! bounded queue, the feature cache, and ranking. It knows nothing of HTTP.
+//! The matching engine behind the service: configuration, admission, the identification
+//! pipeline (chips → features → pair scores), the model worker thread, the feature cache and
+//! store, and ranking. It knows nothing of HTTP: chips come from a [`ChipSource`], errors are
+//! this crate's [`Error`], mapped to WBIA's codes by the server.
 
+mod cache;
 pub mod config;
 pub mod evaluate;
+pub mod metrics;
+mod pipeline;
 pub mod scoring;
 pub mod store;
 mod worker;
 
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use wbia_lightglue_model::{Features, Precision};
 
 pub use config::{Config, ConfigDir};
+pub use pipeline::{
+    Admission, Annot, ChipSource, FileChips, Progress, ProgressSnapshot, SourceError, Ticket,
+    WbiaChip, CHIPS_IN_FLIGHT,
+};
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
 use worker::{Job, MatchWork, ModelWorker};
 
@@ -32,8 +39,13 @@ pub enum Error {
         uuid: Uuid,
         source: wbia_lightglue_model::Error,
     },
-    #[error("the model queue is full ({0} jobs waiting); retry later")]
-    QueueFull(usize),
+    #[error("chip of annotation {uuid}: {cause}")]
+    Source { uuid: Uuid, cause: SourceError },
+    #[error("busy: {reason}; retry in {retry_after_secs} s")]
+    Busy {
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("the model worker has stopped")]
     WorkerGone,
     #[error("feature store: {0}")]
@@ -47,10 +59,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct EngineOptions {
     /// Directory with the converted weights (`None`: the model crate's search path).
     pub weights_dir: Option<PathBuf>,
-    /// Jobs that may wait for the model worker before requests are refused.
-    pub queue_capacity: usize,
-    /// Feature sets kept in memory.
+    /// Requests (synchronous queries and engine jobs) admitted at once; more are refused with
+    /// "busy" (HTTP 429) before any work starts.
+    pub max_requests: usize,
+    /// Pairs still to score, summed over admitted requests, above which a new request is
+    /// refused.
+    pub max_pending_pairs: usize,
+    /// Feature sets kept in memory, at most.
     pub cache_capacity: usize,
+    /// Bytes of features kept in memory, at most.
+    pub cache_bytes: usize,
     /// Directory of the persisted feature store (`None`: memory only).
     pub data_dir: Option<PathBuf>,
     /// Where the models run.
@@ -61,30 +79,136 @@ pub struct EngineOptions {
     /// with adaptive depth and width, exactly as the plugin does; above 1, batches run every
     /// layer on every point (adaptivity off), which pays on a GPU.
     pub match_batch: usize,
+    /// Download every chip and key features by its bytes' SHA-256, even when WBIA's image
+    /// UUID, bbox and theta identify it (for a WBIA whose chips change without those changing).
+    pub verify_chip_bytes: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             weights_dir: None,
-            queue_capacity: 64,
+            max_requests: 64,
+            max_pending_pairs: 1_000_000,
             cache_capacity: Config::default().feature_cache_max_size,
+            cache_bytes: 2 << 30,
             data_dir: None,
             device: candle_core::Device::Cpu,
             precision: Precision::F32,
             match_batch: 1,
+            verify_chip_bytes: false,
         }
     }
 }
 
-/// Features are cached by annotation, by the settings that shape them, and by the SHA-256 of
-/// the chip bytes: a chip that WBIA re-renders (new bbox, theta or image) has new bytes and so
-/// a new key, and is never served stale features.
+/// What a chip is, without its bytes where WBIA can say it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ChipId {
+    /// SHA-256 of the chip bytes.
+    Bytes([u8; 32]),
+    /// WBIA's chip of an image region: image UUID (WBIA derives it from the image content),
+    /// bbox and theta; the chip rendering settings are WBIA's defaults.
+    Wbia(WbiaChip),
+}
+
+/// Features are cached and stored by annotation, by the settings that shape them, by what
+/// defines the chip, and by the model weights' digest: a re-rendered chip (new bbox, theta or
+/// image), a changed setting or new weights never serve stale features.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct FeatureKey {
     pub(crate) annot: Uuid,
     pub(crate) settings: String,
-    pub(crate) chip: [u8; 32],
+    pub(crate) chip: ChipId,
+    pub(crate) model: Arc<str>,
+}
+
+/// Bumped when the meaning of a key's parts changes.
+const KEY_VERSION: &[u8] = b"wbia-lightglue/features/v2";
+
+impl FeatureKey {
+    fn hash_chip(&self, h: &mut Sha256) {
+        let field = |h: &mut Sha256, bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(h, KEY_VERSION);
+        field(h, self.model.as_bytes());
+        match &self.chip {
+            ChipId::Bytes(sha) => {
+                field(h, b"bytes");
+                field(h, sha);
+            }
+            ChipId::Wbia(c) => {
+                field(h, b"wbia");
+                field(h, c.image.as_bytes());
+                for v in c.bbox {
+                    h.update(v.to_le_bytes());
+                }
+                h.update(c.theta.to_bits().to_le_bytes());
+            }
+        }
+    }
+
+    /// SHA-256 of the chip's identity and the model version: the store's chip column.
+    pub(crate) fn chip_digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        self.hash_chip(&mut h);
+        h.finalize().into()
+    }
+
+    /// Hex SHA-256 of all the key's parts: how pair scores name their feature sets.
+    pub(crate) fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.annot.as_bytes());
+        h.update((self.settings.len() as u64).to_le_bytes());
+        h.update(self.settings.as_bytes());
+        self.hash_chip(&mut h);
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Everything that changes a pair's score besides its two feature sets, written out field by
+/// field (the pair-score store's `matcher` column).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MatcherSettings {
+    depth_confidence: f32,
+    width_confidence: f32,
+    filter_threshold: f32,
+    precision: Precision,
+    batched: bool,
+}
+
+impl MatcherSettings {
+    pub(crate) fn new(config: &Config, precision: Precision, match_batch: usize) -> Self {
+        let lg = config.lightglue();
+        Self {
+            depth_confidence: lg.depth_confidence,
+            width_confidence: lg.width_confidence,
+            filter_threshold: lg.filter_threshold,
+            precision,
+            batched: match_batch > 1,
+        }
+    }
+
+    /// The store key, versioned, with the model weights' digest.
+    pub(crate) fn key(&self, model: &str) -> String {
+        format!(
+            "lightglue/v2/{model}/depth={}/width={}/filter={}/{}/{}",
+            self.depth_confidence,
+            self.width_confidence,
+            self.filter_threshold,
+            self.precision,
+            if self.batched { "batched" } else { "pairwise" }
+        )
+    }
+
+    /// Which loaded LightGlue serves these settings (precision and batching are the worker's).
+    pub(crate) fn model_key(&self) -> String {
+        format!(
+            "depth={}/width={}/filter={}",
+            self.depth_confidence, self.width_confidence, self.filter_threshold
+        )
+    }
 }
 
 /// Where and how the models run.
@@ -94,18 +218,8 @@ pub struct RuntimeInfo {
     pub device: String,
     pub precision: Precision,
     pub match_batch: usize,
-}
-
-impl FeatureKey {
-    /// Hex SHA-256 of the key's parts: how pair scores name their feature sets.
-    pub(crate) fn digest(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.annot.as_bytes());
-        h.update((self.settings.len() as u64).to_le_bytes());
-        h.update(self.settings.as_bytes());
-        h.update(self.chip);
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-    }
+    /// Digest of the weight files: part of every feature and score key.
+    pub model_version: String,
 }
 
 /// An annotation's features with the key they were computed under (what the pair-score store
@@ -116,7 +230,7 @@ pub struct AnnotFeatures {
     pub features: Arc<Features>,
 }
 
-/// Cache counters, for `/metrics`.
+/// Counters, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct CacheStats {
     /// Found in memory.
@@ -127,29 +241,67 @@ pub struct CacheStats {
     pub store_hits: AtomicU64,
     /// Computed by ALIKED.
     pub extractions: AtomicU64,
+    /// Chips downloaded from the chip source.
+    pub chips_downloaded: AtomicU64,
+    /// Bytes of chips downloaded.
+    pub chip_bytes: AtomicU64,
     /// Pair scores found in the persisted store.
     pub score_store_hits: AtomicU64,
     /// Pairs run through LightGlue.
     pub pairs_matched: AtomicU64,
     /// Matching jobs that joined another job's padded batches (`match_batch` > 1).
     pub match_jobs_joined: AtomicU64,
+    /// Queued jobs dropped unrun because their requester had gone.
+    pub jobs_abandoned: AtomicU64,
+    /// Requests refused at admission.
+    pub requests_refused: AtomicU64,
 }
 
 pub struct Engine {
     worker: ModelWorker,
-    /// Device, precision and batching, as `/info` reports them.
+    /// Device, precision, batching and model version, as `/info` reports them.
     pub runtime: RuntimeInfo,
-    cache: Mutex<lru::LruCache<FeatureKey, AnnotFeatures>>,
+    cache: Mutex<cache::FeatureCache>,
+    store: Option<Arc<Mutex<store::FeatureStore>>>,
     pub cache_stats: Arc<CacheStats>,
+    /// Latency of each pipeline stage.
+    pub stage_seconds: metrics::StageSeconds,
+    admission: Arc<pipeline::AdmissionState>,
+    verify_chip_bytes: bool,
+}
+
+/// Short digest of the weight files, so that new weights never meet old features or scores.
+fn model_version(dir: Option<&std::path::Path>) -> String {
+    use wbia_lightglue_model::weights;
+    let mut h = Sha256::new();
+    for file in [weights::ALIKED_FILE, weights::LIGHTGLUE_FILE] {
+        match weights::find_weights(dir, file).and_then(|p| {
+            std::fs::read(&p).map_err(|source| wbia_lightglue_model::Error::ImageIo {
+                path: p.clone(),
+                source,
+            })
+        }) {
+            Ok(bytes) => h.update(Sha256::digest(&bytes)),
+            // Reported when a model is first loaded; the key still differs from any real one.
+            Err(_) => h.update(b"missing"),
+        }
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Engine {
     /// Starts the model worker thread. Models load lazily, once per distinct configuration.
     pub fn start(options: EngineOptions) -> Result<Self> {
-        let capacity = NonZeroUsize::new(options.cache_capacity)
-            .ok_or_else(|| Error::Config("cache capacity must be positive".into()))?;
+        if options.cache_capacity == 0 || options.cache_bytes == 0 {
+            return Err(Error::Config(
+                "the feature cache must hold something".into(),
+            ));
+        }
         let store = match &options.data_dir {
-            Some(dir) => Some(store::FeatureStore::open(dir)?),
+            Some(dir) => Some(Arc::new(Mutex::new(store::FeatureStore::open(dir)?))),
             None => None,
         };
         let cache_stats = Arc::new(CacheStats::default());
@@ -158,6 +310,7 @@ impl Engine {
             device: wbia_lightglue_model::device_name(&options.device),
             precision: options.precision,
             match_batch,
+            model_version: model_version(options.weights_dir.as_deref()),
         };
         Ok(Self {
             runtime,
@@ -168,21 +321,30 @@ impl Engine {
                     precision: options.precision,
                     match_batch,
                 },
-                store,
                 cache_stats.clone(),
-                options.queue_capacity.max(1),
             )?,
-            cache: Mutex::new(lru::LruCache::new(capacity)),
+            cache: Mutex::new(cache::FeatureCache::new(
+                options.cache_capacity,
+                options.cache_bytes,
+            )),
+            store,
             cache_stats,
+            stage_seconds: Default::default(),
+            admission: Arc::new(pipeline::AdmissionState::new(
+                options.max_requests.max(1),
+                options.max_pending_pairs.max(1),
+            )),
+            verify_chip_bytes: options.verify_chip_bytes,
         })
     }
 
     /// Loads the models of `config` and runs them once, so the first request is not slow.
     pub async fn warm_up(&self, config: &Config) -> Result<()> {
         let image = wbia_lightglue_model::RgbImage::new(64, 48, vec![128; 64 * 48 * 3])?;
+        let lane = pipeline::next_lane();
         let f = Arc::new(
             self.worker
-                .call(|reply| Job::ExtractDecoded {
+                .call(lane, |reply| Job::Extract {
                     image,
                     config: config.clone(),
                     reply,
@@ -190,11 +352,10 @@ impl Engine {
                 .await??,
         );
         self.worker
-            .call(|reply| {
+            .call(lane, |reply| {
                 Job::Match(MatchWork {
                     query: f.clone(),
                     database: vec![f],
-                    keys: None,
                     config: config.clone(),
                     reply,
                 })
@@ -203,85 +364,25 @@ impl Engine {
         Ok(())
     }
 
-    pub fn cached_features(&self) -> usize {
-        self.cache.lock().map(|c| c.len()).unwrap_or(0)
-    }
-
-    /// Features of an annotation's chip, from the cache or computed on the worker.
-    pub async fn features(
-        &self,
-        annot: Uuid,
-        chip: Bytes,
-        config: &Config,
-    ) -> Result<AnnotFeatures> {
-        let key = FeatureKey {
-            annot,
-            settings: config.feature_key(),
-            chip: Sha256::digest(&chip).into(),
-        };
-        if let Some(f) = self
-            .cache
+    /// Feature sets in memory now, and their bytes.
+    pub fn cached_features(&self) -> (usize, usize) {
+        self.cache
             .lock()
-            .ok()
-            .and_then(|mut c| c.get(&key).cloned())
-        {
-            self.cache_stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(f);
-        }
-        self.cache_stats.misses.fetch_add(1, Ordering::Relaxed);
-        let features = self
-            .worker
-            .call(|reply| Job::Extract {
-                chip,
-                key: key.clone(),
-                config: config.clone(),
-                reply,
-            })
-            .await?
-            .map_err(|source| match source {
-                Error::Model(source) => Error::Annotation {
-                    uuid: annot,
-                    source,
-                },
-                other => other,
-            })?;
-        let features = AnnotFeatures {
-            key: key.clone(),
-            features: Arc::new(features),
-        };
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.put(key, features.clone());
-        }
-        Ok(features)
+            .map(|c| (c.len(), c.bytes()))
+            .unwrap_or((0, 0))
     }
 
-    /// Pair scores (sum of match confidences) of one query against each database entry;
-    /// pairs scored before (persisted store) are not matched again.
-    pub async fn scores(
-        &self,
-        query: &AnnotFeatures,
-        database: &[AnnotFeatures],
-        config: &Config,
-    ) -> Result<Vec<f32>> {
-        let keys = (
-            query.key.clone(),
-            database.iter().map(|d| d.key.clone()).collect(),
-        );
-        self.worker
-            .call(|reply| {
-                Job::Match(MatchWork {
-                    query: query.features.clone(),
-                    database: database.iter().map(|d| d.features.clone()).collect(),
-                    keys: Some(keys),
-                    config: config.clone(),
-                    reply,
-                })
-            })
-            .await?
-    }
-
-    /// Jobs waiting for the worker now.
+    /// Jobs waiting for the model worker now.
     pub fn queue_depth(&self) -> usize {
         self.worker.depth()
+    }
+
+    /// Requests admitted now, and the pairs they still have to score.
+    pub fn admitted(&self) -> (usize, usize) {
+        self.admission.load()
+    }
+
+    fn count(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -1,9 +1,10 @@
 //! Features and pair scores persisted in SQLite (the plugin's `LightGlueFeatures` and
 //! `LightGlue` tables), so a restart neither re-extracts every chip nor re-matches every pair.
-//! Feature rows are keyed like the in-memory cache: annotation UUID, feature settings, and the
-//! SHA-256 of the chip bytes. A pair score is keyed by both feature sets' keys (as digests) and
-//! the matcher's settings, so a re-rendered chip or a changed setting never reuses a score.
-//! Used only from the model worker thread.
+//! Feature rows are keyed like the in-memory cache: annotation UUID, feature settings, and a
+//! digest of what defines the chip (WBIA's image UUID, bbox and theta, or the chip bytes) and of
+//! the model weights. A pair score is keyed by both feature sets' keys (as digests) and the
+//! matcher's settings, so a re-rendered chip, a changed setting or new weights never reuse a
+//! score. Used from tokio's blocking pool, behind a mutex, never from the model thread.
 
 use std::path::Path;
 
@@ -72,7 +73,7 @@ impl FeatureStore {
                 "SELECT keypoints, keypoint_scores, descriptors, width, height
                  FROM lightglue_features
                  WHERE annot_uuid = ?1 AND settings = ?2 AND chip_sha256 = ?3",
-                params![key.annot.to_string(), key.settings, &key.chip[..]],
+                params![key.annot.to_string(), key.settings, &key.chip_digest()[..]],
                 |r| {
                     Ok((
                         r.get::<_, Vec<u8>>(0)?,
@@ -114,7 +115,7 @@ impl FeatureStore {
                 params![
                     key.annot.to_string(),
                     key.settings,
-                    &key.chip[..],
+                    &key.chip_digest()[..],
                     to_bytes(f.keypoints.iter().flatten().copied()),
                     to_bytes(f.scores.iter().copied()),
                     to_bytes(f.descriptors.iter().copied()),
@@ -190,6 +191,7 @@ impl FeatureStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ChipId;
     use uuid::Uuid;
 
     #[test]
@@ -205,20 +207,37 @@ mod tests {
         let key = FeatureKey {
             annot: Uuid::from_u128(7),
             settings: "s".into(),
-            chip: [1; 32],
+            chip: ChipId::Bytes([1; 32]),
+            model: "m".into(),
         };
         assert!(store.get(&key).unwrap().is_none());
         store.put(&key, &f).unwrap();
         assert_eq!(store.get(&key).unwrap(), Some(f.clone()));
         let other_chip = FeatureKey {
-            chip: [2; 32],
+            chip: ChipId::Bytes([2; 32]),
             ..key.clone()
         };
         assert!(store.get(&other_chip).unwrap().is_none());
+        let wbia_chip = |theta: f64| FeatureKey {
+            chip: ChipId::Wbia(crate::WbiaChip {
+                image: Uuid::from_u128(9),
+                bbox: [1, 2, 30, 40],
+                theta,
+            }),
+            ..key.clone()
+        };
+        store.put(&wbia_chip(0.0), &f).unwrap();
+        assert!(store.get(&wbia_chip(0.0)).unwrap().is_some());
+        assert!(store.get(&wbia_chip(0.5)).unwrap().is_none());
+        let new_weights = FeatureKey {
+            model: "m2".into(),
+            ..key.clone()
+        };
+        assert!(store.get(&new_weights).unwrap().is_none());
         drop(store);
         let reopened = FeatureStore::open(&dir).unwrap();
         assert_eq!(reopened.get(&key).unwrap(), Some(f));
-        assert_eq!(reopened.len().unwrap(), 1);
+        assert_eq!(reopened.len().unwrap(), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,36 +1,38 @@
-//! The model worker: one thread owns the models and runs jobs from a bounded queue, replying
-//! on oneshot channels. Keeping inference off the async runtime means a 2-second match never
-//! stalls HTTP handling, and the queue bound turns overload into a clear "retry later".
+//! The model worker: one thread owns the models and runs only them. Jobs arrive through a
+//! fair queue with one lane per request, served round-robin, so a 1-vs-1 query admitted behind
+//! a 1-vs-5,000 job waits for a few of that job's work units, not for the job. Nothing is
+//! refused here: admission happens per request (`Engine::admit`) and each request keeps a
+//! bounded number of jobs queued, so the queue is bounded by admitted requests × that number.
+//! Decoding and store I/O happen elsewhere (on tokio's blocking pool).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 
-use bytes::Bytes;
 use candle_core::Device;
 use tokio::sync::oneshot;
 use wbia_lightglue_model::{weights, Aliked, Features, LightGlue, Precision, RgbImage};
 
-use crate::store::FeatureStore;
-use crate::{CacheStats, Config, Error, FeatureKey, Result};
+use crate::{CacheStats, Config, Error, MatcherSettings, Result};
 
 pub(crate) enum Job {
-    /// Features of a chip: from the persisted store when it has `key`, else extracted (and
-    /// stored).
     Extract {
-        chip: Bytes,
-        key: FeatureKey,
-        config: Config,
-        reply: oneshot::Sender<Result<Features>>,
-    },
-    ExtractDecoded {
         image: RgbImage,
         config: Config,
         reply: oneshot::Sender<Result<Features>>,
     },
     Match(MatchWork),
+}
+
+impl Job {
+    /// Whoever asked has gone (client disconnected, job cancelled): the work is dropped.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Extract { reply, .. } => reply.is_closed(),
+            Job::Match(w) => w.reply.is_closed(),
+        }
+    }
 }
 
 /// What the worker thread needs to build its models.
@@ -41,94 +43,141 @@ pub(crate) struct Settings {
     pub match_batch: usize,
 }
 
-/// A job's feature sets as the pair-score store names them: the query's digest and each
-/// database entry's.
-type Digests = (String, Vec<String>);
-
-/// Most queued jobs taken together into shared matching batches.
+/// Most queued matching jobs taken together into shared padded batches.
 const MAX_JOBS_TOGETHER: usize = 16;
 
-/// Pair scores of a query against a database; with `keys` (the feature sets' keys), stored
-/// scores are reused and new ones stored. Several can share padded batches.
+/// Pair scores of a query against a database. Several can share padded batches.
 pub(crate) struct MatchWork {
     pub query: Arc<Features>,
     pub database: Vec<Arc<Features>>,
-    pub keys: Option<(FeatureKey, Vec<FeatureKey>)>,
     pub config: Config,
     pub reply: oneshot::Sender<Result<Vec<f32>>>,
 }
 
+/// Jobs in lanes (one per request), taken round-robin.
+#[derive(Default)]
+struct FairQueue {
+    state: Mutex<Lanes>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Lanes {
+    lanes: VecDeque<(u64, VecDeque<Job>)>,
+    len: usize,
+    closed: bool,
+}
+
+impl FairQueue {
+    fn push(&self, lane: u64, job: Job) -> Result<()> {
+        let mut s = self.state.lock().map_err(|_| Error::WorkerGone)?;
+        if s.closed {
+            return Err(Error::WorkerGone);
+        }
+        match s.lanes.iter_mut().find(|(id, _)| *id == lane) {
+            Some((_, jobs)) => jobs.push_back(job),
+            None => s.lanes.push_back((lane, VecDeque::from([job]))),
+        }
+        s.len += 1;
+        drop(s);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The next job in round-robin order; waits when empty, `None` once closed.
+    fn pop(&self, wait: bool) -> Option<Job> {
+        let mut s = self.state.lock().ok()?;
+        loop {
+            if let Some((lane, mut jobs)) = s.lanes.pop_front() {
+                let job = jobs.pop_front();
+                if !jobs.is_empty() {
+                    s.lanes.push_back((lane, jobs));
+                }
+                s.len -= usize::from(job.is_some());
+                return job;
+            }
+            if s.closed || !wait {
+                return None;
+            }
+            s = self.wake.wait(s).ok()?;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.state.lock().map(|s| s.len).unwrap_or(0)
+    }
+
+    fn close(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.closed = true;
+        }
+        self.wake.notify_all();
+    }
+}
+
 pub(crate) struct ModelWorker {
-    tx: SyncSender<Job>,
-    depth: Arc<AtomicUsize>,
-    capacity: usize,
+    queue: Arc<FairQueue>,
+}
+
+impl Drop for ModelWorker {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl ModelWorker {
-    pub fn spawn(
-        settings: Settings,
-        store: Option<FeatureStore>,
-        stats: Arc<CacheStats>,
-        capacity: usize,
-    ) -> Result<Self> {
-        let (tx, rx) = sync_channel::<Job>(capacity);
-        let depth = Arc::new(AtomicUsize::new(0));
-        let worker_depth = depth.clone();
+    pub fn spawn(settings: Settings, stats: Arc<CacheStats>) -> Result<Self> {
+        let queue = Arc::new(FairQueue::default());
+        let jobs = queue.clone();
         std::thread::Builder::new()
             .name("model-worker".into())
             .spawn(move || {
-                let mut models = Models::new(settings, store, stats);
-                while let Ok(job) = rx.recv() {
-                    worker_depth.fetch_sub(1, Ordering::Relaxed);
-                    let mut jobs = vec![job];
+                let mut models = Models::new(settings, stats);
+                while let Some(job) = jobs.pop(true) {
+                    let mut batch = vec![job];
                     // With batching on, matching jobs already waiting (other queries, other
                     // requests) join this one's padded batches.
-                    if models.settings.match_batch > 1 && matches!(jobs[0], Job::Match(_)) {
-                        while jobs.len() < MAX_JOBS_TOGETHER {
-                            match rx.try_recv() {
-                                Ok(next) => {
-                                    worker_depth.fetch_sub(1, Ordering::Relaxed);
-                                    jobs.push(next);
-                                }
-                                Err(_) => break,
+                    if models.settings.match_batch > 1 && matches!(batch[0], Job::Match(_)) {
+                        while batch.len() < MAX_JOBS_TOGETHER {
+                            match jobs.pop(false) {
+                                Some(next) => batch.push(next),
+                                None => break,
                             }
                         }
                     }
-                    let joined = jobs.len() as u64 - 1;
+                    let (live, gone): (Vec<Job>, Vec<Job>) =
+                        batch.into_iter().partition(|j| !j.abandoned());
                     models
                         .stats
-                        .match_jobs_joined
-                        .fetch_add(joined, Ordering::Relaxed);
-                    models.run_all(jobs);
+                        .jobs_abandoned
+                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                    if live.len() > 1 {
+                        models
+                            .stats
+                            .match_jobs_joined
+                            .fetch_add(live.len() as u64 - 1, Ordering::Relaxed);
+                    }
+                    models.run_all(live);
                 }
             })
             .map_err(|_| Error::WorkerGone)?;
-        Ok(Self {
-            tx,
-            depth,
-            capacity,
-        })
+        Ok(Self { queue })
     }
 
+    /// Jobs waiting for the worker now.
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        self.queue.len()
     }
 
-    /// Queues a job built around a reply channel and waits for its answer.
-    pub async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T> {
+    /// Queues a job in `lane` and waits for its answer. Dropping the returned future (a
+    /// client that went away) leaves the job to be skipped, not run.
+    pub async fn call<T>(
+        &self,
+        lane: u64,
+        make: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(make(reply)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::QueueFull(self.capacity));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::WorkerGone);
-            }
-        }
+        self.queue.push(lane, make(reply))?;
         answer.await.map_err(|_| Error::WorkerGone)
     }
 }
@@ -136,17 +185,15 @@ impl ModelWorker {
 /// Models by the settings that shape them, loaded on first use.
 struct Models {
     settings: Settings,
-    store: Option<FeatureStore>,
     stats: Arc<CacheStats>,
     extractors: HashMap<String, Aliked>,
     matchers: HashMap<String, LightGlue>,
 }
 
 impl Models {
-    fn new(settings: Settings, store: Option<FeatureStore>, stats: Arc<CacheStats>) -> Self {
+    fn new(settings: Settings, stats: Arc<CacheStats>) -> Self {
         Self {
             settings,
-            store,
             stats,
             extractors: HashMap::new(),
             matchers: HashMap::new(),
@@ -177,14 +224,6 @@ impl Models {
         // A reply nobody waits for any more (client gone) is simply dropped.
         match job {
             Job::Extract {
-                chip,
-                key,
-                config,
-                reply,
-            } => {
-                let _ = reply.send(self.stored_or_extract(&chip, &key, &config));
-            }
-            Job::ExtractDecoded {
                 image,
                 config,
                 reply,
@@ -193,33 +232,6 @@ impl Models {
             }
             Job::Match(w) => self.run_matches(vec![w]),
         }
-    }
-
-    fn stored_or_extract(
-        &mut self,
-        chip: &[u8],
-        key: &FeatureKey,
-        config: &Config,
-    ) -> Result<Features> {
-        if let Some(store) = &self.store {
-            match store.get(key) {
-                Ok(Some(f)) => {
-                    self.stats.store_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(f);
-                }
-                Ok(None) => {}
-                // A broken store slows us down but must not stop matching.
-                Err(e) => tracing::warn!(error = %e, "feature store read failed"),
-            }
-        }
-        let image = wbia_lightglue_model::decode_image(chip)?;
-        let features = self.extract(&image, config)?;
-        if let Some(store) = &self.store {
-            if let Err(e) = store.put(key, &features) {
-                tracing::warn!(error = %e, "feature store write failed");
-            }
-        }
-        Ok(features)
     }
 
     fn extract(&mut self, image: &RgbImage, config: &Config) -> Result<Features> {
@@ -235,36 +247,18 @@ impl Models {
         Ok(self.extractors[&key].extract(image)?)
     }
 
-    /// Matching jobs with the same matcher settings: scores from the store where it has them;
-    /// every other pair of every job matched together, then stored; one reply per job.
+    /// Matching jobs with the same matcher settings: every pair of every job matched
+    /// together; one reply per job.
     fn run_matches(&mut self, group: Vec<MatchWork>) {
         let Some(config) = group.first().map(|w| w.config.clone()) else {
             return;
         };
-        let settings = self.matcher_settings(&config);
-        let mut scores = Vec::with_capacity(group.len());
-        let mut digests = Vec::with_capacity(group.len());
-        for w in &group {
-            let (stored, names) = self.stored_scores(w, &settings);
-            scores.push(stored);
-            digests.push(names);
-        }
-        // (job, database index) of every pair still to match.
-        let todo: Vec<(usize, usize)> = scores
+        let pairs: Vec<(&Features, &Features)> = group
             .iter()
-            .enumerate()
-            .flat_map(|(j, s)| {
-                (0..s.len())
-                    .filter(|&i| s[i].is_none())
-                    .map(move |i| (j, i))
-            })
+            .flat_map(|w| w.database.iter().map(|d| (w.query.as_ref(), d.as_ref())))
             .collect();
-        let pairs: Vec<(&Features, &Features)> = todo
-            .iter()
-            .map(|&(j, i)| (group[j].query.as_ref(), group[j].database[i].as_ref()))
-            .collect();
-        let fresh = match self.score_pairs(&pairs, &config) {
-            Ok(fresh) => fresh,
+        let scores = match self.score_pairs(&pairs, &config) {
+            Ok(scores) => scores,
             // One job's bad input must not fail the others: alone, each gets its own answer.
             Err(_) if group.len() > 1 => {
                 for w in group {
@@ -279,61 +273,15 @@ impl Models {
                 return;
             }
         };
-        let mut rows: Vec<(String, String, f32)> = Vec::new();
-        for (&(j, i), s) in todo.iter().zip(fresh) {
-            scores[j][i] = Some(s);
-            if let Some((q, d)) = &digests[j] {
-                rows.push((q.clone(), d[i].clone(), s));
-            }
-        }
-        if let (Some(store), false) = (self.store.as_mut(), rows.is_empty()) {
-            if let Err(e) = store.put_scores(&settings, &rows) {
-                tracing::warn!(error = %e, "pair score store write failed");
-            }
-        }
-        for (w, s) in group.into_iter().zip(scores) {
-            let _ = w
-                .reply
-                .send(Ok(s.into_iter().map(|s| s.unwrap_or(0.0)).collect()));
+        let mut scores = scores.into_iter();
+        for w in group {
+            let mine: Vec<f32> = scores.by_ref().take(w.database.len()).collect();
+            let _ = w.reply.send(Ok(mine));
         }
     }
 
-    /// A job's stored pair scores (`None` where not stored) and its feature digests (`None`
-    /// when there is no store or the job has no keys).
-    fn stored_scores(&self, w: &MatchWork, settings: &str) -> (Vec<Option<f32>>, Option<Digests>) {
-        let (Some(store), Some((qkey, dkeys))) = (self.store.as_ref(), w.keys.as_ref()) else {
-            return (vec![None; w.database.len()], None);
-        };
-        let q = qkey.digest();
-        let d: Vec<String> = dkeys.iter().map(FeatureKey::digest).collect();
-        let scores: Vec<Option<f32>> = d
-            .iter()
-            .map(|d| {
-                store.score(&q, d, settings).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "pair score store read failed");
-                    None
-                })
-            })
-            .collect();
-        let hits = scores.iter().filter(|s| s.is_some()).count();
-        self.stats
-            .score_store_hits
-            .fetch_add(hits as u64, Ordering::Relaxed);
-        (scores, Some((q, d)))
-    }
-
-    /// Everything that changes a pair's score besides its two feature sets.
-    fn matcher_settings(&self, config: &Config) -> String {
-        let mode = if self.settings.match_batch > 1 {
-            "batched"
-        } else {
-            "pairwise"
-        };
-        format!(
-            "{:?}/{}/{mode}",
-            config.lightglue(),
-            self.settings.precision
-        )
+    fn matcher_settings(&self, config: &Config) -> MatcherSettings {
+        MatcherSettings::new(config, self.settings.precision, self.settings.match_batch)
     }
 
     /// With `match_batch` 1: pair by pair, with the configured adaptive depth/width, exactly
@@ -346,7 +294,7 @@ impl Models {
         config: &Config,
     ) -> Result<Vec<f32>> {
         let lg = config.lightglue();
-        let key = format!("{lg:?}");
+        let key = MatcherSettings::new(config, self.settings.precision, 1).model_key();
         if !self.matchers.contains_key(&key) {
             let dir = self.settings.weights_dir.as_deref();
             let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;

@@ -1,25 +1,34 @@
-//! Matching jobs waiting in the queue share padded batches (`match_batch` > 1), and each
+//! Matching jobs of concurrent requests share padded batches (`match_batch` > 1), and each
 //! still gets its own scores: those of single full-depth pairs.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
-use wbia_lightglue_engine::{Config, Engine, EngineOptions};
-use wbia_lightglue_model::{LightGlue, LightGlueConfig};
+use wbia_lightglue_engine::{Annot, Config, Engine, EngineOptions, FileChips, Progress};
+use wbia_lightglue_model::{load_image, Aliked, LightGlue, LightGlueConfig};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn chip(name: &str) -> bytes::Bytes {
-    std::fs::read(repo().join("tests/fixtures/turtles").join(name))
-        .unwrap()
-        .into()
+const NAMES: [&str; 4] = [
+    "turtle_a1.jpg",
+    "turtle_a2.jpg",
+    "turtle_b3.jpg",
+    "turtle_b4.jpg",
+];
+
+fn annot(i: u128) -> Annot {
+    Annot {
+        uuid: Uuid::from_u128(i),
+        chip: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_queries_share_batches_and_keep_their_scores() {
+async fn concurrent_queries_share_batches_and_keep_their_scores() {
     let engine = Engine::start(EngineOptions {
         weights_dir: Some(repo().join("weights")),
         match_batch: 4,
@@ -30,31 +39,44 @@ async fn queued_queries_share_batches_and_keep_their_scores() {
         max_num_keypoints: 256,
         ..Config::default()
     };
-    let names = [
-        "turtle_a1.jpg",
-        "turtle_a2.jpg",
-        "turtle_b3.jpg",
-        "turtle_b4.jpg",
-    ];
-    let mut feats = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        let uuid = Uuid::from_u128(i as u128 + 1);
-        feats.push(engine.features(uuid, chip(n), &config).await.unwrap());
-    }
-    // An extraction keeps the worker busy while three queries queue up behind it; the worker
-    // then takes the three together.
-    let busy = engine.features(Uuid::from_u128(99), chip("turtle_a1.jpg"), &config);
-    let db1 = [feats[2].clone(), feats[3].clone()];
+    let path = |n: &str| repo().join("tests/fixtures/turtles").join(n);
+    let mut files: HashMap<Uuid, PathBuf> = (0..4)
+        .map(|i| (Uuid::from_u128(i as u128 + 1), path(NAMES[i])))
+        .collect();
+    files.insert(Uuid::from_u128(99), path(NAMES[0]));
+    let source = FileChips(files);
+    let p = Progress::default();
+    // Features of 1..4 cached first, so that the queries below only match.
+    let all: Vec<Annot> = (1..=4).map(annot).collect();
+    let t = engine.admit(3).unwrap();
+    engine
+        .identify(&t, &source, &all[..1], &all, &config, &p)
+        .await
+        .unwrap();
+    // A cold extraction (annotation 99) keeps the worker busy while three queries queue up
+    // behind it; the worker then takes their matching jobs together.
+    let tickets: Vec<_> = (0..4).map(|_| engine.admit(3).unwrap()).collect();
+    let busy = [annot(99)];
     let (f, q0, q1, q2) = tokio::join!(
-        busy,
-        engine.scores(&feats[0], &feats[1..], &config),
-        engine.scores(&feats[1], &db1, &config),
-        engine.scores(&feats[3], &feats[..1], &config),
+        engine.identify(&tickets[0], &source, &busy, &all[..1], &config, &p),
+        engine.identify(&tickets[1], &source, &all[..1], &all[1..], &config, &p),
+        engine.identify(&tickets[2], &source, &all[1..2], &all[2..], &config, &p),
+        engine.identify(&tickets[3], &source, &all[3..], &all[..1], &config, &p),
     );
     f.unwrap();
     let (q0, q1, q2) = (q0.unwrap(), q1.unwrap(), q2.unwrap());
     assert!(engine.cache_stats.match_jobs_joined.load(Ordering::Relaxed) >= 2);
 
+    let aliked = Aliked::from_file(
+        repo().join("weights/aliked-n16.safetensors"),
+        config.aliked(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let feats: Vec<_> = NAMES
+        .iter()
+        .map(|n| aliked.extract(&load_image(path(n)).unwrap()).unwrap())
+        .collect();
     let single = LightGlue::from_file(
         repo().join("weights/aliked-lightglue.safetensors"),
         LightGlueConfig {
@@ -65,16 +87,11 @@ async fn queued_queries_share_batches_and_keep_their_scores() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let expect = |q: usize, d: usize| {
-        single
-            .match_pair(&feats[q].features, &feats[d].features)
-            .unwrap()
-            .score()
-    };
+    let expect = |q: usize, d: usize| single.match_pair(&feats[q], &feats[d]).unwrap().score();
     let want = [
-        (q0, vec![expect(0, 1), expect(0, 2), expect(0, 3)]),
-        (q1, vec![expect(1, 2), expect(1, 3)]),
-        (q2, vec![expect(3, 0)]),
+        (&q0[0], vec![expect(0, 1), expect(0, 2), expect(0, 3)]),
+        (&q1[0], vec![expect(1, 2), expect(1, 3)]),
+        (&q2[0], vec![expect(3, 0)]),
     ];
     for (got, want) in want {
         assert_eq!(got.len(), want.len());

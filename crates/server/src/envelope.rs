@@ -1,4 +1,4 @@
-//! WBIA's response envelope (CONTRACT.md §1.3): `{"status": {success, code, message, cache},
+//! WBIA's response envelope (docs/wbia-api.md): `{"status": {success, code, message, cache},
 //! "response": ...}`, with the HTTP status equal to the code on errors.
 
 use axum::http::{HeaderValue, StatusCode};
@@ -58,15 +58,30 @@ impl IntoResponse for ApiError {
 
 impl From<wbia_lightglue_engine::Error> for ApiError {
     fn from(e: wbia_lightglue_engine::Error) -> Self {
-        use wbia_lightglue_engine::Error as E;
-        match e {
-            E::QueueFull(_) => ApiError {
-                retry_after: Some(5),
+        use wbia_lightglue_engine::{Error as E, SourceError as S};
+        match &e {
+            E::Busy {
+                retry_after_secs, ..
+            } => ApiError {
+                retry_after: Some(*retry_after_secs),
                 ..ApiError::new(429, e.to_string(), Value::Null)
             },
             E::Config(_) => ApiError::bad_request(e.to_string()),
             E::Annotation { .. } => ApiError::new(422, e.to_string(), Value::Null),
-            other => ApiError::new(500, other.to_string(), Value::Null),
+            E::Source {
+                uuid,
+                cause: S::Unknown,
+            } => ApiError::new(
+                600,
+                e.to_string(),
+                json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": [wbia_client::fancy_uuid(uuid)]}),
+            ),
+            E::Source {
+                cause: S::TooLarge(_),
+                ..
+            } => ApiError::new(422, e.to_string(), Value::Null),
+            E::Source { .. } => ApiError::new(502, e.to_string(), Value::Null),
+            _ => ApiError::new(500, e.to_string(), Value::Null),
         }
     }
 }

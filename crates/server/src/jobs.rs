@@ -15,7 +15,8 @@ use wbia_lightglue_engine::{Config, QueryResult};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
-use crate::{compute, proxy, AppState, Computed, Progress};
+use crate::{compute, pair_count, proxy, AppState, Computed};
+use wbia_lightglue_engine::Progress;
 
 /// Finished jobs kept for status/result queries; the oldest are forgotten first.
 const MAX_JOBS: usize = 10_000;
@@ -42,6 +43,8 @@ struct Job {
     result: Option<Value>,
     /// Stage and counts while the job works.
     progress: Option<Arc<Progress>>,
+    /// Stops the job's task (`/api/engine/job/cancel/`).
+    abort: Option<tokio::task::AbortHandle>,
 }
 
 #[derive(Default)]
@@ -86,6 +89,14 @@ impl JobStore {
             .0
             .get(id)
             .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn ids(&self) -> Vec<String> {
@@ -135,14 +146,19 @@ pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response
         Ok(v) => v,
         Err(response) => return response,
     };
-    match accept(&state, &params, query_config) {
+    match accept(&state, &params, query_config).await {
         Ok(jobid) => envelope::ok(Value::String(jobid)),
         Err(e) => e.into_response(),
     }
 }
 
-/// Validates the request, records the job and runs it in the background.
-fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result<String, ApiError> {
+/// Validates the request, resolves its database, admits it (or answers 429 now, never later
+/// as a failed job), records the job and runs it in the background.
+async fn accept(
+    state: &Arc<AppState>,
+    params: &Params,
+    query_config: Value,
+) -> Result<String, ApiError> {
     let queries = params.uuid_list("query_annot_uuid_list")?;
     if queries.len() != 1 {
         return Err(ApiError::bad_request(format!(
@@ -151,7 +167,7 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
         )));
     }
     // A null or absent list means every annotation of the query's species, as in WBIA
-    // (CONTRACT.md §3.1); resolved in the job, since it takes WBIA round trips.
+    // (docs/wbia-api.md); resolved before admission, which needs the pair count.
     let listed = params
         .get("database_annot_uuid_list")
         .is_some_and(|v| !v.is_null());
@@ -190,45 +206,46 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
             .unwrap_or_else(|| "POST".into());
         (url, method)
     });
-    state.jobs.set(
-        &jobid,
-        Job {
-            status: "received",
-            result: None,
-            progress: None,
-        },
-    );
-    let state = state.clone();
-    let id = jobid.clone();
+    let mut database = match database {
+        Some(list) => list,
+        None => same_species(state, queries[0]).await?,
+    };
+    if include_query && !database.contains(&queries[0]) {
+        database.push(queries[0]);
+    }
+    let ticket = state.engine.admit(pair_count(&queries, &database))?;
+    let accepted = std::time::Instant::now();
     let progress = Arc::new(Progress::default());
-    tokio::spawn(async move {
-        state.jobs.set(
-            &id,
-            Job {
-                status: "working",
-                result: None,
-                progress: Some(progress.clone()),
-            },
-        );
+    let task_state = state.clone();
+    let id = jobid.clone();
+    let task_progress = progress.clone();
+    // Registered before it can finish, so that its final state is never overwritten.
+    let slot = Arc::new(tokio::sync::Notify::new());
+    let registered = slot.clone();
+    let task = tokio::spawn(async move {
+        registered.notified().await;
+        let state = task_state;
         let outcome = async {
-            let mut database = match database {
-                Some(list) => list,
-                None => same_species(&state, queries[0]).await?,
-            };
-            if include_query && !database.contains(&queries[0]) {
-                database.push(queries[0]);
-            }
-            let computed = compute(&state, &queries, &database, &config, Some(&progress)).await?;
+            let computed = compute(
+                &state,
+                Some(&ticket),
+                &queries,
+                &database,
+                &config,
+                Some(&task_progress),
+            )
+            .await?;
             // Only the job result reports name UUIDs; the synchronous endpoint does not need them.
             let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
             let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
             let name_uuids: Vec<(Uuid, Option<Uuid>)> =
                 annots.into_iter().zip(name_uuids).collect();
-            Ok::<_, ApiError>((computed, name_uuids, database))
+            Ok::<_, ApiError>((computed, name_uuids))
         }
         .await;
+        drop(ticket);
         let job = match outcome {
-            Ok((c, name_uuids, database)) => Job {
+            Ok((c, name_uuids)) => Job {
                 status: "completed",
                 result: Some(identification_result(
                     &c,
@@ -239,22 +256,77 @@ fn accept(state: &Arc<AppState>, params: &Params, query_config: Value) -> Result
                     &query_config,
                 )),
                 progress: None,
+                abort: None,
             },
             Err(e) => Job {
                 status: "exception",
                 result: Some(Value::String(format!("{} (code {})", e.message, e.code))),
                 progress: None,
+                abort: None,
             },
         };
-        tracing::info!(jobid = %id, status = job.status, "job finished");
-        state.jobs.set(&id, job);
-        if let Some((url, method)) = callback {
-            if let Err(e) = state.wbia.job_callback(&url, &method, &id).await {
-                tracing::warn!(jobid = %id, error = %e, "callback failed");
-            }
-        }
+        state.metrics.job_seconds.since(accepted);
+        finish(&state, &id, job, callback).await;
     });
+    state.jobs.set(
+        &jobid,
+        Job {
+            status: "working",
+            result: None,
+            progress: Some(progress),
+            abort: Some(task.abort_handle()),
+        },
+    );
+    slot.notify_one();
     Ok(jobid)
+}
+
+/// Records a job's end and posts the callback, as WBIA's engine does.
+async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, String)>) {
+    tracing::info!(jobid = %id, status = job.status, "job finished");
+    state.jobs.set(id, job);
+    if let Some((url, method)) = callback {
+        if let Err(e) = state.wbia.job_callback(&url, &method, id).await {
+            tracing::warn!(jobid = %id, error = %e, "callback failed");
+        }
+    }
+}
+
+/// `/api/engine/job/cancel/?jobid=` (ours; WBIA has no such call): stops a working job. Its
+/// queued model work is dropped unrun, it ends as `exception` with "cancelled", and its
+/// callback is posted so that the caller learns of it.
+pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let params = match Params::read(req).await {
+        Ok((params, _, _)) => params,
+        Err(e) => return e.into_response(),
+    };
+    let Some(id) = jobid_of(&params) else {
+        return ApiError::bad_request("missing parameter jobid").into_response();
+    };
+    match state.jobs.get(&id) {
+        Some(Job {
+            abort: Some(abort),
+            status: "working",
+            ..
+        }) => {
+            abort.abort();
+            let job = Job {
+                status: "exception",
+                result: Some(Value::String("cancelled by request".into())),
+                progress: None,
+                abort: None,
+            };
+            finish(&state, &id, job, None).await;
+            envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}))
+        }
+        Some(job) => ApiError::new(
+            409,
+            format!("job {id} is {} and cannot be cancelled", job.status),
+            Value::Null,
+        )
+        .into_response(),
+        None => ApiError::new(404, format!("no job {id} here"), Value::Null).into_response(),
+    }
 }
 
 /// Every annotation WBIA holds of the query's species, the query excluded.
@@ -298,7 +370,7 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
             let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status});
             // Not in WBIA's answer; Wildbook ignores keys it does not read.
             if let Some(p) = &job.progress {
-                status["progress"] = p.to_json();
+                status["progress"] = serde_json::to_value(p.snapshot()).unwrap_or(Value::Null);
             }
             envelope::ok(status)
         }
@@ -319,7 +391,7 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 "status": {"success": true, "code": 200, "message": "", "cache": -1},
                 "response": {
                     // WBIA reports the execution status here ("completed" / "exception"), not
-                    // "ok" (CONTRACT.md §10).
+                    // "ok" (docs/wbia-api.md).
                     "status": job.status,
                     "jobid": id,
                     "json_result": job.result,
@@ -340,7 +412,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     envelope::ok(json!(state.jobs.ids()))
 }
 
-/// The result document of `query_chips_graph` (CONTRACT.md §4), for the one query.
+/// The result document of `query_chips_graph` (docs/wbia-api.md), for the one query.
 fn identification_result(
     c: &Computed,
     reference: &str,

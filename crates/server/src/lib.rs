@@ -19,53 +19,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use futures::future::try_join_all;
 use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, WbiaClient};
-use wbia_lightglue_engine::{rank, Config, ConfigDir, Engine, QueryResult, ScoredAnnot};
+use wbia_lightglue_engine::metrics::Histogram;
+use wbia_lightglue_engine::{
+    rank, Annot, ChipSource, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot,
+    SourceError, Ticket, WbiaChip,
+};
 
 use envelope::ApiError;
 use params::Params;
 
 /// Most annotations one request may name.
 pub const MAX_ANNOTS_PER_REQUEST: usize = 5_000;
-/// Database annotations sent to the model worker at once: progress is reported per chunk, and
-/// other requests' work can run between chunks.
-const MATCH_CHUNK: usize = 64;
-
-/// How far a computation has got (shown in job status): stage, and items done of total.
-#[derive(Debug, Default)]
-pub struct Progress {
-    stage: AtomicU64,
-    done: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Progress {
-    const STAGES: [&'static str; 3] = ["fetch", "extract", "match"];
-
-    fn start(&self, stage: usize, total: usize) {
-        self.done.store(0, Ordering::Relaxed);
-        self.total.store(total as u64, Ordering::Relaxed);
-        self.stage.store(stage as u64, Ordering::Relaxed);
-    }
-
-    fn advance(&self, n: usize) {
-        self.done.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    pub fn to_json(&self) -> Value {
-        let stage = self.stage.load(Ordering::Relaxed) as usize;
-        json!({
-            "stage": Self::STAGES.get(stage).copied().unwrap_or("fetch"),
-            "done": self.done.load(Ordering::Relaxed),
-            "total": self.total.load(Ordering::Relaxed),
-        })
-    }
-}
 
 pub struct AppState {
     pub engine: Engine,
@@ -76,14 +45,15 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
-/// Counters for `/metrics`.
+/// Counters and request latencies for `/metrics` (the engine keeps the per-stage ones).
 #[derive(Default)]
 pub struct Metrics {
     pub queries: AtomicU64,
     pub query_errors: AtomicU64,
-    pub fetch_ms: AtomicU64,
-    pub features_ms: AtomicU64,
-    pub match_ms: AtomicU64,
+    /// Synchronous `chip/best` queries, start to answer.
+    pub query_seconds: Histogram,
+    /// Engine jobs, accepted to finished.
+    pub job_seconds: Histogram,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -104,6 +74,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(jobs::start).post(jobs::start),
         )
         .route("/api/engine/job/", get(jobs::list).post(jobs::list))
+        .route(
+            "/api/engine/job/cancel/",
+            get(jobs::cancel).post(jobs::cancel),
+        )
         .route(
             "/api/engine/job/status/",
             get(jobs::status).post(jobs::status),
@@ -201,63 +175,163 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write;
     let m = &state.metrics;
     let c = &state.engine.cache_stats;
-    let lines = [
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (cached, cached_bytes) = state.engine.cached_features();
+    let (admitted, pending_pairs) = state.engine.admitted();
+    // (name, type, help, value): every counter the service keeps, each exported once.
+    let families: [(&str, &str, &str, u64); 20] = [
         (
             "wbia_lightglue_queries_total",
-            m.queries.load(Ordering::Relaxed),
+            "counter",
+            "Synchronous chip/best queries received.",
+            load(&m.queries),
         ),
         (
             "wbia_lightglue_query_errors_total",
-            m.query_errors.load(Ordering::Relaxed),
+            "counter",
+            "Synchronous queries answered with an error.",
+            load(&m.query_errors),
         ),
         (
-            "wbia_lightglue_fetch_milliseconds_total",
-            m.fetch_ms.load(Ordering::Relaxed),
-        ),
-        (
-            "wbia_lightglue_extract_milliseconds_total",
-            m.features_ms.load(Ordering::Relaxed),
-        ),
-        (
-            "wbia_lightglue_match_milliseconds_total",
-            m.match_ms.load(Ordering::Relaxed),
+            "wbia_lightglue_requests_refused_total",
+            "counter",
+            "Requests refused at admission (HTTP 429).",
+            load(&c.requests_refused),
         ),
         (
             "wbia_lightglue_feature_cache_hits_total",
-            c.hits.load(Ordering::Relaxed),
+            "counter",
+            "Feature sets found in memory.",
+            load(&c.hits),
         ),
         (
             "wbia_lightglue_feature_cache_misses_total",
-            c.misses.load(Ordering::Relaxed),
+            "counter",
+            "Feature sets not in memory.",
+            load(&c.misses),
         ),
         (
             "wbia_lightglue_feature_store_hits_total",
-            c.store_hits.load(Ordering::Relaxed),
+            "counter",
+            "Feature sets read from the persisted store.",
+            load(&c.store_hits),
         ),
         (
             "wbia_lightglue_extractions_total",
-            c.extractions.load(Ordering::Relaxed),
+            "counter",
+            "Feature sets computed by ALIKED.",
+            load(&c.extractions),
+        ),
+        (
+            "wbia_lightglue_chips_downloaded_total",
+            "counter",
+            "Chips downloaded from WBIA.",
+            load(&c.chips_downloaded),
+        ),
+        (
+            "wbia_lightglue_chip_bytes_total",
+            "counter",
+            "Bytes of chips downloaded from WBIA.",
+            load(&c.chip_bytes),
         ),
         (
             "wbia_lightglue_pair_score_store_hits_total",
-            c.score_store_hits.load(Ordering::Relaxed),
+            "counter",
+            "Pair scores read from the persisted store.",
+            load(&c.score_store_hits),
         ),
         (
             "wbia_lightglue_pairs_matched_total",
-            c.pairs_matched.load(Ordering::Relaxed),
+            "counter",
+            "Pairs run through LightGlue.",
+            load(&c.pairs_matched),
+        ),
+        (
+            "wbia_lightglue_match_jobs_joined_total",
+            "counter",
+            "Matching jobs that shared another job's padded batches.",
+            load(&c.match_jobs_joined),
+        ),
+        (
+            "wbia_lightglue_jobs_abandoned_total",
+            "counter",
+            "Queued model jobs dropped because their requester had gone.",
+            load(&c.jobs_abandoned),
         ),
         (
             "wbia_lightglue_feature_cache_entries",
-            state.engine.cached_features() as u64,
+            "gauge",
+            "Feature sets in memory.",
+            cached as u64,
+        ),
+        (
+            "wbia_lightglue_feature_cache_bytes",
+            "gauge",
+            "Bytes of feature sets in memory.",
+            cached_bytes as u64,
         ),
         (
             "wbia_lightglue_queue_depth",
+            "gauge",
+            "Model jobs waiting for the worker.",
             state.engine.queue_depth() as u64,
         ),
+        (
+            "wbia_lightglue_admitted_requests",
+            "gauge",
+            "Requests admitted and not finished.",
+            admitted as u64,
+        ),
+        (
+            "wbia_lightglue_pending_pairs",
+            "gauge",
+            "Pairs admitted requests have still to score.",
+            pending_pairs as u64,
+        ),
+        (
+            "wbia_lightglue_ready",
+            "gauge",
+            "1 once the models are loaded.",
+            u64::from(state.ready.load(Ordering::Acquire)),
+        ),
+        (
+            "wbia_lightglue_jobs_known",
+            "gauge",
+            "Engine jobs held for status and result.",
+            state.jobs.len() as u64,
+        ),
     ];
-    let text: String = lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+    let mut text = String::new();
+    for (name, kind, help, value) in families {
+        let _ = write!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+    let stage = "wbia_lightglue_stage_seconds";
+    let _ = write!(
+        text,
+        "# HELP {stage} Latency of one pipeline step: a chip download (all attempts), a decode, an extraction or a matching job (queueing included).\n# TYPE {stage} histogram\n"
+    );
+    let s = &state.engine.stage_seconds;
+    for (label, h) in [
+        ("fetch", &s.fetch),
+        ("decode", &s.decode),
+        ("extract", &s.extract),
+        ("match", &s.matching),
+    ] {
+        h.render(&mut text, stage, &format!("stage=\"{label}\""));
+    }
+    let request = "wbia_lightglue_request_seconds";
+    let _ = write!(
+        text,
+        "# HELP {request} Duration of an identification request: a synchronous query, or an engine job from acceptance to its end.\n# TYPE {request} histogram\n"
+    );
+    m.query_seconds.render(&mut text, request, "kind=\"query\"");
+    m.job_seconds.render(&mut text, request, "kind=\"job\"");
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -267,7 +341,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// optional `config_path`.
 async fn query_chip_best(State(state): State<Arc<AppState>>, req: Request) -> Response {
     state.metrics.queries.fetch_add(1, Ordering::Relaxed);
-    match run_query(&state, req).await {
+    let started = Instant::now();
+    let answer = run_query(&state, req).await;
+    state.metrics.query_seconds.since(started);
+    match answer {
         Ok(v) => envelope::ok(v),
         Err(e) => {
             state.metrics.query_errors.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +374,7 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
         .load(params.string("config_path").as_deref())?;
     let queries = params.uuid_list("query_annot_uuid_list")?;
     let database = params.uuid_list("database_annot_uuid_list")?;
-    let computed = compute(state, &queries, &database, &config, None).await?;
+    let computed = compute(state, None, &queries, &database, &config, None).await?;
     Ok(json!({
         "pipeline_root": "LightGlue",
         "config": config_json(&config),
@@ -312,25 +389,52 @@ pub struct Computed {
     pub aids: Vec<(Uuid, i64)>,
 }
 
-/// Validates the lists, fetches chips, extracts features (cached) and scores every query
-/// against the database (minus itself).
+/// Pairs a request scores: each query against the database minus itself.
+pub fn pair_count(queries: &[Uuid], database: &[Uuid]) -> usize {
+    queries
+        .iter()
+        .map(|q| database.iter().filter(|d| *d != q).count())
+        .sum()
+}
+
+/// WBIA's chips by rowid, for the engine's pipeline.
+struct WbiaChips<'a> {
+    client: &'a WbiaClient,
+    aids: std::collections::HashMap<Uuid, i64>,
+}
+
+impl ChipSource for WbiaChips<'_> {
+    async fn chip(&self, annot: Uuid) -> Result<bytes::Bytes, SourceError> {
+        let aid = *self.aids.get(&annot).ok_or(SourceError::Unknown)?;
+        self.client
+            .chip_by_aid(annot, aid)
+            .await
+            .map_err(|e| match e {
+                wbia_client::Error::Timeout { .. } => SourceError::Timeout(e.to_string()),
+                wbia_client::Error::Unreachable { .. } => SourceError::Unreachable(e.to_string()),
+                wbia_client::Error::Status { url, status, .. } => {
+                    SourceError::Status { url, status }
+                }
+                wbia_client::Error::TooLarge { .. } => SourceError::TooLarge(e.to_string()),
+                wbia_client::Error::UnknownAnnotation(_) => SourceError::Unknown,
+                other => SourceError::Other(other.to_string()),
+            })
+    }
+}
+
+/// Validates the lists, admits the request (unless `admitted` already holds its ticket),
+/// resolves the annotations with WBIA, and has the engine score every query against the
+/// database (minus itself): chips stream through fetch → decode → extract → match, those
+/// whose features are cached or stored (keyed by WBIA's image UUID, bbox and theta) are not
+/// downloaded.
 pub async fn compute(
     state: &AppState,
+    admitted: Option<&Ticket>,
     queries: &[Uuid],
     database: &[Uuid],
     config: &Config,
     progress: Option<&Progress>,
 ) -> Result<Computed, ApiError> {
-    let start = |stage, total| {
-        if let Some(p) = progress {
-            p.start(stage, total)
-        }
-    };
-    let advance = |n| {
-        if let Some(p) = progress {
-            p.advance(n)
-        }
-    };
     if queries.is_empty() || database.is_empty() {
         return Err(ApiError::bad_request(
             "query_annot_uuid_list and database_annot_uuid_list must not be empty",
@@ -342,11 +446,18 @@ pub async fn compute(
         )));
     }
     check_duplicates(queries, database)?;
+    let own_ticket;
+    let ticket = match admitted {
+        Some(t) => t,
+        None => {
+            own_ticket = state.engine.admit(pair_count(queries, database))?;
+            &own_ticket
+        }
+    };
 
     // One lookup for every annotation, so all unknown UUIDs are reported at once (code 600).
     let mut all: Vec<Uuid> = queries.to_vec();
     all.extend(database.iter().filter(|u| !queries.contains(u)));
-    let started = Instant::now();
     let aids = state.wbia.annot_aids(&all).await?;
     let missing: Vec<Value> = all
         .iter()
@@ -367,71 +478,60 @@ pub async fn compute(
         .zip(aids.into_iter().flatten())
         .collect();
     let names = state.wbia.annot_names(&all).await?;
-    start(0, aids.len());
-    let chips = try_join_all(aids.iter().map(|&(uuid, aid)| async move {
-        state
-            .wbia
-            .chip_by_aid(uuid, aid)
-            .await
-            .inspect(|_| advance(1))
-            .map(|bytes| (uuid, bytes))
-            .map_err(|e| {
-                ApiError::from(wbia_client::Error::Chip {
-                    uuid,
-                    cause: Box::new(e),
-                })
-            })
-    }))
-    .await?;
-    add_ms(&state.metrics.fetch_ms, started);
-
-    let started = Instant::now();
-    start(1, chips.len());
-    let features = try_join_all(chips.into_iter().map(|(uuid, bytes)| async move {
-        let f = state.engine.features(uuid, bytes, config).await?;
-        advance(1);
-        Ok::<_, ApiError>((uuid, f))
-    }))
-    .await?;
-    add_ms(&state.metrics.features_ms, started);
-    let index = |u: &Uuid| all.iter().position(|v| v == u).expect("known annotation");
-
-    let started = Instant::now();
-    let mut results = Vec::with_capacity(queries.len());
-    let pairs = queries
-        .iter()
-        .map(|q| database.iter().filter(|d| *d != q).count())
-        .sum();
-    start(2, pairs);
-    for q in queries {
-        let others: Vec<&Uuid> = database.iter().filter(|d| *d != q).collect();
-        let db: Vec<_> = others
-            .iter()
-            .map(|d| features[index(d)].1.clone())
-            .collect();
-        let mut scores = Vec::with_capacity(db.len());
-        for chunk in db.chunks(MATCH_CHUNK) {
-            let query = &features[index(q)].1;
-            scores.extend(state.engine.scores(query, chunk, config).await?);
-            advance(chunk.len());
+    // Without these getters (or with an annotation lacking an image) chips are downloaded
+    // and keyed by their bytes, as with --verify-chip-bytes.
+    let identities = match state.wbia.annot_chip_identities(&all).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "WBIA gave no chip identities; keying features by chip bytes");
+            vec![None; all.len()]
         }
-        let scored = others
-            .iter()
-            .zip(scores)
-            .map(|(d, score)| ScoredAnnot {
-                annot: **d,
-                score,
-                name: names[index(d)].clone(),
-            })
-            .collect();
-        results.push(rank(*q, scored));
-    }
-    add_ms(&state.metrics.match_ms, started);
+    };
+    let annot_of: std::collections::HashMap<Uuid, Annot> = all
+        .iter()
+        .zip(identities)
+        .map(|(&uuid, id)| {
+            let chip = id.map(|(image, bbox, theta)| WbiaChip { image, bbox, theta });
+            (uuid, Annot { uuid, chip })
+        })
+        .collect();
+    let annots =
+        |list: &[Uuid]| -> Vec<Annot> { list.iter().map(|u| annot_of[u].clone()).collect() };
+    let source = WbiaChips {
+        client: &state.wbia,
+        aids: aids.iter().copied().collect(),
+    };
+    let own_progress = Progress::default();
+    let scores = state
+        .engine
+        .identify(
+            ticket,
+            &source,
+            &annots(queries),
+            &annots(database),
+            config,
+            progress.unwrap_or(&own_progress),
+        )
+        .await?;
+    let index = |u: &Uuid| all.iter().position(|v| v == u).expect("known annotation");
+    let results = queries
+        .iter()
+        .zip(scores)
+        .map(|(q, scores)| {
+            let scored = database
+                .iter()
+                .filter(|d| *d != q)
+                .zip(scores)
+                .map(|(d, score)| ScoredAnnot {
+                    annot: *d,
+                    score,
+                    name: names[index(d)].clone(),
+                })
+                .collect();
+            rank(*q, scored)
+        })
+        .collect();
     Ok(Computed { results, aids })
-}
-
-fn add_ms(counter: &AtomicU64, since: Instant) {
-    counter.fetch_add(since.elapsed().as_millis() as u64, Ordering::Relaxed);
 }
 
 fn config_json(config: &Config) -> Value {

@@ -226,6 +226,30 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
                 envelope(uuids_param(&q).iter().map(|u| json!(f.species.get(u))).collect())
             }),
         )
+        // What defines each chip: image UUID, bbox, theta (one image per annotation here).
+        .route(
+            "/api/annot/image/uuid/json/",
+            get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
+                envelope(
+                    uuids_param(&q)
+                        .iter()
+                        .map(|u| json!(f.by_uuid.get(u).map(|x| fancy_uuid(&Uuid::from_u128(0x1000 + x.0 as u128)))))
+                        .collect(),
+                )
+            }),
+        )
+        .route(
+            "/api/annot/bbox/json/",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|_| json!([0, 0, 500, 400])).collect())
+            }),
+        )
+        .route(
+            "/api/annot/theta/json/",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                envelope(uuids_param(&q).iter().map(|_| json!(0.0)).collect())
+            }),
+        )
         .route("/api/test/heartbeat/", get(|| async { envelope(json!(true)) }))
         // What only WBIA answers: pass-through targets.
         .route("/api/image/json/", get(|| async { envelope(json!(["from-wbia"])) }))
@@ -265,7 +289,7 @@ async fn our_server_with_store(
 async fn our_server_with(
     wbia_url: &str,
     data_dir: Option<PathBuf>,
-    queue_capacity: usize,
+    max_requests: usize,
 ) -> (SocketAddr, Arc<AppState>) {
     let dir = std::env::temp_dir().join(format!(
         "wbia-lg-http-{}-{}",
@@ -284,7 +308,7 @@ async fn our_server_with(
         engine: Engine::start(EngineOptions {
             weights_dir: Some(repo().join("weights")),
             data_dir,
-            queue_capacity,
+            max_requests,
             ..EngineOptions::default()
         })
         .unwrap(),
@@ -831,12 +855,21 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     // Fetching and extracting four chips takes long enough to be seen working at least once.
     assert!(!progress.is_empty(), "no progress reported");
     for p in &progress {
-        let (done, total) = (p["done"].as_u64().unwrap(), p["total"].as_u64().unwrap());
+        let n = |k: &str| p[k].as_u64().unwrap();
         assert!(
-            ["fetch", "extract", "match"].contains(&p["stage"].as_str().unwrap()),
+            ["features", "match"].contains(&p["stage"].as_str().unwrap()),
             "{p}"
         );
-        assert!(done <= total, "{p}");
+        assert!(n("pairs_scored") <= n("pairs_total"), "{p}");
+        assert!(
+            n("chips_fetched") + n("chips_cached") <= n("chips_total"),
+            "{p}"
+        );
+        assert_eq!(n("chips_total"), 4, "{p}");
+        assert_eq!(n("pairs_total"), 3, "{p}");
+        if n("pairs_scored") > 0 {
+            assert!(p["eta_secs"].as_f64().unwrap() >= 0.0, "{p}");
+        }
     }
     for _ in 0..50 {
         if !fake.callbacks.lock().unwrap().is_empty() {
@@ -1095,30 +1128,62 @@ async fn persisted_features_and_scores_survive_a_restart() {
     std::fs::remove_dir_all(data).unwrap();
 }
 
-/// A full model queue answers 429 with Retry-After, in the envelope.
+/// Admission: with one request admitted at most, a second gets 429 with the promised
+/// `Retry-After: 5`, in the envelope; the admitted one is never failed for queue space and
+/// completes, after which a new request is admitted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_queue_is_429() {
+async fn busy_service_answers_429_with_retry_after() {
     let (wbia, _) = fake_wbia(0).await;
-    // One waiting job at most; a request with four chips queues four extractions at once,
-    // while the worker is busy with the first for far longer than the others take to arrive.
     let (addr, _) = our_server_with(&format!("http://{wbia}"), None, 1).await;
+    let base = format!("http://{addr}");
     let client = reqwest::Client::new();
+    let jobid = "admitted-job";
     let (status, body) = post_form(
         &client,
-        &format!("http://{addr}/api/review/query/chip/best/"),
+        &format!("{base}/api/engine/query/graph/"),
         &[
             ("query_annot_uuid_list", list(&[0xa1])),
             ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
-            ("pipeline_root", "LightGlue".to_string()),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root": "LightGlue"}"#.to_string(),
+            ),
+            ("jobid", jobid.to_string()),
         ],
     )
     .await;
-    assert_eq!(status, 429, "{body}");
+    assert_eq!(status, 200, "{body}");
+    let query = [
+        ("query_annot_uuid_list", list(&[0xa1])),
+        ("database_annot_uuid_list", list(&[0xa2])),
+        ("pipeline_root", "LightGlue".to_string()),
+    ];
+    let resp = client
+        .post(format!("{base}/api/review/query/chip/best/"))
+        .form(&query)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"]["code"], 429);
     assert!(body["status"]["message"]
         .as_str()
         .unwrap()
-        .contains("queue is full"));
+        .contains("requests admitted"));
+    assert_eq!(wait_for_job(&client, &base, jobid).await, "completed");
+    let (status, body) = post_form(
+        &client,
+        &format!("{base}/api/review/query/chip/best/"),
+        &query,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_requests_refused_total").await,
+        1
+    );
 }
 
 /// Square chips through the service (WBIA → decode → ALIKED → LightGlue, the plugin's

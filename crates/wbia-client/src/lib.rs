@@ -1,9 +1,10 @@
 //! A small client for the parts of WBIA's HTTP API this service reads: annotation UUID → rowid,
-//! chip bytes, annotation names, heartbeat (shapes pinned in `shared/wbia/CONTRACT.md` §5, §7).
+//! chip bytes, annotation names, heartbeat (shapes in `docs/wbia-api.md`).
 //!
-//! Every call has connect and total timeouts; chip downloads are bounded in number; requests
-//! that fail with a 5xx status, a timeout or a connection error are retried with exponential
-//! backoff, others are not. Errors name the annotation and the cause.
+//! Every call has connect and per-attempt timeouts; chip downloads are bounded in number, in
+//! size and in total time; requests that fail with a 5xx status, a timeout or a connection
+//! error are retried with exponential backoff, others are not. Errors name the annotation and
+//! say which of timeout, unreachable or HTTP status it was.
 
 pub mod json;
 
@@ -21,6 +22,10 @@ pub use json::{fancy_uuid, parse_lenient, uuid_from_value};
 pub enum Error {
     #[error("WBIA at {url} is unreachable: {cause}")]
     Unreachable { url: String, cause: String },
+    #[error("WBIA did not answer {url} within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error("{url} sent more than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
     #[error("WBIA answered HTTP {status} for {url}: {body}")]
     Status {
         url: String,
@@ -53,6 +58,10 @@ pub struct ClientOptions {
     /// Retries after the first attempt, for 5xx, timeouts and connection errors only.
     pub retries: u32,
     pub initial_backoff: Duration,
+    /// Longest one chip may take, all attempts and backoffs together.
+    pub chip_deadline: Duration,
+    /// Largest chip body accepted (from `Content-Length`, and while streaming).
+    pub max_chip_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +72,8 @@ impl Default for ClientOptions {
             max_concurrent_downloads: 8,
             retries: 3,
             initial_backoff: Duration::from_millis(200),
+            chip_deadline: Duration::from_secs(150),
+            max_chip_bytes: 32 << 20,
         }
     }
 }
@@ -153,10 +164,27 @@ impl WbiaClient {
                 })
             }
             Ok(resp) => Attempt::Done(resp),
-            Err(e) => Attempt::Retry(Error::Unreachable {
+            Err(e) => Attempt::Retry(self.transport_error(url, &e)),
+        }
+    }
+
+    /// A timeout says so; anything else (refused, reset, DNS) is "unreachable" with its cause.
+    fn transport_error(&self, url: &str, e: &reqwest::Error) -> Error {
+        if e.is_timeout() {
+            return Error::Timeout {
                 url: url.to_string(),
-                cause: e.to_string(),
-            }),
+                secs: self.options.timeout.as_secs(),
+            };
+        }
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            cause = format!("{cause}: {s}");
+            source = s.source();
+        }
+        Error::Unreachable {
+            url: url.to_string(),
+            cause,
         }
     }
 
@@ -380,19 +408,19 @@ impl WbiaClient {
         })
     }
 
-    /// Chip bytes for an annotation whose rowid is already known.
+    /// Chip bytes for an annotation whose rowid is already known. Each attempt holds one of
+    /// the client's download slots only while it runs (not through the backoff), times out on
+    /// its own, and all attempts together stop at `chip_deadline`.
     pub async fn chip_by_aid(&self, uuid: Uuid, aid: i64) -> Result<Bytes> {
-        let _permit = self
-            .downloads
-            .acquire()
-            .await
-            .map_err(|_| Error::Unreachable {
-                url: self.base.clone(),
-                cause: "client shut down".into(),
-            })?;
         let url = self.url(&format!("/api/annot/src/{aid}/"));
         tracing::debug!(%uuid, aid, "downloading chip");
-        self.with_retries(|| async {
+        let attempts = self.with_retries(|| async {
+            let Ok(_permit) = self.downloads.acquire().await else {
+                return Attempt::Fail(Error::Unreachable {
+                    url: url.clone(),
+                    cause: "client shut down".into(),
+                });
+            };
             let resp = match self.send(&url, &[]).await {
                 Attempt::Done(r) => r,
                 Attempt::Retry(e) => return Attempt::Retry(e),
@@ -403,8 +431,8 @@ impl WbiaClient {
                 .get(reqwest::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("json"));
-            match resp.bytes().await {
-                // Route errors come back as an envelope with HTTP 200 (CONTRACT.md §1.3).
+            match self.capped_body(&url, resp).await {
+                // Route errors come back as an envelope with HTTP 200 (docs/wbia-api.md).
                 Ok(body) if is_json => match unwrap_envelope(&url, &String::from_utf8_lossy(&body))
                 {
                     Ok(_) => Attempt::Fail(Error::BadReply {
@@ -414,13 +442,70 @@ impl WbiaClient {
                     Err(e) => Attempt::Fail(e),
                 },
                 Ok(body) => Attempt::Done(body),
-                Err(e) => Attempt::Retry(Error::Unreachable {
-                    url: url.clone(),
-                    cause: e.to_string(),
-                }),
+                Err(e @ Error::TooLarge { .. }) => Attempt::Fail(e),
+                Err(e) => Attempt::Retry(e),
             }
-        })
-        .await
+        });
+        match tokio::time::timeout(self.options.chip_deadline, attempts).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                url,
+                secs: self.options.chip_deadline.as_secs(),
+            }),
+        }
+    }
+
+    /// The body, refused as soon as it passes `max_chip_bytes` (declared or streamed).
+    async fn capped_body(&self, url: &str, mut resp: reqwest::Response) -> Result<Bytes> {
+        let limit = self.options.max_chip_bytes;
+        let too_large = || Error::TooLarge {
+            url: url.to_string(),
+            limit,
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) => return Err(self.transport_error(url, &e)),
+            }
+        }
+    }
+
+    /// What defines each annotation's chip besides WBIA's chip settings: image UUID, bbox and
+    /// theta, three bulk getters (chunked). `None` for annotations WBIA has no image for.
+    pub async fn annot_chip_identities(
+        &self,
+        uuids: &[Uuid],
+    ) -> Result<Vec<Option<(Uuid, [i64; 4], f64)>>> {
+        let images = self
+            .annot_getter("/api/annot/image/uuid/json/", uuids)
+            .await?;
+        let bboxes = self.annot_getter("/api/annot/bbox/json/", uuids).await?;
+        let thetas = self.annot_getter("/api/annot/theta/json/", uuids).await?;
+        Ok(images
+            .iter()
+            .zip(&bboxes)
+            .zip(&thetas)
+            .map(|((image, bbox), theta)| {
+                let image = uuid_from_value(image)?;
+                let b: Vec<i64> = bbox
+                    .as_array()?
+                    .iter()
+                    .map(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.round() as i64)))
+                    .collect::<Option<_>>()?;
+                let bbox: [i64; 4] = b.try_into().ok()?;
+                Some((image, bbox, theta.as_f64().unwrap_or(0.0)))
+            })
+            .collect())
     }
 }
 

@@ -1,0 +1,545 @@
+//! Identification as a bounded stream: admission once per request, then per query
+//! fetch → decode → extract → match over the database, a few chips in flight at a time, the
+//! model worker fed through the request's own lane.
+//!
+//! Memory per request is bounded by what is in flight, not by the database size: the query's
+//! features, [`CHIPS_IN_FLIGHT`] chips being fetched or decoded, and up to two match chunks of
+//! features ([`Engine::match_chunk`] sets each). Everything computed goes to the cache and the
+//! store, so the next query finds it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::worker::{Job, MatchWork};
+use crate::{AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSettings, Result};
+
+/// Chips one request fetches and decodes at once. Below the WBIA client's download slots, so
+/// no single request can hold all of them.
+pub const CHIPS_IN_FLIGHT: usize = 4;
+
+/// What defines a WBIA chip besides the chip settings (WBIA's defaults): the image, the
+/// annotation's box in it and its rotation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WbiaChip {
+    pub image: Uuid,
+    /// `[xtl, ytl, w, h]` in image pixels.
+    pub bbox: [i64; 4],
+    /// Radians.
+    pub theta: f64,
+}
+
+impl Eq for WbiaChip {}
+
+impl std::hash::Hash for WbiaChip {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.image.hash(state);
+        self.bbox.hash(state);
+        self.theta.to_bits().hash(state);
+    }
+}
+
+/// An annotation to identify or to match against; `chip` when its source can say what the
+/// chip is without sending it (then a cached or stored feature set costs no download).
+#[derive(Clone, Debug)]
+pub struct Annot {
+    pub uuid: Uuid,
+    pub chip: Option<WbiaChip>,
+}
+
+/// Why a chip could not be had, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("unknown annotation")]
+    Unknown,
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("HTTP {status} from {url}")]
+    Status { url: String, status: u16 },
+    #[error("chip too large: {0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where chip bytes come from: WBIA over HTTP in the service, files for `evaluate`.
+pub trait ChipSource: Sync {
+    fn chip(
+        &self,
+        annot: Uuid,
+    ) -> impl Future<Output = std::result::Result<Bytes, SourceError>> + Send;
+}
+
+/// Counters of admitted work (requests and pairs still to score).
+pub(crate) struct AdmissionState {
+    requests: AtomicUsize,
+    pairs: AtomicUsize,
+    max_requests: usize,
+    max_pairs: usize,
+    gate: Mutex<()>,
+}
+
+impl AdmissionState {
+    pub(crate) fn new(max_requests: usize, max_pairs: usize) -> Self {
+        Self {
+            requests: AtomicUsize::new(0),
+            pairs: AtomicUsize::new(0),
+            max_requests,
+            max_pairs,
+            gate: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn load(&self) -> (usize, usize) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.pairs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A request's admission: while it lives, the request counts against the limits; dropping it
+/// (request done, failed, cancelled or abandoned) gives its share back.
+pub struct Ticket {
+    state: Arc<AdmissionState>,
+    pairs: usize,
+    lane: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.state.requests.fetch_sub(1, Ordering::Relaxed);
+        self.state.pairs.fetch_sub(self.pairs, Ordering::Relaxed);
+    }
+}
+
+/// The limits, for the documentation of a refusal.
+pub struct Admission;
+
+impl Admission {
+    /// Seconds a refused client is asked to wait.
+    pub const RETRY_AFTER_SECS: u64 = 5;
+}
+
+static NEXT_LANE: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_lane() -> u64 {
+    NEXT_LANE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How far a request has got, per stage, with an estimate of the time left (for job status).
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    chips_total: AtomicU64,
+    chips_fetched: AtomicU64,
+    chips_cached: AtomicU64,
+    extracted: AtomicU64,
+    pairs_total: AtomicU64,
+    pairs_scored: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            chips_total: AtomicU64::new(0),
+            chips_fetched: AtomicU64::new(0),
+            chips_cached: AtomicU64::new(0),
+            extracted: AtomicU64::new(0),
+            pairs_total: AtomicU64::new(0),
+            pairs_scored: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A copy of [`Progress`] at one moment.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgressSnapshot {
+    /// `features` while chips are fetched and extracted before any pair is scored, then
+    /// `match`.
+    pub stage: &'static str,
+    /// Annotations whose features are needed.
+    pub chips_total: u64,
+    /// Chips downloaded.
+    pub chips_fetched: u64,
+    /// Feature sets found in the cache or the store (no download, no extraction).
+    pub chips_cached: u64,
+    /// Feature sets computed.
+    pub extracted: u64,
+    pub pairs_total: u64,
+    pub pairs_scored: u64,
+    pub elapsed_secs: f64,
+    /// Seconds left at the rate pairs have been scored so far; null before the first.
+    pub eta_secs: Option<f64>,
+}
+
+impl Progress {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (scored, total) = (load(&self.pairs_scored), load(&self.pairs_total));
+        let elapsed = self.started.elapsed().as_secs_f64();
+        ProgressSnapshot {
+            stage: if scored == 0 { "features" } else { "match" },
+            chips_total: load(&self.chips_total),
+            chips_fetched: load(&self.chips_fetched),
+            chips_cached: load(&self.chips_cached),
+            extracted: load(&self.extracted),
+            pairs_total: total,
+            pairs_scored: scored,
+            elapsed_secs: elapsed,
+            eta_secs: (scored > 0).then(|| elapsed / scored as f64 * (total - scored) as f64),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Engine {
+    /// Admits a request that will score `pairs` pairs, or refuses it ([`Error::Busy`]) when
+    /// `max_requests` requests are already admitted or the pairs still to score would pass
+    /// `max_pending_pairs`. Once admitted, a request never fails for lack of queue space.
+    pub fn admit(&self, pairs: usize) -> Result<Ticket> {
+        let state = &self.admission;
+        let _gate = state.gate.lock().map_err(|_| Error::WorkerGone)?;
+        let (requests, pending) = state.load();
+        // A request larger than the whole budget is still admitted when nothing else runs.
+        let over_pairs = pending > 0 && pending + pairs > state.max_pairs;
+        if requests >= state.max_requests || over_pairs {
+            Engine::count(&self.cache_stats.requests_refused, 1);
+            return Err(Error::Busy {
+                reason: format!(
+                    "{requests} requests admitted (limit {}), {pending} pairs pending (limit {})",
+                    state.max_requests, state.max_pairs
+                ),
+                retry_after_secs: Admission::RETRY_AFTER_SECS,
+            });
+        }
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        state.pairs.fetch_add(pairs, Ordering::Relaxed);
+        Ok(Ticket {
+            state: state.clone(),
+            pairs,
+            lane: next_lane(),
+        })
+    }
+
+    /// Pairs per matching job: a GPU batch, or a few pairs on the CPU so that other requests'
+    /// work interleaves every few seconds.
+    fn match_chunk(&self) -> usize {
+        self.runtime.match_batch.max(4)
+    }
+
+    /// Scores each query against every database annotation but itself; `scores[q][i]`
+    /// follows the database order with the query left out.
+    pub async fn identify<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        queries: &[Annot],
+        database: &[Annot],
+        config: &Config,
+        progress: &Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut distinct: Vec<Uuid> = queries.iter().map(|a| a.uuid).collect();
+        distinct.extend(database.iter().map(|a| a.uuid));
+        distinct.sort();
+        distinct.dedup();
+        Progress::add(&progress.chips_total, distinct.len());
+        let pairs: usize = queries
+            .iter()
+            .map(|q| database.iter().filter(|d| d.uuid != q.uuid).count())
+            .sum();
+        Progress::add(&progress.pairs_total, pairs);
+
+        let mut all = Vec::with_capacity(queries.len());
+        for q in queries {
+            let query = self
+                .features_of(ticket, source, q, config, progress)
+                .await?;
+            let others: Vec<&Annot> = database.iter().filter(|d| d.uuid != q.uuid).collect();
+            all.push(
+                self.score_against(ticket, source, &query, &others, config, progress)
+                    .await?,
+            );
+        }
+        Ok(all)
+    }
+
+    /// One query against a database: features stream in (a few chips at a time) while earlier
+    /// chunks are matched.
+    async fn score_against<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        query: &AnnotFeatures,
+        database: &[&Annot],
+        config: &Config,
+        progress: &Progress,
+    ) -> Result<Vec<f32>> {
+        let chunk = self.match_chunk();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AnnotFeatures>>(chunk);
+        // The futures are made up front (they do nothing until polled): a closure that
+        // borrows its argument into the future it returns would not be `Send` for every
+        // lifetime, which a spawned job needs.
+        let lookups: Vec<_> = database
+            .iter()
+            .map(|d| self.features_of(ticket, source, d, config, progress))
+            .collect();
+        let produce = async move {
+            let mut features = futures::stream::iter(lookups).buffered(CHIPS_IN_FLIGHT);
+            while let Some(f) = features.next().await {
+                let failed = f.is_err();
+                if tx.send(f).await.is_err() || failed {
+                    break;
+                }
+            }
+        };
+        let consume = async {
+            let mut scores = Vec::with_capacity(database.len());
+            let mut batch = Vec::with_capacity(chunk);
+            while let Some(f) = rx.recv().await {
+                batch.push(f?);
+                if batch.len() == chunk {
+                    scores.extend(self.scores(ticket, query, &batch, config).await?);
+                    Progress::add(&progress.pairs_scored, batch.len());
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                scores.extend(self.scores(ticket, query, &batch, config).await?);
+                Progress::add(&progress.pairs_scored, batch.len());
+            }
+            Ok::<_, Error>(scores)
+        };
+        let ((), scores) = tokio::join!(produce, consume);
+        scores
+    }
+
+    /// An annotation's features: from memory, else the store, else its chip, downloaded
+    /// (unless the key needs no bytes and is found), decoded off the model thread, extracted.
+    async fn features_of<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        annot: &Annot,
+        config: &Config,
+        progress: &Progress,
+    ) -> Result<AnnotFeatures> {
+        let key_for = |chip| FeatureKey {
+            annot: annot.uuid,
+            settings: config.feature_key(),
+            chip,
+            model: self.runtime.model_version.as_str().into(),
+        };
+        let known = match (&annot.chip, self.verify_chip_bytes) {
+            (Some(chip), false) => Some(key_for(ChipId::Wbia(chip.clone()))),
+            _ => None,
+        };
+        if let Some(key) = &known {
+            if let Some(f) = self.remembered(key).await {
+                Progress::add(&progress.chips_cached, 1);
+                return Ok(f);
+            }
+        }
+        let started = Instant::now();
+        let bytes = source
+            .chip(annot.uuid)
+            .await
+            .map_err(|cause| Error::Source {
+                uuid: annot.uuid,
+                cause,
+            })?;
+        self.stage_seconds.fetch.since(started);
+        Engine::count(&self.cache_stats.chips_downloaded, 1);
+        Engine::count(&self.cache_stats.chip_bytes, bytes.len());
+        Progress::add(&progress.chips_fetched, 1);
+        let key = match known {
+            Some(key) => key,
+            None => {
+                let key = key_for(ChipId::Bytes(Sha256::digest(&bytes).into()));
+                if let Some(f) = self.remembered(&key).await {
+                    Progress::add(&progress.chips_cached, 1);
+                    return Ok(f);
+                }
+                key
+            }
+        };
+        let started = Instant::now();
+        let image = tokio::task::spawn_blocking(move || wbia_lightglue_model::decode_image(&bytes))
+            .await
+            .map_err(|_| Error::WorkerGone)?
+            .map_err(|source| Error::Annotation {
+                uuid: annot.uuid,
+                source,
+            })?;
+        self.stage_seconds.decode.since(started);
+        let started = Instant::now();
+        let features = self
+            .worker
+            .call(ticket.lane, |reply| Job::Extract {
+                image,
+                config: config.clone(),
+                reply,
+            })
+            .await?
+            .map_err(|e| match e {
+                Error::Model(source) => Error::Annotation {
+                    uuid: annot.uuid,
+                    source,
+                },
+                other => other,
+            })?;
+        self.stage_seconds.extract.since(started);
+        Progress::add(&progress.extracted, 1);
+        let features = AnnotFeatures {
+            key,
+            features: Arc::new(features),
+        };
+        self.keep(&features).await;
+        Ok(features)
+    }
+
+    /// From the cache, else from the store (then cached).
+    async fn remembered(&self, key: &FeatureKey) -> Option<AnnotFeatures> {
+        if let Some(f) = self.cache.lock().ok().and_then(|mut c| c.get(key)) {
+            Engine::count(&self.cache_stats.hits, 1);
+            return Some(f);
+        }
+        Engine::count(&self.cache_stats.misses, 1);
+        let store = self.store.clone()?;
+        let lookup = key.clone();
+        let stored = tokio::task::spawn_blocking(move || store.lock().ok()?.get(&lookup).ok()?)
+            .await
+            .ok()
+            .flatten()?;
+        Engine::count(&self.cache_stats.store_hits, 1);
+        let f = AnnotFeatures {
+            key: key.clone(),
+            features: Arc::new(stored),
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(key.clone(), f.clone());
+        }
+        Some(f)
+    }
+
+    /// Into the cache and the store (a failing store slows later requests, it fails none).
+    async fn keep(&self, f: &AnnotFeatures) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(f.key.clone(), f.clone());
+        }
+        if let Some(store) = self.store.clone() {
+            let (key, features) = (f.key.clone(), f.features.clone());
+            let written = tokio::task::spawn_blocking(move || match store.lock() {
+                Ok(s) => s.put(&key, &features),
+                Err(_) => Err(Error::Store("store lock poisoned".into())),
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, "feature store write failed");
+            }
+        }
+    }
+
+    /// Pair scores of a query against a chunk: stored ones reused, the rest matched on the
+    /// worker (in this request's lane) and stored.
+    async fn scores(
+        &self,
+        ticket: &Ticket,
+        query: &AnnotFeatures,
+        database: &[AnnotFeatures],
+        config: &Config,
+    ) -> Result<Vec<f32>> {
+        let settings =
+            MatcherSettings::new(config, self.runtime.precision, self.runtime.match_batch)
+                .key(&self.runtime.model_version);
+        let q = query.key.digest();
+        let d: Vec<String> = database.iter().map(|f| f.key.digest()).collect();
+        let mut scores: Vec<Option<f32>> = vec![None; database.len()];
+        if let Some(store) = self.store.clone() {
+            let (q, d, s) = (q.clone(), d.clone(), settings.clone());
+            let stored = tokio::task::spawn_blocking(move || {
+                let store = store.lock().ok()?;
+                Some(
+                    d.iter()
+                        .map(|d| store.score(&q, d, &s).ok().flatten())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(stored) = stored {
+                scores = stored;
+            }
+        }
+        let hits = scores.iter().filter(|s| s.is_some()).count();
+        Engine::count(&self.cache_stats.score_store_hits, hits);
+        let todo: Vec<usize> = (0..database.len())
+            .filter(|&i| scores[i].is_none())
+            .collect();
+        if todo.is_empty() {
+            return Ok(scores.into_iter().flatten().collect());
+        }
+        let started = Instant::now();
+        let fresh = self
+            .worker
+            .call(ticket.lane, |reply| {
+                Job::Match(MatchWork {
+                    query: query.features.clone(),
+                    database: todo.iter().map(|&i| database[i].features.clone()).collect(),
+                    config: config.clone(),
+                    reply,
+                })
+            })
+            .await??;
+        self.stage_seconds.matching.since(started);
+        let rows: Vec<(String, String, f32)> = todo
+            .iter()
+            .zip(&fresh)
+            .map(|(&i, &s)| (q.clone(), d[i].clone(), s))
+            .collect();
+        for (&i, s) in todo.iter().zip(fresh) {
+            scores[i] = Some(s);
+        }
+        if let Some(store) = self.store.clone() {
+            let written = tokio::task::spawn_blocking(move || match store.lock() {
+                Ok(mut s) => s.put_scores(&settings, &rows),
+                Err(_) => Err(Error::Store("store lock poisoned".into())),
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, "pair score store write failed");
+            }
+        }
+        Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
+    }
+}
+
+/// Chips from files (for `evaluate` and tests): annotation UUID → path.
+pub struct FileChips(pub std::collections::HashMap<Uuid, std::path::PathBuf>);
+
+impl ChipSource for FileChips {
+    async fn chip(&self, annot: Uuid) -> std::result::Result<Bytes, SourceError> {
+        let path = self.0.get(&annot).ok_or(SourceError::Unknown)?.clone();
+        tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::read(path)
+        })
+        .await
+        .map_err(|e| SourceError::Other(e.to_string()))?
+        .map(Bytes::from)
+        .map_err(|e| SourceError::Other(format!("{}: {e}", path.display())))
+    }
+}
