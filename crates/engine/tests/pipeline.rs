@@ -255,7 +255,8 @@ async fn a_dropped_request_stops_its_work() {
     let progress = Progress::default();
     {
         let ticket = engine.admit(400).unwrap();
-        let run = engine.identify(&ticket, &source, &all[..1], &all[1..], &small(), &progress);
+        let config = small();
+        let run = engine.identify(&ticket, &source, &all[..1], &all[1..], &config, &progress);
         let _ = tokio::time::timeout(Duration::from_millis(1500), run).await;
     }
     let at_drop = engine.cache_stats.extractions.load(Ordering::SeqCst);
