@@ -1,4 +1,4 @@
-//! The engine job API Wildbook drives (CONTRACT.md §3–4): start an identification job, poll its
+//! The engine job API Wildbook drives (docs/wbia-api.md §3–4): start an identification job, poll its
 //! status, fetch its result, and get a `jobid=<id>` callback when it is done. Jobs whose
 //! `pipeline_root` is not LightGlue, and job ids that are not ours, go to WBIA unchanged.
 

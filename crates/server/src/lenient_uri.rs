@@ -1,5 +1,5 @@
 //! Accepts Wildbook's request lines with a raw `"` in the query (it appends unescaped JSON to
-//! GET URLs, CONTRACT.md §1.4): the `http` crate's URI parser refuses `"`, so each connection's
+//! GET URLs, docs/wbia-api.md §1.4): the `http` crate's URI parser refuses `"`, so each connection's
 //! bytes pass through a small rewriter that percent-encodes `"` inside request targets, and
 //! leaves headers and bodies untouched (it follows Content-Length; after a chunked body it
 //! stops rewriting for that connection).

@@ -335,7 +335,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// `POST /api/review/query/chip/best/` — the plugin README's form (CONTRACT.md §2 notes that
+/// `POST /api/review/query/chip/best/` — the plugin README's form (docs/wbia-api.md §2 notes that
 /// upstream WBIA has only a GET taking one `aid`; this POST form is this service's extension):
 /// fields `query_annot_uuid_list`, `database_annot_uuid_list`, `pipeline_root=LightGlue`,
 /// optional `config_path`.

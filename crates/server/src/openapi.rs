@@ -3,7 +3,7 @@
 //! WBIA's and passed through unchanged, so it is not described here.
 //!
 //! The handlers read WBIA's loosely typed parameters (query string, form, multipart or JSON;
-//! CONTRACT.md §1.1) by hand, so the schemas below are documentation types: a test checks
+//! docs/wbia-api.md §1.1) by hand, so the schemas below are documentation types: a test checks
 //! them against real responses.
 
 use serde::Serialize;
@@ -96,7 +96,7 @@ pub struct ErrorResponse {
     pub response: Value,
 }
 
-/// Wildbook's identification request (CONTRACT.md §3.1); `query_config_dict.pipeline_root`
+/// Wildbook's identification request (docs/wbia-api.md §3.1); `query_config_dict.pipeline_root`
 /// selects LightGlue, other pipelines are passed through to WBIA.
 #[derive(Serialize, ToSchema)]
 pub struct EngineQueryRequest {

@@ -1,4 +1,4 @@
-//! Request parameters the way WBIA decodes them (CONTRACT.md §1.1): query string, then form
+//! Request parameters the way WBIA decodes them (docs/wbia-api.md §1.1): query string, then form
 //! fields (urlencoded or multipart), then a JSON object body, later sources winning; each
 //! value parsed as JSON when it is JSON, a bare string otherwise.
 

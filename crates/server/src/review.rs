@@ -1,4 +1,4 @@
-//! `GET /api/review/query/chip/best/?aid=…` — WBIA's own form of the query (CONTRACT.md §2):
+//! `GET /api/review/query/chip/best/?aid=…` — WBIA's own form of the query (docs/wbia-api.md §2):
 //! one integer `aid` against every valid annotation, answering the best individual with its
 //! sex and age. We answer it when `query_config_dict` selects LightGlue, as WBIA would with the
 //! plugin; any other pipeline goes to WBIA unchanged.

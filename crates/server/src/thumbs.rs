@@ -1,4 +1,4 @@
-//! `GET /api/query/graph/match/thumb/` (CONTRACT.md §2): the match thumbnail Wildbook shows
+//! `GET /api/query/graph/match/thumb/` (docs/wbia-api.md §2): the match thumbnail Wildbook shows
 //! beside each candidate. For references our results handed out we render the plugin's
 //! thumbnail, the two chips side by side, for every version; other references are WBIA's.
 

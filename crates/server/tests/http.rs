@@ -1,5 +1,5 @@
 //! The real router on port 0 against a fake WBIA that serves the turtle fixtures by UUID
-//! (shapes from CONTRACT.md §5), with the real weights.
+//! (shapes from docs/wbia-api.md §5), with the real weights.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! WBIA's JSON dialect (wbia-utool `to_json`/`from_json`): UUIDs travel as
 //! `{"__UUID__": "<uuid>"}` and non-finite floats as bare `NaN`, `Infinity`, `-Infinity`
-//! (CONTRACT.md §1.2), which strict JSON parsers reject.
+//! (docs/wbia-api.md §1.2), which strict JSON parsers reject.
 
 use serde_json::Value;
 use uuid::Uuid;

@@ -244,7 +244,7 @@ impl WbiaClient {
             .collect())
     }
 
-    /// Every valid annotation's UUID (`GET /api/annot/json/`, CONTRACT.md §5).
+    /// Every valid annotation's UUID (`GET /api/annot/json/`, docs/wbia-api.md §5).
     pub async fn all_annot_uuids(&self) -> Result<Vec<Uuid>> {
         let path = "/api/annot/json/";
         let v = self.get_json(path, &[]).await?;
@@ -350,7 +350,7 @@ impl WbiaClient {
             })
     }
 
-    /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (CONTRACT.md §3.2):
+    /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (docs/wbia-api.md §3.2):
     /// a form body for POST and PUT, a query parameter for GET.
     pub async fn job_callback(&self, url: &str, method: &str, jobid: &str) -> Result<()> {
         let form = [("jobid", jobid)];
