@@ -1,13 +1,23 @@
 //! `wbia-lightglue evaluate`: 1-vs-all CMC and mAP over a labelled image folder (CSV) or over
-//! annotations fetched from WBIA by UUID.
+//! annotations fetched from WBIA by UUID, through the engine's pipeline (the service's
+//! decoding, model worker, cache and optional store).
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 use wbia_lightglue_engine::evaluate::{evaluate, Evaluation};
-use wbia_lightglue_model::{decode_image, load_image, Features, RgbImage};
+use wbia_lightglue_engine::{
+    Annot, ChipSource, Config, Engine, EngineOptions, Error as EngineError, Progress, SourceError,
+    WbiaChip,
+};
+use wbia_lightglue_model::{weights, Features, Precision};
 
 use crate::{MatcherArgs, ModelArgs};
 
@@ -25,6 +35,10 @@ pub struct EvaluateArgs {
     uuids: Option<PathBuf>,
     #[arg(long, env = "WBIA_URL")]
     wbia_url: Option<String>,
+    /// Persist features and pair scores here (SQLite, as `serve`), so that a later run over
+    /// the same images extracts and matches nothing again.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -38,7 +52,8 @@ struct Item {
     label: String,
     identity: String,
     group: Option<String>,
-    image: RgbImage,
+    /// Key of the item in the engine (its chip comes from [`EvalChips`]).
+    uuid: Uuid,
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -54,8 +69,49 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Reads a simple CSV (no quoted fields).
-fn read_csv(path: &Path, group_column: Option<&str>) -> Result<Vec<Item>> {
+/// Where evaluation chips come from: image files (CSV), or WBIA by rowid.
+struct EvalChips {
+    files: HashMap<Uuid, PathBuf>,
+    wbia: Option<(wbia_client::WbiaClient, HashMap<Uuid, i64>)>,
+    /// WBIA's chip identities, so that a chip is downloaded once, not once per pair.
+    identities: HashMap<Uuid, WbiaChip>,
+}
+
+impl ChipSource for EvalChips {
+    async fn chip(&self, annot: Uuid) -> std::result::Result<Bytes, SourceError> {
+        if let Some(path) = self.files.get(&annot).cloned() {
+            let read = tokio::task::spawn_blocking(move || {
+                std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+            });
+            return match read.await {
+                Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                Ok(Err(e)) => Err(SourceError::Other(e)),
+                Err(e) => Err(SourceError::Other(e.to_string())),
+            };
+        }
+        let Some((client, aids)) = &self.wbia else {
+            return Err(SourceError::Unknown);
+        };
+        let aid = *aids.get(&annot).ok_or(SourceError::Unknown)?;
+        client
+            .chip_by_aid(annot, aid)
+            .await
+            .map_err(|e| SourceError::Other(e.to_string()))
+    }
+}
+
+/// A stable key for an image file: its canonical path's SHA-256, as a UUID (so a `--data-dir`
+/// store recognises the file in a later run, from any working directory).
+fn file_uuid(path: &Path) -> Uuid {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let digest = Sha256::digest(path.to_string_lossy().as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(bytes)
+}
+
+/// Reads a simple CSV (no quoted fields); images are checked to exist, decoded later.
+fn read_csv(path: &Path, group_column: Option<&str>) -> Result<(Vec<Item>, EvalChips)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -78,10 +134,9 @@ fn read_csv(path: &Path, group_column: Option<&str>) -> Result<Vec<Item>> {
         None => None,
     };
     let root = path.parent().unwrap_or(Path::new("."));
-    let rows: Vec<&str> = lines.collect();
-    let progress = bar(rows.len(), "load");
-    let mut items = Vec::with_capacity(rows.len());
-    for (n, line) in rows.iter().enumerate() {
+    let mut items = Vec::new();
+    let mut files = HashMap::new();
+    for (n, line) in lines.enumerate() {
         if line.contains('"') {
             bail!(
                 "{} line {}: quoted fields are not supported",
@@ -101,90 +156,179 @@ fn read_csv(path: &Path, group_column: Option<&str>) -> Result<Vec<Item>> {
             })
         };
         let rel = field(p)?;
-        let image = load_image(root.join(&rel)).with_context(|| format!("image {rel}"))?;
+        let file = root.join(&rel);
+        if !file.is_file() {
+            bail!("image {rel}: no such file under {}", root.display());
+        }
+        let uuid = file_uuid(&file);
+        if files.insert(uuid, file).is_some() {
+            bail!("{} line {}: {rel} is listed twice", path.display(), n + 2);
+        }
         items.push(Item {
             label: rel,
             identity: field(id)?,
             group: group.map(&field).transpose()?,
-            image,
+            uuid,
         });
-        progress.inc(1);
     }
-    progress.finish();
-    Ok(items)
+    let chips = EvalChips {
+        files,
+        wbia: None,
+        identities: HashMap::new(),
+    };
+    Ok((items, chips))
 }
 
-fn read_wbia(uuids: &Path, url: &str) -> Result<Vec<Item>> {
+async fn read_wbia(uuids: &Path, url: &str) -> Result<(Vec<Item>, EvalChips)> {
     let text =
         std::fs::read_to_string(uuids).with_context(|| format!("reading {}", uuids.display()))?;
-    let list: Vec<uuid::Uuid> = text
+    let list: Vec<Uuid> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|l| uuid::Uuid::parse_str(l).with_context(|| format!("not a UUID: {l}")))
+        .map(|l| Uuid::parse_str(l).with_context(|| format!("not a UUID: {l}")))
         .collect::<Result<_>>()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = wbia_client::WbiaClient::new(url, Default::default())?;
-        let names = client.annot_names(&list).await?;
-        let progress = bar(list.len(), "fetch");
-        let mut items = Vec::new();
-        for (uuid, name) in list.iter().zip(names) {
-            progress.inc(1);
-            let Some(identity) = name else { continue };
-            let bytes = client.chip(*uuid).await?;
-            let image = decode_image(&bytes).with_context(|| format!("chip of {uuid}"))?;
-            items.push(Item {
-                label: uuid.to_string(),
-                identity,
-                group: None,
-                image,
-            });
-        }
-        progress.finish();
-        Ok(items)
-    })
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = list.iter().find(|u| !seen.insert(**u)) {
+        bail!("{}: annotation {dup} is listed twice", uuids.display());
+    }
+    let client = wbia_client::WbiaClient::new(url, Default::default())?;
+    let names = client.annot_names(&list).await?;
+    let aids = client.annot_aids(&list).await?;
+    // Without these getters, chips are keyed by their bytes (downloaded per lookup).
+    let identities: HashMap<Uuid, WbiaChip> = match client.annot_chip_identities(&list).await {
+        Ok(ids) => list
+            .iter()
+            .zip(ids)
+            .filter_map(|(u, id)| {
+                id.map(|(image, bbox, theta)| (*u, WbiaChip { image, bbox, theta }))
+            })
+            .collect(),
+        Err(_) => HashMap::new(),
+    };
+    let mut items = Vec::new();
+    let mut known = HashMap::new();
+    for ((uuid, name), aid) in list.iter().zip(names).zip(aids) {
+        let Some(aid) = aid else {
+            bail!("annotation {uuid} is not known to WBIA at {url}");
+        };
+        // Unnamed annotations have no identity to score against.
+        let Some(identity) = name else { continue };
+        known.insert(*uuid, aid);
+        items.push(Item {
+            label: uuid.to_string(),
+            identity,
+            group: None,
+            uuid: *uuid,
+        });
+    }
+    let chips = EvalChips {
+        files: HashMap::new(),
+        wbia: Some((client, known)),
+        identities,
+    };
+    Ok((items, chips))
 }
 
 pub fn run(args: &EvaluateArgs) -> Result<()> {
-    let items = match (&args.csv, &args.uuids, &args.wbia_url) {
+    tokio::runtime::Runtime::new()?.block_on(run_async(args))
+}
+
+/// Every comparable pair scored once (swapping the images moves the score by < 4e-6
+/// relative), through the engine's pipeline: the same decoding, cache and (with
+/// `--data-dir`) store as the service, chips streamed rather than all held in memory.
+async fn run_async(args: &EvaluateArgs) -> Result<()> {
+    let (items, chips) = match (&args.csv, &args.uuids, &args.wbia_url) {
         (Some(csv), _, _) => read_csv(csv, args.group_column.as_deref())?,
-        (None, Some(uuids), Some(url)) => read_wbia(uuids, url)?,
+        (None, Some(uuids), Some(url)) => read_wbia(uuids, url).await?,
         _ => bail!("give --csv FILE, or --uuids FILE with --wbia-url URL"),
     };
     if items.len() < 2 {
         bail!("need at least two labelled images, got {}", items.len());
     }
+    // Weights are looked for now, so that a missing file is named before any work.
+    weights::find_weights(args.model.weights.as_deref(), weights::ALIKED_FILE)?;
+    weights::find_weights(args.model.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
+    let lg = args.matcher.config();
+    let config = Config {
+        max_num_keypoints: args.model.max_keypoints,
+        detection_threshold: args.model.detection_threshold as f64,
+        image_size: args.model.image_size,
+        depth_confidence: lg.depth_confidence as f64,
+        width_confidence: lg.width_confidence as f64,
+        filter_threshold: lg.filter_threshold as f64,
+        ..Config::default()
+    };
+    config.validate()?;
     let device = args.model.runtime.open()?;
-    let extractor = args.model.load_aliked(&device)?;
-    let matcher = args.model.load_lightglue(args.matcher.config(), &device)?;
-
-    let progress = bar(items.len(), "extract");
-    let mut features: Vec<Features> = Vec::with_capacity(items.len());
-    for item in &items {
-        features.push(
-            extractor
-                .extract(&item.image)
-                .with_context(|| item.label.clone())?,
-        );
-        progress.inc(1);
+    if args.model.runtime.precision == Precision::Bf16 && device.is_cpu() {
+        bail!("--precision bf16 needs a CUDA device; use f16 or f32 on the CPU");
     }
-    progress.finish();
-
-    // One match per unordered pair (swapping the images moves the score by < 4e-6 relative).
     let n = items.len();
+    // Every feature set stays in memory (each is needed against every later item): ~1.1 MB
+    // at 2,048 keypoints.
+    let per_keypoint = (2 + 1 + Features::DESCRIPTOR_DIM) * 4;
+    let keypoints = usize::try_from(config.max_num_keypoints).unwrap_or(20_000);
+    let engine = Engine::start(EngineOptions {
+        weights_dir: args.model.weights.clone(),
+        data_dir: args.data_dir.clone(),
+        device,
+        precision: args.model.runtime.precision,
+        max_pending_pairs: usize::MAX,
+        cache_capacity: n.max(1),
+        cache_bytes: (n * (keypoints * per_keypoint + 256)).max(1 << 20),
+        ..EngineOptions::default()
+    })?;
+
     let comparable = |i: usize, j: usize| items[i].group == items[j].group;
-    let pairs: Vec<(usize, usize)> = (0..n)
-        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
-        .filter(|&(i, j)| comparable(i, j))
+    let later: Vec<Vec<usize>> = (0..n)
+        .map(|i| (i + 1..n).filter(|&j| comparable(i, j)).collect())
         .collect();
-    let progress = bar(pairs.len(), "match");
+    let pairs: usize = later.iter().map(Vec::len).sum();
+    let ticket = engine.admit(pairs)?;
+    let annot = |i: usize| Annot {
+        uuid: items[i].uuid,
+        chip: chips.identities.get(&items[i].uuid).cloned(),
+    };
+    let label = |e: EngineError| -> anyhow::Error {
+        let uuid = match &e {
+            EngineError::Annotation { uuid, .. } | EngineError::Source { uuid, .. } => Some(*uuid),
+            _ => None,
+        };
+        match uuid.and_then(|u| items.iter().find(|i| i.uuid == u)) {
+            Some(item) => anyhow::Error::new(e).context(format!("image {}", item.label)),
+            None => e.into(),
+        }
+    };
+    let progress = bar(pairs, "match");
     let mut scores = vec![vec![0f32; n]; n];
-    for &(i, j) in &pairs {
-        let s = matcher.match_pair(&features[i], &features[j])?.score();
-        scores[i][j] = s;
-        scores[j][i] = s;
-        progress.inc(1);
+    for (i, others) in later.iter().enumerate() {
+        if others.is_empty() {
+            continue;
+        }
+        let database: Vec<Annot> = others.iter().map(|&j| annot(j)).collect();
+        let got = engine
+            .identify(
+                &ticket,
+                &chips,
+                &[annot(i)],
+                &database,
+                &config,
+                &Progress::default(),
+            )
+            .await
+            .map_err(label)?;
+        anyhow::ensure!(
+            got[0].len() == others.len(),
+            "scores for {} of {} pairs",
+            got[0].len(),
+            others.len()
+        );
+        for (&j, &s) in others.iter().zip(&got[0]) {
+            scores[i][j] = s;
+            scores[j][i] = s;
+        }
+        progress.inc(others.len() as u64);
     }
     progress.finish();
 

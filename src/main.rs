@@ -148,8 +148,8 @@ struct ServeArgs {
         default_value_t = 64
     )]
     max_requests: usize,
-    /// Pairs still to score over all admitted requests above which new requests get 429
-    /// (one larger request is still admitted when nothing else runs).
+    /// Pairs of all admitted requests (each counted until it ends) above which new requests
+    /// get 429 (one larger request is still admitted when nothing else runs).
     #[arg(
         long,
         env = "WBIA_LIGHTGLUE_MAX_PENDING_PAIRS",

@@ -62,8 +62,8 @@ pub struct EngineOptions {
     /// Requests (synchronous queries and engine jobs) admitted at once; more are refused with
     /// "busy" (HTTP 429) before any work starts.
     pub max_requests: usize,
-    /// Pairs still to score, summed over admitted requests, above which a new request is
-    /// refused.
+    /// Pairs of the admitted requests (each counted whole until it ends) above which a new
+    /// request is refused.
     pub max_pending_pairs: usize,
     /// Feature sets kept in memory, at most.
     pub cache_capacity: usize,
@@ -377,7 +377,7 @@ impl Engine {
         self.worker.depth()
     }
 
-    /// Requests admitted now, and the pairs they still have to score.
+    /// Requests admitted now, and their pairs.
     pub fn admitted(&self) -> (usize, usize) {
         self.admission.load()
     }

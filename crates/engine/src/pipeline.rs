@@ -78,7 +78,7 @@ pub trait ChipSource: Sync {
     ) -> impl Future<Output = std::result::Result<Bytes, SourceError>> + Send;
 }
 
-/// Counters of admitted work (requests and pairs still to score).
+/// Counters of admitted work (requests, and the pairs they score, until they end).
 pub(crate) struct AdmissionState {
     requests: AtomicUsize,
     pairs: AtomicUsize,
@@ -196,7 +196,8 @@ impl Progress {
             pairs_total: total,
             pairs_scored: scored,
             elapsed_secs: elapsed,
-            eta_secs: (scored > 0).then(|| elapsed / scored as f64 * (total - scored) as f64),
+            eta_secs: (scored > 0)
+                .then(|| elapsed / scored as f64 * total.saturating_sub(scored) as f64),
         }
     }
 
@@ -207,8 +208,9 @@ impl Progress {
 
 impl Engine {
     /// Admits a request that will score `pairs` pairs, or refuses it ([`Error::Busy`]) when
-    /// `max_requests` requests are already admitted or the pairs still to score would pass
-    /// `max_pending_pairs`. Once admitted, a request never fails for lack of queue space.
+    /// `max_requests` requests are already admitted or the pairs of the admitted requests
+    /// (counted whole until each ends) would pass `max_pending_pairs`. Once admitted, a
+    /// request never fails for lack of queue space.
     pub fn admit(&self, pairs: usize) -> Result<Ticket> {
         let state = &self.admission;
         let _gate = state.gate.lock().map_err(|_| Error::WorkerGone)?;
@@ -322,8 +324,12 @@ impl Engine {
             }
             Ok::<_, Error>(scores)
         };
-        let ((), scores) = tokio::join!(produce, consume);
-        scores
+        // The consumer decides: when it ends (done, or failed), a producer still waiting on a
+        // slow chip is dropped with it rather than awaited.
+        tokio::select! {
+            scores = consume => scores,
+            never = async { produce.await; std::future::pending().await } => never,
+        }
     }
 
     /// An annotation's features: from memory, else the store, else its chip, downloaded
@@ -394,7 +400,9 @@ impl Engine {
             })
             .await?
             .map_err(|e| match e {
-                Error::Model(source) => Error::Annotation {
+                // What this chip caused is the annotation's fault (422); missing weights or a
+                // failing device are the service's (500).
+                Error::Model(source) if chip_specific(&source) => Error::Annotation {
                     uuid: annot.uuid,
                     source,
                 },
@@ -525,6 +533,18 @@ impl Engine {
         }
         Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
     }
+}
+
+fn chip_specific(e: &wbia_lightglue_model::Error) -> bool {
+    use wbia_lightglue_model::Error as M;
+    matches!(
+        e,
+        M::Decode(_)
+            | M::UnsupportedFormat
+            | M::ImageTooLarge { .. }
+            | M::ImageTooSmall { .. }
+            | M::InvalidFeatures(_)
+    )
 }
 
 /// Chips from files (for `evaluate` and tests): annotation UUID → path.

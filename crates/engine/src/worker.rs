@@ -157,7 +157,12 @@ impl ModelWorker {
                             .match_jobs_joined
                             .fetch_add(live.len() as u64 - 1, Ordering::Relaxed);
                     }
-                    models.run_all(live);
+                    // A panic in a model (a candle assertion, say) fails this batch's callers
+                    // (their reply channels drop) instead of ending the thread for everyone.
+                    let run = std::panic::AssertUnwindSafe(|| models.run_all(live));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("a model job panicked; its callers get an error");
+                    }
                 }
             })
             .map_err(|_| Error::WorkerGone)?;

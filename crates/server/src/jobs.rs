@@ -15,7 +15,7 @@ use wbia_lightglue_engine::{Config, QueryResult};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
-use crate::{compute, pair_count, proxy, AppState, Computed};
+use crate::{check_lists, compute, pair_count, proxy, AppState, Computed};
 use wbia_lightglue_engine::Progress;
 
 /// Finished jobs kept for status/result queries; the oldest are forgotten first.
@@ -79,6 +79,19 @@ impl JobStore {
                     jobs.remove(&old);
                 }
             }
+        }
+    }
+
+    /// Sets a working job's final state; false (and nothing written) when it is not working
+    /// any more, so that a cancel and the job's own end cannot overwrite each other.
+    fn end(&self, id: &str, job: Job) -> bool {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.0.get_mut(id) {
+            Some(current) if current.status == "working" => {
+                *current = job;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -213,6 +226,18 @@ async fn accept(
     if include_query && !database.contains(&queries[0]) {
         database.push(queries[0]);
     }
+    check_lists(&queries, &database)?;
+    if state
+        .jobs
+        .get(&jobid)
+        .is_some_and(|j| j.status == "working")
+    {
+        return Err(ApiError::new(
+            409,
+            format!("job {jobid} is working; choose another jobid"),
+            Value::Null,
+        ));
+    }
     let ticket = state.engine.admit(pair_count(&queries, &database))?;
     let accepted = std::time::Instant::now();
     let progress = Arc::new(Progress::default());
@@ -281,10 +306,14 @@ async fn accept(
     Ok(jobid)
 }
 
-/// Records a job's end and posts the callback, as WBIA's engine does.
+/// Records a job's end, unless it has ended already (cancelled meanwhile), and then posts the
+/// callback, as WBIA's engine does.
 async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, String)>) {
-    tracing::info!(jobid = %id, status = job.status, "job finished");
-    state.jobs.set(id, job);
+    let status = job.status;
+    if !state.jobs.end(id, job) {
+        return;
+    }
+    tracing::info!(jobid = %id, status, "job finished");
     if let Some((url, method)) = callback {
         if let Err(e) = state.wbia.job_callback(&url, &method, id).await {
             tracing::warn!(jobid = %id, error = %e, "callback failed");
@@ -293,8 +322,8 @@ async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, 
 }
 
 /// `/api/engine/job/cancel/?jobid=` (ours; WBIA has no such call): stops a working job. Its
-/// queued model work is dropped unrun, it ends as `exception` with "cancelled", and its
-/// callback is posted so that the caller learns of it.
+/// queued model work is dropped unrun and it ends as `exception`, "cancelled by request"; no
+/// callback is posted (whoever cancelled knows).
 pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let params = match Params::read(req).await {
         Ok((params, _, _)) => params,
@@ -303,22 +332,21 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let Some(id) = jobid_of(&params) else {
         return ApiError::bad_request("missing parameter jobid").into_response();
     };
-    match state.jobs.get(&id) {
-        Some(Job {
-            abort: Some(abort),
-            status: "working",
-            ..
-        }) => {
+    let cancelled = Job {
+        status: "exception",
+        result: Some(Value::String("cancelled by request".into())),
+        progress: None,
+        abort: None,
+    };
+    let abort = state.jobs.get(&id).and_then(|j| j.abort);
+    if state.jobs.end(&id, cancelled) {
+        if let Some(abort) = abort {
             abort.abort();
-            let job = Job {
-                status: "exception",
-                result: Some(Value::String("cancelled by request".into())),
-                progress: None,
-                abort: None,
-            };
-            finish(&state, &id, job, None).await;
-            envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}))
         }
+        tracing::info!(jobid = %id, "job cancelled");
+        return envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}));
+    }
+    match state.jobs.get(&id) {
         Some(job) => ApiError::new(
             409,
             format!("job {id} is {} and cannot be cancelled", job.status),

@@ -34,7 +34,9 @@ use envelope::ApiError;
 use params::Params;
 
 /// Most annotations one request may name.
-pub const MAX_ANNOTS_PER_REQUEST: usize = 5_000;
+/// Requests stream their chips (memory does not grow with this), so the bound is on the
+/// lists and results a request carries.
+pub const MAX_ANNOTS_PER_REQUEST: usize = 50_000;
 
 pub struct AppState {
     pub engine: Engine,
@@ -288,7 +290,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         (
             "wbia_lightglue_pending_pairs",
             "gauge",
-            "Pairs admitted requests have still to score.",
+            "Pairs of the requests admitted now.",
             pending_pairs as u64,
         ),
         (
@@ -389,6 +391,22 @@ pub struct Computed {
     pub aids: Vec<(Uuid, i64)>,
 }
 
+/// What WBIA checks of a request's lists before any work: non-empty, not too long, no
+/// duplicates (601).
+pub fn check_lists(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError> {
+    if queries.is_empty() || database.is_empty() {
+        return Err(ApiError::bad_request(
+            "query_annot_uuid_list and database_annot_uuid_list must not be empty",
+        ));
+    }
+    if queries.len() + database.len() > MAX_ANNOTS_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ANNOTS_PER_REQUEST} annotations per request"
+        )));
+    }
+    check_duplicates(queries, database)
+}
+
 /// Pairs a request scores: each query against the database minus itself.
 pub fn pair_count(queries: &[Uuid], database: &[Uuid]) -> usize {
     queries
@@ -435,17 +453,7 @@ pub async fn compute(
     config: &Config,
     progress: Option<&Progress>,
 ) -> Result<Computed, ApiError> {
-    if queries.is_empty() || database.is_empty() {
-        return Err(ApiError::bad_request(
-            "query_annot_uuid_list and database_annot_uuid_list must not be empty",
-        ));
-    }
-    if queries.len() + database.len() > MAX_ANNOTS_PER_REQUEST {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_ANNOTS_PER_REQUEST} annotations per request"
-        )));
-    }
-    check_duplicates(queries, database)?;
+    check_lists(queries, database)?;
     let own_ticket;
     let ticket = match admitted {
         Some(t) => t,
@@ -513,7 +521,9 @@ pub async fn compute(
             progress.unwrap_or(&own_progress),
         )
         .await?;
-    let index = |u: &Uuid| all.iter().position(|v| v == u).expect("known annotation");
+    let positions: std::collections::HashMap<Uuid, usize> =
+        all.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+    let index = |u: &Uuid| positions[u];
     let results = queries
         .iter()
         .zip(scores)
@@ -541,9 +551,10 @@ fn config_json(config: &Config) -> Value {
 /// WBIA refuses duplicate UUIDs within a list with code 601 (`web_check_uuids`).
 fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError> {
     let dups = |list: &[Uuid]| -> Vec<Value> {
+        let mut seen = std::collections::HashSet::with_capacity(list.len());
         list.iter()
             .enumerate()
-            .filter(|(i, u)| list[..*i].contains(u))
+            .filter(|(_, u)| !seen.insert(**u))
             .map(|(i, u)| json!([i, fancy_uuid(u)]))
             .collect()
     };

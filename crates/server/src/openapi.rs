@@ -37,9 +37,9 @@ pub struct ChipBestRequest {
 #[derive(Serialize, ToSchema)]
 pub struct Status {
     pub success: bool,
-    /// 200 on success; else the HTTP status: 400 bad parameter, 422 undecodable chip,
-    /// 429 queue full (with `Retry-After`), 502 WBIA unreachable, 600 unknown annotation
-    /// UUIDs, 601 duplicate UUIDs, 608 malformed UUIDs.
+    /// 200 on success; else the HTTP status: 400 bad parameter, 422 undecodable or oversized
+    /// chip, 429 busy (with `Retry-After`), 502 WBIA unreachable, failing or too slow, 600
+    /// unknown annotation UUIDs, 601 duplicate UUIDs, 608 malformed UUIDs.
     pub code: u16,
     pub message: String,
     pub cache: i64,
@@ -122,7 +122,8 @@ pub struct EngineQueryRequest {
     responses(
         (status = 200, description = "ranked database annotations per query", body = ChipBestResponse),
         (status = 400, description = "bad parameter", body = ErrorResponse),
-        (status = 429, description = "model queue full; retry after the Retry-After header", body = ErrorResponse),
+        (status = 429, description = "busy (too many admitted requests or pending pairs); retry after the Retry-After header", body = ErrorResponse),
+        (status = 502, description = "WBIA unreachable, failing or too slow for a chip", body = ErrorResponse),
         (status = 600, description = "annotation UUIDs unknown to WBIA", body = ErrorResponse),
     )
 )]
@@ -150,7 +151,10 @@ fn chip_best_by_aid() {}
     path = "/api/engine/query/graph/",
     tag = "engine",
     request_body(content = EngineQueryRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "`response` is the job id", body = ErrorResponse))
+    responses(
+        (status = 200, description = "`response` is the job id", body = ErrorResponse),
+        (status = 429, description = "busy; the job was not accepted (retry after the Retry-After header)", body = ErrorResponse),
+    )
 )]
 #[allow(dead_code)]
 fn engine_query() {}
@@ -160,10 +164,24 @@ fn engine_query() {}
     path = "/api/engine/job/status/",
     tag = "engine",
     params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|queued|working|completed|exception}", body = ErrorResponse))
+    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = ErrorResponse))
 )]
 #[allow(dead_code)]
 fn job_status() {}
+
+#[utoipa::path(
+    post,
+    path = "/api/engine/job/cancel/",
+    tag = "engine",
+    params(("jobid" = String, Query, description = "job id")),
+    responses(
+        (status = 200, description = "`response`: {jobid, jobstatus: \"exception\", cancelled: true}", body = ErrorResponse),
+        (status = 404, description = "no such job here", body = ErrorResponse),
+        (status = 409, description = "the job has already ended", body = ErrorResponse),
+    )
+)]
+#[allow(dead_code)]
+fn job_cancel() {}
 
 #[utoipa::path(
     get,
@@ -218,7 +236,7 @@ fn health() {}
 fn info() {}
 
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text: queries, per-stage milliseconds, cache counters, queue depth")))]
+    responses((status = 200, description = "Prometheus text with HELP/TYPE: counters (queries, refusals, cache, store, downloads, extractions, pairs), gauges (queue depth, admitted requests, pending pairs, cache bytes), histograms of stage and request seconds")))]
 #[allow(dead_code)]
 fn metrics() {}
 
@@ -237,6 +255,7 @@ fn metrics() {}
         job_status,
         job_result,
         job_list,
+        job_cancel,
         heartbeat,
         health,
         info,

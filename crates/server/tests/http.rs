@@ -1222,3 +1222,110 @@ async fn square_chips_through_wbia_score_as_the_reference() {
     assert!(rel <= 5e-3, "relative error {rel}");
     assert!(rel <= 2e-4, "outside the tight bound: {rel}");
 }
+
+/// `/api/engine/job/cancel/` stops a working job: it ends as `exception` ("cancelled by
+/// request"), its admission is given back, a second cancel is 409, an unknown id 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_job_can_be_cancelled() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let (status, body) = post_form(
+        &client,
+        &format!("{base}/api/engine/query/graph/"),
+        &[
+            ("query_annot_uuid_list", list(&[0xa1])),
+            ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root": "LightGlue"}"#.to_string(),
+            ),
+            ("jobid", "to-cancel".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_admitted_requests").await,
+        1
+    );
+    let cancel = format!("{base}/api/engine/job/cancel/?jobid=to-cancel");
+    let (status, body) = post_form(&client, &cancel, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["response"]["cancelled"], true);
+    assert_eq!(wait_for_job(&client, &base, "to-cancel").await, "exception");
+    let result: Value = client
+        .get(format!("{base}/api/engine/job/result/?jobid=to-cancel"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["response"]["json_result"], "cancelled by request");
+    let (status, _) = post_form(&client, &cancel, &[]).await;
+    assert_eq!(status, 409);
+    let (status, _) = post_form(
+        &client,
+        &format!("{base}/api/engine/job/cancel/?jobid=nope"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+    for _ in 0..100 {
+        if metric(&client, &base, "wbia_lightglue_admitted_requests").await == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the cancelled job's admission was not given back");
+}
+
+/// A client that gives up on a synchronous query leaves nothing running: its admission is
+/// given back and its queued extractions and matches are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_client_stops_its_query() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(format!("{base}/api/review/query/chip/best/"))
+        .form(&[
+            ("query_annot_uuid_list", list(&[0xa1])),
+            ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .await;
+    assert!(
+        sent.unwrap_err().is_timeout(),
+        "the query answered within 300 ms"
+    );
+    let settled = |want: u64| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            for _ in 0..100 {
+                if metric(&client, &base, "wbia_lightglue_admitted_requests").await == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("admission not given back");
+        }
+    };
+    settled(0).await;
+    let extractions = metric(&client, &base, "wbia_lightglue_extractions_total").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let later = metric(&client, &base, "wbia_lightglue_extractions_total").await;
+    assert!(
+        later <= extractions + 1,
+        "work went on: {extractions} → {later} extractions"
+    );
+    assert!(extractions + 1 < 4, "all four chips were extracted anyway");
+}

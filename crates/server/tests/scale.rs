@@ -29,13 +29,15 @@ use wbia_lightglue_server::{router, AppState};
 const ANNOTS: usize = 2000;
 /// The annotation whose chip endpoint never answers (not of the species).
 const HANGING_AID: i64 = 9999;
+/// Annotation UUIDs are this plus the rowid.
+const UUID_BASE: u128 = 0x0005_ca1e_0000_0000;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn uuid_of_aid(aid: i64) -> Uuid {
-    Uuid::from_u128(0x5ca1e_0000_0000 + aid as u128)
+    Uuid::from_u128(UUID_BASE + aid as u128)
 }
 
 struct Fake {
@@ -56,7 +58,7 @@ fn aids_of(q: &HashMap<String, String>) -> Vec<i64> {
         .iter()
         .map(|u| {
             let u = wbia_client::uuid_from_value(u).unwrap().as_u128();
-            (u - 0x5ca1e_0000_0000) as i64
+            (u - UUID_BASE) as i64
         })
         .collect()
 }

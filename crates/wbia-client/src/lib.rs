@@ -410,48 +410,57 @@ impl WbiaClient {
 
     /// Chip bytes for an annotation whose rowid is already known. Each attempt holds one of
     /// the client's download slots only while it runs (not through the backoff), times out on
-    /// its own, and all attempts together stop at `chip_deadline`.
+    /// its own, and all attempts together stop `chip_deadline` after the first one started
+    /// (waiting for a slot before that does not count: it is other requests' time).
     pub async fn chip_by_aid(&self, uuid: Uuid, aid: i64) -> Result<Bytes> {
         let url = self.url(&format!("/api/annot/src/{aid}/"));
         tracing::debug!(%uuid, aid, "downloading chip");
-        let attempts = self.with_retries(|| async {
+        let first_attempt = std::sync::OnceLock::new();
+        let timed_out = || Error::Timeout {
+            url: url.clone(),
+            secs: self.options.chip_deadline.as_secs(),
+        };
+        self.with_retries(|| async {
             let Ok(_permit) = self.downloads.acquire().await else {
                 return Attempt::Fail(Error::Unreachable {
                     url: url.clone(),
                     cause: "client shut down".into(),
                 });
             };
-            let resp = match self.send(&url, &[]).await {
-                Attempt::Done(r) => r,
-                Attempt::Retry(e) => return Attempt::Retry(e),
-                Attempt::Fail(e) => return Attempt::Fail(e),
-            };
-            let is_json = resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("json"));
-            match self.capped_body(&url, resp).await {
-                // Route errors come back as an envelope with HTTP 200 (docs/wbia-api.md).
-                Ok(body) if is_json => match unwrap_envelope(&url, &String::from_utf8_lossy(&body))
-                {
-                    Ok(_) => Attempt::Fail(Error::BadReply {
-                        url: url.clone(),
-                        detail: "JSON instead of image bytes".into(),
-                    }),
-                    Err(e) => Attempt::Fail(e),
-                },
-                Ok(body) => Attempt::Done(body),
-                Err(e @ Error::TooLarge { .. }) => Attempt::Fail(e),
-                Err(e) => Attempt::Retry(e),
+            let deadline = *first_attempt
+                .get_or_init(|| tokio::time::Instant::now() + self.options.chip_deadline);
+            match tokio::time::timeout_at(deadline, self.chip_attempt(&url)).await {
+                Ok(attempt) => attempt,
+                Err(_) => Attempt::Fail(timed_out()),
             }
-        });
-        match tokio::time::timeout(self.options.chip_deadline, attempts).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                url,
-                secs: self.options.chip_deadline.as_secs(),
-            }),
+        })
+        .await
+    }
+
+    /// One download of a chip (the caller holds a slot).
+    async fn chip_attempt(&self, url: &str) -> Attempt<Bytes> {
+        let resp = match self.send(url, &[]).await {
+            Attempt::Done(r) => r,
+            Attempt::Retry(e) => return Attempt::Retry(e),
+            Attempt::Fail(e) => return Attempt::Fail(e),
+        };
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        match self.capped_body(url, resp).await {
+            // Route errors come back as an envelope with HTTP 200 (docs/wbia-api.md).
+            Ok(body) if is_json => match unwrap_envelope(url, &String::from_utf8_lossy(&body)) {
+                Ok(_) => Attempt::Fail(Error::BadReply {
+                    url: url.to_string(),
+                    detail: "JSON instead of image bytes".into(),
+                }),
+                Err(e) => Attempt::Fail(e),
+            },
+            Ok(body) => Attempt::Done(body),
+            Err(e @ Error::TooLarge { .. }) => Attempt::Fail(e),
+            Err(e) => Attempt::Retry(e),
         }
     }
 
