@@ -1,6 +1,8 @@
 //! The real router on port 0 against a fake WBIA that serves the turtle fixtures by UUID
 //! (shapes from docs/wbia-api.md §5), with the real weights.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +12,8 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use common::{admissions_given_back, envelope, metric};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
@@ -89,12 +92,6 @@ fn name_uuid(name: &str) -> Option<Uuid> {
         "turtle_b" => Some(Uuid::from_u128(0x1b)),
         _ => None,
     }
-}
-
-fn envelope(v: Value) -> Json<Value> {
-    Json(
-        json!({"status": {"success": true, "code": 200, "message": "", "cache": -1}, "response": v}),
-    )
 }
 
 fn uuids_param(q: &HashMap<String, String>) -> Vec<Uuid> {
@@ -333,22 +330,6 @@ fn list(uuids: &[u128]) -> String {
 
 fn uuid_of(v: &Value) -> u128 {
     wbia_client::uuid_from_value(v).unwrap().as_u128()
-}
-
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1273,13 +1254,7 @@ async fn a_working_job_can_be_cancelled() {
     )
     .await;
     assert_eq!(status, 404);
-    for _ in 0..100 {
-        if metric(&client, &base, "wbia_lightglue_admitted_requests").await == 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the cancelled job's admission was not given back");
+    admissions_given_back(&client, &base).await;
 }
 
 /// A client that gives up on a synchronous query leaves nothing running: its admission is
@@ -1307,19 +1282,7 @@ async fn a_disconnected_client_stops_its_query() {
         sent.unwrap_err().is_timeout(),
         "the query answered within 300 ms"
     );
-    let settled = |want: u64| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            for _ in 0..100 {
-                if metric(&client, &base, "wbia_lightglue_admitted_requests").await == want {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            panic!("admission not given back");
-        }
-    };
-    settled(0).await;
+    admissions_given_back(&client, &base).await;
     let extractions = metric(&client, &base, "wbia_lightglue_extractions_total").await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let later = metric(&client, &base, "wbia_lightglue_extractions_total").await;

@@ -9,6 +9,8 @@
 //! own request, by timeout, while another request's chips flow; the process' peak RSS stays
 //! under 1.5 GiB.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use common::{admissions_given_back, envelope, metric};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
@@ -43,12 +46,6 @@ fn uuid_of_aid(aid: i64) -> Uuid {
 struct Fake {
     chips: HashMap<i64, Vec<u8>>,
     chip_requests: AtomicUsize,
-}
-
-fn envelope(v: Value) -> Json<Value> {
-    Json(
-        json!({"status": {"success": true, "code": 200, "message": "", "cache": -1}, "response": v}),
-    )
 }
 
 fn aids_of(q: &HashMap<String, String>) -> Vec<i64> {
@@ -189,22 +186,6 @@ async fn our_server(wbia: SocketAddr) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
     addr
-}
-
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not exported"))
-        .parse()
-        .unwrap()
 }
 
 /// Starts a species-wide job for the annotation `aid`; panics on anything but acceptance.
@@ -393,6 +374,8 @@ async fn species_of_2000_annotations() {
         "{body}"
     );
 
+    // Every ticket of every job and query above has been given back.
+    admissions_given_back(&client, &base).await;
     let rss = peak_rss_mib();
     println!("peak RSS of the test process: {rss} MiB");
     assert!(rss < 1536, "peak RSS {rss} MiB");
