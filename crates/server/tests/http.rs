@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use common::{admissions_given_back, envelope, metric};
+use common::{admissions_given_back, envelope, metric, wait_for_job_progress};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
@@ -685,36 +685,7 @@ async fn upstream_get_form_by_aid() {
 
 /// Polls a job until it ends; returns its last `jobstatus`.
 async fn wait_for_job(client: &reqwest::Client, base: &str, jobid: &str) -> String {
-    wait_for_job_progress(client, base, jobid).await.0
-}
-
-/// [`wait_for_job`], also returning every progress report seen while the job worked.
-async fn wait_for_job_progress(
-    client: &reqwest::Client,
-    base: &str,
-    jobid: &str,
-) -> (String, Vec<Value>) {
-    let mut seen = Vec::new();
-    for _ in 0..600 {
-        let s: Value = client
-            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(s["response"]["status"], "ok");
-        let status = s["response"]["jobstatus"].as_str().unwrap().to_string();
-        if status == "completed" || status == "exception" {
-            return (status, seen);
-        }
-        if status == "working" {
-            seen.push(s["response"]["progress"].clone());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("job {jobid} did not finish");
+    wait_for_job_progress(client, base, jobid, 30).await.0
 }
 
 /// No database list: every annotation of the query's species (as WBIA does), the query
@@ -831,7 +802,7 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     assert_eq!(started["status"]["success"], true, "{started}");
     assert_eq!(started["response"], jobid);
 
-    let (status, progress) = wait_for_job_progress(&client, &base, jobid).await;
+    let (status, progress) = wait_for_job_progress(&client, &base, jobid, 30).await;
     assert_eq!(status, "completed");
     // Fetching and extracting four chips takes long enough to be seen working at least once.
     assert!(!progress.is_empty(), "no progress reported");
@@ -860,6 +831,7 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     }
     assert_eq!(*fake.callbacks.lock().unwrap(), vec![jobid.to_string()]);
 
+    // Read as text: WBIA writes bare -Infinity, and so must we.
     let text = client
         .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
         .send()

@@ -22,7 +22,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use common::{admissions_given_back, envelope, metric};
+use common::{admissions_given_back, envelope, job_result, metric, wait_for_job_progress};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
@@ -214,33 +214,11 @@ async fn start_job(client: &reqwest::Client, base: &str, aid: i64, jobid: &str) 
     );
 }
 
-/// Waits for a job's end: its status and result.
+/// Waits (up to 10 minutes) for a job's end: its status and `json_result`.
 async fn finished(client: &reqwest::Client, base: &str, jobid: &str) -> (String, Value) {
-    loop {
-        let s: Value = client
-            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let status = s["response"]["jobstatus"].as_str().unwrap().to_string();
-        if status == "completed" || status == "exception" {
-            // The result holds bare -Infinity scores, as WBIA's does.
-            let text = client
-                .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let r = wbia_client::parse_lenient(&text).unwrap();
-            return (status, r["response"]["json_result"].clone());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (status, _) = wait_for_job_progress(client, base, jobid, 600).await;
+    let result = job_result(client, base, jobid).await;
+    (status, result["response"]["json_result"].clone())
 }
 
 async fn one_vs_one(client: &reqwest::Client, base: &str, q: i64, d: i64) -> (u16, Duration) {

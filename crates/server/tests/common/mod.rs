@@ -39,3 +39,48 @@ pub async fn admissions_given_back(client: &reqwest::Client, base: &str) {
     }
     panic!("admission not given back");
 }
+
+/// Polls a job until it ends (at most `secs` seconds): its last `jobstatus`, and every
+/// progress report seen while it worked.
+pub async fn wait_for_job_progress(
+    client: &reqwest::Client,
+    base: &str,
+    jobid: &str,
+    secs: u64,
+) -> (String, Vec<Value>) {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        let s: Value = client
+            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s["response"]["status"], "ok");
+        let status = s["response"]["jobstatus"].as_str().unwrap().to_string();
+        if status == "completed" || status == "exception" {
+            return (status, seen);
+        }
+        if status == "working" {
+            seen.push(s["response"]["progress"].clone());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("job {jobid} did not finish within {secs} s");
+}
+
+/// A job's result, whole (envelope included), parsed as WBIA writes it (bare `-Infinity`).
+pub async fn job_result(client: &reqwest::Client, base: &str, jobid: &str) -> Value {
+    let text = client
+        .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    wbia_client::parse_lenient(&text).unwrap()
+}
