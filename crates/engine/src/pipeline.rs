@@ -291,15 +291,14 @@ impl Engine {
     ) -> Result<Vec<f32>> {
         let chunk = self.match_chunk();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AnnotFeatures>>(chunk);
-        // The futures are made up front (they do nothing until polled): a closure that
-        // borrows its argument into the future it returns would not be `Send` for every
-        // lifetime, which a spawned job needs.
-        let lookups: Vec<_> = database
-            .iter()
-            .map(|d| self.features_of(ticket, source, d, config, progress))
-            .collect();
+        // Indexed, not iterated by reference: a closure that borrows its argument into the
+        // future it returns would not be `Send` for every lifetime, which a spawned job needs.
+        let lookup =
+            move |i: usize| self.features_of(ticket, source, database[i], config, progress);
         let produce = async move {
-            let mut features = futures::stream::iter(lookups).buffered(CHIPS_IN_FLIGHT);
+            let mut features = futures::stream::iter(0..database.len())
+                .map(lookup)
+                .buffered(CHIPS_IN_FLIGHT);
             while let Some(f) = features.next().await {
                 let failed = f.is_err();
                 if tx.send(f).await.is_err() || failed {
