@@ -106,17 +106,53 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until ctrl-c. Warm-up (model load) runs in the background; `/health` says when
-/// it is done. WBIA need not be reachable at start.
+/// How long requests in flight may run on after a shutdown signal.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves until SIGINT (Ctrl-C) or SIGTERM (`docker stop`, Kubernetes, systemd): then stops
+/// accepting, lets requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
+/// Warm-up (model load) runs in the background; `/health` says when it is done. WBIA need not
+/// be reachable at start.
 pub async fn serve(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<()> {
+    // Installed before anyone can know we listen, so that an early SIGTERM is not fatal.
+    let signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     spawn_warm_up(state.clone());
-    axum::serve(lenient_uri::LenientListener(listener), router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    let server = axum::serve(lenient_uri::LenientListener(listener), router(state))
+        .with_graceful_shutdown(async move {
+            signal.await;
+            tracing::info!("shutting down: no new connections; finishing those in flight");
+            let _ = stopping.send(true);
+        });
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        _ = async {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or, on Unix, SIGTERM; both handlers are installed when this is called.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 pub fn spawn_warm_up(state: Arc<AppState>) {
