@@ -164,6 +164,7 @@ impl Default for Progress {
 /// A copy of [`Progress`] at one moment.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProgressSnapshot {
+    /// `lookup` while the annotations are resolved (before the pipeline knows its totals),
     /// `features` while chips are fetched and extracted before any pair is scored, then
     /// `match`.
     pub stage: &'static str,
@@ -188,7 +189,11 @@ impl Progress {
         let (scored, total) = (load(&self.pairs_scored), load(&self.pairs_total));
         let elapsed = self.started.elapsed().as_secs_f64();
         ProgressSnapshot {
-            stage: if scored == 0 { "features" } else { "match" },
+            stage: match (load(&self.chips_total), scored) {
+                (0, _) => "lookup",
+                (_, 0) => "features",
+                _ => "match",
+            },
             chips_total: load(&self.chips_total),
             chips_fetched: load(&self.chips_fetched),
             chips_cached: load(&self.chips_cached),

@@ -164,7 +164,7 @@ fn engine_query() {}
     path = "/api/engine/job/status/",
     tag = "engine",
     params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = ErrorResponse))
+    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: lookup|features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = ErrorResponse))
 )]
 #[allow(dead_code)]
 fn job_status() {}
