@@ -166,6 +166,33 @@ struct ServeArgs {
     /// UUID, bbox and theta to identify it.
     #[arg(long, env = "WBIA_LIGHTGLUE_VERIFY_CHIP_BYTES")]
     verify_chip_bytes: bool,
+    /// PEM bundle of CA certificates trusted for https WBIA URLs and callbacks, besides the
+    /// built-in and system roots.
+    #[arg(long, env = "SSL_CERT_FILE")]
+    ca_file: Option<PathBuf>,
+    /// When set, the endpoints this service answers itself (not the pass-through to WBIA,
+    /// not /health) want `Authorization: Bearer <token>`. Prefer the environment variable.
+    #[arg(long, env = "WBIA_LIGHTGLUE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Comma-separated hosts a job's callback_url may name (default: any, as WBIA).
+    #[arg(long, env = "WBIA_LIGHTGLUE_CALLBACK_HOSTS", value_delimiter = ',')]
+    callback_hosts: Option<Vec<String>>,
+    /// Requests passed through to WBIA at once; more get 503 with Retry-After.
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_PROXIED", default_value_t = 64)]
+    max_proxied: usize,
+    /// Client connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a request head (new or idle keep-alive).
+    #[arg(long, env = "WBIA_LIGHTGLUE_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    header_read_timeout: u64,
+    /// Longest pause, in seconds, within a request body (client to us) or a forwarded answer
+    /// (WBIA to us).
+    #[arg(long, env = "WBIA_LIGHTGLUE_BODY_IDLE_TIMEOUT", default_value_t = 60)]
+    body_idle_timeout: u64,
+    /// Bytes of finished job results kept for /api/engine/job/result/.
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_JOB_RESULT_BYTES", default_value_t = 1 << 30)]
+    max_job_result_bytes: usize,
 }
 
 #[derive(Args)]
@@ -251,21 +278,34 @@ fn serve(args: ServeArgs) -> Result<()> {
         verify_chip_bytes: args.verify_chip_bytes,
     })?;
     tracing::info!(runtime = ?engine.runtime, "model worker started");
+    if let Some(moved) = engine.store_quarantined() {
+        tracing::warn!(
+            moved_to = %moved.display(),
+            "the feature store was corrupt: set aside, starting with an empty one (features are recomputed)"
+        );
+    }
     let wbia = wbia_client::WbiaClient::new(
         &args.wbia_url,
         wbia_client::ClientOptions {
             max_chip_bytes: args.max_chip_bytes,
+            ca_file: args.ca_file.clone(),
+            forward_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout),
             ..Default::default()
         },
     )?;
-    let state = std::sync::Arc::new(wbia_lightglue_server::AppState {
-        engine,
-        wbia,
-        configs,
-        jobs: Default::default(),
-        ready: Default::default(),
-        metrics: Default::default(),
-    });
+    let options = wbia_lightglue_server::ServerOptions {
+        api_token: args.api_token.clone().filter(|t| !t.is_empty()),
+        callback_hosts: args.callback_hosts.clone(),
+        max_proxied: args.max_proxied,
+        max_connections: args.max_connections,
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout),
+        body_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout),
+        max_job_result_bytes: args.max_job_result_bytes,
+        ..Default::default()
+    };
+    let state = std::sync::Arc::new(wbia_lightglue_server::AppState::new(
+        engine, wbia, configs, options,
+    ));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(wbia_lightglue_server::serve(
         state,

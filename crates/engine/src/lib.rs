@@ -12,7 +12,7 @@ pub mod scoring;
 pub mod store;
 mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -113,9 +113,10 @@ pub(crate) enum ChipId {
 
 /// Features are cached and stored by annotation, by the settings that shape them, by what
 /// defines the chip, and by the model weights' digest: a re-rendered chip (new bbox, theta or
-/// image), a changed setting or new weights never serve stale features.
+/// image), a changed setting or new weights never serve stale features. Public (opaque) so
+/// that the [`store::FeatureStore`] can be used on its own.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FeatureKey {
+pub struct FeatureKey {
     pub(crate) annot: Uuid,
     pub(crate) settings: String,
     pub(crate) chip: ChipId,
@@ -126,6 +127,17 @@ pub(crate) struct FeatureKey {
 const KEY_VERSION: &[u8] = b"wbia-lightglue/features/v2";
 
 impl FeatureKey {
+    /// The key of a chip known by its bytes' SHA-256, for using the store directly (tools,
+    /// tests); `model` is the weights' version ([`RuntimeInfo::model_version`]).
+    pub fn for_chip_bytes(annot: Uuid, settings: &str, chip_sha256: [u8; 32], model: &str) -> Self {
+        Self {
+            annot,
+            settings: settings.into(),
+            chip: ChipId::Bytes(chip_sha256),
+            model: model.into(),
+        }
+    }
+
     fn hash_chip(&self, h: &mut Sha256) {
         let field = |h: &mut Sha256, bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -263,6 +275,10 @@ pub struct Engine {
     pub runtime: RuntimeInfo,
     cache: Mutex<cache::FeatureCache>,
     store: Option<Arc<Mutex<store::FeatureStore>>>,
+    /// Where a corrupt store file was moved at start.
+    store_quarantined: Option<PathBuf>,
+    /// The store's count of damaged rows (read without its lock).
+    store_corrupt_rows: Arc<AtomicU64>,
     pub cache_stats: Arc<CacheStats>,
     /// Latency of each pipeline stage.
     pub stage_seconds: metrics::StageSeconds,
@@ -301,9 +317,16 @@ impl Engine {
             ));
         }
         let store = match &options.data_dir {
-            Some(dir) => Some(Arc::new(Mutex::new(store::FeatureStore::open(dir)?))),
+            Some(dir) => Some(store::FeatureStore::open(dir)?),
             None => None,
         };
+        let store_quarantined = store
+            .as_ref()
+            .and_then(|s| s.quarantined().map(Path::to_path_buf));
+        let store_corrupt_rows = store
+            .as_ref()
+            .map_or_else(Arc::default, |s| s.corrupt_rows_counter());
+        let store = store.map(|s| Arc::new(Mutex::new(s)));
         let cache_stats = Arc::new(CacheStats::default());
         let match_batch = options.match_batch.max(1);
         let runtime = RuntimeInfo {
@@ -328,6 +351,8 @@ impl Engine {
                 options.cache_bytes,
             )),
             store,
+            store_quarantined,
+            store_corrupt_rows,
             cache_stats,
             stage_seconds: Default::default(),
             admission: Arc::new(pipeline::AdmissionState::new(
@@ -375,6 +400,22 @@ impl Engine {
     /// Jobs waiting for the model worker now.
     pub fn queue_depth(&self) -> usize {
         self.worker.depth()
+    }
+
+    /// Whether the model worker thread is still running. Once it has stopped, every model
+    /// call fails at once ([`Error::WorkerGone`]), so health checks should report this.
+    pub fn worker_alive(&self) -> bool {
+        self.worker.alive()
+    }
+
+    /// Where a corrupt feature store found at start was moved (an empty one replaced it).
+    pub fn store_quarantined(&self) -> Option<&Path> {
+        self.store_quarantined.as_deref()
+    }
+
+    /// Feature store rows found damaged on read since start (each dropped and recomputed).
+    pub fn store_corrupt_rows(&self) -> u64 {
+        self.store_corrupt_rows.load(Ordering::Relaxed)
     }
 
     /// Requests admitted now, and their pairs.

@@ -5,16 +5,63 @@
 //! the model weights. A pair score is keyed by both feature sets' keys (as digests) and the
 //! matcher's settings, so a re-rendered chip, a changed setting or new weights never reuse a
 //! score. Used from tokio's blocking pool, behind a mutex, never from the model thread.
+//!
+//! Everything here can be recomputed, so damage is never fatal and never served: a file that
+//! fails `PRAGMA quick_check` (or is not a database) is moved aside and replaced by an empty
+//! store, and every row carries a SHA-256 checksum, verified on read, so a damaged row is a
+//! miss (deleted, counted) rather than wrong features or a wrong score.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use sha2::{Digest, Sha256};
 use wbia_lightglue_model::Features;
 
 use crate::{Error, FeatureKey, Result};
 
+/// The store's file in the data directory.
+const FILE_NAME: &str = "features.sqlite3";
+
+/// `PRAGMA user_version` of the current tables. 0 is the unversioned schema without
+/// checksums. The store is a cache, so a file of any other version has its tables dropped and
+/// recreated rather than migrated: its rows are recomputed on demand.
+const SCHEMA_VERSION: i64 = 2;
+
+const CREATE_TABLES: &str = "
+    CREATE TABLE IF NOT EXISTS lightglue_features (
+        annot_uuid TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        chip_sha256 BLOB NOT NULL,
+        keypoints BLOB NOT NULL,
+        keypoint_scores BLOB NOT NULL,
+        descriptors BLOB NOT NULL,
+        width REAL NOT NULL,
+        height REAL NOT NULL,
+        checksum BLOB NOT NULL,
+        created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        PRIMARY KEY (annot_uuid, settings, chip_sha256)
+    );
+    CREATE TABLE IF NOT EXISTS lightglue_scores (
+        query_features TEXT NOT NULL,
+        database_features TEXT NOT NULL,
+        matcher TEXT NOT NULL,
+        score REAL NOT NULL,
+        checksum BLOB NOT NULL,
+        created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        PRIMARY KEY (query_features, database_features, matcher)
+    );";
+
 pub struct FeatureStore {
     conn: Connection,
+    /// Where a corrupt file found at open was moved.
+    quarantined: Option<PathBuf>,
+    /// Rows found damaged on read; shared so that metrics need not take the store's lock.
+    corrupt_rows: Arc<AtomicU64>,
 }
 
 fn db_error(e: rusqlite::Error) -> Error {
@@ -32,61 +79,305 @@ fn from_bytes(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// SHA-256 over a row's columns, each length-prefixed, after the table's name (so no row can
+/// pass for another table's, nor fields shift between columns). Key columns are included: a
+/// row damaged into another key must not serve that key.
+fn checksum(table: &str, fields: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for field in std::iter::once(table.as_bytes()).chain(fields.iter().copied()) {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field);
+    }
+    h.finalize().into()
+}
+
+fn features_checksum(
+    annot: &str,
+    settings: &str,
+    chip: &[u8],
+    blobs: [&[u8]; 3],
+    width: f64,
+    height: f64,
+) -> [u8; 32] {
+    let [kp, scores, desc] = blobs;
+    checksum(
+        "lightglue_features",
+        &[
+            annot.as_bytes(),
+            settings.as_bytes(),
+            chip,
+            kp,
+            scores,
+            desc,
+            &width.to_le_bytes(),
+            &height.to_le_bytes(),
+        ],
+    )
+}
+
+fn score_checksum(query: &str, database: &str, matcher: &str, score: f64) -> [u8; 32] {
+    checksum(
+        "lightglue_scores",
+        &[
+            query.as_bytes(),
+            database.as_bytes(),
+            matcher.as_bytes(),
+            &score.to_le_bytes(),
+        ],
+    )
+}
+
+/// A column's bytes; `None` for a value of the wrong type (damage, not an error).
+fn bytes_of(v: ValueRef<'_>) -> Option<Vec<u8>> {
+    match v {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Some(b.to_vec()),
+        _ => None,
+    }
+}
+
+/// A REAL column (SQLite may hand back an integral REAL as an integer).
+fn real_of(v: ValueRef<'_>) -> Option<f64> {
+    match v {
+        ValueRef::Real(f) => Some(f),
+        ValueRef::Integer(i) => Some(i as f64),
+        _ => None,
+    }
+}
+
+/// SQLite reports damage it meets while reading (a b-tree page `quick_check` passed but a
+/// query trips over) as corruption; that is a miss, not a failed request.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// Why opening failed: the file itself is bad (move it aside), or something a fresh file
+/// would not fix (permissions, a full disk, a lock held elsewhere), which is reported.
+enum OpenError {
+    Corrupt(String),
+    Other(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        let environmental = matches!(
+            e.sqlite_error_code(),
+            Some(
+                ErrorCode::CannotOpen
+                    | ErrorCode::PermissionDenied
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::OutOfMemory
+                    | ErrorCode::DiskFull
+                    | ErrorCode::SystemIoFailure
+            )
+        );
+        if environmental {
+            OpenError::Other(e)
+        } else {
+            OpenError::Corrupt(e.to_string())
+        }
+    }
+}
+
+/// `path` with `suffix` appended to its file name (SQLite's `-wal` and `-shm` files).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = OsString::from(path.as_os_str());
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Moves a corrupt store and its WAL and shared-memory files aside (kept for inspection, as
+/// `features.sqlite3.corrupt-<unix seconds>`), returning the new path. The WAL and shm files
+/// must go with it: left behind, SQLite would replay the old WAL into the fresh file.
+fn quarantine(path: &Path) -> Result<PathBuf> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = with_suffix(path, &format!(".corrupt-{secs}"));
+    let mut target = base.clone();
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = with_suffix(&base, &format!(".{n}"));
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let from = with_suffix(path, suffix);
+        match std::fs::rename(&from, with_suffix(&target, suffix)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Deleting is enough for a cache; keeping the file is only for inspection.
+            Err(e) => std::fs::remove_file(&from).map_err(|_| {
+                Error::Store(format!(
+                    "cannot move aside or delete the corrupt {}: {e}",
+                    from.display()
+                ))
+            })?,
+        }
+    }
+    Ok(target)
+}
+
+/// Opens `path`, checks it, and brings its tables to [`SCHEMA_VERSION`].
+fn connect(path: &Path) -> std::result::Result<Connection, OpenError> {
+    let conn = Connection::open(path)?;
+    // Another connection's write briefly locks the file; wait rather than call it damage.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // Reads every page of the tables' b-trees: O(file size), once per start.
+    let problems = conn
+        .prepare("PRAGMA quick_check")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if problems != ["ok"] {
+        let mut reason = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
+        reason.truncate(500);
+        return Err(OpenError::Corrupt(reason));
+    }
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;",
+    )?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        conn.execute_batch(CREATE_TABLES)?;
+    } else {
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+             AND name IN ('lightglue_features', 'lightglue_scores')",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 {
+            tracing::info!(
+                path = %path.display(),
+                from = version,
+                to = SCHEMA_VERSION,
+                "feature store of another schema version: its rows are dropped and recomputed"
+            );
+        }
+        conn.execute_batch(&format!(
+            "BEGIN;
+             DROP TABLE IF EXISTS lightglue_features;
+             DROP TABLE IF EXISTS lightglue_scores;
+             {CREATE_TABLES}
+             PRAGMA user_version = {SCHEMA_VERSION};
+             COMMIT;"
+        ))?;
+    }
+    Ok(conn)
+}
+
 impl FeatureStore {
-    /// Opens (creating if needed) `features.sqlite3` in `dir`.
+    /// Opens (creating if needed) `features.sqlite3` in `dir`. A corrupt file (failing
+    /// `PRAGMA quick_check`, not a database, unreadable schema) is moved aside and replaced by
+    /// an empty store, so a damaged cache never stops the service; [`Self::quarantined`]
+    /// says where it went. Errors only for what a fresh file would not fix (an unwritable
+    /// directory, a full disk, a file locked by another process).
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Store(format!("data directory {}: {e}", dir.display())))?;
-        let conn = Connection::open(dir.join("features.sqlite3")).map_err(db_error)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS lightglue_features (
-                 annot_uuid TEXT NOT NULL,
-                 settings TEXT NOT NULL,
-                 chip_sha256 BLOB NOT NULL,
-                 keypoints BLOB NOT NULL,
-                 keypoint_scores BLOB NOT NULL,
-                 descriptors BLOB NOT NULL,
-                 width REAL NOT NULL,
-                 height REAL NOT NULL,
-                 created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-                 PRIMARY KEY (annot_uuid, settings, chip_sha256)
-             );
-             CREATE TABLE IF NOT EXISTS lightglue_scores (
-                 query_features TEXT NOT NULL,
-                 database_features TEXT NOT NULL,
-                 matcher TEXT NOT NULL,
-                 score REAL NOT NULL,
-                 created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-                 PRIMARY KEY (query_features, database_features, matcher)
-             );",
-        )
-        .map_err(db_error)?;
-        Ok(Self { conn })
+        let path = dir.join(FILE_NAME);
+        let (conn, quarantined) = match connect(&path) {
+            Ok(conn) => (conn, None),
+            Err(OpenError::Other(e)) => return Err(db_error(e)),
+            Err(OpenError::Corrupt(reason)) => {
+                let moved = quarantine(&path)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    moved_to = %moved.display(),
+                    %reason,
+                    "the feature store is corrupt: moved aside, starting an empty one"
+                );
+                let conn = connect(&path).map_err(|e| match e {
+                    OpenError::Corrupt(reason) => Error::Store(reason),
+                    OpenError::Other(e) => db_error(e),
+                })?;
+                (conn, Some(moved))
+            }
+        };
+        Ok(Self {
+            conn,
+            quarantined,
+            corrupt_rows: Arc::default(),
+        })
     }
 
-    pub(crate) fn get(&self, key: &FeatureKey) -> Result<Option<Features>> {
+    /// Where a corrupt store file found at open was moved (an empty store replaced it), so
+    /// the server can report it; `None` when the file was sound.
+    pub fn quarantined(&self) -> Option<&Path> {
+        self.quarantined.as_deref()
+    }
+
+    /// Rows found damaged on read since open (each dropped and recomputed on demand).
+    pub fn corrupt_rows(&self) -> u64 {
+        self.corrupt_rows.load(Ordering::Relaxed)
+    }
+
+    /// The [`Self::corrupt_rows`] counter itself, for metrics read without the store's lock.
+    pub(crate) fn corrupt_rows_counter(&self) -> Arc<AtomicU64> {
+        self.corrupt_rows.clone()
+    }
+
+    /// Counts and logs a damaged row, then deletes it (when SQLite still can) so that it is
+    /// rewritten on the next computation instead of being reported on every read.
+    fn drop_damaged(&self, what: &str, delete: rusqlite::Result<usize>) {
+        self.corrupt_rows.fetch_add(1, Ordering::Relaxed);
+        match delete {
+            Ok(_) => tracing::warn!(row = what, "dropped a damaged feature store row"),
+            Err(e) => {
+                tracing::warn!(row = what, error = %e, "a damaged feature store row could not be deleted")
+            }
+        }
+    }
+
+    /// Stored features of `key`; `None` when absent or damaged (then deleted and counted).
+    pub fn get(&self, key: &FeatureKey) -> Result<Option<Features>> {
+        let annot = key.annot.to_string();
+        let chip = key.chip_digest();
         let row = self
             .conn
             .query_row(
-                "SELECT keypoints, keypoint_scores, descriptors, width, height
+                "SELECT keypoints, keypoint_scores, descriptors, width, height, checksum
                  FROM lightglue_features
                  WHERE annot_uuid = ?1 AND settings = ?2 AND chip_sha256 = ?3",
-                params![key.annot.to_string(), key.settings, &key.chip_digest()[..]],
+                params![annot, key.settings, &chip[..]],
                 |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, f64>(3)?,
-                        r.get::<_, f64>(4)?,
-                    ))
+                    Ok((|| {
+                        Some((
+                            bytes_of(r.get_ref(0).ok()?)?,
+                            bytes_of(r.get_ref(1).ok()?)?,
+                            bytes_of(r.get_ref(2).ok()?)?,
+                            real_of(r.get_ref(3).ok()?)?,
+                            real_of(r.get_ref(4).ok()?)?,
+                            bytes_of(r.get_ref(5).ok()?)?,
+                        ))
+                    })())
                 },
             )
-            .optional()
-            .map_err(db_error)?;
-        let Some((kp, scores, desc, w, h)) = row else {
+            .optional();
+        let row = match row {
+            Ok(None) => return Ok(None),
+            Ok(Some(row)) => row,
+            Err(e) if is_damage(&e) => {
+                self.drop_damaged("features (unreadable)", Err(e));
+                return Ok(None);
+            }
+            Err(e) => return Err(db_error(e)),
+        };
+        let verified = row.filter(|(kp, scores, desc, w, h, sum)| {
+            features_checksum(&annot, &key.settings, &chip, [kp, scores, desc], *w, *h)[..]
+                == sum[..]
+        });
+        let Some((kp, scores, desc, w, h, _)) = verified else {
+            let delete = self.conn.execute(
+                "DELETE FROM lightglue_features
+                 WHERE annot_uuid = ?1 AND settings = ?2 AND chip_sha256 = ?3",
+                params![annot, key.settings, &chip[..]],
+            );
+            self.drop_damaged("features", delete);
             return Ok(None);
         };
         let kp = from_bytes(&kp);
@@ -96,68 +387,105 @@ impl FeatureStore {
             descriptors: from_bytes(&desc),
             image_size: [w as f32, h as f32],
         };
-        // A damaged row is treated as absent (and will be overwritten), not trusted.
+        // Checksummed but invalid: written wrong, not damaged since; absent, and overwritten.
         match features.validate() {
             Ok(()) => Ok(Some(features)),
             Err(e) => {
-                tracing::warn!(annot = %key.annot, error = %e, "ignoring a damaged stored feature row");
+                tracing::warn!(annot = %key.annot, error = %e, "ignoring an invalid stored feature row");
                 Ok(None)
             }
         }
     }
 
-    pub(crate) fn put(&self, key: &FeatureKey, f: &Features) -> Result<()> {
+    /// Stores the features of `key`, replacing any.
+    pub fn put(&self, key: &FeatureKey, f: &Features) -> Result<()> {
+        let annot = key.annot.to_string();
+        let chip = key.chip_digest();
+        let kp = to_bytes(f.keypoints.iter().flatten().copied());
+        let scores = to_bytes(f.scores.iter().copied());
+        let desc = to_bytes(f.descriptors.iter().copied());
+        let (w, h) = (f.image_size[0] as f64, f.image_size[1] as f64);
+        let sum = features_checksum(&annot, &key.settings, &chip, [&kp, &scores, &desc], w, h);
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO lightglue_features
-                 (annot_uuid, settings, chip_sha256, keypoints, keypoint_scores, descriptors, width, height)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (annot_uuid, settings, chip_sha256, keypoints, keypoint_scores, descriptors,
+                  width, height, checksum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
-                    key.annot.to_string(),
+                    annot,
                     key.settings,
-                    &key.chip_digest()[..],
-                    to_bytes(f.keypoints.iter().flatten().copied()),
-                    to_bytes(f.scores.iter().copied()),
-                    to_bytes(f.descriptors.iter().copied()),
-                    f.image_size[0] as f64,
-                    f.image_size[1] as f64,
+                    &chip[..],
+                    kp,
+                    scores,
+                    desc,
+                    w,
+                    h,
+                    &sum[..]
                 ],
             )
             .map_err(db_error)?;
         Ok(())
     }
 
-    /// A stored pair score, if any.
-    pub(crate) fn score(&self, query: &str, database: &str, matcher: &str) -> Result<Option<f32>> {
-        self.conn
+    /// A stored pair score, if any; `None` too when damaged (then deleted and counted).
+    pub fn score(&self, query: &str, database: &str, matcher: &str) -> Result<Option<f32>> {
+        let row = self
+            .conn
             .query_row(
-                "SELECT score FROM lightglue_scores
+                "SELECT score, checksum FROM lightglue_scores
                  WHERE query_features = ?1 AND database_features = ?2 AND matcher = ?3",
                 params![query, database, matcher],
-                |r| r.get::<_, f64>(0),
+                |r| {
+                    Ok((|| {
+                        Some((real_of(r.get_ref(0).ok()?)?, bytes_of(r.get_ref(1).ok()?)?))
+                    })())
+                },
             )
-            .optional()
-            .map(|s| s.filter(|s| s.is_finite()).map(|s| s as f32))
-            .map_err(db_error)
+            .optional();
+        let row = match row {
+            Ok(None) => return Ok(None),
+            Ok(Some(row)) => row,
+            Err(e) if is_damage(&e) => {
+                self.drop_damaged("pair score (unreadable)", Err(e));
+                return Ok(None);
+            }
+            Err(e) => return Err(db_error(e)),
+        };
+        match row {
+            Some((score, sum))
+                if score_checksum(query, database, matcher, score)[..] == sum[..] =>
+            {
+                Ok(Some(score).filter(|s| s.is_finite()).map(|s| s as f32))
+            }
+            _ => {
+                let delete = self.conn.execute(
+                    "DELETE FROM lightglue_scores
+                     WHERE query_features = ?1 AND database_features = ?2 AND matcher = ?3",
+                    params![query, database, matcher],
+                );
+                self.drop_damaged("pair score", delete);
+                Ok(None)
+            }
+        }
     }
 
     /// Stores pair scores `(query digest, database digest, score)` in one transaction.
-    pub(crate) fn put_scores(
-        &mut self,
-        matcher: &str,
-        scores: &[(String, String, f32)],
-    ) -> Result<()> {
+    pub fn put_scores(&mut self, matcher: &str, scores: &[(String, String, f32)]) -> Result<()> {
         let tx = self.conn.transaction().map_err(db_error)?;
         {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO lightglue_scores
-                     (query_features, database_features, matcher, score) VALUES (?1, ?2, ?3, ?4)",
+                     (query_features, database_features, matcher, score, checksum)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(db_error)?;
             for (q, d, score) in scores {
+                let score = *score as f64;
+                let sum = score_checksum(q, d, matcher, score);
                 insert
-                    .execute(params![q, d, matcher, *score as f64])
+                    .execute(params![q, d, matcher, score, &sum[..]])
                     .map_err(db_error)?;
             }
         }

@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use candle_core::Device;
 use tokio::sync::oneshot;
@@ -113,10 +113,52 @@ impl FairQueue {
         }
         self.wake.notify_all();
     }
+
+    /// Closes the queue and takes out every job still queued. Under one lock, so no job can
+    /// slip in after; a poisoned lock is still drained (its callers must not wait forever).
+    fn close_and_drain(&self) -> Vec<Job> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.closed = true;
+        s.len = 0;
+        let jobs = std::mem::take(&mut s.lanes)
+            .into_iter()
+            .flat_map(|(_, jobs)| jobs)
+            .collect();
+        drop(s);
+        self.wake.notify_all();
+        jobs
+    }
+}
+
+/// Owned by the worker thread and dropped when it ends, however it ends (its loop returning,
+/// or a panic outside the per-batch `catch_unwind`): marks the worker dead and fails the
+/// jobs still queued. Without it those callers would wait forever, later calls would queue
+/// behind a thread that is gone, and the service would still look healthy.
+struct Liveness {
+    alive: Arc<AtomicBool>,
+    queue: Arc<FairQueue>,
+}
+
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::SeqCst);
+        // Dropping the jobs drops their reply senders: each caller gets `WorkerGone`.
+        let failed = self.queue.close_and_drain().len();
+        if std::thread::panicking() {
+            tracing::error!(
+                jobs_failed = failed,
+                "the model worker thread panicked and stopped: model calls now fail"
+            );
+        } else {
+            tracing::info!(jobs_failed = failed, "the model worker thread stopped");
+        }
+    }
 }
 
 pub(crate) struct ModelWorker {
     queue: Arc<FairQueue>,
+    /// False once the worker thread has ended.
+    alive: Arc<AtomicBool>,
 }
 
 impl Drop for ModelWorker {
@@ -127,46 +169,63 @@ impl Drop for ModelWorker {
 
 impl ModelWorker {
     pub fn spawn(settings: Settings, stats: Arc<CacheStats>) -> Result<Self> {
+        Self::spawn_with(move |jobs| {
+            let mut models = Models::new(settings, stats);
+            while let Some(job) = jobs.pop(true) {
+                let mut batch = vec![job];
+                // With batching on, matching jobs already waiting (other queries, other
+                // requests) join this one's padded batches.
+                if models.settings.match_batch > 1 && matches!(batch[0], Job::Match(_)) {
+                    while batch.len() < MAX_JOBS_TOGETHER {
+                        match jobs.pop(false) {
+                            Some(next) => batch.push(next),
+                            None => break,
+                        }
+                    }
+                }
+                let (live, gone): (Vec<Job>, Vec<Job>) =
+                    batch.into_iter().partition(|j| !j.abandoned());
+                models
+                    .stats
+                    .jobs_abandoned
+                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                if live.len() > 1 {
+                    models
+                        .stats
+                        .match_jobs_joined
+                        .fetch_add(live.len() as u64 - 1, Ordering::Relaxed);
+                }
+                // A panic in a model (a candle assertion, say) fails this batch's callers
+                // (their reply channels drop) instead of ending the thread for everyone.
+                let run = std::panic::AssertUnwindSafe(|| models.run_all(live));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a model job panicked; its callers get an error");
+                }
+            }
+        })
+    }
+
+    /// Starts the worker thread running `body` over the queue, with its [`Liveness`] guard.
+    fn spawn_with(body: impl FnOnce(&FairQueue) + Send + 'static) -> Result<Self> {
         let queue = Arc::new(FairQueue::default());
-        let jobs = queue.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let liveness = Liveness {
+            alive: alive.clone(),
+            queue: queue.clone(),
+        };
         std::thread::Builder::new()
             .name("model-worker".into())
             .spawn(move || {
-                let mut models = Models::new(settings, stats);
-                while let Some(job) = jobs.pop(true) {
-                    let mut batch = vec![job];
-                    // With batching on, matching jobs already waiting (other queries, other
-                    // requests) join this one's padded batches.
-                    if models.settings.match_batch > 1 && matches!(batch[0], Job::Match(_)) {
-                        while batch.len() < MAX_JOBS_TOGETHER {
-                            match jobs.pop(false) {
-                                Some(next) => batch.push(next),
-                                None => break,
-                            }
-                        }
-                    }
-                    let (live, gone): (Vec<Job>, Vec<Job>) =
-                        batch.into_iter().partition(|j| !j.abandoned());
-                    models
-                        .stats
-                        .jobs_abandoned
-                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
-                    if live.len() > 1 {
-                        models
-                            .stats
-                            .match_jobs_joined
-                            .fetch_add(live.len() as u64 - 1, Ordering::Relaxed);
-                    }
-                    // A panic in a model (a candle assertion, say) fails this batch's callers
-                    // (their reply channels drop) instead of ending the thread for everyone.
-                    let run = std::panic::AssertUnwindSafe(|| models.run_all(live));
-                    if std::panic::catch_unwind(run).is_err() {
-                        tracing::error!("a model job panicked; its callers get an error");
-                    }
-                }
+                let liveness = liveness;
+                body(&liveness.queue);
             })
             .map_err(|_| Error::WorkerGone)?;
-        Ok(Self { queue })
+        Ok(Self { queue, alive })
+    }
+
+    /// Whether the worker thread is still running.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Jobs waiting for the worker now.
@@ -181,6 +240,10 @@ impl ModelWorker {
         lane: u64,
         make: impl FnOnce(oneshot::Sender<T>) -> Job,
     ) -> Result<T> {
+        // Fails fast once the thread is gone (the closed queue refuses the job as well).
+        if !self.alive() {
+            return Err(Error::WorkerGone);
+        }
         let (reply, answer) = oneshot::channel();
         self.queue.push(lane, make(reply))?;
         answer.await.map_err(|_| Error::WorkerGone)
@@ -324,5 +387,56 @@ impl Models {
             .iter()
             .map(|(q, d)| Ok(matcher.match_pair(q, d)?.score()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::*;
+
+    fn extract(reply: oneshot::Sender<Result<Features>>) -> Job {
+        Job::Extract {
+            image: RgbImage::new(1, 1, vec![0; 3]).unwrap(),
+            config: Config::default(),
+            reply,
+        }
+    }
+
+    /// A worker thread that dies outside `catch_unwind` with a job queued: the job's caller
+    /// and every later caller get `WorkerGone` at once, and the worker reports itself dead.
+    #[tokio::test]
+    async fn a_dead_worker_fails_calls_at_once_and_says_so() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let worker = Arc::new(
+            ModelWorker::spawn_with(move |_| {
+                let _ = wait.recv();
+                panic!("the model worker dies outside catch_unwind (expected by this test)");
+            })
+            .unwrap(),
+        );
+        assert!(worker.alive());
+        let queued = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.call(1, extract).await }
+        });
+        while worker.depth() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        go.send(()).unwrap();
+        let answer = timeout(Duration::from_secs(10), queued)
+            .await
+            .expect("a job queued when the worker died must not hang")
+            .unwrap();
+        assert!(matches!(answer, Err(Error::WorkerGone)), "{answer:?}");
+        assert!(!worker.alive());
+        let later = timeout(Duration::from_secs(1), worker.call(2, extract))
+            .await
+            .expect("a call after the worker died must not hang");
+        assert!(matches!(later, Err(Error::WorkerGone)), "{later:?}");
+        assert_eq!(worker.depth(), 0);
     }
 }

@@ -95,6 +95,7 @@ impl From<wbia_client::Error> for ApiError {
                 e.to_string(),
                 json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": [wbia_client::fancy_uuid(u)]}),
             ),
+            E::Timeout { .. } => ApiError::new(504, e.to_string(), Value::Null),
             _ => ApiError::new(502, e.to_string(), Value::Null),
         }
     }

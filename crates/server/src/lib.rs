@@ -1,21 +1,25 @@
 //! The HTTP face of the service: WBIA-compatible query endpoints, health and metrics.
 
+mod auth;
 pub mod envelope;
+mod health;
 pub mod jobs;
 pub mod lenient_uri;
+mod listen;
 pub mod openapi;
 pub mod params;
 mod proxy;
 mod review;
 mod thumbs;
 
-use std::net::SocketAddr;
+pub use health::WbiaHealth;
+pub use listen::{serve, serve_on, shutdown_signal, SHUTDOWN_GRACE};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
@@ -38,6 +42,45 @@ use params::Params;
 /// lists and results a request carries.
 pub const MAX_ANNOTS_PER_REQUEST: usize = 50_000;
 
+/// Limits and policies of the HTTP side (the engine's are in `EngineOptions`).
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// When set, every endpoint this service answers itself (not the pass-through to WBIA,
+    /// not `/health`) wants `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    /// Hosts a job's `callback_url` may name; `None` allows any, as WBIA does.
+    pub callback_hosts: Option<Vec<String>>,
+    /// Requests forwarded to WBIA at once; more are answered 503 with `Retry-After`.
+    pub max_proxied: usize,
+    /// Open client connections; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head within this long (a new one,
+    /// or an idle keep-alive one) is closed.
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body arrives (an idle timeout, not a total one).
+    pub body_idle_timeout: Duration,
+    /// Bytes of finished job results held for `/api/engine/job/result/`; the oldest
+    /// finished jobs are forgotten first.
+    pub max_job_result_bytes: usize,
+    /// How often WBIA's heartbeat is checked for `/health`.
+    pub wbia_check_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            api_token: None,
+            callback_hosts: None,
+            max_proxied: 64,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            max_job_result_bytes: 1 << 30,
+            wbia_check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 pub struct AppState {
     pub engine: Engine,
     pub jobs: jobs::JobStore,
@@ -45,6 +88,31 @@ pub struct AppState {
     pub configs: ConfigDir,
     pub ready: AtomicBool,
     pub metrics: Metrics,
+    pub options: ServerOptions,
+    /// Reachability of WBIA, checked in the background (never on a `/health` request).
+    pub wbia_health: WbiaHealth,
+    proxy_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Engine,
+        wbia: WbiaClient,
+        configs: ConfigDir,
+        options: ServerOptions,
+    ) -> Self {
+        Self {
+            engine,
+            jobs: jobs::JobStore::new(options.max_job_result_bytes),
+            wbia,
+            configs,
+            ready: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            wbia_health: WbiaHealth::default(),
+            proxy_slots: Arc::new(tokio::sync::Semaphore::new(options.max_proxied.max(1))),
+            options,
+        }
+    }
 }
 
 /// Counters and request latencies for `/metrics` (the engine keeps the per-stage ones).
@@ -56,10 +124,18 @@ pub struct Metrics {
     pub query_seconds: Histogram,
     /// Engine jobs, accepted to finished.
     pub job_seconds: Histogram,
+    /// Requests passed through to WBIA, and those refused for want of a slot.
+    pub proxied: AtomicU64,
+    pub proxy_refused: AtomicU64,
+    /// Job callbacks delivered, and those that failed after every retry.
+    pub callbacks_sent: AtomicU64,
+    pub callbacks_failed: AtomicU64,
+    /// Requests refused for a missing or wrong bearer token.
+    pub unauthorized: AtomicU64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let ours = Router::new()
         // POST: the plugin README's form (ours). GET: WBIA's `aid` form, answered here for
         // LightGlue and passed through otherwise.
         .route(
@@ -67,8 +143,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(query_chip_best).get(review::chip_best_by_aid),
         )
         .route("/api/query/graph/match/thumb/", get(thumbs::match_thumb))
-        .route("/api/test/heartbeat/", any(heartbeat))
-        .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .route(
@@ -88,11 +162,22 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/engine/job/result/",
             get(jobs::result).post(jobs::result),
         )
+        // Only the routes above; probes and the pass-through never ask for the token.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    ours.route("/api/test/heartbeat/", any(heartbeat))
+        .route("/health", get(health::ready))
+        .route("/health/live", get(health::live))
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/swagger-ui")
                 .url("/api-docs/openapi.json", <openapi::ApiDoc as utoipa::OpenApi>::openapi()),
         )
         .fallback(proxy::pass_through)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.options.body_idle_timeout,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let id = req
@@ -106,60 +191,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// How long requests in flight may run on after a shutdown signal.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Serves until SIGINT (Ctrl-C) or SIGTERM (`docker stop`, Kubernetes, systemd): then stops
-/// accepting, lets requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
-/// Warm-up (model load) runs in the background; `/health` says when it is done. WBIA need not
-/// be reachable at start.
-pub async fn serve(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<()> {
-    // Installed before anyone can know we listen, so that an early SIGTERM is not fatal.
-    let signal = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    spawn_warm_up(state.clone());
-    let (stopping, mut stop) = tokio::sync::watch::channel(false);
-    let server = axum::serve(lenient_uri::LenientListener(listener), router(state))
-        .with_graceful_shutdown(async move {
-            signal.await;
-            tracing::info!("shutting down: no new connections; finishing those in flight");
-            let _ = stopping.send(true);
-        });
-    tokio::select! {
-        served = std::future::IntoFuture::into_future(server) => served,
-        _ = async {
-            let _ = stop.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight; stopping anyway");
-            Ok(())
-        }
-    }
-}
-
-/// Resolves on SIGINT or, on Unix, SIGTERM; both handlers are installed when this is called.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    #[cfg(unix)]
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    Ok(async move {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    })
-}
-
 pub fn spawn_warm_up(state: Arc<AppState>) {
     tokio::spawn(async move {
-        if !state.wbia.heartbeat().await {
-            tracing::warn!(url = state.wbia.base_url(), "WBIA is not reachable (yet)");
-        }
         let config = match state.configs.load(None) {
             Ok(c) => c,
             Err(e) => {
@@ -179,19 +212,6 @@ pub fn spawn_warm_up(state: Arc<AppState>) {
 
 async fn heartbeat() -> Response {
     envelope::ok(Value::Bool(true))
-}
-
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let ready = state.ready.load(Ordering::Acquire);
-    let wbia = state.wbia.heartbeat().await;
-    let body =
-        Json(json!({"ready": ready, "wbia_reachable": wbia, "wbia_url": state.wbia.base_url()}));
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body).into_response()
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Response {
@@ -220,7 +240,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (cached, cached_bytes) = state.engine.cached_features();
     let (admitted, pending_pairs) = state.engine.admitted();
     // (name, type, help, value): every counter the service keeps, each exported once.
-    let families: [(&str, &str, &str, u64); 20] = [
+    let families: [(&str, &str, &str, u64); 29] = [
         (
             "wbia_lightglue_queries_total",
             "counter",
@@ -340,6 +360,60 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "gauge",
             "Engine jobs held for status and result.",
             state.jobs.len() as u64,
+        ),
+        (
+            "wbia_lightglue_job_result_bytes",
+            "gauge",
+            "Bytes of the finished job results held.",
+            state.jobs.result_bytes() as u64,
+        ),
+        (
+            "wbia_lightglue_proxied_total",
+            "counter",
+            "Requests passed through to WBIA.",
+            load(&m.proxied),
+        ),
+        (
+            "wbia_lightglue_proxy_refused_total",
+            "counter",
+            "Pass-through requests refused because --max-proxied were in flight (HTTP 503).",
+            load(&m.proxy_refused),
+        ),
+        (
+            "wbia_lightglue_callbacks_sent_total",
+            "counter",
+            "Job callbacks delivered.",
+            load(&m.callbacks_sent),
+        ),
+        (
+            "wbia_lightglue_callbacks_failed_total",
+            "counter",
+            "Job callbacks that failed after every retry.",
+            load(&m.callbacks_failed),
+        ),
+        (
+            "wbia_lightglue_unauthorized_total",
+            "counter",
+            "Requests refused for a missing or wrong bearer token (HTTP 401).",
+            load(&m.unauthorized),
+        ),
+        (
+            "wbia_lightglue_worker_alive",
+            "gauge",
+            "1 while the model worker thread runs.",
+            u64::from(state.engine.worker_alive()),
+        ),
+        (
+            "wbia_lightglue_wbia_reachable",
+            "gauge",
+            "1 when WBIA's heartbeat answered at the last background check.",
+            u64::from(state.wbia_health.reachable()),
+        ),
+        (
+            "wbia_lightglue_store_corrupt_rows_total",
+            "counter",
+            "Persisted rows whose checksum failed (read as misses and deleted).",
+            state.engine.store_corrupt_rows(),
         ),
     ];
     let mut text = String::new();

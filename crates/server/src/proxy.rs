@@ -1,56 +1,72 @@
 //! Pass-through: every request this service does not answer goes to WBIA unchanged (method,
-//! path, query, headers, body) and WBIA's answer comes back unchanged (status, headers, body),
-//! so Wildbook can use this service's URL as its WBIA URL.
+//! path, query, end-to-end headers, body) and WBIA's answer comes back unchanged (status,
+//! end-to-end headers, body), so Wildbook can use this service's URL as its WBIA URL.
+//!
+//! Bodies stream both ways (an image upload or a large download is never held whole in
+//! memory), time out only when idle (`ClientOptions::forward_idle_timeout` upstream, the
+//! server's body timeout downstream), and at most [`crate::ServerOptions::max_proxied`]
+//! requests are forwarded at once; beyond that the answer is 503 with `Retry-After`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use crate::envelope::ApiError;
 use crate::AppState;
 
-/// Largest request body forwarded (image uploads to WBIA go through here).
-const MAX_FORWARD_BODY: usize = 256 * 1024 * 1024;
-
 pub async fn pass_through(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, MAX_FORWARD_BODY).await {
-        Ok(body) => forward(&state, &parts, body).await,
-        Err(e) => ApiError::new(413, format!("request body: {e}"), serde_json::Value::Null)
-            .into_response(),
-    }
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    forward(&state, &parts, body).await
 }
 
-/// Forwards an already-read request.
-pub async fn forward(state: &AppState, parts: &Parts, body: Bytes) -> Response {
+/// Forwards a request whose body is streaming or already read.
+pub async fn forward(state: &AppState, parts: &Parts, body: impl Into<reqwest::Body>) -> Response {
+    let Ok(permit) = state.proxy_slots.clone().try_acquire_owned() else {
+        state.metrics.proxy_refused.fetch_add(1, Ordering::Relaxed);
+        let mut busy = ApiError::new(
+            503,
+            format!(
+                "{} requests are being passed through to WBIA already; retry shortly",
+                state.options.max_proxied
+            ),
+            serde_json::Value::Null,
+        );
+        busy.retry_after = Some(1);
+        return busy.into_response();
+    };
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
     tracing::debug!(method = %parts.method, path, "passing through to WBIA");
+    state.metrics.proxied.fetch_add(1, Ordering::Relaxed);
     let upstream = match state
         .wbia
-        .forward(parts.method.clone(), path, &parts.headers, body)
+        .forward(parts.method.clone(), path, &parts.headers, body.into())
         .await
     {
         Ok(r) => r,
         Err(e) => return ApiError::from(e).into_response(),
     };
     let status = upstream.status();
-    let mut headers = upstream.headers().clone();
-    for hop in [
-        "connection",
-        "transfer-encoding",
-        "keep-alive",
-        "content-length",
-    ] {
-        headers.remove(hop);
-    }
-    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    // Content-Length stays: the client can then tell a body cut short by a failing WBIA.
+    let headers = wbia_client::end_to_end_headers(upstream.headers());
+    // The slot is held until the body has been sent (or the client went away).
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk.map_err(|e| {
+            tracing::warn!(error = %e, "WBIA's answer broke off while passing it through");
+            e
+        })
+    });
+    let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

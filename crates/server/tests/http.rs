@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
 use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
-use wbia_lightglue_server::{router, AppState};
+use wbia_lightglue_server::{router, AppState, ServerOptions};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -288,6 +288,15 @@ async fn our_server_with(
     data_dir: Option<PathBuf>,
     max_requests: usize,
 ) -> (SocketAddr, Arc<AppState>) {
+    our_server_with_options(wbia_url, data_dir, max_requests, ServerOptions::default()).await
+}
+
+async fn our_server_with_options(
+    wbia_url: &str,
+    data_dir: Option<PathBuf>,
+    max_requests: usize,
+    server_options: ServerOptions,
+) -> (SocketAddr, Arc<AppState>) {
     let dir = std::env::temp_dir().join(format!(
         "wbia-lg-http-{}-{}",
         std::process::id(),
@@ -301,20 +310,18 @@ async fn our_server_with(
         initial_backoff: std::time::Duration::from_millis(10),
         ..ClientOptions::default()
     };
-    let state = Arc::new(AppState {
-        engine: Engine::start(EngineOptions {
+    let state = Arc::new(AppState::new(
+        Engine::start(EngineOptions {
             weights_dir: Some(repo().join("weights")),
             data_dir,
             max_requests,
             ..EngineOptions::default()
         })
         .unwrap(),
-        wbia: WbiaClient::new(wbia_url, options).unwrap(),
-        configs: ConfigDir::new(dir),
-        jobs: Default::default(),
-        ready: Default::default(),
-        metrics: Default::default(),
-    });
+        WbiaClient::new(wbia_url, options).unwrap(),
+        ConfigDir::new(dir),
+        server_options,
+    ));
     (spawn_ours(router(state.clone())).await, state)
 }
 
@@ -1266,4 +1273,151 @@ async fn a_disconnected_client_stops_its_query() {
         "work went on: {extractions} → {later} extractions"
     );
     assert!(extractions + 1 < 4, "all four chips were extracted anyway");
+}
+
+/// What the callback receiver of `job_ids_and_callbacks_are_guarded` saw, and how many 503s
+/// it has left to give.
+type CallbackLog = (Arc<std::sync::Mutex<Vec<&'static str>>>, Arc<AtomicUsize>);
+
+/// Job ids: a finished job's id is never given to another job (409, its result intact);
+/// ids that are not bounded tokens are refused (400). Callbacks: a 5xx is retried until
+/// delivered; a redirect is not followed (the job's callback fails, counted); with
+/// `callback_hosts` set, other hosts are refused when the job starts (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ids_and_callbacks_are_guarded() {
+    let (wbia, _) = fake_wbia(0).await;
+    let hits: Arc<std::sync::Mutex<Vec<&'static str>>> = Arc::default();
+    let flaky_left = Arc::new(AtomicUsize::new(2));
+    let callback_app = Router::new()
+        .route(
+            "/flaky",
+            axum::routing::post(|State((hits, left)): State<CallbackLog>| async move {
+                hits.lock().unwrap().push("flaky");
+                if left.load(Ordering::SeqCst) > 0 {
+                    left.fetch_sub(1, Ordering::SeqCst);
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                "ok".into_response()
+            }),
+        )
+        .route(
+            "/moved",
+            axum::routing::post(|State((hits, _)): State<CallbackLog>| async move {
+                hits.lock().unwrap().push("moved");
+                axum::response::Redirect::temporary("/elsewhere")
+            }),
+        )
+        .route(
+            "/elsewhere",
+            axum::routing::post(|State((hits, _)): State<CallbackLog>| async move {
+                hits.lock().unwrap().push("elsewhere");
+                "ok"
+            }),
+        )
+        .with_state((hits.clone(), flaky_left.clone()));
+    let callbacks = spawn(callback_app).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let start = |jobid: String, callback: String| {
+        let client = client.clone();
+        let url = format!("{base}/api/engine/query/graph/");
+        async move {
+            post_form(
+                &client,
+                &url,
+                &[
+                    ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+                    ("database_annot_uuid_list", json!([fancy(0xa2)]).to_string()),
+                    (
+                        "query_config_dict",
+                        r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+                    ),
+                    ("callback_url", callback),
+                    ("jobid", jobid),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, body) = start("retried".into(), format!("http://{callbacks}/flaky")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = start("redirected".into(), format!("http://{callbacks}/moved")).await;
+    assert_eq!(status, 200, "{body}");
+    for id in ["retried", "redirected"] {
+        assert_eq!(wait_for_job(&client, &base, id).await, "completed");
+    }
+    for _ in 0..200 {
+        if metric(&client, &base, "wbia_lightglue_callbacks_sent_total").await
+            + metric(&client, &base, "wbia_lightglue_callbacks_failed_total").await
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_callbacks_sent_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_callbacks_failed_total").await,
+        1
+    );
+    let mut seen = hits.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["flaky", "flaky", "flaky", "moved"]);
+
+    // The finished job's id is not given away; its result stays.
+    let before = common::job_result(&client, &base, "retried").await;
+    let (status, body) = start("retried".into(), format!("http://{callbacks}/flaky")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["status"]["code"], 409);
+    assert_eq!(common::job_result(&client, &base, "retried").await, before);
+    // Ids that are not bounded tokens never become jobs.
+    for bad in ["a/b".to_string(), "x".repeat(129), "quote\"d".to_string()] {
+        let (status, body) = start(bad.clone(), format!("http://{callbacks}/flaky")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let jobs: Value = client
+        .get(format!("{base}/api/engine/job/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs["response"], json!(["redirected", "retried"]));
+
+    // Callback hosts restricted: 127.0.0.1 is not wildbook.example.
+    let (restricted, _) = our_server_with_options(
+        &format!("http://{wbia}"),
+        None,
+        64,
+        ServerOptions {
+            callback_hosts: Some(vec!["wildbook.example".into()]),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let (status, body) = post_form(
+        &client,
+        &format!("http://{restricted}/api/engine/query/graph/"),
+        &[
+            ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+            ("database_annot_uuid_list", json!([fancy(0xa2)]).to_string()),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+            ),
+            ("callback_url", format!("http://{callbacks}/flaky")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("callback-hosts"));
 }

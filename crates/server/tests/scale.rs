@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
 use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
-use wbia_lightglue_server::{router, AppState};
+use wbia_lightglue_server::{router, AppState, ServerOptions};
 
 const ANNOTS: usize = 2000;
 /// The annotation whose chip endpoint never answers (not of the species).
@@ -169,19 +169,17 @@ async fn our_server(wbia: SocketAddr) -> SocketAddr {
         chip_deadline: Duration::from_secs(5),
         ..ClientOptions::default()
     };
-    let state = Arc::new(AppState {
-        engine: Engine::start(EngineOptions {
+    let state = Arc::new(AppState::new(
+        Engine::start(EngineOptions {
             weights_dir: Some(repo().join("weights")),
             data_dir: Some(dir.join("data")),
             ..EngineOptions::default()
         })
         .unwrap(),
-        wbia: WbiaClient::new(&format!("http://{wbia}"), options).unwrap(),
-        configs: ConfigDir::new(dir),
-        jobs: Default::default(),
-        ready: Default::default(),
-        metrics: Default::default(),
-    });
+        WbiaClient::new(&format!("http://{wbia}"), options).unwrap(),
+        ConfigDir::new(dir),
+        ServerOptions::default(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });

@@ -5,6 +5,10 @@
 //! size and in total time; requests that fail with a 5xx status, a timeout or a connection
 //! error are retried with exponential backoff, others are not. Errors name the annotation and
 //! say which of timeout, unreachable or HTTP status it was.
+//!
+//! TLS is rustls: https URLs are verified against the bundled Mozilla roots, the operating
+//! system's store, and the PEM bundle in [`ClientOptions::ca_file`] (by convention the file
+//! named by `SSL_CERT_FILE`), so a WBIA or Wildbook behind a private CA works.
 
 pub mod json;
 
@@ -44,6 +48,8 @@ pub enum Error {
     Chip { uuid: Uuid, cause: Box<Error> },
     #[error("unexpected reply from {url}: {detail}")]
     BadReply { url: String, detail: String },
+    #[error("TLS setup: {detail}")]
+    Tls { detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -62,6 +68,11 @@ pub struct ClientOptions {
     pub chip_deadline: Duration,
     /// Largest chip body accepted (from `Content-Length`, and while streaming).
     pub max_chip_bytes: usize,
+    /// Extra trusted CA certificates (a PEM bundle), besides the built-in and system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Pass-through: longest wait for the next piece of WBIA's answer (an idle timeout; a
+    /// large download may take as long as it keeps moving).
+    pub forward_idle_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -74,6 +85,8 @@ impl Default for ClientOptions {
             initial_backoff: Duration::from_millis(200),
             chip_deadline: Duration::from_secs(150),
             max_chip_bytes: 32 << 20,
+            ca_file: None,
+            forward_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -82,7 +95,12 @@ impl Default for ClientOptions {
 #[derive(Clone)]
 pub struct WbiaClient {
     base: String,
+    /// WBIA's API: total timeout per attempt, redirects followed.
     http: reqwest::Client,
+    /// Pass-through: idle timeout only, redirects handed back to the caller unfollowed.
+    forwarding: reqwest::Client,
+    /// Job callbacks: total timeout, no redirects (a callback goes where it was told, or nowhere).
+    callbacks: reqwest::Client,
     downloads: Arc<Semaphore>,
     options: ClientOptions,
 }
@@ -96,17 +114,54 @@ enum Attempt<T> {
 
 impl WbiaClient {
     pub fn new(base_url: &str, options: ClientOptions) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.timeout)
-            .build()
-            .map_err(|e| Error::Unreachable {
-                url: base_url.to_string(),
-                cause: e.to_string(),
-            })?;
+        let extra_roots = match &options.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| Error::Tls {
+                    detail: format!("CA bundle {}: {e}", path.display()),
+                })?;
+                let certs =
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Tls {
+                        detail: format!("CA bundle {}: {e}", path.display()),
+                    })?;
+                if certs.is_empty() {
+                    return Err(Error::Tls {
+                        detail: format!("CA bundle {} holds no PEM certificate", path.display()),
+                    });
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let builder = || {
+            let mut b = reqwest::Client::builder()
+                .use_rustls_tls()
+                .connect_timeout(options.connect_timeout);
+            for cert in &extra_roots {
+                b = b.add_root_certificate(cert.clone());
+            }
+            b
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|e| Error::Tls {
+                detail: e.to_string(),
+            })
+        };
+        let http = built(builder().timeout(options.timeout))?;
+        let forwarding = built(
+            builder()
+                .read_timeout(options.forward_idle_timeout)
+                .redirect(reqwest::redirect::Policy::none()),
+        )?;
+        let callbacks = built(
+            builder()
+                .timeout(options.timeout)
+                .redirect(reqwest::redirect::Policy::none()),
+        )?;
         Ok(Self {
             base: base_url.trim_end_matches('/').to_string(),
             http,
+            forwarding,
+            callbacks,
             downloads: Arc::new(Semaphore::new(options.max_concurrent_downloads.max(1))),
             options,
         })
@@ -313,64 +368,58 @@ impl WbiaClient {
     }
 
     /// Sends a request to WBIA unchanged (for pass-through): same method, path and query,
-    /// headers (minus hop-by-hop ones) and body. No retries: the caller's request may not be
-    /// idempotent.
+    /// end-to-end headers and the body as it streams in. No retries (the caller's request may
+    /// not be idempotent) and no redirects followed (the caller gets WBIA's redirect).
     pub async fn forward(
         &self,
         method: reqwest::Method,
         path_and_query: &str,
         headers: &reqwest::header::HeaderMap,
-        body: Bytes,
+        body: reqwest::Body,
     ) -> Result<reqwest::Response> {
         let url = self.url(path_and_query);
-        let mut out = reqwest::header::HeaderMap::new();
-        for (name, value) in headers {
-            let hop = matches!(
-                name.as_str(),
-                "host"
-                    | "connection"
-                    | "content-length"
-                    | "transfer-encoding"
-                    | "keep-alive"
-                    | "upgrade"
-            );
-            if !hop {
-                out.append(name.clone(), value.clone());
-            }
-        }
-        self.http
+        let mut out = end_to_end_headers(headers);
+        out.remove(reqwest::header::HOST);
+        self.forwarding
             .request(method, &url)
             .headers(out)
             .body(body)
             .send()
             .await
-            .map_err(|e| Error::Unreachable {
-                url,
-                cause: e.to_string(),
-            })
+            .map_err(|e| self.transport_error(&url, &e))
     }
 
     /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (docs/wbia-api.md §3.2):
-    /// a form body for POST and PUT, a query parameter for GET.
+    /// a form body for POST and PUT, a query parameter for GET. Redirects are not followed;
+    /// 5xx answers, timeouts and connection errors are retried with the client's backoff.
     pub async fn job_callback(&self, url: &str, method: &str, jobid: &str) -> Result<()> {
         let form = [("jobid", jobid)];
-        let request = match method.to_ascii_uppercase().as_str() {
-            "GET" => self.http.get(url).query(&form),
-            "PUT" => self.http.put(url).form(&form),
-            _ => self.http.post(url).form(&form),
-        };
-        let resp = request.send().await.map_err(|e| Error::Unreachable {
-            url: url.to_string(),
-            cause: e.to_string(),
-        })?;
-        if !resp.status().is_success() {
-            return Err(Error::Status {
+        self.with_retries(|| async {
+            let request = match method.to_ascii_uppercase().as_str() {
+                "GET" => self.callbacks.get(url).query(&form),
+                "PUT" => self.callbacks.put(url).form(&form),
+                _ => self.callbacks.post(url).form(&form),
+            };
+            let resp = match request.send().await {
+                Ok(r) => r,
+                Err(e) => return Attempt::Retry(self.transport_error(url, &e)),
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return Attempt::Done(());
+            }
+            let error = Error::Status {
                 url: url.to_string(),
-                status: resp.status().as_u16(),
+                status: status.as_u16(),
                 body: truncate(&resp.text().await.unwrap_or_default()),
-            });
-        }
-        Ok(())
+            };
+            if status.is_server_error() {
+                Attempt::Retry(error)
+            } else {
+                Attempt::Fail(error)
+            }
+        })
+        .await
     }
 
     async fn annot_getter(&self, path: &str, uuids: &[Uuid]) -> Result<Vec<Value>> {
@@ -516,6 +565,42 @@ impl WbiaClient {
             })
             .collect())
     }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, so a proxy drops them
+/// in both directions, together with every header the `Connection` header names.
+/// `Proxy-Authorization` and `Proxy-Authenticate` are for this hop too.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// `headers` without the hop-by-hop ones ([`HOP_BY_HOP`] and those named in `Connection`).
+pub fn end_to_end_headers(headers: &reqwest::header::HeaderMap) -> reqwest::header::HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(reqwest::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut out = reqwest::header::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name_str = name.as_str();
+        if HOP_BY_HOP.contains(&name_str) || named.iter().any(|n| n == name_str) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
 }
 
 /// The `response` of a WBIA envelope, or its error.

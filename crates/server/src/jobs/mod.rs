@@ -1,0 +1,397 @@
+//! The engine job API Wildbook drives (docs/wbia-api.md §3–4): start an identification job, poll its
+//! status, fetch its result, and get a `jobid=<id>` callback when it is done. Jobs whose
+//! `pipeline_root` is not LightGlue, and job ids that are not ours, go to WBIA unchanged.
+
+mod registry;
+mod result;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use wbia_lightglue_engine::{Config, Progress};
+
+use crate::envelope::{self, ApiError};
+use crate::params::Params;
+use crate::{check_lists, compute, pair_count, proxy, AppState};
+
+pub use registry::{valid_jobid, Job, JobIdError, JobStatus, JobStore, MAX_JOBID_LEN, MAX_JOBS};
+use result::identification_result;
+pub use result::{render, NEG_INF};
+
+/// The `dannot_extern_reference` of our results, in WBIA's form (16 lowercase letters),
+/// derived from the configuration; `/api/query/graph/match/thumb/` knows it as ours.
+pub fn thumb_reference(config: &Config) -> String {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    let digest = Sha256::digest(format!("wbia-lightglue/{text}").as_bytes());
+    digest
+        .iter()
+        .take(16)
+        .map(|b| (b'a' + b % 26) as char)
+        .collect()
+}
+
+fn is_lightglue(query_config: &Value) -> bool {
+    let root = query_config
+        .get("pipeline_root")
+        .or_else(|| query_config.get("proot"));
+    root.and_then(Value::as_str) == Some("LightGlue")
+}
+
+/// Reads a request that names its pipeline in `query_config_dict`: a LightGlue one is ours
+/// (its parameters and that dict come back); any other is WBIA's, forwarded unchanged, and
+/// WBIA's response comes back as the error.
+pub(crate) async fn lightglue_or_forward(
+    state: &AppState,
+    req: Request,
+) -> Result<(Params, Value), Response> {
+    let (params, parts, body) = Params::read(req)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let query_config = params
+        .get("query_config_dict")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if !is_lightglue(&query_config) {
+        return Err(proxy::forward(state, &parts, body).await);
+    }
+    Ok((params, query_config))
+}
+
+/// `POST|GET /api/engine/query/graph/` (`start_identify_annots_query`).
+pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, query_config) = match lightglue_or_forward(&state, req).await {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    match accept(&state, &params, query_config).await {
+        Ok(jobid) => envelope::ok(Value::String(jobid)),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validates the request, resolves its database, admits it (or answers 429 now, never later
+/// as a failed job), records the job and runs it in the background.
+async fn accept(
+    state: &Arc<AppState>,
+    params: &Params,
+    query_config: Value,
+) -> Result<String, ApiError> {
+    let queries = params.uuid_list("query_annot_uuid_list")?;
+    if queries.len() != 1 {
+        return Err(ApiError::bad_request(format!(
+            "query_annot_uuid_list must hold exactly one annotation, not {}",
+            queries.len()
+        )));
+    }
+    // A null or absent list means every annotation of the query's species, as in WBIA
+    // (docs/wbia-api.md); resolved before admission, which needs the pair count.
+    let listed = params
+        .get("database_annot_uuid_list")
+        .is_some_and(|v| !v.is_null());
+    if !listed
+        && params
+            .get("database_imgsetid")
+            .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::bad_request(
+            "database_imgsetid is not supported here: send database_annot_uuid_list, or neither \
+             to match against every annotation of the query's species",
+        ));
+    }
+    let database = if listed {
+        Some(params.uuid_list("database_annot_uuid_list")?)
+    } else {
+        None
+    };
+    let config_path = query_config.get("config_path").and_then(Value::as_str);
+    let config = state.configs.load(config_path)?;
+    // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
+    // in database_annot_uuid_list but never scored against itself.
+    let reference = thumb_reference(&config);
+    state.jobs.remember_reference(&reference);
+    let include_query = params
+        .get("include_qaid_in_daids")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let jobid = params
+        .string("jobid")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    jobid_usable(state, &jobid)?;
+    let callback = match params.string("callback_url") {
+        Some(url) => {
+            check_callback(state, &url)?;
+            let method = params
+                .string("callback_method")
+                .unwrap_or_else(|| "POST".into());
+            Some((url, method))
+        }
+        None => None,
+    };
+    let mut database = match database {
+        Some(list) => list,
+        None => same_species(state, queries[0]).await?,
+    };
+    if include_query && !database.contains(&queries[0]) {
+        database.push(queries[0]);
+    }
+    check_lists(&queries, &database)?;
+    let ticket = state.engine.admit(pair_count(&queries, &database))?;
+    let accepted = std::time::Instant::now();
+    let progress = Arc::new(Progress::default());
+    let task_state = state.clone();
+    let id = jobid.clone();
+    let task_progress = progress.clone();
+    // Registered before it can finish, so that its final state is never overwritten.
+    let slot = Arc::new(tokio::sync::Notify::new());
+    let registered = slot.clone();
+    let task = tokio::spawn(async move {
+        registered.notified().await;
+        let state = task_state;
+        let outcome = async {
+            let computed = compute(
+                &state,
+                Some(&ticket),
+                &queries,
+                &database,
+                &config,
+                Some(&task_progress),
+            )
+            .await?;
+            // Only the job result reports name UUIDs; the synchronous endpoint does not need them.
+            let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
+            let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
+            let name_uuids: Vec<(Uuid, Option<Uuid>)> =
+                annots.into_iter().zip(name_uuids).collect();
+            Ok::<_, ApiError>((computed, name_uuids))
+        }
+        .await;
+        drop(ticket);
+        let failed =
+            |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
+        let job = match outcome {
+            Ok((c, name_uuids)) => {
+                let document = identification_result(
+                    &c,
+                    &reference,
+                    &name_uuids,
+                    &queries,
+                    &database,
+                    &query_config,
+                );
+                let rendered = render(&document);
+                let limit = state.jobs.max_result_bytes();
+                if rendered.len() > limit {
+                    failed(format!(
+                        "the result takes {} bytes, more than this service keeps for one job \
+                         ({limit}, --max-job-result-bytes); send a smaller database",
+                        rendered.len()
+                    ))
+                } else {
+                    Job::ended(JobStatus::Completed, rendered)
+                }
+            }
+            Err(e) => failed(format!("{} (code {})", e.message, e.code)),
+        };
+        state.metrics.job_seconds.since(accepted);
+        finish(&state, &id, job, callback).await;
+    });
+    if let Err(e) = state
+        .jobs
+        .insert(&jobid, Job::working(progress, task.abort_handle()))
+    {
+        // Taken since the check above by a request racing this one.
+        task.abort();
+        return Err(jobid_error(&jobid, e));
+    }
+    slot.notify_one();
+    Ok(jobid)
+}
+
+fn jobid_error(jobid: &str, e: JobIdError) -> ApiError {
+    match e {
+        JobIdError::Invalid => ApiError::bad_request(format!(
+            "jobid must be 1 to {MAX_JOBID_LEN} letters, digits or '._:-' (a UUID fits); \
+             got {} characters",
+            jobid.chars().count()
+        )),
+        JobIdError::Taken => ApiError::new(
+            409,
+            format!("job {jobid} exists already; choose another jobid, or send none"),
+            Value::Null,
+        ),
+    }
+}
+
+/// Refuses an unusable or taken job id before any work.
+fn jobid_usable(state: &AppState, jobid: &str) -> Result<(), ApiError> {
+    state
+        .jobs
+        .check_new(jobid)
+        .map_err(|e| jobid_error(jobid, e))
+}
+
+/// A callback must be an http(s) URL and, when `--callback-hosts` is set, name one of them.
+fn check_callback(state: &AppState, url: &str) -> Result<(), ApiError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::bad_request(format!("callback_url {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::bad_request(format!(
+            "callback_url {url:?}: only http and https callbacks are made"
+        )));
+    }
+    if let Some(allowed) = &state.options.callback_hosts {
+        let host = parsed.host_str().unwrap_or_default();
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+            return Err(ApiError::new(
+                403,
+                format!("callback_url host {host:?} is not among this service's --callback-hosts"),
+                Value::Null,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Records a job's end, unless it has ended already (cancelled meanwhile), and then posts the
+/// callback, as WBIA's engine does.
+async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, String)>) {
+    let status = job.status.as_str();
+    if !state.jobs.end(id, job) {
+        return;
+    }
+    tracing::info!(jobid = %id, status, "job finished");
+    if let Some((url, method)) = callback {
+        match state.wbia.job_callback(&url, &method, id).await {
+            Ok(()) => {
+                state.metrics.callbacks_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                state
+                    .metrics
+                    .callbacks_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(jobid = %id, error = %e, "callback failed after retries");
+            }
+        }
+    }
+}
+
+/// `/api/engine/job/cancel/?jobid=` (ours; WBIA has no such call): stops a working job. Its
+/// queued model work is dropped unrun and it ends as `exception`, "cancelled by request"; no
+/// callback is posted (whoever cancelled knows).
+pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let params = match Params::read(req).await {
+        Ok((params, _, _)) => params,
+        Err(e) => return e.into_response(),
+    };
+    let Some(id) = jobid_of(&params) else {
+        return ApiError::bad_request("missing parameter jobid").into_response();
+    };
+    let cancelled = Job::ended(
+        JobStatus::Exception,
+        Value::String("cancelled by request".into()).to_string(),
+    );
+    let abort = state.jobs.get(&id).and_then(|j| j.abort);
+    if state.jobs.end(&id, cancelled) {
+        if let Some(abort) = abort {
+            abort.abort();
+        }
+        tracing::info!(jobid = %id, "job cancelled");
+        return envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}));
+    }
+    match state.jobs.get(&id) {
+        Some(job) => ApiError::new(
+            409,
+            format!(
+                "job {id} is {} and cannot be cancelled",
+                job.status.as_str()
+            ),
+            Value::Null,
+        )
+        .into_response(),
+        None => ApiError::new(404, format!("no job {id} here"), Value::Null).into_response(),
+    }
+}
+
+/// Every annotation WBIA holds of the query's species, the query excluded.
+async fn same_species(state: &AppState, query: Uuid) -> Result<Vec<Uuid>, ApiError> {
+    let species = match state.wbia.annot_species(&[query]).await?.pop().flatten() {
+        Some(s) => s,
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "annotation {query} has no species, so there is no species-wide database; \
+                 send database_annot_uuid_list"
+            )))
+        }
+    };
+    let all = state.wbia.all_annot_uuids().await?;
+    let species_of = state.wbia.annot_species(&all).await?;
+    let database: Vec<Uuid> = all
+        .into_iter()
+        .zip(species_of)
+        .filter(|(u, s)| *u != query && s.as_deref() == Some(species.as_str()))
+        .map(|(u, _)| u)
+        .collect();
+    tracing::info!(%query, %species, annotations = database.len(), "species-wide database");
+    Ok(database)
+}
+
+fn jobid_of(params: &Params) -> Option<String> {
+    params.string("jobid")
+}
+
+/// `/api/engine/job/status/`.
+pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, parts, body) = match Params::read(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let Some(id) = jobid_of(&params) else {
+        return proxy::forward(&state, &parts, body).await;
+    };
+    match state.jobs.get(&id) {
+        Some(job) => {
+            let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status.as_str()});
+            // Not in WBIA's answer; Wildbook ignores keys it does not read.
+            if let Some(p) = &job.progress {
+                status["progress"] = serde_json::to_value(p.snapshot()).unwrap_or(Value::Null);
+            }
+            envelope::ok(status)
+        }
+        None => proxy::forward(&state, &parts, body).await,
+    }
+}
+
+/// `/api/engine/job/result/`.
+pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (params, parts, body) = match Params::read(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let job = jobid_of(&params).and_then(|id| state.jobs.get(&id).map(|j| (id, j)));
+    match job {
+        Some((id, job)) => {
+            // WBIA reports the execution status here ("completed" / "exception"), not "ok"
+            // (docs/wbia-api.md); the result is spliced in as rendered when the job ended.
+            let body = format!(
+                r#"{{"status":{{"success":true,"code":200,"message":"","cache":-1}},"response":{{"status":"{}","jobid":{},"json_result":{}}}}}"#,
+                job.status.as_str(),
+                Value::String(id),
+                job.result.as_deref().unwrap_or("null"),
+            );
+            ([("content-type", "application/json; charset=utf-8")], body).into_response()
+        }
+        None => proxy::forward(&state, &parts, body).await,
+    }
+}
+
+/// `/api/engine/job/`: our job ids.
+pub async fn list(State(state): State<Arc<AppState>>) -> Response {
+    envelope::ok(json!(state.jobs.ids()))
+}
