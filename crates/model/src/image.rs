@@ -116,6 +116,29 @@ fn jpeg_orientation(bytes: &[u8]) -> Orientation {
     Orientation::NoTransforms
 }
 
+/// Width and height from a JPEG's frame header (SOFn), walking the segments before the first
+/// start-of-scan; `None` when the walk finds no frame header.
+fn jpeg_frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut at = 2;
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+        let marker = bytes[at + 1];
+        match marker {
+            // A fill byte before a marker.
+            0xFF => at += 1,
+            0xDA | 0xD9 => return None,
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                // Precision, then height and width, big-endian.
+                let sof = bytes.get(at + 4..at + 9)?;
+                let height = u16::from_be_bytes([sof[1], sof[2]]) as u32;
+                let width = u16::from_be_bytes([sof[3], sof[4]]) as u32;
+                return Some((width, height));
+            }
+            _ => at += 2 + u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+        }
+    }
+    None
+}
+
 fn check_dimensions(width: u32, height: u32) -> Result<()> {
     if width > MAX_IMAGE_SIDE
         || height > MAX_IMAGE_SIDE
@@ -141,6 +164,11 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
         return Err(Error::Decode(
             "truncated JPEG (no end-of-image marker)".into(),
         ));
+    }
+    // Checked here too, not only after libjpeg has read the header: libjpeg refuses sides over
+    // 65500 itself, with an error that would read as corrupt data rather than as too large.
+    if let Some((width, height)) = jpeg_frame_size(bytes) {
+        check_dimensions(width, height)?;
     }
     let decoded = std::panic::catch_unwind(|| -> Result<RgbImage> {
         let decompress = mozjpeg::Decompress::new_mem(bytes)

@@ -87,6 +87,8 @@ fn report(state: &AppState) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "ready: models loaded and the model worker running; reports WBIA's reachability from a background check (never waits on WBIA)"), (status = 503, description = "still warming up, or the model worker died")))]
 /// `/health`: readiness. 200 once the models are loaded and while the model worker runs;
 /// 503 otherwise. WBIA's state is reported, not required (a query needs WBIA, a pass-through
 /// too, but a restart of this service would not bring WBIA back).
@@ -95,6 +97,8 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     respond(ok, report(&state))
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "alive (also while the models load)"), (status = 503, description = "the model worker died: restart the process")))]
 /// `/health/live`: liveness. 503 only when the model worker has died: restarting the process
 /// is then the cure. A process still loading its models is alive.
 pub async fn live(State(state): State<Arc<AppState>>) -> Response {

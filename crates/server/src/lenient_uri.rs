@@ -16,9 +16,11 @@ const MAX_HEADER_LINE: usize = 64 * 1024;
 
 #[derive(Debug)]
 enum State {
-    /// In the request line; counts spaces to know when we are inside the target.
+    /// In the request line; counts spaces to know when we are inside the target. `started`
+    /// stays false through empty lines before it, which HTTP parsers skip (RFC 9112 §2.2).
     RequestLine {
         spaces: u8,
+        started: bool,
     },
     Headers {
         line: Vec<u8>,
@@ -39,7 +41,10 @@ pub struct Rewriter {
 impl Default for Rewriter {
     fn default() -> Self {
         Self {
-            state: State::RequestLine { spaces: 0 },
+            state: State::RequestLine {
+                spaces: 0,
+                started: false,
+            },
         }
     }
 }
@@ -58,13 +63,17 @@ impl Rewriter {
                     input = &input[n..];
                     *left -= n;
                     if *left == 0 {
-                        self.state = State::RequestLine { spaces: 0 };
+                        self.state = State::RequestLine {
+                            spaces: 0,
+                            started: false,
+                        };
                     }
                 }
-                State::RequestLine { spaces } => {
+                State::RequestLine { spaces, started } => {
                     let b = input[0];
                     input = &input[1..];
                     match b {
+                        b'\r' | b'\n' if !*started => out.push(b),
                         b'\n' => {
                             out.push(b);
                             self.state = State::Headers {
@@ -74,11 +83,15 @@ impl Rewriter {
                             };
                         }
                         b' ' => {
+                            *started = true;
                             *spaces = spaces.saturating_add(1);
                             out.push(b);
                         }
                         b'"' if *spaces == 1 => out.extend_from_slice(b"%22"),
-                        _ => out.push(b),
+                        _ => {
+                            *started = true;
+                            out.push(b);
+                        }
                     }
                 }
                 State::Headers {
@@ -103,7 +116,10 @@ impl Rewriter {
                         } else if *content_length > 0 {
                             State::Body(*content_length)
                         } else {
-                            State::RequestLine { spaces: 0 }
+                            State::RequestLine {
+                                spaces: 0,
+                                started: false,
+                            }
                         };
                     } else if let Some(v) = text.strip_prefix("content-length:") {
                         *content_length = v.trim().parse().unwrap_or(0);

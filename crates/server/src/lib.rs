@@ -210,10 +210,14 @@ pub fn spawn_warm_up(state: Arc<AppState>) {
     });
 }
 
+#[utoipa::path(get, path = "/api/test/heartbeat/", tag = "health",
+    responses((status = 200, description = "`response`: true")))]
 async fn heartbeat() -> Response {
     envelope::ok(Value::Bool(true))
 }
 
+#[utoipa::path(get, path = "/info", tag = "health",
+    responses((status = 200, description = "version, model, device, precision, default configuration")))]
 async fn info(State(state): State<Arc<AppState>>) -> Response {
     let config = state.configs.load(None).ok();
     Json(json!({
@@ -232,6 +236,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text with HELP/TYPE: counters (queries, refusals, cache, store, downloads, extractions, pairs), gauges (queue depth, admitted requests, pending pairs, cache bytes), histograms of stage and request seconds")))]
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     use std::fmt::Write;
     let m = &state.metrics;
@@ -447,6 +453,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/review/query/chip/best/",
+    tag = "query",
+    request_body(content = crate::openapi::ChipBestRequest, content_type = "multipart/form-data",
+        description = "also application/x-www-form-urlencoded or application/json"),
+    responses(
+        (status = 200, description = "ranked database annotations per query", body = crate::openapi::ChipBestResponse),
+        (status = 400, description = "bad parameter", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "busy (too many admitted requests or pending pairs); retry after the Retry-After header", body = crate::openapi::ErrorResponse),
+        (status = 502, description = "WBIA unreachable, failing or too slow for a chip", body = crate::openapi::ErrorResponse),
+        (status = 600, description = "annotation UUIDs unknown to WBIA", body = crate::openapi::ErrorResponse),
+    )
+)]
 /// `POST /api/review/query/chip/best/` — the plugin README's form (docs/wbia-api.md §2 notes that
 /// upstream WBIA has only a GET taking one `aid`; this POST form is this service's extension):
 /// fields `query_annot_uuid_list`, `database_annot_uuid_list`, `pipeline_root=LightGlue`,

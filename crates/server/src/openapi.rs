@@ -2,9 +2,10 @@
 //! `/api-docs/openapi.json`, browsable at `/swagger-ui/`). Everything else under `/api/` is
 //! WBIA's and passed through unchanged, so it is not described here.
 //!
-//! The handlers read WBIA's loosely typed parameters (query string, form, multipart or JSON;
-//! docs/wbia-api.md §1.1) by hand, so the schemas below are documentation types: a test checks
-//! them against real responses.
+//! Each handler carries its own `#[utoipa::path]`; this module gathers them. The handlers read
+//! WBIA's loosely typed parameters (query string, form, multipart or JSON; docs/wbia-api.md
+//! §1.1) by hand, so the schemas below are documentation types: a test checks them against
+//! real responses.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -37,8 +38,10 @@ pub struct ChipBestRequest {
 #[derive(Serialize, ToSchema)]
 pub struct Status {
     pub success: bool,
-    /// 200 on success; else the HTTP status: 400 bad parameter, 422 undecodable or oversized
-    /// chip, 429 busy (with `Retry-After`), 502 WBIA unreachable, failing or too slow, 600
+    /// 200 on success; else the HTTP status: 400 bad parameter, 401 missing bearer token (when
+    /// the service has one), 403 callback host not allowed, 409 job id taken or job ended, 422
+    /// undecodable or oversized chip, 429 busy (with `Retry-After`), 502 WBIA unreachable or
+    /// failing, 503 too many pass-through requests (with `Retry-After`), 504 WBIA too slow, 600
     /// unknown annotation UUIDs, 601 duplicate UUIDs, 608 malformed UUIDs.
     pub code: u16,
     pub message: String,
@@ -113,133 +116,6 @@ pub struct EngineQueryRequest {
     pub jobid: Option<String>,
 }
 
-#[utoipa::path(
-    post,
-    path = "/api/review/query/chip/best/",
-    tag = "query",
-    request_body(content = ChipBestRequest, content_type = "multipart/form-data",
-        description = "also application/x-www-form-urlencoded or application/json"),
-    responses(
-        (status = 200, description = "ranked database annotations per query", body = ChipBestResponse),
-        (status = 400, description = "bad parameter", body = ErrorResponse),
-        (status = 429, description = "busy (too many admitted requests or pending pairs); retry after the Retry-After header", body = ErrorResponse),
-        (status = 502, description = "WBIA unreachable, failing or too slow for a chip", body = ErrorResponse),
-        (status = 600, description = "annotation UUIDs unknown to WBIA", body = ErrorResponse),
-    )
-)]
-#[allow(dead_code)]
-fn chip_best() {}
-
-#[utoipa::path(
-    get,
-    path = "/api/review/query/chip/best/",
-    tag = "query",
-    params(
-        ("aid" = i64, Query, description = "the query annotation's rowid"),
-        ("query_config_dict" = String, Query, description = r#"`{"pipeline_root": "LightGlue"}` (optionally `config_path`); other pipelines are WBIA's"#),
-    ),
-    responses(
-        (status = 200, description = "`response`: {name, sex, age, extern: {reference, qannot_uuid, dannot_uuid}} of the best individual among every valid annotation (all null when none is named)", body = ErrorResponse),
-        (status = 600, description = "unknown aid", body = ErrorResponse),
-    )
-)]
-#[allow(dead_code)]
-fn chip_best_by_aid() {}
-
-#[utoipa::path(
-    post,
-    path = "/api/engine/query/graph/",
-    tag = "engine",
-    request_body(content = EngineQueryRequest, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 200, description = "`response` is the job id", body = ErrorResponse),
-        (status = 429, description = "busy; the job was not accepted (retry after the Retry-After header)", body = ErrorResponse),
-    )
-)]
-#[allow(dead_code)]
-fn engine_query() {}
-
-#[utoipa::path(
-    get,
-    path = "/api/engine/job/status/",
-    tag = "engine",
-    params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: lookup|features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = ErrorResponse))
-)]
-#[allow(dead_code)]
-fn job_status() {}
-
-#[utoipa::path(
-    post,
-    path = "/api/engine/job/cancel/",
-    tag = "engine",
-    params(("jobid" = String, Query, description = "job id")),
-    responses(
-        (status = 200, description = "`response`: {jobid, jobstatus: \"exception\", cancelled: true}", body = ErrorResponse),
-        (status = 404, description = "no such job here", body = ErrorResponse),
-        (status = 409, description = "the job has already ended", body = ErrorResponse),
-    )
-)]
-#[allow(dead_code)]
-fn job_cancel() {}
-
-#[utoipa::path(
-    get,
-    path = "/api/engine/job/result/",
-    tag = "engine",
-    params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "`response`: {status: completed|exception, jobid, json_result} with the result Wildbook parses (cm_dict, inference_dict, ...)", body = ErrorResponse))
-)]
-#[allow(dead_code)]
-fn job_result() {}
-
-#[utoipa::path(
-    get,
-    path = "/api/engine/job/",
-    tag = "engine",
-    responses((status = 200, description = "`response`: the job ids", body = ErrorResponse))
-)]
-#[allow(dead_code)]
-fn job_list() {}
-
-#[utoipa::path(
-    get,
-    path = "/api/query/graph/match/thumb/",
-    tag = "query",
-    params(
-        ("extern_reference" = String, Query, description = "`dannot_extern_reference` of a result"),
-        ("query_annot_uuid" = String, Query),
-        ("database_annot_uuid" = String, Query),
-        ("version" = String, Query, description = "clean, matches or heatmask (aliases match, mask): all the two chips side by side"),
-    ),
-    responses(
-        (status = 200, description = "JPEG", content_type = "image/jpeg"),
-        (status = 607, description = "cannot render (e.g. unknown annotation)", body = ErrorResponse),
-    )
-)]
-#[allow(dead_code)]
-fn match_thumb() {}
-
-#[utoipa::path(get, path = "/api/test/heartbeat/", tag = "health",
-    responses((status = 200, description = "`response`: true")))]
-#[allow(dead_code)]
-fn heartbeat() {}
-
-#[utoipa::path(get, path = "/health", tag = "health",
-    responses((status = 200, description = "models loaded"), (status = 503, description = "still warming up")))]
-#[allow(dead_code)]
-fn health() {}
-
-#[utoipa::path(get, path = "/info", tag = "health",
-    responses((status = 200, description = "version, model, device, precision, default configuration")))]
-#[allow(dead_code)]
-fn info() {}
-
-#[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text with HELP/TYPE: counters (queries, refusals, cache, store, downloads, extractions, pairs), gauges (queue depth, admitted requests, pending pairs, cache bytes), histograms of stage and request seconds")))]
-#[allow(dead_code)]
-fn metrics() {}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -248,18 +124,19 @@ fn metrics() {}
                        request is passed through to the WBIA server unchanged."
     ),
     paths(
-        chip_best,
-        chip_best_by_aid,
-        match_thumb,
-        engine_query,
-        job_status,
-        job_result,
-        job_list,
-        job_cancel,
-        heartbeat,
-        health,
-        info,
-        metrics
+        crate::query_chip_best,
+        crate::review::chip_best_by_aid,
+        crate::thumbs::match_thumb,
+        crate::jobs::start,
+        crate::jobs::status,
+        crate::jobs::result,
+        crate::jobs::list,
+        crate::jobs::cancel,
+        crate::heartbeat,
+        crate::health::ready,
+        crate::info,
+        crate::metrics,
+        crate::health::live
     ),
     components(schemas(
         FancyUuid,

@@ -13,6 +13,19 @@ use crate::envelope::{self, ApiError};
 use crate::params::Params;
 use crate::{compute, jobs, AppState};
 
+#[utoipa::path(
+    get,
+    path = "/api/review/query/chip/best/",
+    tag = "query",
+    params(
+        ("aid" = i64, Query, description = "the query annotation's rowid"),
+        ("query_config_dict" = String, Query, description = r#"`{"pipeline_root": "LightGlue"}` (optionally `config_path`); other pipelines are WBIA's"#),
+    ),
+    responses(
+        (status = 200, description = "`response`: {name, sex, age, extern: {reference, qannot_uuid, dannot_uuid}} of the best individual among every valid annotation (all null when none is named)", body = crate::openapi::ErrorResponse),
+        (status = 600, description = "unknown aid", body = crate::openapi::ErrorResponse),
+    )
+)]
 pub async fn chip_best_by_aid(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (params, query_config) = match jobs::lightglue_or_forward(&state, req).await {
         Ok(v) => v,

@@ -19,6 +19,21 @@ use crate::{proxy, AppState};
 const THUMB_HEIGHT: usize = 400;
 const VERSIONS: [&str; 5] = ["clean", "matches", "heatmask", "match", "mask"];
 
+#[utoipa::path(
+    get,
+    path = "/api/query/graph/match/thumb/",
+    tag = "query",
+    params(
+        ("extern_reference" = String, Query, description = "`dannot_extern_reference` of a result"),
+        ("query_annot_uuid" = String, Query),
+        ("database_annot_uuid" = String, Query),
+        ("version" = String, Query, description = "clean, matches or heatmask (aliases match, mask): all the two chips side by side"),
+    ),
+    responses(
+        (status = 200, description = "JPEG", content_type = "image/jpeg"),
+        (status = 607, description = "cannot render (e.g. unknown annotation)", body = crate::openapi::ErrorResponse),
+    )
+)]
 pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (params, parts, body) = match Params::read(req).await {
         Ok(v) => v,

@@ -392,6 +392,26 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
         .unwrap();
     assert!(doc["paths"]["/api/review/query/chip/best/"]["post"].is_object());
     assert!(doc["paths"]["/api/review/query/chip/best/"]["get"].is_object());
+    // Every endpoint the service answers itself is described (from the handlers' own
+    // `#[utoipa::path]`).
+    for path in [
+        "/api/query/graph/match/thumb/",
+        "/api/engine/query/graph/",
+        "/api/engine/job/",
+        "/api/engine/job/status/",
+        "/api/engine/job/result/",
+        "/api/engine/job/cancel/",
+        "/api/test/heartbeat/",
+        "/health",
+        "/health/live",
+        "/info",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} not in the OpenAPI document"
+        );
+    }
     let props = |schema: &str| -> std::collections::BTreeSet<String> {
         let p = &doc["components"]["schemas"][schema]["properties"];
         assert!(p.is_object(), "schema {schema} in {doc}");

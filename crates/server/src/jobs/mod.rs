@@ -62,6 +62,19 @@ pub(crate) async fn lightglue_or_forward(
     Ok((params, query_config))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/engine/query/graph/",
+    tag = "engine",
+    request_body(content = crate::openapi::EngineQueryRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`response` is the job id", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "bad parameter, or a jobid that is not 1-128 letters, digits or `._:-`", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "callback_url names a host outside --callback-hosts", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "a job with this jobid exists (ids are never reused)", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "busy; the job was not accepted (retry after the Retry-After header)", body = crate::openapi::ErrorResponse),
+    )
+)]
 /// `POST|GET /api/engine/query/graph/` (`start_identify_annots_query`).
 pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (params, query_config) = match lightglue_or_forward(&state, req).await {
@@ -282,6 +295,17 @@ async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, 
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/engine/job/cancel/",
+    tag = "engine",
+    params(("jobid" = String, Query, description = "job id")),
+    responses(
+        (status = 200, description = "`response`: {jobid, jobstatus: \"exception\", cancelled: true}", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "no such job here", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "the job has already ended", body = crate::openapi::ErrorResponse),
+    )
+)]
 /// `/api/engine/job/cancel/?jobid=` (ours; WBIA has no such call): stops a working job. Its
 /// queued model work is dropped unrun and it ends as `exception`, "cancelled by request"; no
 /// callback is posted (whoever cancelled knows).
@@ -346,6 +370,13 @@ fn jobid_of(params: &Params) -> Option<String> {
     params.string("jobid")
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/engine/job/status/",
+    tag = "engine",
+    params(("jobid" = String, Query, description = "job id")),
+    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: lookup|features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = crate::openapi::ErrorResponse))
+)]
 /// `/api/engine/job/status/`.
 pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (params, parts, body) = match Params::read(req).await {
@@ -368,6 +399,13 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/engine/job/result/",
+    tag = "engine",
+    params(("jobid" = String, Query, description = "job id")),
+    responses((status = 200, description = "`response`: {status: completed|exception, jobid, json_result} with the result Wildbook parses (cm_dict, inference_dict, ...)", body = crate::openapi::ErrorResponse))
+)]
 /// `/api/engine/job/result/`.
 pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (params, parts, body) = match Params::read(req).await {
@@ -391,6 +429,12 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/engine/job/",
+    tag = "engine",
+    responses((status = 200, description = "`response`: the job ids", body = crate::openapi::ErrorResponse))
+)]
 /// `/api/engine/job/`: our job ids.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     envelope::ok(json!(state.jobs.ids()))
