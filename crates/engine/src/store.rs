@@ -482,7 +482,9 @@ impl FeatureStore {
                 )
                 .map_err(db_error)?;
             for (q, d, score) in scores {
-                let score = *score as f64;
+                // + 0.0 turns -0.0 into 0.0: SQLite keeps an integral REAL as an integer, so a
+                // -0.0 would come back as 0 and fail its checksum.
+                let score = *score as f64 + 0.0;
                 let sum = score_checksum(q, d, matcher, score);
                 insert
                     .execute(params![q, d, matcher, score, &sum[..]])
@@ -579,17 +581,23 @@ mod tests {
                 &[
                     ("q".into(), "d1".into(), 12.5),
                     ("q".into(), "d2".into(), 0.0),
+                    // What an empty float sum gives; SQLite keeps it as the integer 0.
+                    ("q".into(), "d3".into(), -0.0),
+                    ("q".into(), "d4".into(), 0.1234567),
                 ],
             )
             .unwrap();
         assert_eq!(store.score("q", "d1", "m1").unwrap(), Some(12.5));
         assert_eq!(store.score("q", "d2", "m1").unwrap(), Some(0.0));
+        assert_eq!(store.score("q", "d3", "m1").unwrap(), Some(0.0));
+        assert_eq!(store.score("q", "d4", "m1").unwrap(), Some(0.1234567));
+        assert_eq!(store.corrupt_rows(), 0);
         assert_eq!(store.score("q", "d1", "m2").unwrap(), None);
         assert_eq!(store.score("d1", "q", "m1").unwrap(), None);
         drop(store);
         let reopened = FeatureStore::open(&dir).unwrap();
         assert_eq!(reopened.score("q", "d1", "m1").unwrap(), Some(12.5));
-        assert_eq!(reopened.score_count().unwrap(), 2);
+        assert_eq!(reopened.score_count().unwrap(), 4);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

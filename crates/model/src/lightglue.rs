@@ -131,7 +131,9 @@ pub struct MatchResult {
 impl MatchResult {
     /// The pair score: the sum of match confidences, 0 with no match.
     pub fn score(&self) -> f32 {
-        self.scores.iter().sum()
+        // A float sum starts at -0.0, so no matches would score -0.0: written "-0.0" in JSON,
+        // and stored by SQLite as the integer 0. Summing from +0.0 gives the plain 0.
+        self.scores.iter().fold(0.0, |total, s| total + s)
     }
 }
 

@@ -202,6 +202,9 @@ fn degenerate_inputs_do_not_panic() {
         let r = matcher.match_pair(a, b).unwrap();
         assert!(r.matches.is_empty());
         assert_eq!(r.score(), 0.0);
+        // A plain 0, not -0.0 (JSON "-0.0"; SQLite would store the integer 0).
+        assert!(r.score().is_sign_positive());
+        assert_eq!(serde_json::to_string(&r.score()).unwrap(), "0.0");
     }
     // One keypoint against many: at most one match, indices in range.
     let r = matcher.match_pair(&one, &full).unwrap();

@@ -19,6 +19,14 @@ pub struct FancyUuid {
     pub uuid: String,
 }
 
+impl From<&uuid::Uuid> for FancyUuid {
+    fn from(u: &uuid::Uuid) -> Self {
+        Self {
+            uuid: u.hyphenated().to_string(),
+        }
+    }
+}
+
 /// Form fields (multipart or urlencoded) or a JSON body. Lists are JSON strings in a form.
 #[derive(Serialize, ToSchema)]
 pub struct ChipBestRequest {
@@ -99,6 +107,22 @@ pub struct ErrorResponse {
     pub response: Value,
 }
 
+/// `/api/engine/job/result/`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct JobResultResponse {
+    pub status: Status,
+    pub response: JobResult,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobResult {
+    /// `completed` or `exception` (WBIA puts the execution state here, not "ok").
+    pub status: String,
+    pub jobid: String,
+    /// The identification result when completed; the error text (a string) on exception.
+    pub json_result: crate::jobs::IdentificationResult,
+}
+
 /// Wildbook's identification request (docs/wbia-api.md §3.1); `query_config_dict.pipeline_root`
 /// selects LightGlue, other pipelines are passed through to WBIA.
 #[derive(Serialize, ToSchema)]
@@ -143,7 +167,18 @@ pub struct EngineQueryRequest {
         ChipBestRequest,
         ChipBestResponse,
         ErrorResponse,
-        EngineQueryRequest
+        EngineQueryRequest,
+        JobResultResponse,
+        JobResult,
+        crate::jobs::IdentificationResult,
+        crate::jobs::ChipMatch,
+        crate::jobs::NameId,
+        crate::jobs::Summary,
+        crate::jobs::Inference,
+        crate::jobs::ClusterDict,
+        crate::jobs::AnnotPairDict,
+        crate::jobs::ReviewPair,
+        crate::jobs::PriorMatchingState
     ))
 )]
 pub struct ApiDoc;

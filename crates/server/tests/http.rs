@@ -897,6 +897,25 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
         .next()
         .unwrap();
     assert_eq!(keys(cm), keys(want_cm));
+    // The OpenAPI schemas come from the same types that wrote this result.
+    let doc: Value = client
+        .get(format!("{base}/api-docs/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let props = |schema: &str| keys(&doc["components"]["schemas"][schema]["properties"]);
+    assert_eq!(props("JobResult"), keys(&ours["response"]));
+    assert_eq!(props("IdentificationResult"), keys(result));
+    assert_eq!(props("ChipMatch"), keys(cm));
+    assert_eq!(props("Inference"), keys(&result["inference_dict"]));
+    assert_eq!(
+        props("ReviewPair"),
+        keys(&result["inference_dict"]["annot_pair_dict"]["review_pair_list"][0])
+    );
+    assert_eq!(props("Summary"), keys(&result["summary_annot"][0]));
     let n = cm["dannot_uuid_list"].as_array().unwrap().len();
     assert_eq!(n, 3);
     for k in [

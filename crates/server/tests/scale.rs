@@ -303,6 +303,11 @@ async fn species_of_2000_annotations() {
     start_job(&client, &base, 1, "repeat").await;
     assert_eq!(finished(&client, &base, "repeat").await.0, "completed");
     println!("repeat: {:?}", started.elapsed());
+    // Every stored row read back intact (scores of 0, from pairs without matches, included).
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_store_corrupt_rows_total").await,
+        0
+    );
     assert_eq!(fake.chip_requests.load(Ordering::SeqCst), downloads);
     assert_eq!(
         metric(&client, &base, "wbia_lightglue_extractions_total").await,

@@ -21,7 +21,10 @@ use crate::{check_lists, compute, pair_count, proxy, AppState};
 
 pub use registry::{valid_jobid, Job, JobIdError, JobStatus, JobStore, MAX_JOBID_LEN, MAX_JOBS};
 use result::identification_result;
-pub use result::{render, NEG_INF};
+pub use result::{
+    render, AnnotPairDict, ChipMatch, ClusterDict, IdentificationResult, Inference, NameId,
+    NameScoreCell, PriorMatchingState, ReviewPair, Summary, NEG_INF,
+};
 
 /// The `dannot_extern_reference` of our results, in WBIA's form (16 lowercase letters),
 /// derived from the configuration; `/api/query/graph/match/thumb/` knows it as ours.
@@ -404,7 +407,7 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
     path = "/api/engine/job/result/",
     tag = "engine",
     params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "`response`: {status: completed|exception, jobid, json_result} with the result Wildbook parses (cm_dict, inference_dict, ...)", body = crate::openapi::ErrorResponse))
+    responses((status = 200, description = "the job's state and result; `score_list` holds bare `-Infinity` as WBIA writes it", body = crate::openapi::JobResultResponse))
 )]
 /// `/api/engine/job/result/`.
 pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Response {

@@ -1,19 +1,159 @@
 //! WBIA's result documents for an identification job (docs/wbia-api.md §4): `cm_dict`,
-//! `inference_dict` and the summaries Wildbook reads.
+//! `inference_dict` and the summaries Wildbook reads, as typed structs. The OpenAPI document
+//! takes its schemas from these same types.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{json, Map, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
-use wbia_client::fancy_uuid;
 use wbia_lightglue_engine::QueryResult;
 
+use crate::openapi::FancyUuid;
 use crate::Computed;
 
 /// Annotations per result marked as having a match thumbnail (WBIA renders its top 20).
 const THUMBS_PER_RESULT: usize = 20;
+/// Entries in `summary_annot` and `summary_name`, as WBIA writes them.
+const SUMMARY_LEN: usize = 20;
+/// Individuals offered for review in `inference_dict` (`make_inference`).
+const REVIEW_PAIRS: usize = 4;
+/// WBIA's name for an annotation without one.
+const UNNAMED: &str = "____";
 
-/// The result document of `query_chips_graph` (docs/wbia-api.md), for the one query.
+/// The `json_result` of a completed identification job (`query_chips_graph`, one query).
+#[derive(Serialize, ToSchema)]
+pub struct IdentificationResult {
+    /// Keyed by the plain query annotation UUID.
+    pub cm_dict: BTreeMap<String, ChipMatch>,
+    pub inference_dict: Inference,
+    pub query_annot_uuid_list: Vec<FancyUuid>,
+    /// As requested (the query included when `include_qaid_in_daids`).
+    pub database_annot_uuid_list: Vec<FancyUuid>,
+    /// The request's `query_config_dict`, echoed.
+    #[schema(value_type = Object)]
+    pub query_config_dict: Value,
+    /// The best 20 annotations.
+    pub summary_annot: Vec<Summary>,
+    /// The best annotation of each of the best 20 individuals.
+    pub summary_name: Vec<Summary>,
+}
+
+/// One query's chip match (`cm_dict` entry): the database in request order.
+#[derive(Serialize, ToSchema)]
+pub struct ChipMatch {
+    pub qannot_uuid: FancyUuid,
+    pub qname_uuid: NameId,
+    pub qname: String,
+    pub dannot_uuid_list: Vec<FancyUuid>,
+    pub dname_uuid_list: Vec<NameId>,
+    pub dname_list: Vec<String>,
+    /// The name score on each individual's best annotation, a bare `-Infinity` on the others.
+    #[schema(value_type = Vec<f32>)]
+    pub score_list: Vec<NameScoreCell>,
+    /// Raw scores (sum of match confidences).
+    pub annot_score_list: Vec<f32>,
+    pub unique_name_uuid_list: Vec<NameId>,
+    pub unique_name_list: Vec<String>,
+    pub name_score_list: Vec<f32>,
+    /// Feature matches are not reported (always null), as in WBIA's serialised results.
+    #[schema(value_type = Option<Object>)]
+    pub fm_list: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub fsv_list: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub fk_list: Option<Value>,
+    #[serde(rename = "H_list")]
+    #[schema(value_type = Option<Object>)]
+    pub h_list: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub fsv_col_lbls: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub filtnorm_aids: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub filtnorm_fxs: Option<Value>,
+    /// Our thumbnail reference (`/api/query/graph/match/thumb/`).
+    pub dannot_extern_reference: String,
+    /// True for the 20 best candidates, which have thumbnails.
+    pub dannot_extern_list: Vec<bool>,
+    pub model_url: Option<String>,
+    pub config_url: Option<String>,
+}
+
+/// A name's UUID, or for an unnamed annotation `-aid` (each its own individual), as WBIA.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum NameId {
+    Named(FancyUuid),
+    Unnamed(i64),
+}
+
+/// A `score_list` entry: a score, or WBIA's bare `-Infinity` (written by [`render`]).
+pub enum NameScoreCell {
+    Score(f32),
+    NegativeInfinity,
+}
+
+impl Serialize for NameScoreCell {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NameScoreCell::Score(v) => s.serialize_f32(*v),
+            NameScoreCell::NegativeInfinity => s.serialize_str(NEG_INF),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Summary {
+    pub score: f32,
+    pub duuid: FancyUuid,
+    pub daid: i64,
+}
+
+/// `inference_dict`, what Wildbook shows for review.
+#[derive(Serialize, ToSchema)]
+pub struct Inference {
+    pub cluster_dict: ClusterDict,
+    pub annot_pair_dict: AnnotPairDict,
+    #[serde(rename = "_internal_state")]
+    #[schema(value_type = Option<Object>)]
+    pub internal_state: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClusterDict {
+    pub annot_uuid_list: Vec<FancyUuid>,
+    pub orig_name_list: Vec<String>,
+    pub new_name_list: Vec<String>,
+    pub exemplar_flag_list: Vec<bool>,
+    pub error_flag_list: Vec<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AnnotPairDict {
+    /// Least confident first.
+    pub review_pair_list: Vec<ReviewPair>,
+    pub confidence_list: Vec<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReviewPair {
+    pub annot_uuid_key: FancyUuid,
+    pub annot_uuid_1: FancyUuid,
+    pub annot_uuid_2: FancyUuid,
+    pub prior_matching_state: PriorMatchingState,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PriorMatchingState {
+    pub p_match: f64,
+    pub p_nomatch: f64,
+    pub p_notcomp: f64,
+}
+
+/// The result document of `query_chips_graph` (docs/wbia-api.md), for the one query. Lookups
+/// go through maps: a species-wide database has tens of thousands of annotations.
 pub(super) fn identification_result(
     c: &Computed,
     reference: &str,
@@ -21,28 +161,18 @@ pub(super) fn identification_result(
     queries: &[Uuid],
     database: &[Uuid],
     query_config: &Value,
-) -> Value {
+) -> IdentificationResult {
     let q = queries[0];
     let r = &c.results[0];
-    let name_uuid = |u: &Uuid| {
-        name_uuids
-            .iter()
-            .find(|(v, _)| v == u)
-            .and_then(|(_, n)| *n)
-    };
-    let aid = |u: &Uuid| {
-        c.aids
-            .iter()
-            .find(|(v, _)| v == u)
-            .map(|(_, a)| *a)
-            .unwrap_or(0)
-    };
-    // Unnamed annotations each count as their own individual, with a negative id as WBIA
-    // gives them (`-aid`).
-    let name_id = |u: &Uuid| -> Value {
-        name_uuid(u)
-            .map(|n| fancy_uuid(&n))
-            .unwrap_or(json!(-aid(u)))
+    let name_uuid: HashMap<Uuid, Uuid> = name_uuids
+        .iter()
+        .filter_map(|(a, n)| n.map(|n| (*a, n)))
+        .collect();
+    let aids: HashMap<Uuid, i64> = c.aids.iter().copied().collect();
+    let aid = |u: &Uuid| aids.get(u).copied().unwrap_or(0);
+    let name_id = |u: &Uuid| match name_uuid.get(u) {
+        Some(n) => NameId::Named(n.into()),
+        None => NameId::Unnamed(-aid(u)),
     };
     let name_key = |u: &Uuid, name: &Option<String>| -> String {
         match name {
@@ -52,10 +182,11 @@ pub(super) fn identification_result(
     };
 
     // cm_dict lists the database in request order (not by score), like WBIA's daid_list.
+    let ranked: HashMap<Uuid, _> = r.ranked.iter().map(|s| (s.annot, s)).collect();
     let scored: Vec<_> = database
         .iter()
         .filter(|d| **d != q)
-        .filter_map(|d| r.ranked.iter().find(|s| s.annot == *d))
+        .filter_map(|d| ranked.get(d).copied())
         .collect();
     let mut best_of_name: HashMap<String, (Uuid, f32)> = HashMap::new();
     for s in &scored {
@@ -65,129 +196,102 @@ pub(super) fn identification_result(
             *entry = (s.annot, s.score);
         }
     }
-    // The best annotation of each name carries the name score; the others -Infinity.
-    let score_list: Vec<Value> = scored
+    let score_list = scored
         .iter()
         .map(|s| {
             let (best, score) = best_of_name[&name_key(&s.annot, &s.name)];
             if best == s.annot {
-                json!(score)
+                NameScoreCell::Score(score)
             } else {
-                Value::String(NEG_INF.into())
+                NameScoreCell::NegativeInfinity
             }
         })
         .collect();
     let mut names: Vec<(String, Uuid, f32)> = best_of_name
-        .iter()
-        .map(|(k, (u, s))| (k.clone(), *u, *s))
+        .into_iter()
+        .map(|(k, (u, s))| (k, u, s))
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
-    let display = |u: &Uuid| -> String {
-        scored
-            .iter()
-            .find(|s| s.annot == *u)
-            .and_then(|s| s.name.clone())
-            .unwrap_or_else(|| "____".into())
+    let display = |name: &Option<String>| name.clone().unwrap_or_else(|| UNNAMED.into());
+    let display_of = |u: &Uuid| {
+        ranked
+            .get(u)
+            .map_or_else(|| UNNAMED.into(), |s| display(&s.name))
     };
-
-    let mut cm = Map::new();
-    cm.insert("qannot_uuid".into(), fancy_uuid(&q));
-    cm.insert("qname_uuid".into(), name_id(&q));
-    cm.insert("qname".into(), json!("____"));
-    cm.insert(
-        "dannot_uuid_list".into(),
-        json!(scored
-            .iter()
-            .map(|s| fancy_uuid(&s.annot))
-            .collect::<Vec<_>>()),
-    );
-    cm.insert(
-        "dname_uuid_list".into(),
-        json!(scored.iter().map(|s| name_id(&s.annot)).collect::<Vec<_>>()),
-    );
-    cm.insert(
-        "dname_list".into(),
-        json!(scored.iter().map(|s| display(&s.annot)).collect::<Vec<_>>()),
-    );
-    cm.insert("score_list".into(), json!(score_list));
-    cm.insert(
-        "annot_score_list".into(),
-        json!(scored.iter().map(|s| s.score).collect::<Vec<_>>()),
-    );
-    cm.insert(
-        "unique_name_uuid_list".into(),
-        json!(names.iter().map(|n| name_id(&n.1)).collect::<Vec<_>>()),
-    );
-    cm.insert(
-        "unique_name_list".into(),
-        json!(names.iter().map(|n| display(&n.1)).collect::<Vec<_>>()),
-    );
-    cm.insert(
-        "name_score_list".into(),
-        json!(names.iter().map(|n| n.2).collect::<Vec<_>>()),
-    );
-    for key in [
-        "fm_list",
-        "fsv_list",
-        "fk_list",
-        "H_list",
-        "fsv_col_lbls",
-        "filtnorm_aids",
-        "filtnorm_fxs",
-    ] {
-        cm.insert(key.into(), Value::Null);
-    }
     // Thumbnails (rendered on request) for the best annotations, as WBIA marks its top 20.
-    let top: Vec<Uuid> = r
+    let top: std::collections::HashSet<Uuid> = r
         .ranked
         .iter()
         .take(THUMBS_PER_RESULT)
         .map(|s| s.annot)
         .collect();
-    cm.insert("dannot_extern_reference".into(), json!(reference));
-    cm.insert(
-        "dannot_extern_list".into(),
-        json!(scored
-            .iter()
-            .map(|s| top.contains(&s.annot))
-            .collect::<Vec<_>>()),
-    );
-    cm.insert("model_url".into(), Value::Null);
-    cm.insert("config_url".into(), Value::Null);
 
-    json!({
-        "cm_dict": { q.to_string(): Value::Object(cm) },
-        "inference_dict": inference(q, r),
-        "query_annot_uuid_list": [fancy_uuid(&q)],
-        "database_annot_uuid_list": database.iter().map(fancy_uuid).collect::<Vec<_>>(),
-        "query_config_dict": query_config,
-        "summary_annot": scored_summary(r, &aid),
-        "summary_name": r.name_scores.iter().take(20).map(|n| json!({
-            "score": n.score, "duuid": fancy_uuid(&n.best_annot), "daid": aid(&n.best_annot),
-        })).collect::<Vec<_>>(),
-    })
+    let chip_match = ChipMatch {
+        qannot_uuid: (&q).into(),
+        qname_uuid: name_id(&q),
+        qname: UNNAMED.into(),
+        dannot_uuid_list: scored.iter().map(|s| (&s.annot).into()).collect(),
+        dname_uuid_list: scored.iter().map(|s| name_id(&s.annot)).collect(),
+        dname_list: scored.iter().map(|s| display(&s.name)).collect(),
+        score_list,
+        annot_score_list: scored.iter().map(|s| s.score).collect(),
+        unique_name_uuid_list: names.iter().map(|n| name_id(&n.1)).collect(),
+        unique_name_list: names.iter().map(|n| display_of(&n.1)).collect(),
+        name_score_list: names.iter().map(|n| n.2).collect(),
+        fm_list: None,
+        fsv_list: None,
+        fk_list: None,
+        h_list: None,
+        fsv_col_lbls: None,
+        filtnorm_aids: None,
+        filtnorm_fxs: None,
+        dannot_extern_reference: reference.to_string(),
+        dannot_extern_list: scored.iter().map(|s| top.contains(&s.annot)).collect(),
+        model_url: None,
+        config_url: None,
+    };
+    IdentificationResult {
+        cm_dict: BTreeMap::from([(q.to_string(), chip_match)]),
+        inference_dict: inference(q, r),
+        query_annot_uuid_list: vec![(&q).into()],
+        database_annot_uuid_list: database.iter().map(Into::into).collect(),
+        query_config_dict: query_config.clone(),
+        summary_annot: r
+            .ranked
+            .iter()
+            .take(SUMMARY_LEN)
+            .map(|s| Summary {
+                score: s.score,
+                duuid: (&s.annot).into(),
+                daid: aid(&s.annot),
+            })
+            .collect(),
+        summary_name: r
+            .name_scores
+            .iter()
+            .take(SUMMARY_LEN)
+            .map(|n| Summary {
+                score: n.score,
+                duuid: (&n.best_annot).into(),
+                daid: aid(&n.best_annot),
+            })
+            .collect(),
+    }
 }
 
 /// Marker for WBIA's bare `-Infinity`, which JSON values cannot hold; [`render`] writes it.
 pub const NEG_INF: &str = "__wbia_lightglue_negative_infinity__";
 
 /// Serialises a result the way WBIA does, with bare `-Infinity` where [`NEG_INF`] stands.
-pub fn render(v: &Value) -> String {
-    v.to_string()
+pub fn render(v: &impl Serialize) -> String {
+    serde_json::to_string(v)
+        .unwrap_or_else(|e| format!("{:?}", format!("result not serialisable: {e}")))
         .replace(&format!("\"{NEG_INF}\""), "-Infinity")
-}
-
-fn scored_summary(r: &QueryResult, aid: &dyn Fn(&Uuid) -> i64) -> Vec<Value> {
-    r.ranked
-        .iter()
-        .take(20)
-        .map(|s| json!({"score": s.score, "duuid": fancy_uuid(&s.annot), "daid": aid(&s.annot)}))
-        .collect()
 }
 
 /// `make_inference`: one review pair for each of the top 4 individuals, with
 /// `p_same = expit(2·score − 1.5)` and confidence `(2·|0.5 − p_same|)²`, least confident first.
-fn inference(q: Uuid, r: &QueryResult) -> Value {
+fn inference(q: Uuid, r: &QueryResult) -> Inference {
     let mut individuals: Vec<(Uuid, f32)> = r
         .name_scores
         .iter()
@@ -197,34 +301,43 @@ fn inference(q: Uuid, r: &QueryResult) -> Value {
         individuals.push((s.annot, s.score));
     }
     individuals.sort_by(|a, b| b.1.total_cmp(&a.1));
-    individuals.truncate(4);
-    let mut pairs: Vec<(Value, f64)> = individuals
+    individuals.truncate(REVIEW_PAIRS);
+    let mut pairs: Vec<(ReviewPair, f64)> = individuals
         .iter()
         .map(|&(d, score)| {
             let p = 1.0 / (1.0 + (-(2.0 * score as f64 - 1.5)).exp());
             let confidence = (2.0 * (0.5 - p).abs()).powi(2);
-            let pair = json!({
-                "annot_uuid_key": fancy_uuid(&q),
-                "annot_uuid_1": fancy_uuid(&q),
-                "annot_uuid_2": fancy_uuid(&d),
-                "prior_matching_state": {"p_match": p, "p_nomatch": 1.0 - p, "p_notcomp": 0.0},
-            });
+            let pair = ReviewPair {
+                annot_uuid_key: (&q).into(),
+                annot_uuid_1: (&q).into(),
+                annot_uuid_2: (&d).into(),
+                prior_matching_state: PriorMatchingState {
+                    p_match: p,
+                    p_nomatch: 1.0 - p,
+                    p_notcomp: 0.0,
+                },
+            };
             (pair, confidence)
         })
         .collect();
     pairs.sort_by(|a, b| a.1.total_cmp(&b.1));
-    json!({
-        "cluster_dict": {
-            "annot_uuid_list": [fancy_uuid(&q)],
-            "orig_name_list": ["____"],
-            "new_name_list": [r.name_scores.first().map(|n| n.name.clone()).unwrap_or_else(|| "____".into())],
-            "exemplar_flag_list": [true],
-            "error_flag_list": [[]],
+    let (review_pair_list, confidence_list) = pairs.into_iter().unzip();
+    Inference {
+        cluster_dict: ClusterDict {
+            annot_uuid_list: vec![(&q).into()],
+            orig_name_list: vec![UNNAMED.into()],
+            new_name_list: vec![r
+                .name_scores
+                .first()
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| UNNAMED.into())],
+            exemplar_flag_list: vec![true],
+            error_flag_list: vec![Vec::new()],
         },
-        "annot_pair_dict": {
-            "review_pair_list": pairs.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
-            "confidence_list": pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+        annot_pair_dict: AnnotPairDict {
+            review_pair_list,
+            confidence_list,
         },
-        "_internal_state": null,
-    })
+        internal_state: None,
+    }
 }
