@@ -247,10 +247,12 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         bail!("need at least two labelled images, got {}", items.len());
     }
     // Weights are looked for now, so that a missing file is named before any work.
-    weights::find_weights(args.model.weights.as_deref(), weights::ALIKED_FILE)?;
+    let arch = args.model.aliked_variant()?;
+    weights::find_weights(args.model.weights.as_deref(), arch.weights_file)?;
     weights::find_weights(args.model.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
     let lg = args.matcher.config();
     let config = Config {
+        model_name: args.model.model_name.clone(),
         max_num_keypoints: args.model.max_keypoints,
         detection_threshold: args.model.detection_threshold as f64,
         image_size: args.model.image_size,

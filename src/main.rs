@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use wbia_lightglue_model::{
-    load_image, parse_device, weights, Aliked, AlikedConfig, LightGlue, LightGlueConfig, Precision,
+    load_image, parse_device, weights, Aliked, AlikedConfig, DetectOptions, LightGlue,
+    LightGlueConfig, Precision,
 };
 
 mod bench;
@@ -62,6 +63,10 @@ const MAX_MATCH_BATCH: usize = 256;
 /// Options shared by every command that runs the model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
+    /// ALIKED variant: aliked-n16 (the plugin's), aliked-n16rot, aliked-n32, or aliked-t16
+    /// (64-d descriptors: extraction only, no LightGlue weights take them).
+    #[arg(long, default_value = "aliked-n16")]
+    pub model_name: String,
     /// Directory holding the converted weights.
     #[arg(long, env = weights::WEIGHTS_DIR_ENV)]
     pub weights: Option<PathBuf>,
@@ -79,18 +84,23 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn aliked_config(&self) -> AlikedConfig {
-        AlikedConfig {
+    pub fn aliked_config(&self) -> DetectOptions {
+        DetectOptions {
             max_num_keypoints: self.max_keypoints,
             detection_threshold: self.detection_threshold,
             image_size: self.image_size,
-            ..AlikedConfig::default()
+            ..DetectOptions::default()
         }
     }
 
+    pub fn aliked_variant(&self) -> Result<AlikedConfig> {
+        Ok(AlikedConfig::from_name(&self.model_name)?)
+    }
+
     pub fn load_aliked(&self, device: &Device) -> Result<Aliked> {
-        let path = weights::find_weights(self.weights.as_deref(), weights::ALIKED_FILE)?;
-        Aliked::from_file(&path, self.aliked_config(), device)
+        let arch = self.aliked_variant()?;
+        let path = weights::find_weights(self.weights.as_deref(), arch.weights_file)?;
+        Aliked::from_file_variant(&path, arch, self.aliked_config(), device)
             .with_context(|| format!("loading {}", path.display()))
     }
 }
@@ -202,11 +212,20 @@ struct MatchArgs {
     /// Print matches, match scores and the stop layer as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write a picture of the matches to this PNG file: both images side by side at a
+    /// common height (at most 720 px), a line per match coloured by confidence (red 0, yellow
+    /// 0.5, green 1) and the score written on it.
+    #[arg(long, value_name = "OUT.png")]
+    png: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     matcher: MatcherArgs,
 }
+
+/// Height of `match --png` pictures; smaller images are not enlarged, so most chips keep
+/// their own pixels.
+const MATCH_PICTURE_HEIGHT: usize = 720;
 
 /// LightGlue settings.
 #[derive(Args, Clone)]
@@ -336,9 +355,22 @@ fn main() -> Result<()> {
             let device = args.model.runtime.open()?;
             let extractor = args.model.load_aliked(&device)?;
             let matcher = args.model.load_lightglue(args.matcher.config(), &device)?;
-            let f0 = extractor.extract(&load_image(&args.image0)?)?;
-            let f1 = extractor.extract(&load_image(&args.image1)?)?;
+            let (image0, image1) = (load_image(&args.image0)?, load_image(&args.image1)?);
+            let f0 = extractor.extract(&image0)?;
+            let f1 = extractor.extract(&image1)?;
             let result = matcher.match_pair(&f0, &f1)?;
+            if let Some(path) = &args.png {
+                let picture = wbia_lightglue_model::render::draw_matches(
+                    &image0,
+                    &f0,
+                    &image1,
+                    &f1,
+                    &result,
+                    MATCH_PICTURE_HEIGHT,
+                )?;
+                std::fs::write(path, wbia_lightglue_model::render::encode_png(&picture)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             if args.json {
                 let out = serde_json::json!({
                     "score": result.score(),

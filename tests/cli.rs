@@ -79,6 +79,54 @@ fn match_json_has_the_documented_fields() {
 }
 
 #[test]
+fn match_png_shows_both_images_with_the_matches() {
+    let out = std::env::temp_dir().join(format!("wbia-lightglue-cli-{}.png", std::process::id()));
+    let (a, b) = (
+        fixture("turtles/turtle_a1.jpg"),
+        fixture("turtles/turtle_a2.jpg"),
+    );
+    let run = bin()
+        .args(["match", "--max-keypoints", "256", "--png"])
+        .arg(&out)
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    let run = succeeded(run);
+    let score: f32 = String::from_utf8_lossy(&run.stdout).trim().parse().unwrap();
+    assert!(score > 1.0, "{score}");
+    let png = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let picture = wbia_lightglue_model::decode_image(&png).unwrap();
+
+    // 518×631 and 518×637: both at the taller height (under the 720 px cap), 8 px apart.
+    let (a, b) = (
+        wbia_lightglue_model::load_image(&a).unwrap(),
+        wbia_lightglue_model::load_image(&b).unwrap(),
+    );
+    let height = a.height.max(b.height);
+    let width = |i: &wbia_lightglue_model::RgbImage| {
+        (i.width as f64 * height as f64 / i.height as f64).round() as u32
+    };
+    assert_eq!((width(&a), width(&b), height), (523, 518, 637));
+    assert_eq!(
+        (picture.width, picture.height),
+        (width(&a) + 8 + width(&b), height)
+    );
+    // The chips as `side_by_side` lays them out, with lines drawn over them.
+    let plain = wbia_lightglue_model::render::side_by_side(&a, &b, 720).unwrap();
+    assert_eq!((plain.width, plain.height), (picture.width, picture.height));
+    let changed = picture
+        .data
+        .chunks(3)
+        .zip(plain.data.chunks(3))
+        .filter(|(p, q)| p != q)
+        .count();
+    assert!(changed > 1000, "{changed} pixels drawn");
+}
+
+#[test]
 fn bad_image_is_a_clear_error() {
     let run = bin()
         .args(["extract", "Cargo.toml", "-o", "/dev/null"])

@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wbia_lightglue_model::{AlikedConfig, LightGlueConfig};
+use wbia_lightglue_model::{AlikedConfig, DetectOptions, LightGlueConfig};
 
 use crate::{Error, Result};
 
@@ -53,10 +53,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.model_name != "aliked-n16" {
+        // The service matches what it extracts: a variant LightGlue cannot take is refused
+        // here, at load, not on the first request.
+        let variant = self.aliked_variant()?;
+        if !variant.matchable() {
             return Err(Error::Config(format!(
-                "model_name {:?} is not supported (only \"aliked-n16\" ships)",
-                self.model_name
+                "model_name {:?} gives {}-d descriptors and no LightGlue weights take them \
+                 (it is for `wbia-lightglue extract` only); use aliked-n16, aliked-n16rot or \
+                 aliked-n32",
+                self.model_name, variant.dim
             )));
         }
         if self.feature_cache_max_size == 0 {
@@ -69,12 +74,17 @@ impl Config {
         Ok(())
     }
 
-    pub fn aliked(&self) -> AlikedConfig {
-        AlikedConfig {
+    /// The ALIKED architecture `model_name` names.
+    pub fn aliked_variant(&self) -> Result<AlikedConfig> {
+        Ok(AlikedConfig::from_name(&self.model_name)?)
+    }
+
+    pub fn aliked(&self) -> DetectOptions {
+        DetectOptions {
             max_num_keypoints: self.max_num_keypoints,
             detection_threshold: self.detection_threshold as f32,
             image_size: self.image_size,
-            ..AlikedConfig::default()
+            ..DetectOptions::default()
         }
     }
 
@@ -183,7 +193,7 @@ mod tests {
     #[test]
     fn defaults_agree_with_the_model_crate() {
         let c = Config::default();
-        assert_eq!(c.aliked(), AlikedConfig::default());
+        assert_eq!(c.aliked(), DetectOptions::default());
         assert_eq!(c.lightglue(), LightGlueConfig::default());
     }
 
@@ -201,7 +211,13 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Config::from_json(r#"{"image_size": "big"}"#, "x.json").unwrap_err();
         assert!(e.to_string().contains("x.json"), "{e}");
-        assert!(Config::from_json(r#"{"model_name": "aliked-t16"}"#, "x").is_err());
+        let t16 = Config::from_json(r#"{"model_name": "aliked-t16"}"#, "x").unwrap_err();
+        assert!(t16.to_string().contains("64-d"), "{t16}");
+        assert!(Config::from_json(r#"{"model_name": "aliked-n64"}"#, "x").is_err());
+        for name in ["aliked-n16", "aliked-n16rot", "aliked-n32"] {
+            let json = format!(r#"{{"model_name": "{name}"}}"#);
+            assert_eq!(Config::from_json(&json, "x").unwrap().model_name, name);
+        }
         assert!(Config::from_json(r#"{"depth_confidence": 7}"#, "x").is_err());
     }
 

@@ -7,6 +7,7 @@ mod cache;
 pub mod config;
 pub mod evaluate;
 pub mod metrics;
+mod pairs;
 mod pipeline;
 pub mod scoring;
 pub mod store;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 use wbia_lightglue_model::{Features, Precision};
 
 pub use config::{Config, ConfigDir};
+pub use pairs::PairMatches;
 pub use pipeline::{
     Admission, Annot, ChipSource, FileChips, Progress, ProgressSnapshot, SourceError, Ticket,
     WbiaChip, CHIPS_IN_FLIGHT,

@@ -111,7 +111,7 @@ impl AdmissionState {
 pub struct Ticket {
     state: Arc<AdmissionState>,
     pairs: usize,
-    lane: u64,
+    pub(crate) lane: u64,
 }
 
 impl Drop for Ticket {
@@ -338,7 +338,7 @@ impl Engine {
 
     /// An annotation's features: from memory, else the store, else its chip, downloaded
     /// (unless the key needs no bytes and is found), decoded off the model thread, extracted.
-    async fn features_of<S: ChipSource>(
+    pub(crate) async fn features_of<S: ChipSource>(
         &self,
         ticket: &Ticket,
         source: &S,

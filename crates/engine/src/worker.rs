@@ -12,7 +12,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use candle_core::Device;
 use tokio::sync::oneshot;
-use wbia_lightglue_model::{weights, Aliked, Features, LightGlue, Precision, RgbImage};
+use wbia_lightglue_model::{
+    weights, Aliked, Features, LightGlue, MatchResult, Precision, RgbImage,
+};
 
 use crate::{CacheStats, Config, Error, MatcherSettings, Result};
 
@@ -23,6 +25,8 @@ pub(crate) enum Job {
         reply: oneshot::Sender<Result<Features>>,
     },
     Match(MatchWork),
+    /// One pair with its matches, not only its score (for match pictures).
+    Pair(crate::pairs::PairWork),
 }
 
 impl Job {
@@ -31,6 +35,7 @@ impl Job {
         match self {
             Job::Extract { reply, .. } => reply.is_closed(),
             Job::Match(w) => w.reply.is_closed(),
+            Job::Pair(w) => w.reply.is_closed(),
         }
     }
 }
@@ -299,20 +304,26 @@ impl Models {
                 let _ = reply.send(self.extract(&image, &config));
             }
             Job::Match(w) => self.run_matches(vec![w]),
+            Job::Pair(w) => {
+                let answer = self.match_one(&w.query, &w.database, &w.config);
+                let _ = w.reply.send(answer);
+            }
         }
     }
 
+    /// One model per ALIKED variant, whatever the detection settings (they are per call).
     fn extract(&mut self, image: &RgbImage, config: &Config) -> Result<Features> {
         self.stats.extractions.fetch_add(1, Ordering::Relaxed);
-        let key = config.feature_key();
-        if !self.extractors.contains_key(&key) {
+        let arch = config.aliked_variant()?;
+        if !self.extractors.contains_key(arch.name) {
             let dir = self.settings.weights_dir.as_deref();
-            let path = weights::find_weights(dir, weights::ALIKED_FILE)?;
-            let model = Aliked::from_file(path, config.aliked(), &self.settings.device)?;
-            tracing::info!(settings = %key, "loaded ALIKED");
-            self.extractors.insert(key.clone(), model);
+            let path = weights::find_weights(dir, arch.weights_file)?;
+            let model =
+                Aliked::from_file_variant(path, arch, config.aliked(), &self.settings.device)?;
+            tracing::info!(variant = arch.name, "loaded ALIKED");
+            self.extractors.insert(arch.name.to_string(), model);
         }
-        Ok(self.extractors[&key].extract(image)?)
+        Ok(self.extractors[arch.name].extract_with(image, &config.aliked())?)
     }
 
     /// Matching jobs with the same matcher settings: every pair of every job matched
@@ -348,6 +359,21 @@ impl Models {
         }
     }
 
+    /// One pair's matches, computed as `score_pairs` scores it (so the picture's score is the
+    /// pair's score).
+    fn match_one(&mut self, q: &Features, d: &Features, config: &Config) -> Result<MatchResult> {
+        let key = self.load_matcher(config)?;
+        let matcher = &self.matchers[&key];
+        let batch = self.settings.match_batch;
+        let mut result = if batch > 1 {
+            matcher.match_pairs(&[(q, d)], batch)?
+        } else {
+            vec![matcher.match_pair(q, d)?]
+        };
+        self.stats.pairs_matched.fetch_add(1, Ordering::Relaxed);
+        Ok(result.pop().unwrap_or_default())
+    }
+
     fn matcher_settings(&self, config: &Config) -> MatcherSettings {
         MatcherSettings::new(config, self.settings.precision, self.settings.match_batch)
     }
@@ -361,17 +387,7 @@ impl Models {
         pairs: &[(&Features, &Features)],
         config: &Config,
     ) -> Result<Vec<f32>> {
-        let lg = config.lightglue();
-        let key = MatcherSettings::new(config, self.settings.precision, 1).model_key();
-        if !self.matchers.contains_key(&key) {
-            let dir = self.settings.weights_dir.as_deref();
-            let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;
-            let s = &self.settings;
-            let model =
-                LightGlue::from_file_with_precision(path, lg.clone(), &s.device, s.precision)?;
-            tracing::info!(settings = %key, "loaded LightGlue");
-            self.matchers.insert(key.clone(), model);
-        }
+        let key = self.load_matcher(config)?;
         let matcher = &self.matchers[&key];
         self.stats
             .pairs_matched
@@ -387,6 +403,26 @@ impl Models {
             .iter()
             .map(|(q, d)| Ok(matcher.match_pair(q, d)?.score()))
             .collect()
+    }
+
+    /// Loads the LightGlue of `config`'s matcher settings unless it is loaded; its key in
+    /// `matchers`.
+    fn load_matcher(&mut self, config: &Config) -> Result<String> {
+        let key = MatcherSettings::new(config, self.settings.precision, 1).model_key();
+        if !self.matchers.contains_key(&key) {
+            let dir = self.settings.weights_dir.as_deref();
+            let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;
+            let s = &self.settings;
+            let model = LightGlue::from_file_with_precision(
+                path,
+                config.lightglue(),
+                &s.device,
+                s.precision,
+            )?;
+            tracing::info!(settings = %key, "loaded LightGlue");
+            self.matchers.insert(key.clone(), model);
+        }
+        Ok(key)
     }
 }
 

@@ -55,13 +55,25 @@ async fn concurrent_queries_share_batches_and_keep_their_scores() {
         .unwrap();
     // A cold extraction (annotation 99) keeps the worker busy while three queries queue up
     // behind it; the worker then takes their matching jobs together.
+    // The queries start only once the worker has begun that extraction (its counter moves
+    // as it starts), so they queue behind it whatever the machine's load.
     let tickets: Vec<_> = (0..4).map(|_| engine.admit(3).unwrap()).collect();
     let busy = [annot(99)];
-    let (f, q0, q1, q2) = tokio::join!(
+    let extractions = || engine.cache_stats.extractions.load(Ordering::SeqCst);
+    let before = extractions();
+    let queries = async {
+        while extractions() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::join!(
+            engine.identify(&tickets[1], &source, &all[..1], &all[1..], &config, &p),
+            engine.identify(&tickets[2], &source, &all[1..2], &all[2..], &config, &p),
+            engine.identify(&tickets[3], &source, &all[3..], &all[..1], &config, &p),
+        )
+    };
+    let (f, (q0, q1, q2)) = tokio::join!(
         engine.identify(&tickets[0], &source, &busy, &all[..1], &config, &p),
-        engine.identify(&tickets[1], &source, &all[..1], &all[1..], &config, &p),
-        engine.identify(&tickets[2], &source, &all[1..2], &all[2..], &config, &p),
-        engine.identify(&tickets[3], &source, &all[3..], &all[..1], &config, &p),
+        queries
     );
     f.unwrap();
     let (q0, q1, q2) = (q0.unwrap(), q1.unwrap(), q2.unwrap());

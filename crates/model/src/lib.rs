@@ -12,7 +12,7 @@ pub mod ops;
 pub mod render;
 pub mod weights;
 
-pub use aliked::{Aliked, AlikedConfig, Features};
+pub use aliked::{Aliked, AlikedConfig, DetectOptions, Features};
 pub use device::{device_name, parse_device};
 pub use error::{Error, Result};
 pub use image::{decode_image, load_image, RgbImage};

@@ -18,7 +18,8 @@ use crate::ops::fused::{gelu_erf, rotary};
 use crate::ops::{attention, attention_reference, cross_attention};
 use crate::{Error, Result};
 
-const INPUT_DIM: usize = 128;
+/// Descriptor width LightGlue's ALIKED weights take.
+pub(crate) const INPUT_DIM: usize = 128;
 const DIM: usize = 256;
 const HEADS: usize = 4;
 const HEAD_DIM: usize = DIM / HEADS;
@@ -135,6 +136,19 @@ impl MatchResult {
         // and stored by SQLite as the integer 0. Summing from +0.0 gives the plain 0.
         self.scores.iter().fold(0.0, |total, s| total + s)
     }
+}
+
+/// Valid features of the width LightGlue takes (`aliked-t16`'s 64-d ones are refused here
+/// with a clear error, not by a shape mismatch deep inside).
+fn check_input(f: &Features) -> Result<()> {
+    f.validate()?;
+    if !f.is_empty() && f.descriptor_dim() != INPUT_DIM {
+        return Err(Error::InvalidFeatures(format!(
+            "{}-d descriptors: LightGlue's ALIKED weights take {INPUT_DIM}-d ones (aliked-t16 is for extraction only)",
+            f.descriptor_dim()
+        )));
+    }
+    Ok(())
 }
 
 fn linear(vb: VarBuilder, i: usize, o: usize) -> Result<Linear> {
@@ -518,8 +532,8 @@ impl LightGlue {
 
     /// Matches two feature sets, with adaptive depth and width as configured.
     pub fn match_pair(&self, f0: &Features, f1: &Features) -> Result<MatchResult> {
-        f0.validate()?;
-        f1.validate()?;
+        check_input(f0)?;
+        check_input(f1)?;
         let (m, n) = (f0.len(), f1.len());
         if m == 0 || n == 0 {
             return Ok(MatchResult {
@@ -643,8 +657,8 @@ impl LightGlue {
             pairs.len()
         ];
         for (f0, f1) in pairs {
-            f0.validate()?;
-            f1.validate()?;
+            check_input(f0)?;
+            check_input(f1)?;
         }
         let todo: Vec<usize> = (0..pairs.len())
             .filter(|&i| !pairs[i].0.is_empty() && !pairs[i].1.is_empty())

@@ -1,52 +1,270 @@
-//! Match thumbnails: the two chips side by side at a common height, as JPEG (what the plugin's
-//! `render_single_result` gives Wildbook for every thumbnail version).
+//! Match thumbnails and match pictures: the two chips side by side at a common height (what the
+//! plugin's `render_single_result` gives Wildbook for every thumbnail version), optionally with
+//! LightGlue's matches drawn over them; JPEG for thumbnails, PNG for the command line.
 
+use ::image::imageops::{self, FilterType};
+use ::image::{ImageBuffer, Rgb};
+use imageproc::drawing::{draw_filled_circle_mut, draw_filled_rect_mut, draw_line_segment_mut};
+use imageproc::rect::Rect;
+
+use crate::aliked::Features;
 use crate::image::RgbImage;
+use crate::lightglue::MatchResult;
 use crate::{Error, Result};
 
 /// Gap between the two chips, in pixels (white).
 const GAP: usize = 8;
 
-/// Bilinear resize of an RGB image to `height`, keeping its aspect ratio (at least 1 px wide).
-fn resize_to_height(image: &RgbImage, height: usize) -> (usize, Vec<u8>) {
-    let (w0, h0) = (image.width as usize, image.height as usize);
-    let width = ((w0 as f64 * height as f64 / h0 as f64).round() as usize).max(1);
-    let mut out = vec![0u8; width * height * 3];
-    let scale_x = w0 as f32 / width as f32;
-    let scale_y = h0 as f32 / height as f32;
-    for y in 0..height {
-        let sy = ((y as f32 + 0.5) * scale_y - 0.5).clamp(0.0, (h0 - 1) as f32);
-        let (y0, fy) = (sy.floor() as usize, sy.fract());
-        let y1 = (y0 + 1).min(h0 - 1);
-        for x in 0..width {
-            let sx = ((x as f32 + 0.5) * scale_x - 0.5).clamp(0.0, (w0 - 1) as f32);
-            let (x0, fx) = (sx.floor() as usize, sx.fract());
-            let x1 = (x0 + 1).min(w0 - 1);
-            for c in 0..3 {
-                let at = |yy: usize, xx: usize| image.data[(yy * w0 + xx) * 3 + c] as f32;
-                let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
-                let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
-                out[(y * width + x) * 3 + c] = (top * (1.0 - fy) + bottom * fy).round() as u8;
-            }
-        }
-    }
-    (width, out)
+type Canvas = ImageBuffer<Rgb<u8>, Vec<u8>>;
+
+/// Where [`layout`] put each chip: scale factors from original pixels (x, y) and the x of the
+/// right chip's first column.
+struct Placement {
+    left_scale: [f32; 2],
+    right_scale: [f32; 2],
+    right_x: f32,
+}
+
+fn canvas_of(image: &RgbImage) -> Result<Canvas> {
+    Canvas::from_raw(image.width, image.height, image.data.clone())
+        .ok_or_else(|| Error::Decode("image buffer does not match its size".into()))
+}
+
+/// `left` and `right` resized (bilinear, `image`'s triangle filter) to `height` pixels, capped
+/// at the taller chip's height, keeping their aspect ratios, side by side on white.
+fn layout(left: &RgbImage, right: &RgbImage, height: usize) -> Result<(Canvas, Placement)> {
+    let height = height.min(left.height.max(right.height) as usize).max(1) as u32;
+    let resized = |image: &RgbImage| -> Result<Canvas> {
+        let width =
+            ((image.width as f64 * height as f64 / image.height as f64).round() as u32).max(1);
+        Ok(imageops::resize(
+            &canvas_of(image)?,
+            width,
+            height,
+            FilterType::Triangle,
+        ))
+    };
+    let (l, r) = (resized(left)?, resized(right)?);
+    let mut out = Canvas::from_pixel(l.width() + GAP as u32 + r.width(), height, Rgb([255; 3]));
+    imageops::replace(&mut out, &l, 0, 0);
+    imageops::replace(&mut out, &r, (l.width() + GAP as u32) as i64, 0);
+    let scale = |resized: &Canvas, original: &RgbImage| {
+        [
+            resized.width() as f32 / original.width as f32,
+            resized.height() as f32 / original.height as f32,
+        ]
+    };
+    let placement = Placement {
+        left_scale: scale(&l, left),
+        right_scale: scale(&r, right),
+        right_x: (l.width() + GAP as u32) as f32,
+    };
+    Ok((out, placement))
+}
+
+fn into_rgb(canvas: Canvas) -> Result<RgbImage> {
+    let (width, height) = canvas.dimensions();
+    RgbImage::new(width, height, canvas.into_raw())
 }
 
 /// `left` and `right` scaled to `height` pixels (capped at the taller chip's height) and
-/// placed side by side on white.
+/// placed side by side on white, 8 px apart.
 pub fn side_by_side(left: &RgbImage, right: &RgbImage, height: usize) -> Result<RgbImage> {
-    let height = height.min(left.height.max(right.height) as usize).max(1);
-    let (wl, l) = resize_to_height(left, height);
-    let (wr, r) = resize_to_height(right, height);
-    let width = wl + GAP + wr;
-    let mut data = vec![255u8; width * height * 3];
-    for y in 0..height {
-        let row = &mut data[y * width * 3..(y + 1) * width * 3];
-        row[..wl * 3].copy_from_slice(&l[y * wl * 3..(y + 1) * wl * 3]);
-        row[(wl + GAP) * 3..].copy_from_slice(&r[y * wr * 3..(y + 1) * wr * 3]);
+    into_rgb(layout(left, right, height)?.0)
+}
+
+/// Colour of a match of confidence `c`: red at 0, yellow at 0.5, green at 1 (clamped), so
+/// weak and strong matches read apart at a glance.
+pub fn confidence_colour(c: f32) -> [u8; 3] {
+    let c = if c.is_finite() {
+        c.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    if c < 0.5 {
+        [255, (510.0 * c).round() as u8, 0]
+    } else {
+        [(510.0 * (1.0 - c)).round() as u8, 255, 0]
     }
-    RgbImage::new(width as u32, height as u32, data)
+}
+
+/// Radius of the dot drawn on each matched keypoint, in pixels.
+const DOT_RADIUS: i32 = 2;
+
+/// The text written on a match picture: the pair score and the number of matches.
+pub fn match_caption(result: &MatchResult) -> String {
+    let n = result.matches.len();
+    let plural = if n == 1 { "" } else { "es" };
+    format!("score {:.2} \u{b7} {n} match{plural}", result.score())
+}
+
+/// The two images side by side as [`side_by_side`] lays them out (same height, same 8 px
+/// gap, so a thumbnail with matches has the size of one without), one line per match from its
+/// keypoint in `left` to its keypoint in `right`, coloured by confidence
+/// ([`confidence_colour`]), a dot on each matched keypoint, and [`match_caption`] in the top
+/// left corner. Keypoints are in the pixels of the images the features were extracted from
+/// (`Features::image_size`) and follow the scaling. Lines are drawn weakest first, so the
+/// confident matches stay on top.
+pub fn draw_matches(
+    left: &RgbImage,
+    left_features: &Features,
+    right: &RgbImage,
+    right_features: &Features,
+    result: &MatchResult,
+    height: usize,
+) -> Result<RgbImage> {
+    if result.scores.len() != result.matches.len() {
+        return Err(Error::InvalidFeatures(format!(
+            "{} matches but {} match scores",
+            result.matches.len(),
+            result.scores.len()
+        )));
+    }
+    for &[i, j] in &result.matches {
+        if i >= left_features.len() || j >= right_features.len() {
+            return Err(Error::InvalidFeatures(format!(
+                "match ({i}, {j}) is out of range of {} and {} keypoints",
+                left_features.len(),
+                right_features.len()
+            )));
+        }
+    }
+    let (mut canvas, at) = layout(left, right, height)?;
+    // From the extraction's pixel grid to the drawn one (pixel centres at integer + 0.5).
+    let to_canvas = |p: [f32; 2], f: &Features, image: &RgbImage, scale: [f32; 2], dx: f32| {
+        let size = f.image_size;
+        let per_axis = |axis: usize, shown: u32| {
+            let s = if size[axis] > 0.0 {
+                scale[axis] * shown as f32 / size[axis]
+            } else {
+                scale[axis]
+            };
+            (p[axis] + 0.5) * s - 0.5
+        };
+        (per_axis(0, image.width) + dx, per_axis(1, image.height))
+    };
+    let mut order: Vec<usize> = (0..result.matches.len()).collect();
+    order.sort_by(|&a, &b| result.scores[a].total_cmp(&result.scores[b]));
+    let ends: Vec<_> = order
+        .iter()
+        .map(|&m| {
+            let [i, j] = result.matches[m];
+            let a = to_canvas(
+                left_features.keypoints[i],
+                left_features,
+                left,
+                at.left_scale,
+                0.0,
+            );
+            let b = to_canvas(
+                right_features.keypoints[j],
+                right_features,
+                right,
+                at.right_scale,
+                at.right_x,
+            );
+            (a, b, Rgb(confidence_colour(result.scores[m])))
+        })
+        .collect();
+    for &(a, b, colour) in &ends {
+        draw_line_segment_mut(&mut canvas, a, b, colour);
+    }
+    let round = |(x, y): (f32, f32)| (x.round() as i32, y.round() as i32);
+    for &(a, b, colour) in &ends {
+        draw_filled_circle_mut(&mut canvas, round(a), DOT_RADIUS, colour);
+        draw_filled_circle_mut(&mut canvas, round(b), DOT_RADIUS, colour);
+    }
+    draw_caption(&mut canvas, &match_caption(result));
+    into_rgb(canvas)
+}
+
+/// Writes `text` in white on a black box in the top left corner, at a size that stays
+/// legible on the picture (each 5×7 glyph pixel is `k`×`k`, `k` growing with the height).
+fn draw_caption(canvas: &mut Canvas, text: &str) {
+    let k = (canvas.height() / 200).clamp(1, 4) as i32;
+    let pad = 2 * k;
+    let chars = text.chars().count() as i32;
+    let (w, h) = (chars * 6 * k - k + 2 * pad, 7 * k + 2 * pad);
+    draw_filled_rect_mut(
+        canvas,
+        Rect::at(0, 0).of_size(w as u32, h as u32),
+        Rgb([0; 3]),
+    );
+    for (n, ch) in text.chars().enumerate() {
+        let x0 = pad + n as i32 * 6 * k;
+        for (row, bits) in glyph(ch).iter().enumerate() {
+            for col in 0..5 {
+                if bits & (0b10000 >> col) != 0 {
+                    let (x, y) = (x0 + col * k, pad + row as i32 * k);
+                    let dot = Rect::at(x, y).of_size(k as u32, k as u32);
+                    draw_filled_rect_mut(canvas, dot, Rgb([255; 3]));
+                }
+            }
+        }
+    }
+}
+
+/// A 5×7 bitmap font for the caption (digits, lowercase letters, a few signs; uppercase is
+/// drawn lowercase, anything else as `?`): no font file to ship or license.
+fn glyph(ch: char) -> [u8; 7] {
+    match ch.to_ascii_lowercase() {
+        ' ' => [0; 7],
+        '0' => [0x0e, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0e],
+        '1' => [0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x0e],
+        '2' => [0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f],
+        '3' => [0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e],
+        '4' => [0x02, 0x06, 0x0a, 0x12, 0x1f, 0x02, 0x02],
+        '5' => [0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e],
+        '6' => [0x06, 0x08, 0x10, 0x1e, 0x11, 0x11, 0x0e],
+        '7' => [0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+        '8' => [0x0e, 0x11, 0x11, 0x0e, 0x11, 0x11, 0x0e],
+        '9' => [0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c],
+        'a' => [0x00, 0x00, 0x0e, 0x01, 0x0f, 0x11, 0x0f],
+        'b' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1e],
+        'c' => [0x00, 0x00, 0x0e, 0x10, 0x10, 0x11, 0x0e],
+        'd' => [0x01, 0x01, 0x0d, 0x13, 0x11, 0x11, 0x0f],
+        'e' => [0x00, 0x00, 0x0e, 0x11, 0x1f, 0x10, 0x0e],
+        'f' => [0x06, 0x09, 0x08, 0x1c, 0x08, 0x08, 0x08],
+        'g' => [0x00, 0x0f, 0x11, 0x11, 0x0f, 0x01, 0x0e],
+        'h' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11],
+        'i' => [0x04, 0x00, 0x0c, 0x04, 0x04, 0x04, 0x0e],
+        'j' => [0x02, 0x00, 0x06, 0x02, 0x02, 0x12, 0x0c],
+        'k' => [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12],
+        'l' => [0x0c, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e],
+        'm' => [0x00, 0x00, 0x1a, 0x15, 0x15, 0x11, 0x11],
+        'n' => [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11],
+        'o' => [0x00, 0x00, 0x0e, 0x11, 0x11, 0x11, 0x0e],
+        'p' => [0x00, 0x00, 0x1e, 0x11, 0x1e, 0x10, 0x10],
+        'q' => [0x00, 0x00, 0x0d, 0x13, 0x0f, 0x01, 0x01],
+        'r' => [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10],
+        's' => [0x00, 0x00, 0x0e, 0x10, 0x0e, 0x01, 0x1e],
+        't' => [0x08, 0x08, 0x1c, 0x08, 0x08, 0x09, 0x06],
+        'u' => [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0d],
+        'v' => [0x00, 0x00, 0x11, 0x11, 0x11, 0x0a, 0x04],
+        'w' => [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0a],
+        'x' => [0x00, 0x00, 0x11, 0x0a, 0x04, 0x0a, 0x11],
+        'y' => [0x00, 0x00, 0x11, 0x11, 0x0f, 0x01, 0x0e],
+        'z' => [0x00, 0x00, 0x1f, 0x02, 0x04, 0x08, 0x1f],
+        '.' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c],
+        ',' => [0x00, 0x00, 0x00, 0x00, 0x0c, 0x04, 0x08],
+        '\u{b7}' => [0x00, 0x00, 0x00, 0x0c, 0x0c, 0x00, 0x00],
+        '-' => [0x00, 0x00, 0x00, 0x1f, 0x00, 0x00, 0x00],
+        '+' => [0x00, 0x04, 0x04, 0x1f, 0x04, 0x04, 0x00],
+        ':' => [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00],
+        '/' => [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00],
+        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
+        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
+        _ => [0x0e, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04],
+    }
+}
+
+/// PNG of an RGB image (lossless: thin coloured lines survive, unlike in a JPEG).
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    canvas_of(image)?
+        .write_to(&mut out, ::image::ImageFormat::Png)
+        .map_err(|e| Error::Decode(format!("PNG encoding: {e}")))?;
+    Ok(out.into_inner())
 }
 
 /// Baseline JPEG of an RGB image (libjpeg-turbo's encoder through mozjpeg).

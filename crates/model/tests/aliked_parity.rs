@@ -8,9 +8,9 @@
 mod common;
 
 use common::*;
-use wbia_lightglue_model::{load_image, AlikedConfig};
+use wbia_lightglue_model::{load_image, DetectOptions};
 
-fn check(image: &str, golden: &str, config: AlikedConfig) {
+fn check(image: &str, golden: &str, config: DetectOptions) {
     let model = aliked(config);
     let ours = model.extract(&load_image(fixture(image)).unwrap()).unwrap();
     let reference = golden_features(golden);
@@ -52,7 +52,7 @@ macro_rules! parity_test {
     ($name:ident, $image:expr, $golden:expr) => {
         #[test]
         fn $name() {
-            check($image, $golden, AlikedConfig::default());
+            check($image, $golden, DetectOptions::default());
         }
     };
 }
@@ -75,18 +75,18 @@ parity_test!(wbia_zebra, "wbia/2014_000001.jpg", "wbia_000001");
 
 #[test]
 fn fewer_keypoints() {
-    let config = AlikedConfig {
+    let config = DetectOptions {
         max_num_keypoints: 512,
-        ..AlikedConfig::default()
+        ..DetectOptions::default()
     };
     check("lightglue/sacre_coeur1.jpg", "sacre_coeur1_k512", config);
 }
 
 #[test]
 fn smaller_image_size() {
-    let config = AlikedConfig {
+    let config = DetectOptions {
         image_size: 320,
-        ..AlikedConfig::default()
+        ..DetectOptions::default()
     };
     check("lightglue/sacre_coeur1.jpg", "sacre_coeur1_s320", config);
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use wbia_lightglue_model::{decode_image, load_image, AlikedConfig, Error, RgbImage};
+use wbia_lightglue_model::{decode_image, load_image, DetectOptions, Error, RgbImage};
 
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -96,7 +96,7 @@ fn huge_images_are_refused_before_decoding() {
 
 #[test]
 fn images_too_thin_for_keypoints_give_an_empty_result() {
-    let extractor = aliked(AlikedConfig::default());
+    let extractor = aliked(DetectOptions::default());
     for (w, h) in [(2000u32, 2u32), (2000, 3), (3, 900)] {
         let image = RgbImage::new(w, h, vec![128; (w * h * 3) as usize]).unwrap();
         let f = extractor.extract(&image).unwrap();
@@ -107,7 +107,7 @@ fn images_too_thin_for_keypoints_give_an_empty_result() {
 
 #[test]
 fn tiny_and_flat_images_do_not_panic() {
-    let extractor = aliked(AlikedConfig::default());
+    let extractor = aliked(DetectOptions::default());
     for (w, h) in [(1u32, 1u32), (7, 5), (40, 30)] {
         let image = RgbImage::new(w, h, vec![77; (w * h * 3) as usize]).unwrap();
         let f = extractor.extract(&image).unwrap();

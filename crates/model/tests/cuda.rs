@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use common::{fixture, golden_features, max_abs_diff, repo_root, vec1};
 use wbia_lightglue_model::ops::{deform_conv2d, grid_sample};
 use wbia_lightglue_model::{
-    load_image, weights, Aliked, AlikedConfig, Features, LightGlue, LightGlueConfig, Precision,
+    load_image, weights, Aliked, DetectOptions, Features, LightGlue, LightGlueConfig, Precision,
 };
 
 /// The first GPU. Without one each test skips, except where `WBIA_LIGHTGLUE_REQUIRE_CUDA` is
@@ -75,7 +75,7 @@ fn matcher(dev: &Device, precision: Precision) -> LightGlue {
 fn extractor(dev: &Device) -> Aliked {
     let path =
         weights::find_weights(Some(&repo_root().join("weights")), weights::ALIKED_FILE).unwrap();
-    Aliked::from_file(path, AlikedConfig::default(), dev).unwrap()
+    Aliked::from_file(path, DetectOptions::default(), dev).unwrap()
 }
 
 fn rel(a: f32, b: f32) -> f32 {

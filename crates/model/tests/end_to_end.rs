@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use wbia_lightglue_model::{load_image, AlikedConfig, Features, LightGlueConfig};
+use wbia_lightglue_model::{load_image, DetectOptions, Features, LightGlueConfig};
 
 /// graf1 → graf3 has a ground-truth homography (`H1to3p.xml`); matched keypoints must agree.
 #[test]
@@ -23,7 +23,7 @@ fn graffiti_matches_follow_the_homography() {
         .collect();
     assert_eq!(h.len(), 9);
 
-    let extractor = aliked(AlikedConfig::default());
+    let extractor = aliked(DetectOptions::default());
     let f1 = extractor
         .extract(&load_image(fixture("opencv/graf1.png")).unwrap())
         .unwrap();
@@ -58,7 +58,7 @@ fn graffiti_matches_follow_the_homography() {
 /// Genuine sea-turtle pairs must outscore every impostor pair.
 #[test]
 fn genuine_turtles_outscore_impostors() {
-    let extractor = aliked(AlikedConfig::default());
+    let extractor = aliked(DetectOptions::default());
     let matcher = lightglue(LightGlueConfig::default());
     let load = |n: &str| -> Features {
         extractor

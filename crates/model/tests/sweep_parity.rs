@@ -16,12 +16,10 @@
 
 mod common;
 
-use std::collections::HashSet;
-
 use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wbia_lightglue_model::{load_image, AlikedConfig, Features, LightGlueConfig, RgbImage};
+use wbia_lightglue_model::{load_image, DetectOptions, Features, LightGlueConfig, RgbImage};
 
 /// Tight bounds: the worst value measured on this sweep (README, "Parity") with headroom for
 /// other thread counts and CPUs.
@@ -80,11 +78,11 @@ fn aliked_sweep() {
     let mut failures = Vec::new();
     let (mut worst_matched, mut worst_cos, mut worst_score) = (1f64, 1f32, 0f32);
     for (name, case) in cases {
-        let config = AlikedConfig {
+        let config = DetectOptions {
             max_num_keypoints: case["max_num_keypoints"].as_i64().unwrap(),
             detection_threshold: case["detection_threshold"].as_f64().unwrap() as f32,
             image_size: usize_at(case, "image_size"),
-            ..AlikedConfig::default()
+            ..DetectOptions::default()
         };
         let input = make_input(
             case["fixture"].as_str().unwrap(),
@@ -130,43 +128,6 @@ fn aliked_sweep() {
         cases.len()
     );
     assert!(failures.is_empty(), "{failures:#?}");
-}
-
-struct MatchParity {
-    iou: f64,
-    rel_score: f32,
-    max_match_score_diff: f32,
-}
-
-/// Matches compared as sets of keys; per-match confidences compared on the common ones.
-fn match_parity<K: std::hash::Hash + Eq + Clone>(
-    ours: &[(K, f32)],
-    reference: &[(K, f32)],
-) -> MatchParity {
-    let ref_set: HashSet<K> = reference.iter().map(|(k, _)| k.clone()).collect();
-    let our_set: HashSet<K> = ours.iter().map(|(k, _)| k.clone()).collect();
-    let union = our_set.union(&ref_set).count();
-    let common = our_set.intersection(&ref_set).count();
-    let iou = if union == 0 {
-        1.0
-    } else {
-        common as f64 / union as f64
-    };
-    let mut max_diff = 0f32;
-    for (k, s) in ours {
-        if let Some((_, r)) = reference.iter().find(|(rk, _)| rk == k) {
-            max_diff = max_diff.max((s - r).abs());
-        }
-    }
-    let (so, sr): (f32, f32) = (
-        ours.iter().map(|(_, s)| s).sum(),
-        reference.iter().map(|(_, s)| s).sum(),
-    );
-    MatchParity {
-        iou,
-        rel_score: (so - sr).abs() / sr.abs().max(1e-6),
-        max_match_score_diff: max_diff,
-    }
 }
 
 fn check_match(label: &str, p: &MatchParity, failures: &mut Vec<String>) {
@@ -248,10 +209,10 @@ fn image_to_image_sweep() {
     let mut failures = Vec::new();
     let key = |a: [f32; 2], b: [f32; 2]| [a, b].map(|p| p.map(|v| (v * 100.0).round() as i64));
     for (pair, entry) in pairs {
-        let config = AlikedConfig {
+        let config = DetectOptions {
             max_num_keypoints: entry["max_num_keypoints"].as_i64().unwrap(),
             image_size: usize_at(entry, "image_size"),
-            ..AlikedConfig::default()
+            ..DetectOptions::default()
         };
         let model = aliked(config);
         let sides: Vec<Features> = entry["sides"]

@@ -1,13 +1,19 @@
 //! `GET /api/query/graph/match/thumb/` (docs/wbia-api.md §2): the match thumbnail Wildbook shows
-//! beside each candidate. For references our results handed out we render the plugin's
-//! thumbnail, the two chips side by side, for every version; other references are WBIA's.
+//! beside each candidate. For references our results handed out we render it here: the two
+//! chips side by side (the plugin's thumbnail) for `clean`, WBIA's default, and with
+//! LightGlue's matches drawn over them for `matches` and for `heatmask`, the version Wildbook
+//! asks for (we have no heat mask; the matches are our evidence). Other references are WBIA's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::{json, Value};
+use uuid::Uuid;
 use wbia_client::uuid_from_value;
+use wbia_lightglue_engine::{Annot, ChipSource, Config, SourceError, WbiaChip};
 use wbia_lightglue_model::{decode_image, render};
 
 use crate::envelope::ApiError;
@@ -19,6 +25,14 @@ use crate::{proxy, AppState};
 const THUMB_HEIGHT: usize = 400;
 const VERSIONS: [&str; 5] = ["clean", "matches", "heatmask", "match", "mask"];
 
+/// Whether a version has the matches drawn: WBIA's `clean` is the chips alone; `matches` is
+/// what WBIA draws matches on, and `heatmask` is the only version Wildbook requests
+/// (`ia/MatchResult.java`, `iaResults.jsp`), so without matches there Wildbook users would
+/// never see them.
+fn draws_matches(version: &str) -> bool {
+    version != "clean"
+}
+
 #[utoipa::path(
     get,
     path = "/api/query/graph/match/thumb/",
@@ -27,10 +41,11 @@ const VERSIONS: [&str; 5] = ["clean", "matches", "heatmask", "match", "mask"];
         ("extern_reference" = String, Query, description = "`dannot_extern_reference` of a result"),
         ("query_annot_uuid" = String, Query),
         ("database_annot_uuid" = String, Query),
-        ("version" = String, Query, description = "clean, matches or heatmask (aliases match, mask): all the two chips side by side"),
+        ("version" = String, Query, description = "clean (default): the two chips side by side; matches or heatmask (aliases match, mask): the same with a line per LightGlue match, coloured by confidence (red 0, yellow 0.5, green 1), and the score written on it"),
     ),
     responses(
         (status = 200, description = "JPEG", content_type = "image/jpeg"),
+        (status = 429, description = "busy: the pair could not be admitted for matching", body = crate::openapi::ErrorResponse),
         (status = 607, description = "cannot render (e.g. unknown annotation)", body = crate::openapi::ErrorResponse),
     )
 )]
@@ -41,21 +56,36 @@ pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Re
     };
     let reference = params.string("extern_reference").unwrap_or_default();
     // References outlive a restart only for the default configuration, recomputed here.
-    let ours = state.jobs.knows_reference(&reference)
-        || state
+    let config = state.jobs.reference_config(&reference).or_else(|| {
+        state
             .configs
             .load(None)
-            .is_ok_and(|c| thumb_reference(&c) == reference);
-    if !ours {
+            .ok()
+            .filter(|c| thumb_reference(c) == reference)
+    });
+    let Some(config) = config else {
         return proxy::forward(&state, &parts, body).await;
-    }
-    match render_thumb(&state, &params).await {
+    };
+    match render_thumb(&state, &params, &config).await {
         Ok(jpeg) => ([("content-type", "image/jpeg")], jpeg).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn render_thumb(state: &AppState, params: &Params) -> Result<Vec<u8>, ApiError> {
+/// The two chips already downloaded, for the engine (no second download).
+struct Fetched(HashMap<Uuid, Bytes>);
+
+impl ChipSource for Fetched {
+    async fn chip(&self, annot: Uuid) -> Result<Bytes, SourceError> {
+        self.0.get(&annot).cloned().ok_or(SourceError::Unknown)
+    }
+}
+
+async fn render_thumb(
+    state: &AppState,
+    params: &Params,
+    config: &Config,
+) -> Result<Vec<u8>, ApiError> {
     let version = params.string("version").unwrap_or_else(|| "clean".into());
     if !VERSIONS.contains(&version.as_str()) {
         return Err(ApiError::bad_request(format!(
@@ -84,9 +114,47 @@ async fn render_thumb(state: &AppState, params: &Params) -> Result<Vec<u8>, ApiE
     };
     let (qchip, dchip) = tokio::try_join!(state.wbia.chip(q), state.wbia.chip(d))
         .map_err(|e| failed(e.to_string()))?;
+    let pair = if draws_matches(&version) {
+        // Keyed as identification keys them (WBIA's chip identity when it gives one), the
+        // features of the job that handed out this reference are found, not recomputed.
+        let identities = match state.wbia.annot_chip_identities(&[q, d]).await {
+            Ok(ids) => ids,
+            Err(_) => vec![None, None],
+        };
+        let annot = |uuid: Uuid, id: Option<&Option<(Uuid, [i64; 4], f64)>>| Annot {
+            uuid,
+            chip: id
+                .cloned()
+                .flatten()
+                .map(|(image, bbox, theta)| WbiaChip { image, bbox, theta }),
+        };
+        let source = Fetched(HashMap::from([(q, qchip.clone()), (d, dchip.clone())]));
+        let matched = state
+            .engine
+            .match_pair(
+                &source,
+                &annot(q, identities.first()),
+                &annot(d, identities.get(1)),
+                config,
+            )
+            .await
+            .map_err(|e| match e {
+                wbia_lightglue_engine::Error::Busy { .. } => ApiError::from(e),
+                other => failed(other.to_string()),
+            })?;
+        Some(matched)
+    } else {
+        None
+    };
     let rendered = tokio::task::spawn_blocking(move || {
         let (a, b) = (decode_image(&qchip)?, decode_image(&dchip)?);
-        render::encode_jpeg(&render::side_by_side(&a, &b, THUMB_HEIGHT)?, 90.0)
+        let picture = match &pair {
+            Some(p) => {
+                render::draw_matches(&a, &p.query, &b, &p.database, &p.result, THUMB_HEIGHT)?
+            }
+            None => render::side_by_side(&a, &b, THUMB_HEIGHT)?,
+        };
+        render::encode_jpeg(&picture, 90.0)
     })
     .await
     .map_err(|e| failed(e.to_string()))?;

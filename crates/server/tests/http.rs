@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use common::{admissions_given_back, envelope, metric, wait_for_job_progress};
+use common::{admissions_given_back, envelope, get_json, metric, wait_for_job_progress};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
@@ -382,14 +382,7 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
     );
 
     // The OpenAPI document describes exactly the fields this response has.
-    let doc: Value = client
-        .get(format!("{base}/api-docs/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&client, &format!("{base}/api-docs/openapi.json")).await;
     assert!(doc["paths"]["/api/review/query/chip/best/"]["post"].is_object());
     assert!(doc["paths"]["/api/review/query/chip/best/"]["get"].is_object());
     // Every endpoint the service answers itself is described (from the handlers' own
@@ -490,23 +483,9 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
         hits_before + 4
     );
 
-    let hb: Value = client
-        .get(format!("{base}/api/test/heartbeat/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hb = get_json(&client, &format!("{base}/api/test/heartbeat/")).await;
     assert_eq!(hb["response"], true);
-    let info: Value = client
-        .get(format!("{base}/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&client, &format!("{base}/info")).await;
     assert_eq!(info["pipeline_root"], "LightGlue");
     assert_eq!(info["default_config"]["max_num_keypoints"], 512);
 }
@@ -741,14 +720,11 @@ async fn species_wide_engine_query() {
         wait_for_job(&client, &base, "species-wide").await,
         "completed"
     );
-    let result: Value = client
-        .get(format!("{base}/api/engine/job/result/?jobid=species-wide"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = get_json(
+        &client,
+        &format!("{base}/api/engine/job/result/?jobid=species-wide"),
+    )
+    .await;
     let json_result = &result["response"]["json_result"];
     let database: Vec<u128> = json_result["database_annot_uuid_list"]
         .as_array()
@@ -898,14 +874,7 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
         .unwrap();
     assert_eq!(keys(cm), keys(want_cm));
     // The OpenAPI schemas come from the same types that wrote this result.
-    let doc: Value = client
-        .get(format!("{base}/api-docs/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&client, &format!("{base}/api-docs/openapi.json")).await;
     let props = |schema: &str| keys(&doc["components"]["schemas"][schema]["properties"]);
     assert_eq!(props("JobResult"), keys(&ours["response"]));
     assert_eq!(props("IdentificationResult"), keys(result));
@@ -946,16 +915,47 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
             ]);
         async move { req.send().await.unwrap() }
     };
-    let resp = thumb(reference.clone(), 0xa1, "heatmask").await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "image/jpeg");
-    let jpeg = resp.bytes().await.unwrap();
-    let image = wbia_lightglue_model::decode_image(&jpeg).unwrap();
+    let jpeg_of = |reference: String, d: u128, version: &'static str| {
+        let resp = thumb(reference, d, version);
+        async move {
+            let resp = resp.await;
+            assert_eq!(resp.status(), 200, "{version}");
+            assert_eq!(resp.headers()["content-type"], "image/jpeg");
+            let jpeg = resp.bytes().await.unwrap();
+            wbia_lightglue_model::decode_image(&jpeg).unwrap()
+        }
+    };
+    // The genuine partner b3: many matches.
+    let clean = jpeg_of(reference.clone(), 0xb3, "clean").await;
     assert!(
-        image.width > image.height,
+        clean.width > clean.height,
         "side by side: {}x{}",
-        image.width,
-        image.height
+        clean.width,
+        clean.height
+    );
+    // `matches` and `heatmask` (what Wildbook asks for) draw the matches over the same
+    // picture: same size, many pixels changed (lines, dots, the score). The job's features
+    // are found by chip identity, not extracted again; only the pair is matched again.
+    let extracted = metric(&client, &base, "wbia_lightglue_extractions_total").await;
+    let matched = metric(&client, &base, "wbia_lightglue_pairs_matched_total").await;
+    for version in ["matches", "heatmask"] {
+        let drawn = jpeg_of(reference.clone(), 0xb3, version).await;
+        assert_eq!((drawn.width, drawn.height), (clean.width, clean.height));
+        let changed = drawn
+            .data
+            .chunks(3)
+            .zip(clean.data.chunks(3))
+            .filter(|(a, b)| a.iter().zip(*b).any(|(x, y)| x.abs_diff(*y) > 48))
+            .count();
+        assert!(changed > 2000, "{version}: {changed} pixels changed");
+    }
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_extractions_total").await,
+        extracted
+    );
+    assert_eq!(
+        metric(&client, &base, "wbia_lightglue_pairs_matched_total").await,
+        matched + 2
     );
     let resp = thumb(reference.clone(), 0xa1, "sideways").await;
     assert_eq!(resp.status(), 400);
@@ -1015,14 +1015,7 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     );
     assert_eq!(result["query_config_dict"]["pipeline_root"], "LightGlue");
 
-    let jobs: Value = client
-        .get(format!("{base}/api/engine/job/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs = get_json(&client, &format!("{base}/api/engine/job/")).await;
     assert_eq!(jobs["response"], json!([jobid]));
 }
 
@@ -1033,14 +1026,7 @@ async fn everything_else_passes_through_to_wbia() {
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
 
-    let v: Value = client
-        .get(format!("{base}/api/image/json/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&client, &format!("{base}/api/image/json/")).await;
     assert_eq!(v["response"], json!(["from-wbia"]));
     // An engine query for another algorithm goes to WBIA, body intact.
     let body = "query_config_dict=%7B%22pipeline_root%22%3A%22vsmany%22%7D&query_annot_uuid_list=x";
@@ -1257,14 +1243,11 @@ async fn a_working_job_can_be_cancelled() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["response"]["cancelled"], true);
     assert_eq!(wait_for_job(&client, &base, "to-cancel").await, "exception");
-    let result: Value = client
-        .get(format!("{base}/api/engine/job/result/?jobid=to-cancel"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = get_json(
+        &client,
+        &format!("{base}/api/engine/job/result/?jobid=to-cancel"),
+    )
+    .await;
     assert_eq!(result["response"]["json_result"], "cancelled by request");
     let (status, _) = post_form(&client, &cancel, &[]).await;
     assert_eq!(status, 409);
@@ -1419,14 +1402,7 @@ async fn job_ids_and_callbacks_are_guarded() {
         let (status, body) = start(bad.clone(), format!("http://{callbacks}/flaky")).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
-    let jobs: Value = client
-        .get(format!("{base}/api/engine/job/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs = get_json(&client, &format!("{base}/api/engine/job/")).await;
     assert_eq!(jobs["response"], json!(["redirected", "retried"]));
 
     // Callback hosts restricted: 127.0.0.1 is not wildbook.example.

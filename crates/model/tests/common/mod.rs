@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use wbia_lightglue_model::{weights, Aliked, AlikedConfig, Features};
+use wbia_lightglue_model::{weights, Aliked, DetectOptions, Features};
 
 /// The repository: `WBIA_LIGHTGLUE_REPO` when set (a prebuilt test binary run elsewhere, as
 /// `scripts/gpu-check.sh` does), else where this crate was built.
@@ -35,7 +35,7 @@ pub fn golden_features(name: &str) -> Features {
     features_from(&golden(&format!("aliked/{name}.safetensors")))
 }
 
-pub fn aliked(config: AlikedConfig) -> Aliked {
+pub fn aliked(config: DetectOptions) -> Aliked {
     let path = weights::find_weights(Some(&repo_root().join("weights")), weights::ALIKED_FILE)
         .expect("weights/aliked-n16.safetensors");
     Aliked::from_file(path, config, &Device::Cpu).expect("load ALIKED")
@@ -115,5 +115,43 @@ pub fn features_from(g: &HashMap<String, Tensor>) -> Features {
         scores: vec1(&g["keypoint_scores"]),
         descriptors,
         image_size: [size[0], size[1]],
+    }
+}
+
+/// How closely our matches follow the reference's.
+pub struct MatchParity {
+    pub iou: f64,
+    pub rel_score: f32,
+    pub max_match_score_diff: f32,
+}
+
+/// Matches compared as sets of keys; per-match confidences compared on the common ones.
+pub fn match_parity<K: std::hash::Hash + Eq + Clone>(
+    ours: &[(K, f32)],
+    reference: &[(K, f32)],
+) -> MatchParity {
+    let ref_set: std::collections::HashSet<K> = reference.iter().map(|(k, _)| k.clone()).collect();
+    let our_set: std::collections::HashSet<K> = ours.iter().map(|(k, _)| k.clone()).collect();
+    let union = our_set.union(&ref_set).count();
+    let common = our_set.intersection(&ref_set).count();
+    let iou = if union == 0 {
+        1.0
+    } else {
+        common as f64 / union as f64
+    };
+    let mut max_diff = 0f32;
+    for (k, s) in ours {
+        if let Some((_, r)) = reference.iter().find(|(rk, _)| rk == k) {
+            max_diff = max_diff.max((s - r).abs());
+        }
+    }
+    let (so, sr): (f32, f32) = (
+        ours.iter().map(|(_, s)| s).sum(),
+        reference.iter().map(|(_, s)| s).sum(),
+    );
+    MatchParity {
+        iou,
+        rel_score: (so - sr).abs() / sr.abs().max(1e-6),
+        max_match_score_diff: max_diff,
     }
 }

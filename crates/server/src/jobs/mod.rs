@@ -129,7 +129,7 @@ async fn accept(
     // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
     // in database_annot_uuid_list but never scored against itself.
     let reference = thumb_reference(&config);
-    state.jobs.remember_reference(&reference);
+    state.jobs.remember_reference(&reference, &config);
     let include_query = params
         .get("include_qaid_in_daids")
         .and_then(Value::as_bool)

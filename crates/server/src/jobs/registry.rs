@@ -2,10 +2,10 @@
 //! number and in bytes. A job id names one job for as long as it is remembered: it is never
 //! given to a second job, so no client can replace another's result.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use wbia_lightglue_engine::Progress;
+use wbia_lightglue_engine::{Config, Progress};
 
 /// Jobs remembered for status/result queries; the oldest finished ones are forgotten first.
 pub const MAX_JOBS: usize = 10_000;
@@ -95,8 +95,9 @@ struct Jobs {
 pub struct JobStore {
     inner: Mutex<Jobs>,
     max_bytes: usize,
-    /// Thumbnail references handed out in results.
-    references: Mutex<HashSet<String>>,
+    /// Thumbnail references handed out in results, with the configuration each stands for
+    /// (match pictures are matched under it).
+    references: Mutex<HashMap<String, Config>>,
 }
 
 impl Default for JobStore {
@@ -118,18 +119,24 @@ impl JobStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn remember_reference(&self, reference: &str) {
+    pub fn remember_reference(&self, reference: &str, config: &Config) {
         self.references
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(reference.to_string());
+            .insert(reference.to_string(), config.clone());
     }
 
     pub fn knows_reference(&self, reference: &str) -> bool {
+        self.reference_config(reference).is_some()
+    }
+
+    /// The configuration of a reference handed out since start.
+    pub fn reference_config(&self, reference: &str) -> Option<Config> {
         self.references
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(reference)
+            .get(reference)
+            .cloned()
     }
 
     /// Whether `id` could be given to a new job now.

@@ -11,6 +11,11 @@ pub fn envelope(v: Value) -> Json<Value> {
     )
 }
 
+/// A GET answered with JSON (any status), parsed.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// One unlabelled series of our `/metrics`.
 pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
     let text = client
@@ -51,14 +56,11 @@ pub async fn wait_for_job_progress(
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while std::time::Instant::now() < deadline {
-        let s: Value = client
-            .get(format!("{base}/api/engine/job/status/?jobid={jobid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = get_json(
+            client,
+            &format!("{base}/api/engine/job/status/?jobid={jobid}"),
+        )
+        .await;
         assert_eq!(s["response"]["status"], "ok");
         let status = s["response"]["jobstatus"].as_str().unwrap().to_string();
         if status == "completed" || status == "exception" {

@@ -1,0 +1,162 @@
+//! The ALIKED variants beside `aliked-n16` against the PyTorch reference
+//! (`scripts/reference/make_variant_goldens.py`): `aliked-n16rot`, `aliked-n32` and
+//! `aliked-t16` on five fixture photographs at the plugin's settings (2048 keypoints,
+//! threshold 0, long edge 512), and LightGlue on the features of the two variants it takes.
+//!
+//! Tolerances are n16's (issue #3): ≥99% of reference keypoints have one of ours within
+//! 0.01 px, descriptor cosine ≥ 0.9999, keypoint scores within 1e-4; matches IoU ≥ 0.99 and
+//! pair score within 0.5%. The golden descriptors are stored in float16 (to keep the files
+//! small), which alone costs up to ~2e-7 of cosine.
+
+mod common;
+
+use common::*;
+use wbia_lightglue_model::{
+    load_image, weights, Aliked, AlikedConfig, DetectOptions, Features, LightGlueConfig,
+};
+
+const IMAGES: [(&str, &str); 5] = [
+    ("sacre_coeur1", "lightglue/sacre_coeur1.jpg"),
+    ("sacre_coeur2", "lightglue/sacre_coeur2.jpg"),
+    ("turtle_a1", "turtles/turtle_a1.jpg"),
+    ("turtle_a2", "turtles/turtle_a2.jpg"),
+    ("graf1", "opencv/graf1.png"),
+];
+
+fn model(arch: AlikedConfig) -> Aliked {
+    let path = weights::find_weights(Some(&repo_root().join("weights")), arch.weights_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", arch.weights_file));
+    Aliked::from_file_variant(
+        path,
+        arch,
+        DetectOptions::default(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Extracts every image with `arch` and checks it against the goldens; returns the features.
+fn check_variant(arch: AlikedConfig) -> Vec<(String, Features)> {
+    let m = model(arch);
+    let mut failures = Vec::new();
+    let mut out = Vec::new();
+    for (name, file) in IMAGES {
+        let ours = m.extract(&load_image(fixture(file)).unwrap()).unwrap();
+        let reference = golden_features_at(&format!("variants/{}_{name}", arch.name));
+        assert_eq!(ours.descriptor_dim(), arch.dim, "{} {name}", arch.name);
+        assert_eq!(
+            ours.len(),
+            reference.len(),
+            "{} {name}: keypoints",
+            arch.name
+        );
+        let p = compare_features(&ours, &reference);
+        println!(
+            "{} {name}: {:.4} within 0.01 px, min cosine {:.7}, max score diff {:.1e}",
+            arch.name, p.matched_fraction, p.min_cosine, p.max_score_diff
+        );
+        if p.matched_fraction < 0.99 || p.min_cosine < 0.9999 || p.max_score_diff > 1e-4 {
+            failures.push(format!("{} {name}: outside the n16 tolerances", arch.name));
+        }
+        // Tight bounds as n16's, near the measured worst (every keypoint matched, cosine
+        // 0.9999992, score 2.2e-5), so that a regression inside the promise is still seen.
+        if p.matched_fraction < 0.995 || p.min_cosine < 0.999995 || p.max_score_diff > 5e-5 {
+            failures.push(format!("{} {name}: outside the tight bounds", arch.name));
+        }
+        out.push((name.to_string(), ours));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    out
+}
+
+fn golden_features_at(rel: &str) -> Features {
+    features_from(&golden(&format!("{rel}.safetensors")))
+}
+
+/// LightGlue on the reference's features of this variant (float16 descriptors, as stored)
+/// against the reference's matches of the same.
+fn check_matching(arch: AlikedConfig) {
+    let matcher = lightglue(LightGlueConfig::default());
+    for (pair, a, b) in [
+        ("sacre_coeur", "sacre_coeur1", "sacre_coeur2"),
+        ("turtle_genuine", "turtle_a1", "turtle_a2"),
+    ] {
+        let f0 = golden_features_at(&format!("variants/{}_{a}", arch.name));
+        let f1 = golden_features_at(&format!("variants/{}_{b}", arch.name));
+        let ours = matcher.match_pair(&f0, &f1).unwrap();
+        let g = golden(&format!("variants/{}_{pair}.safetensors", arch.name));
+        let idx = g["matches"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap();
+        let reference: Vec<([usize; 2], f32)> = idx
+            .chunks_exact(2)
+            .map(|c| [c[0] as usize, c[1] as usize])
+            .zip(vec1(&g["scores"]))
+            .collect();
+        let ours_pairs: Vec<([usize; 2], f32)> = ours
+            .matches
+            .iter()
+            .copied()
+            .zip(ours.scores.iter().copied())
+            .collect();
+        let p = match_parity(&ours_pairs, &reference);
+        println!(
+            "{} {pair}: score {:.4} (reference {:.4}), IoU {:.4}, rel {:.1e}",
+            arch.name,
+            ours.score(),
+            vec1(&g["score"])[0],
+            p.iou,
+            p.rel_score
+        );
+        assert!(p.iou >= 0.99, "{} {pair}: IoU {}", arch.name, p.iou);
+        assert!(
+            p.rel_score <= 5e-3,
+            "{} {pair}: score {}",
+            arch.name,
+            p.rel_score
+        );
+        // Measured: IoU 1.0, pair scores within 1.9e-5 relative.
+        assert!(
+            p.iou >= 0.995 && p.rel_score <= 2e-4,
+            "{} {pair}: outside the tight bounds",
+            arch.name
+        );
+    }
+}
+
+#[test]
+fn aliked_n16rot_matches_the_reference() {
+    check_variant(AlikedConfig::n16rot());
+    check_matching(AlikedConfig::n16rot());
+}
+
+#[test]
+fn aliked_n32_matches_the_reference() {
+    check_variant(AlikedConfig::n32());
+    check_matching(AlikedConfig::n32());
+}
+
+/// Extraction only: 64-d descriptors, which LightGlue refuses with a clear error.
+#[test]
+fn aliked_t16_extracts_like_the_reference_and_is_not_matched() {
+    let features = check_variant(AlikedConfig::t16());
+    assert!(!AlikedConfig::t16().matchable());
+    let err = lightglue(LightGlueConfig::default())
+        .match_pair(&features[0].1, &features[1].1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("64-d"), "{err}");
+}
+
+#[test]
+fn presets_are_found_by_name() {
+    for arch in AlikedConfig::ALL {
+        assert_eq!(AlikedConfig::from_name(arch.name).unwrap(), arch);
+    }
+    let err = AlikedConfig::from_name("aliked-n64")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("aliked-n16rot"), "{err}");
+}
