@@ -21,7 +21,7 @@ pub fn save_features(features: &Features, path: &Path) -> Result<()> {
         ),
         (
             "descriptors",
-            Tensor::from_slice(&features.descriptors, (n, Features::DESCRIPTOR_DIM), &dev)?,
+            Tensor::from_slice(&features.descriptors, (n, features.descriptor_dim()), &dev)?,
         ),
         (
             "image_size",

@@ -269,7 +269,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     let n = items.len();
     // Every feature set stays in memory (each is needed against every later item): ~1.1 MB
     // at 2,048 keypoints.
-    let per_keypoint = (2 + 1 + Features::DESCRIPTOR_DIM) * 4;
+    let per_keypoint = (2 + 1 + arch.dim) * 4;
     let keypoints = usize::try_from(config.max_num_keypoints).unwrap_or(20_000);
     let engine = Engine::start(EngineOptions {
         weights_dir: args.model.weights.clone(),

@@ -58,6 +58,56 @@ fn extract_writes_the_documented_tensors() {
     assert_eq!(size, vec![589.0, 518.0]);
 }
 
+/// Every variant extracts from the command line with its own descriptor width; aliked-t16's
+/// 64-d features are written, and `match` refuses them with a clear error.
+#[test]
+fn extract_and_match_take_model_name() {
+    for (variant, dim) in [
+        ("aliked-n16rot", 128),
+        ("aliked-n32", 128),
+        ("aliked-t16", 64),
+    ] {
+        let out = std::env::temp_dir().join(format!(
+            "wbia-lightglue-cli-{variant}-{}.safetensors",
+            std::process::id()
+        ));
+        let run = bin()
+            .args(["extract", "--model-name", variant, "--max-keypoints", "100"])
+            .arg(fixture("turtles/turtle_b3.jpg"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        succeeded(run);
+        let tensors = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        assert_eq!(tensors["descriptors"].dims(), &[100, dim], "{variant}");
+    }
+    let refused = bin()
+        .args([
+            "match",
+            "--model-name",
+            "aliked-t16",
+            "--max-keypoints",
+            "64",
+        ])
+        .arg(fixture("turtles/turtle_b3.jpg"))
+        .arg(fixture("turtles/turtle_b4.jpg"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("64-d descriptors"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let unknown = bin()
+        .args(["extract", "--model-name", "aliked-x", "-o", "/dev/null"])
+        .arg(fixture("turtles/turtle_b3.jpg"))
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("aliked-n16rot"));
+}
+
 #[test]
 fn match_json_has_the_documented_fields() {
     let run = bin()
