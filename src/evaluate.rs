@@ -17,7 +17,7 @@ use wbia_lightglue_engine::{
     Annot, ChipSource, Config, Engine, EngineOptions, Error as EngineError, Progress, SourceError,
     WbiaChip,
 };
-use wbia_lightglue_model::{weights, Features, Precision};
+use wbia_lightglue_model::{weights, Precision};
 
 use crate::{MatcherArgs, ModelArgs};
 
