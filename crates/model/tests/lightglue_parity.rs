@@ -21,18 +21,10 @@ struct Reference {
 
 fn reference(pair: &str, mode: &str) -> Reference {
     let g = golden(&format!("lightglue/{pair}_{mode}.safetensors"));
-    let flat = g["matches"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap();
-    let pairs: Vec<[usize; 2]> = flat
-        .chunks_exact(2)
-        .map(|c| [c[0] as usize, c[1] as usize])
-        .collect();
+    let matches = golden_matches(&g);
     Reference {
-        match_scores: pairs.iter().copied().zip(vec1(&g["scores"])).collect(),
-        matches: pairs.into_iter().collect(),
+        match_scores: matches.iter().copied().collect(),
+        matches: matches.iter().map(|(m, _)| *m).collect(),
         score: vec1(&g["score"])[0],
         stop: g["stop"].to_vec1::<i64>().unwrap()[0] as usize,
     }

@@ -162,22 +162,8 @@ fn lightglue_sweep() {
         ] {
             let ours = lightglue(config).match_pair(&f0, &f1).unwrap();
             let g = golden(&format!("sweep/{pair}_{mode}.safetensors"));
-            let idx = g["matches"]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<i64>()
-                .unwrap();
-            let reference: Vec<([usize; 2], f32)> = idx
-                .chunks_exact(2)
-                .map(|c| [c[0] as usize, c[1] as usize])
-                .zip(vec1(&g["scores"]))
-                .collect();
-            let ours_pairs: Vec<([usize; 2], f32)> = ours
-                .matches
-                .iter()
-                .copied()
-                .zip(ours.scores.iter().copied())
-                .collect();
+            let reference = golden_matches(&g);
+            let ours_pairs = our_matches(&ours);
             let label = format!("{pair} {mode} ({}x{})", f0.len(), f1.len());
             check_match(
                 &label,

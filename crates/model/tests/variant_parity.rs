@@ -85,22 +85,8 @@ fn check_matching(arch: AlikedConfig) {
         let f1 = golden_features_at(&format!("variants/{}_{b}", arch.name));
         let ours = matcher.match_pair(&f0, &f1).unwrap();
         let g = golden(&format!("variants/{}_{pair}.safetensors", arch.name));
-        let idx = g["matches"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap();
-        let reference: Vec<([usize; 2], f32)> = idx
-            .chunks_exact(2)
-            .map(|c| [c[0] as usize, c[1] as usize])
-            .zip(vec1(&g["scores"]))
-            .collect();
-        let ours_pairs: Vec<([usize; 2], f32)> = ours
-            .matches
-            .iter()
-            .copied()
-            .zip(ours.scores.iter().copied())
-            .collect();
+        let reference = golden_matches(&g);
+        let ours_pairs = our_matches(&ours);
         let p = match_parity(&ours_pairs, &reference);
         println!(
             "{} {pair}: score {:.4} (reference {:.4}), IoU {:.4}, rel {:.1e}",

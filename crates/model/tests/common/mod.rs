@@ -155,3 +155,25 @@ pub fn match_parity<K: std::hash::Hash + Eq + Clone>(
         max_match_score_diff: max_diff,
     }
 }
+
+/// A golden's matches as `(index pair, confidence)`.
+pub fn golden_matches(g: &HashMap<String, Tensor>) -> Vec<([usize; 2], f32)> {
+    let idx = g["matches"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap();
+    idx.chunks_exact(2)
+        .map(|c| [c[0] as usize, c[1] as usize])
+        .zip(vec1(&g["scores"]))
+        .collect()
+}
+
+/// Our matches in the same form.
+pub fn our_matches(r: &wbia_lightglue_model::MatchResult) -> Vec<([usize; 2], f32)> {
+    r.matches
+        .iter()
+        .copied()
+        .zip(r.scores.iter().copied())
+        .collect()
+}
