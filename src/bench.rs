@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
-use wbia_lightglue_model::{device_name, load_image, Features, LightGlueConfig, RgbImage};
+use wbia_lightglue_model::{device_name, load_image, Features, MatchOptions, RgbImage};
 
 use crate::ModelArgs;
 
@@ -114,14 +114,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let pairs = [(2048, extract_pair(2048)?), (512, extract_pair(512)?)];
     let modes = [
-        ("adaptive", LightGlueConfig::default()),
-        ("full", LightGlueConfig::full()),
+        ("adaptive", MatchOptions::default()),
+        ("full", MatchOptions::full()),
     ];
-    for (mode, config) in &modes {
-        let matcher = args.model.load_lightglue(config.clone(), &device)?;
+    let matcher = args.model.load_lightglue(&device)?;
+    for (mode, options) in &modes {
         for (k, (f0, f1)) in &pairs {
-            let out = matcher.match_pair(f0, f1)?;
-            let (median, times) = timed(args.repeat, || Ok(matcher.match_pair(f0, f1)?))?;
+            let out = matcher.match_pair(f0, f1, options)?;
+            let (median, times) = timed(args.repeat, || Ok(matcher.match_pair(f0, f1, options)?))?;
             let key = format!("match_ms_{k}_{mode}");
             res.insert(key.clone(), round2(median));
             res.insert(
@@ -147,13 +147,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let db: Vec<&Features> = (0..args.n).map(|i| &db_feats[i % db_feats.len()]).collect();
         let query = &pairs[0].1 .0;
 
-        let adaptive = args
-            .model
-            .load_lightglue(LightGlueConfig::default(), &device)?;
-        adaptive.match_pair(query, db[1])?;
+        let adaptive = MatchOptions::default();
+        matcher.match_pair(query, db[1], &adaptive)?;
         let start = Instant::now();
         for f in &db {
-            adaptive.match_pair(query, f)?;
+            matcher.match_pair(query, f, &adaptive)?;
         }
         let dt = start.elapsed().as_secs_f64();
         res.insert("one_vs_n_n".into(), json!(args.n));
@@ -166,13 +164,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.n as f64 / dt
         );
 
-        let full = args
-            .model
-            .load_lightglue(LightGlueConfig::full(), &device)?;
+        let full = MatchOptions::full();
         // Warm-up: one batch (allocations, kernel loading on a GPU).
-        full.match_batch(query, &db[..args.batch_size.min(db.len())], args.batch_size)?;
+        let warm = &db[..args.batch_size.min(db.len())];
+        matcher.match_batch(query, warm, args.batch_size, &full)?;
         let start = Instant::now();
-        full.match_batch(query, &db, args.batch_size)?;
+        matcher.match_batch(query, &db, args.batch_size, &full)?;
         let dt = start.elapsed().as_secs_f64();
         res.insert("one_vs_n_batched_batch_size".into(), json!(args.batch_size));
         res.insert("one_vs_n_batched_total_s".into(), round2(dt));

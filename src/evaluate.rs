@@ -250,7 +250,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     let arch = args.model.aliked_variant()?;
     weights::find_weights(args.model.weights.as_deref(), arch.weights_file)?;
     weights::find_weights(args.model.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
-    let lg = args.matcher.config();
+    let lg = args.matcher.options();
     let config = Config {
         model_name: args.model.model_name.clone(),
         max_num_keypoints: args.model.max_keypoints,

@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use wbia_lightglue_model::{
     load_image, parse_device, weights, Aliked, AlikedConfig, DetectOptions, LightGlue,
-    LightGlueConfig, Precision,
+    MatchOptions, Precision,
 };
 
 mod bench;
@@ -65,19 +65,19 @@ const MAX_MATCH_BATCH: usize = 256;
 pub struct ModelArgs {
     /// ALIKED variant: aliked-n16 (the plugin's), aliked-n16rot, aliked-n32, or aliked-t16
     /// (64-d descriptors: extraction only, no LightGlue weights take them).
-    #[arg(long, default_value = "aliked-n16")]
+    #[arg(long, default_value_t = AlikedConfig::n16().name.to_string())]
     pub model_name: String,
     /// Directory holding the converted weights.
     #[arg(long, env = weights::WEIGHTS_DIR_ENV)]
     pub weights: Option<PathBuf>,
     /// Keep at most this many keypoints per image (-1: no limit).
-    #[arg(long, default_value_t = 2048, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = DetectOptions::default().max_num_keypoints, allow_negative_numbers = true)]
     pub max_keypoints: i64,
     /// Resize the long edge of each image to this many pixels (0: no resize).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = DetectOptions::default().image_size)]
     pub image_size: usize,
     /// 0 takes the top `max-keypoints` maxima; above 0, every maximum over the threshold.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DetectOptions::default().detection_threshold)]
     pub detection_threshold: f32,
     #[command(flatten)]
     pub runtime: DeviceArgs,
@@ -231,19 +231,19 @@ const MATCH_PICTURE_HEIGHT: usize = 720;
 #[derive(Args, Clone)]
 pub struct MatcherArgs {
     /// Early-exit confidence (-1 disables adaptive depth).
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = MatchOptions::default().depth_confidence, allow_negative_numbers = true)]
     pub depth_confidence: f32,
     /// Point-pruning confidence (-1 disables adaptive width).
-    #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = MatchOptions::default().width_confidence, allow_negative_numbers = true)]
     pub width_confidence: f32,
     /// Minimum confidence of a match.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = MatchOptions::default().filter_threshold)]
     pub filter_threshold: f32,
 }
 
 impl MatcherArgs {
-    pub fn config(&self) -> LightGlueConfig {
-        LightGlueConfig {
+    pub fn options(&self) -> MatchOptions {
+        MatchOptions {
             depth_confidence: self.depth_confidence,
             width_confidence: self.width_confidence,
             filter_threshold: self.filter_threshold,
@@ -252,9 +252,9 @@ impl MatcherArgs {
 }
 
 impl ModelArgs {
-    pub fn load_lightglue(&self, config: LightGlueConfig, device: &Device) -> Result<LightGlue> {
+    pub fn load_lightglue(&self, device: &Device) -> Result<LightGlue> {
         let path = weights::find_weights(self.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
-        LightGlue::from_file_with_precision(&path, config, device, self.runtime.precision)
+        LightGlue::from_file_with_precision(&path, device, self.runtime.precision)
             .with_context(|| format!("loading {}", path.display()))
     }
 }
@@ -354,11 +354,11 @@ fn main() -> Result<()> {
         Command::Match(args) => {
             let device = args.model.runtime.open()?;
             let extractor = args.model.load_aliked(&device)?;
-            let matcher = args.model.load_lightglue(args.matcher.config(), &device)?;
+            let matcher = args.model.load_lightglue(&device)?;
             let (image0, image1) = (load_image(&args.image0)?, load_image(&args.image1)?);
             let f0 = extractor.extract(&image0)?;
             let f1 = extractor.extract(&image1)?;
-            let result = matcher.match_pair(&f0, &f1)?;
+            let result = matcher.match_pair(&f0, &f1, &args.matcher.options())?;
             if let Some(path) = &args.png {
                 let picture = wbia_lightglue_model::render::draw_matches(
                     &image0,

@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wbia_lightglue_model::{AlikedConfig, DetectOptions, LightGlueConfig};
+use wbia_lightglue_model::{AlikedConfig, DetectOptions, MatchOptions};
 
 use crate::{Error, Result};
 
@@ -70,7 +70,7 @@ impl Config {
             ));
         }
         self.aliked().validate()?;
-        self.lightglue().validate()?;
+        self.match_options().validate()?;
         Ok(())
     }
 
@@ -88,8 +88,8 @@ impl Config {
         }
     }
 
-    pub fn lightglue(&self) -> LightGlueConfig {
-        LightGlueConfig {
+    pub fn match_options(&self) -> MatchOptions {
+        MatchOptions {
             depth_confidence: self.depth_confidence as f32,
             width_confidence: self.width_confidence as f32,
             filter_threshold: self.filter_threshold as f32,
@@ -194,7 +194,7 @@ mod tests {
     fn defaults_agree_with_the_model_crate() {
         let c = Config::default();
         assert_eq!(c.aliked(), DetectOptions::default());
-        assert_eq!(c.lightglue(), LightGlueConfig::default());
+        assert_eq!(c.match_options(), MatchOptions::default());
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub(crate) struct MatcherSettings {
 
 impl MatcherSettings {
     pub(crate) fn new(config: &Config, precision: Precision, match_batch: usize) -> Self {
-        let lg = config.lightglue();
+        let lg = config.match_options();
         Self {
             depth_confidence: lg.depth_confidence,
             width_confidence: lg.width_confidence,
@@ -213,14 +213,6 @@ impl MatcherSettings {
             self.filter_threshold,
             self.precision,
             if self.batched { "batched" } else { "pairwise" }
-        )
-    }
-
-    /// Which loaded LightGlue serves these settings (precision and batching are the worker's).
-    pub(crate) fn model_key(&self) -> String {
-        format!(
-            "depth={}/width={}/filter={}",
-            self.depth_confidence, self.width_confidence, self.filter_threshold
         )
     }
 }

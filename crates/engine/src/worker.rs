@@ -255,12 +255,13 @@ impl ModelWorker {
     }
 }
 
-/// Models by the settings that shape them, loaded on first use.
+/// The models, loaded on first use: one ALIKED per variant and one LightGlue (in the worker's
+/// precision); detection and matching thresholds come with each call.
 struct Models {
     settings: Settings,
     stats: Arc<CacheStats>,
     extractors: HashMap<String, Aliked>,
-    matchers: HashMap<String, LightGlue>,
+    matcher: Option<LightGlue>,
 }
 
 impl Models {
@@ -269,7 +270,7 @@ impl Models {
             settings,
             stats,
             extractors: HashMap::new(),
-            matchers: HashMap::new(),
+            matcher: None,
         }
     }
 
@@ -362,13 +363,13 @@ impl Models {
     /// One pair's matches, computed as `score_pairs` scores it (so the picture's score is the
     /// pair's score).
     fn match_one(&mut self, q: &Features, d: &Features, config: &Config) -> Result<MatchResult> {
-        let key = self.load_matcher(config)?;
-        let matcher = &self.matchers[&key];
         let batch = self.settings.match_batch;
+        let options = config.match_options();
+        let matcher = self.matcher()?;
         let mut result = if batch > 1 {
-            matcher.match_pairs(&[(q, d)], batch)?
+            matcher.match_pairs(&[(q, d)], batch, &options)?
         } else {
-            vec![matcher.match_pair(q, d)?]
+            vec![matcher.match_pair(q, d, &options)?]
         };
         self.stats.pairs_matched.fetch_add(1, Ordering::Relaxed);
         Ok(result.pop().unwrap_or_default())
@@ -387,42 +388,39 @@ impl Models {
         pairs: &[(&Features, &Features)],
         config: &Config,
     ) -> Result<Vec<f32>> {
-        let key = self.load_matcher(config)?;
-        let matcher = &self.matchers[&key];
         self.stats
             .pairs_matched
             .fetch_add(pairs.len() as u64, Ordering::Relaxed);
-        if self.settings.match_batch > 1 {
+        let batch = self.settings.match_batch;
+        let options = config.match_options();
+        let matcher = self.matcher()?;
+        if batch > 1 {
             return Ok(matcher
-                .match_pairs(pairs, self.settings.match_batch)?
+                .match_pairs(pairs, batch, &options)?
                 .iter()
                 .map(|r| r.score())
                 .collect());
         }
         pairs
             .iter()
-            .map(|(q, d)| Ok(matcher.match_pair(q, d)?.score()))
+            .map(|(q, d)| Ok(matcher.match_pair(q, d, &options)?.score()))
             .collect()
     }
 
-    /// Loads the LightGlue of `config`'s matcher settings unless it is loaded; its key in
-    /// `matchers`.
-    fn load_matcher(&mut self, config: &Config) -> Result<String> {
-        let key = MatcherSettings::new(config, self.settings.precision, 1).model_key();
-        if !self.matchers.contains_key(&key) {
-            let dir = self.settings.weights_dir.as_deref();
-            let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;
-            let s = &self.settings;
-            let model = LightGlue::from_file_with_precision(
-                path,
-                config.lightglue(),
-                &s.device,
-                s.precision,
-            )?;
-            tracing::info!(settings = %key, "loaded LightGlue");
-            self.matchers.insert(key.clone(), model);
-        }
-        Ok(key)
+    /// The LightGlue, loaded on first use.
+    fn matcher(&mut self) -> Result<&LightGlue> {
+        let model = match self.matcher.take() {
+            Some(model) => model,
+            None => {
+                let s = &self.settings;
+                let dir = s.weights_dir.as_deref();
+                let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;
+                let model = LightGlue::from_file_with_precision(path, &s.device, s.precision)?;
+                tracing::info!(precision = %s.precision, "loaded LightGlue");
+                model
+            }
+        };
+        Ok(self.matcher.insert(model))
     }
 }
 

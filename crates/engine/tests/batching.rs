@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 use wbia_lightglue_engine::{Annot, Config, Engine, EngineOptions, FileChips, Progress};
-use wbia_lightglue_model::{load_image, Aliked, LightGlue, LightGlueConfig};
+use wbia_lightglue_model::{load_image, Aliked, LightGlue, MatchOptions};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -91,15 +91,16 @@ async fn concurrent_queries_share_batches_and_keep_their_scores() {
         .collect();
     let single = LightGlue::from_file(
         repo().join("weights/aliked-lightglue.safetensors"),
-        LightGlueConfig {
-            depth_confidence: -1.0,
-            width_confidence: -1.0,
-            filter_threshold: 0.1,
-        },
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let expect = |q: usize, d: usize| single.match_pair(&feats[q], &feats[d]).unwrap().score();
+    let full = MatchOptions::full();
+    let expect = |q: usize, d: usize| {
+        single
+            .match_pair(&feats[q], &feats[d], &full)
+            .unwrap()
+            .score()
+    };
     let want = [
         (&q0[0], vec![expect(0, 1), expect(0, 2), expect(0, 3)]),
         (&q1[0], vec![expect(1, 2), expect(1, 3)]),

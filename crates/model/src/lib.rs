@@ -16,4 +16,4 @@ pub use aliked::{Aliked, AlikedConfig, DetectOptions, Features};
 pub use device::{device_name, parse_device};
 pub use error::{Error, Result};
 pub use image::{decode_image, load_image, RgbImage};
-pub use lightglue::{LightGlue, LightGlueConfig, MatchResult, Precision};
+pub use lightglue::{LightGlue, MatchOptions, MatchResult, Precision};

@@ -25,16 +25,17 @@ const HEADS: usize = 4;
 const HEAD_DIM: usize = DIM / HEADS;
 const LAYERS: usize = 9;
 
-/// Matching settings, with the WBIA plugin's defaults; -1 disables adaptive depth or width.
+/// Per-call matching settings, with the WBIA plugin's defaults; -1 disables adaptive depth or
+/// width. Not part of the model: one loaded LightGlue serves every set of options.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LightGlueConfig {
+pub struct MatchOptions {
     pub depth_confidence: f32,
     pub width_confidence: f32,
     pub filter_threshold: f32,
 }
 
-impl Default for LightGlueConfig {
+impl Default for MatchOptions {
     fn default() -> Self {
         Self {
             depth_confidence: 0.95,
@@ -44,7 +45,7 @@ impl Default for LightGlueConfig {
     }
 }
 
-impl LightGlueConfig {
+impl MatchOptions {
     /// Adaptive depth and width off: every layer runs on every point.
     pub fn full() -> Self {
         Self {
@@ -398,7 +399,7 @@ fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok((x.minimum(0.0)? - soft)?)
 }
 
-/// The matcher's weights and settings.
+/// The matcher's weights, in the arithmetic they run in; thresholds come with each call.
 pub struct LightGlue {
     input_proj: Linear,
     posenc: Tensor,
@@ -406,7 +407,6 @@ pub struct LightGlue {
     assignment: Vec<MatchAssignment>,
     token_confidence: Vec<Linear>,
     thresholds: [f32; LAYERS],
-    config: LightGlueConfig,
     /// Arithmetic of the transformer layers.
     precision: Precision,
     device: Device,
@@ -414,17 +414,12 @@ pub struct LightGlue {
 
 impl LightGlue {
     /// Loads the matcher in f32.
-    pub fn load(vb: VarBuilder, config: LightGlueConfig) -> Result<Self> {
-        Self::load_with_precision(vb, config, Precision::F32)
+    pub fn load(vb: VarBuilder) -> Result<Self> {
+        Self::load_with_precision(vb, Precision::F32)
     }
 
     /// Loads the matcher with its transformer layers in `precision`; `vb` holds f32 weights.
-    pub fn load_with_precision(
-        vb: VarBuilder,
-        config: LightGlueConfig,
-        precision: Precision,
-    ) -> Result<Self> {
-        config.validate()?;
+    pub fn load_with_precision(vb: VarBuilder, precision: Precision) -> Result<Self> {
         if precision == Precision::Bf16 && vb.device().is_cpu() {
             // candle has no CPU bf16 matrix product.
             return Err(Error::Config(
@@ -456,34 +451,24 @@ impl LightGlue {
             assignment,
             token_confidence,
             thresholds,
-            config,
             precision,
             device: vb.device().clone(),
         })
     }
 
     /// Loads the ALIKED LightGlue weights from a safetensors file.
-    pub fn from_file(
-        path: impl AsRef<std::path::Path>,
-        config: LightGlueConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::from_file_with_precision(path, config, device, Precision::F32)
+    pub fn from_file(path: impl AsRef<std::path::Path>, device: &Device) -> Result<Self> {
+        Self::from_file_with_precision(path, device, Precision::F32)
     }
 
     /// [`LightGlue::from_file`] with the transformer layers in `precision`.
     pub fn from_file_with_precision(
         path: impl AsRef<std::path::Path>,
-        config: LightGlueConfig,
         device: &Device,
         precision: Precision,
     ) -> Result<Self> {
         let vb = crate::weights::var_builder(path.as_ref(), device)?;
-        Self::load_with_precision(vb, config, precision)
-    }
-
-    pub fn config(&self) -> &LightGlueConfig {
-        &self.config
+        Self::load_with_precision(vb, precision)
     }
 
     pub fn precision(&self) -> Precision {
@@ -530,8 +515,14 @@ impl LightGlue {
             .to_dtype(self.precision.dtype())?)
     }
 
-    /// Matches two feature sets, with adaptive depth and width as configured.
-    pub fn match_pair(&self, f0: &Features, f1: &Features) -> Result<MatchResult> {
+    /// Matches two feature sets, with adaptive depth and width as `options` set them.
+    pub fn match_pair(
+        &self,
+        f0: &Features,
+        f1: &Features,
+        options: &MatchOptions,
+    ) -> Result<MatchResult> {
+        options.validate()?;
         check_input(f0)?;
         check_input(f1)?;
         let (m, n) = (f0.len(), f1.len());
@@ -545,8 +536,8 @@ impl LightGlue {
         let mut desc1 = self.descriptors(f1)?;
         let mut enc0 = self.rotary(&self.normalized_keypoints(f0)?.unsqueeze(0)?)?;
         let mut enc1 = self.rotary(&self.normalized_keypoints(f1)?.unsqueeze(0)?)?;
-        let early_stop = self.config.depth_confidence > 0.0;
-        let pruning = self.config.width_confidence > 0.0;
+        let early_stop = options.depth_confidence > 0.0;
+        let pruning = options.width_confidence > 0.0;
         let mut ind0: Vec<u32> = (0..m as u32).collect();
         let mut ind1: Vec<u32> = (0..n as u32).collect();
 
@@ -571,14 +562,14 @@ impl LightGlue {
                 let th = self.thresholds[i];
                 let unconfident = t0.iter().chain(&t1).filter(|&&c| c < th).count();
                 let ratio = 1.0 - unconfident as f32 / (m + n) as f32;
-                if ratio > self.config.depth_confidence {
+                if ratio > options.depth_confidence {
                     break;
                 }
                 tokens = Some((t0, t1));
             }
             if pruning {
                 let th = self.thresholds[i];
-                let min_matchability = 1.0 - self.config.width_confidence;
+                let min_matchability = 1.0 - options.width_confidence;
                 let keep = |d: &Tensor, tok: Option<&Vec<f32>>| -> Result<Vec<u32>> {
                     let s = self.assignment[i]
                         .matchability(&Self::f32(d)?)?
@@ -603,7 +594,7 @@ impl LightGlue {
         }
         let scores =
             self.assignment[last].scores(&Self::f32(&desc0)?, &Self::f32(&desc1)?, None, None)?;
-        let threshold = self.config.filter_threshold;
+        let threshold = options.filter_threshold;
         let mut result = filter_matches(&scores.squeeze(0)?, threshold, None, None)?;
         for pair in &mut result.matches {
             *pair = [ind0[pair[0]] as usize, ind1[pair[1]] as usize];
@@ -636,19 +627,23 @@ impl LightGlue {
         query: &Features,
         database: &[&Features],
         batch_size: usize,
+        options: &MatchOptions,
     ) -> Result<Vec<MatchResult>> {
         let pairs: Vec<(&Features, &Features)> = database.iter().map(|d| (query, *d)).collect();
-        self.match_pairs(&pairs, batch_size)
+        self.match_pairs(&pairs, batch_size, options)
     }
 
     /// Matches any (image 0, image 1) pairs in padded batches of `batch_size`, both sides
     /// padded and masked, adaptive depth and width off; results in `pairs` order. This is how
-    /// the service batches several queries' work together.
+    /// the service batches several queries' work together. Only `options.filter_threshold`
+    /// applies.
     pub fn match_pairs(
         &self,
         pairs: &[(&Features, &Features)],
         batch_size: usize,
+        options: &MatchOptions,
     ) -> Result<Vec<MatchResult>> {
+        options.validate()?;
         let mut results = vec![
             MatchResult {
                 stop_layer: 1,
@@ -665,7 +660,8 @@ impl LightGlue {
             .collect();
         for chunk in todo.chunks(batch_size.max(1)) {
             let batch: Vec<(&Features, &Features)> = chunk.iter().map(|&i| pairs[i]).collect();
-            for (&i, r) in chunk.iter().zip(self.match_padded(&batch)?) {
+            let matched = self.match_padded(&batch, options.filter_threshold)?;
+            for (&i, r) in chunk.iter().zip(matched) {
                 results[i] = r;
             }
         }
@@ -696,7 +692,11 @@ impl LightGlue {
         Ok((desc, enc, bias, feats.iter().map(|f| f.len()).collect()))
     }
 
-    fn match_padded(&self, pairs: &[(&Features, &Features)]) -> Result<Vec<MatchResult>> {
+    fn match_padded(
+        &self,
+        pairs: &[(&Features, &Features)],
+        threshold: f32,
+    ) -> Result<Vec<MatchResult>> {
         let b = pairs.len();
         let side0: Vec<&Features> = pairs.iter().map(|p| p.0).collect();
         let side1: Vec<&Features> = pairs.iter().map(|p| p.1).collect();
@@ -717,10 +717,10 @@ impl LightGlue {
             padded0.then_some(&bias0),
             Some(&bias1),
         )?;
-        let th = self.config.filter_threshold;
         (0..b)
             .map(|k| {
-                let mut r = filter_matches(&scores.get(k)?, th, Some(lens0[k]), Some(lens1[k]))?;
+                let mut r =
+                    filter_matches(&scores.get(k)?, threshold, Some(lens0[k]), Some(lens1[k]))?;
                 r.stop_layer = LAYERS;
                 Ok(r)
             })

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use common::{fixture, golden_features, max_abs_diff, repo_root, vec1};
 use wbia_lightglue_model::ops::{deform_conv2d, grid_sample};
 use wbia_lightglue_model::{
-    load_image, weights, Aliked, DetectOptions, Features, LightGlue, LightGlueConfig, Precision,
+    load_image, weights, Aliked, DetectOptions, Features, LightGlue, MatchOptions, Precision,
 };
 
 /// The first GPU. Without one each test skips, except where `WBIA_LIGHTGLUE_REQUIRE_CUDA` is
@@ -69,7 +69,7 @@ fn deform_conv_kernel_equals_cpu() {
 fn matcher(dev: &Device, precision: Precision) -> LightGlue {
     let path =
         weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE).unwrap();
-    LightGlue::from_file_with_precision(path, LightGlueConfig::default(), dev, precision).unwrap()
+    LightGlue::from_file_with_precision(path, dev, precision).unwrap()
 }
 
 fn extractor(dev: &Device) -> Aliked {
@@ -123,9 +123,10 @@ fn matching_equals_cpu() {
         .collect();
     for (a, b) in pairs {
         let (f0, f1) = (golden_features(a), golden_features(b));
-        let reference = cpu.match_pair(&f0, &f1).unwrap().score();
+        let adaptive = MatchOptions::default();
+        let reference = cpu.match_pair(&f0, &f1, &adaptive).unwrap().score();
         for (precision, m) in &on_gpu {
-            let s = m.match_pair(&f0, &f1).unwrap().score();
+            let s = m.match_pair(&f0, &f1, &adaptive).unwrap().score();
             let tolerance = if *precision == Precision::F32 {
                 1e-3
             } else {
@@ -144,15 +145,10 @@ fn matching_equals_cpu() {
         .map(|n| golden_features(n))
         .collect();
     let refs: Vec<&Features> = database.iter().collect();
-    let full = LightGlue::from_file(
-        weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE).unwrap(),
-        LightGlueConfig::full(),
-        &dev,
-    )
-    .unwrap();
-    let batched = full.match_batch(&query, &refs, 4).unwrap();
+    let (matcher, full) = (&on_gpu[0].1, MatchOptions::full());
+    let batched = matcher.match_batch(&query, &refs, 4, &full).unwrap();
     for (f, r) in database.iter().zip(&batched) {
-        let single = full.match_pair(&query, f).unwrap();
+        let single = matcher.match_pair(&query, f, &full).unwrap();
         assert!(rel(r.score(), single.score()) <= 1e-3);
     }
     assert_eq!(on_gpu[0].1.precision(), Precision::F32);

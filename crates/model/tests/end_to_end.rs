@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use wbia_lightglue_model::{load_image, DetectOptions, Features, LightGlueConfig};
+use wbia_lightglue_model::{load_image, DetectOptions, Features, MatchOptions};
 
 /// graf1 → graf3 has a ground-truth homography (`H1to3p.xml`); matched keypoints must agree.
 #[test]
@@ -30,8 +30,8 @@ fn graffiti_matches_follow_the_homography() {
     let f3 = extractor
         .extract(&load_image(fixture("opencv/graf3.png")).unwrap())
         .unwrap();
-    let result = lightglue(LightGlueConfig::default())
-        .match_pair(&f1, &f3)
+    let result = lightglue()
+        .match_pair(&f1, &f3, &MatchOptions::default())
         .unwrap();
     let mut errors: Vec<f64> = result
         .matches
@@ -59,7 +59,7 @@ fn graffiti_matches_follow_the_homography() {
 #[test]
 fn genuine_turtles_outscore_impostors() {
     let extractor = aliked(DetectOptions::default());
-    let matcher = lightglue(LightGlueConfig::default());
+    let matcher = lightglue();
     let load = |n: &str| -> Features {
         extractor
             .extract(&load_image(fixture(&format!("turtles/{n}.jpg"))).unwrap())
@@ -71,7 +71,12 @@ fn genuine_turtles_outscore_impostors() {
         load("turtle_b3"),
         load("turtle_b4"),
     );
-    let score = |x: &Features, y: &Features| matcher.match_pair(x, y).unwrap().score();
+    let score = |x: &Features, y: &Features| {
+        matcher
+            .match_pair(x, y, &MatchOptions::default())
+            .unwrap()
+            .score()
+    };
     let genuine = [score(&a1, &a2), score(&b3, &b4)];
     let impostor = [
         score(&a1, &b3),

@@ -9,7 +9,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::*;
-use wbia_lightglue_model::{LightGlueConfig, MatchResult};
+use wbia_lightglue_model::{MatchOptions, MatchResult};
 
 struct Reference {
     matches: HashSet<[usize; 2]>,
@@ -40,13 +40,12 @@ fn iou(ours: &MatchResult, reference: &HashSet<[usize; 2]>) -> f64 {
 }
 
 fn check(pair: &str, a: &str, b: &str, mode: &str) {
-    let config = match mode {
-        "adaptive" => LightGlueConfig::default(),
-        _ => LightGlueConfig::full(),
+    let options = match mode {
+        "adaptive" => MatchOptions::default(),
+        _ => MatchOptions::full(),
     };
-    let matcher = lightglue(config);
     let (f0, f1) = (golden_features(a), golden_features(b));
-    let ours = matcher.match_pair(&f0, &f1).unwrap();
+    let ours = lightglue().match_pair(&f0, &f1, &options).unwrap();
     let r = reference(pair, mode);
     let iou = iou(&ours, &r.matches);
     let rel = ((ours.score() - r.score) / r.score.max(1e-6)).abs();
@@ -124,16 +123,16 @@ pair_tests!(
 /// Batched 1-vs-N (padded, masked, adaptive off) must give what single pairs give.
 #[test]
 fn batched_equals_single_pairs() {
-    let matcher = lightglue(LightGlueConfig::full());
+    let (matcher, full) = (lightglue(), MatchOptions::full());
     let query = golden_features("sacre_coeur1");
     let database: Vec<_> = ["sacre_coeur2", "sacre_coeur1_k512", "turtle_b3", "graf1"]
         .iter()
         .map(|n| golden_features(n))
         .collect();
     let refs: Vec<&_> = database.iter().collect();
-    let batched = matcher.match_batch(&query, &refs, 3).unwrap();
+    let batched = matcher.match_batch(&query, &refs, 3, &full).unwrap();
     for (f, b) in database.iter().zip(&batched) {
-        let single = matcher.match_pair(&query, f).unwrap();
+        let single = matcher.match_pair(&query, f, &full).unwrap();
         assert_eq!(b.matches, single.matches);
         assert_eq!(b.stop_layer, single.stop_layer);
         for (x, y) in b.scores.iter().zip(&single.scores) {
@@ -152,7 +151,7 @@ fn batched_equals_single_pairs() {
 /// kernels, hence a tolerance of 1e-4 relative on the pair score (measured ~1e-5).
 #[test]
 fn batched_pairs_of_different_queries_equal_single_pairs() {
-    let matcher = lightglue(LightGlueConfig::full());
+    let (matcher, full) = (lightglue(), MatchOptions::full());
     let f = |n: &str, k: usize| subset(&golden_features(n), k);
     let (a1, a2, b3, k512, s2) = (
         f("turtle_a1", 400),
@@ -162,9 +161,9 @@ fn batched_pairs_of_different_queries_equal_single_pairs() {
         f("sacre_coeur2", 450),
     );
     let pairs = [(&a1, &a2), (&k512, &s2), (&b3, &a1), (&a2, &b3)];
-    let batched = matcher.match_pairs(&pairs, 4).unwrap();
+    let batched = matcher.match_pairs(&pairs, 4, &full).unwrap();
     for ((f0, f1), b) in pairs.iter().zip(&batched) {
-        let single = matcher.match_pair(f0, f1).unwrap();
+        let single = matcher.match_pair(f0, f1, &full).unwrap();
         assert_eq!(b.matches, single.matches);
         let (sb, ss) = (b.score(), single.score());
         assert!(
@@ -185,13 +184,13 @@ fn subset(f: &wbia_lightglue_model::Features, n: usize) -> wbia_lightglue_model:
 
 #[test]
 fn degenerate_inputs_do_not_panic() {
-    let matcher = lightglue(LightGlueConfig::default());
+    let (matcher, adaptive) = (lightglue(), MatchOptions::default());
     let full = golden_features("turtle_a1");
     let empty = subset(&full, 0);
     let one = subset(&full, 1);
 
     for (a, b) in [(&empty, &full), (&full, &empty), (&empty, &empty)] {
-        let r = matcher.match_pair(a, b).unwrap();
+        let r = matcher.match_pair(a, b, &adaptive).unwrap();
         assert!(r.matches.is_empty());
         assert_eq!(r.score(), 0.0);
         // A plain 0, not -0.0 (JSON "-0.0"; SQLite would store the integer 0).
@@ -199,18 +198,18 @@ fn degenerate_inputs_do_not_panic() {
         assert_eq!(serde_json::to_string(&r.score()).unwrap(), "0.0");
     }
     // One keypoint against many: at most one match, indices in range.
-    let r = matcher.match_pair(&one, &full).unwrap();
+    let r = matcher.match_pair(&one, &full, &adaptive).unwrap();
     assert!(r.matches.len() <= 1);
     assert!(r.matches.iter().all(|&[i, j]| i == 0 && j < full.len()));
     // Unequal counts, both orders.
     let half = subset(&golden_features("turtle_a2"), 700);
     for (a, b) in [(&full, &half), (&half, &full)] {
-        let r = matcher.match_pair(a, b).unwrap();
+        let r = matcher.match_pair(a, b, &adaptive).unwrap();
         assert!(r.matches.iter().all(|&[i, j]| i < a.len() && j < b.len()));
     }
     // Batched with empty and one-keypoint database entries.
-    let batched = lightglue(LightGlueConfig::full())
-        .match_batch(&full, &[&empty, &one, &half], 2)
+    let batched = matcher
+        .match_batch(&full, &[&empty, &one, &half], 2, &MatchOptions::full())
         .unwrap();
     assert_eq!(batched.len(), 3);
     assert!(batched[0].matches.is_empty());
@@ -219,9 +218,10 @@ fn degenerate_inputs_do_not_panic() {
 
 #[test]
 fn identical_images_match_themselves() {
-    let matcher = lightglue(LightGlueConfig::default());
     let f = golden_features("turtle_b3");
-    let r = matcher.match_pair(&f, &f).unwrap();
+    let r = lightglue()
+        .match_pair(&f, &f, &MatchOptions::default())
+        .unwrap();
     let identity = r.matches.iter().filter(|&&[i, j]| i == j).count();
     println!(
         "self-match: {} matches, {identity} on the identity, score {}",
@@ -234,12 +234,18 @@ fn identical_images_match_themselves() {
 
 #[test]
 fn invalid_features_are_rejected() {
-    let matcher = lightglue(LightGlueConfig::default());
+    let (matcher, adaptive) = (lightglue(), MatchOptions::default());
     let good = golden_features("turtle_b3");
     let mut bad = good.clone();
     bad.descriptors.pop();
-    assert!(matcher.match_pair(&good, &bad).is_err());
+    assert!(matcher.match_pair(&good, &bad, &adaptive).is_err());
     let mut nan = good.clone();
     nan.keypoints[0][0] = f32::NAN;
-    assert!(matcher.match_pair(&nan, &good).is_err());
+    assert!(matcher.match_pair(&nan, &good, &adaptive).is_err());
+    // Options are checked per call, as they are passed per call.
+    let nonsense = MatchOptions {
+        depth_confidence: 7.0,
+        ..MatchOptions::default()
+    };
+    assert!(matcher.match_pair(&good, &good, &nonsense).is_err());
 }

@@ -4,18 +4,13 @@
 mod common;
 
 use common::{golden_features, repo_root};
-use wbia_lightglue_model::{weights, LightGlue, LightGlueConfig, Precision};
+use wbia_lightglue_model::{weights, LightGlue, MatchOptions, Precision};
 
 fn matcher(precision: Precision) -> LightGlue {
     let path = weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE)
         .expect("weights/aliked-lightglue.safetensors");
-    LightGlue::from_file_with_precision(
-        path,
-        LightGlueConfig::default(),
-        &candle_core::Device::Cpu,
-        precision,
-    )
-    .expect("load LightGlue")
+    LightGlue::from_file_with_precision(path, &candle_core::Device::Cpu, precision)
+        .expect("load LightGlue")
 }
 
 fn check(precision: Precision) {
@@ -29,8 +24,9 @@ fn check(precision: Precision) {
         ("sacre_coeur1_k512", "sacre_coeur2"),
     ] {
         let (f0, f1) = (golden_features(a), golden_features(b));
-        let reference = full.match_pair(&f0, &f1).unwrap();
-        let ours = half.match_pair(&f0, &f1).unwrap();
+        let adaptive = MatchOptions::default();
+        let reference = full.match_pair(&f0, &f1, &adaptive).unwrap();
+        let ours = half.match_pair(&f0, &f1, &adaptive).unwrap();
         let (s_ref, s) = (reference.score(), ours.score());
         let rel = (s - s_ref).abs() / s_ref.max(1.0);
         println!(
@@ -55,14 +51,9 @@ fn f16_scores_within_two_percent() {
 fn bf16_on_cpu_is_refused() {
     let path = weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE)
         .expect("weights/aliked-lightglue.safetensors");
-    let err = LightGlue::from_file_with_precision(
-        path,
-        LightGlueConfig::default(),
-        &candle_core::Device::Cpu,
-        Precision::Bf16,
-    )
-    .err()
-    .expect("bf16 on CPU must be refused");
+    let err = LightGlue::from_file_with_precision(path, &candle_core::Device::Cpu, Precision::Bf16)
+        .err()
+        .expect("bf16 on CPU must be refused");
     assert!(
         err.to_string().contains("bf16 needs a CUDA device"),
         "{err}"

@@ -19,7 +19,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wbia_lightglue_model::{load_image, DetectOptions, Features, LightGlueConfig, RgbImage};
+use wbia_lightglue_model::{load_image, DetectOptions, Features, MatchOptions, RgbImage};
 
 /// Tight bounds: the worst value measured on this sweep (README, "Parity") with headroom for
 /// other thread counts and CPUs.
@@ -157,10 +157,10 @@ fn lightglue_sweep() {
         let f1 = sweep_features(cases[1].as_str().unwrap());
         unequal += usize::from(f0.len() != f1.len());
         for (mode, config) in [
-            ("adaptive", LightGlueConfig::default()),
-            ("full", LightGlueConfig::full()),
+            ("adaptive", MatchOptions::default()),
+            ("full", MatchOptions::full()),
         ] {
-            let ours = lightglue(config).match_pair(&f0, &f1).unwrap();
+            let ours = lightglue().match_pair(&f0, &f1, &config).unwrap();
             let g = golden(&format!("sweep/{pair}_{mode}.safetensors"));
             let reference = golden_matches(&g);
             let ours_pairs = our_matches(&ours);
@@ -214,8 +214,8 @@ fn image_to_image_sweep() {
                 model.extract(&input).unwrap()
             })
             .collect();
-        let ours = lightglue(LightGlueConfig::default())
-            .match_pair(&sides[0], &sides[1])
+        let ours = lightglue()
+            .match_pair(&sides[0], &sides[1], &MatchOptions::default())
             .unwrap();
         let ours_pairs: Vec<_> = ours
             .matches

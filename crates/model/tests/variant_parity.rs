@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use wbia_lightglue_model::{
-    load_image, weights, Aliked, AlikedConfig, DetectOptions, Features, LightGlueConfig,
+    load_image, weights, Aliked, AlikedConfig, DetectOptions, Features, MatchOptions,
 };
 
 const IMAGES: [(&str, &str); 5] = [
@@ -76,14 +76,16 @@ fn golden_features_at(rel: &str) -> Features {
 /// LightGlue on the reference's features of this variant (float16 descriptors, as stored)
 /// against the reference's matches of the same.
 fn check_matching(arch: AlikedConfig) {
-    let matcher = lightglue(LightGlueConfig::default());
+    let matcher = lightglue();
     for (pair, a, b) in [
         ("sacre_coeur", "sacre_coeur1", "sacre_coeur2"),
         ("turtle_genuine", "turtle_a1", "turtle_a2"),
     ] {
         let f0 = golden_features_at(&format!("variants/{}_{a}", arch.name));
         let f1 = golden_features_at(&format!("variants/{}_{b}", arch.name));
-        let ours = matcher.match_pair(&f0, &f1).unwrap();
+        let ours = matcher
+            .match_pair(&f0, &f1, &MatchOptions::default())
+            .unwrap();
         let g = golden(&format!("variants/{}_{pair}.safetensors", arch.name));
         let reference = golden_matches(&g);
         let ours_pairs = our_matches(&ours);
@@ -129,8 +131,8 @@ fn aliked_n32_matches_the_reference() {
 fn aliked_t16_extracts_like_the_reference_and_is_not_matched() {
     let features = check_variant(AlikedConfig::t16());
     assert!(!AlikedConfig::t16().matchable());
-    let err = lightglue(LightGlueConfig::default())
-        .match_pair(&features[0].1, &features[1].1)
+    let err = lightglue()
+        .match_pair(&features[0].1, &features[1].1, &MatchOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("64-d"), "{err}");

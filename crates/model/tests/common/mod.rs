@@ -49,10 +49,10 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-pub fn lightglue(config: wbia_lightglue_model::LightGlueConfig) -> wbia_lightglue_model::LightGlue {
+pub fn lightglue() -> wbia_lightglue_model::LightGlue {
     let path = weights::find_weights(Some(&repo_root().join("weights")), weights::LIGHTGLUE_FILE)
         .expect("weights/aliked-lightglue.safetensors");
-    wbia_lightglue_model::LightGlue::from_file(path, config, &Device::Cpu).expect("load LightGlue")
+    wbia_lightglue_model::LightGlue::from_file(path, &Device::Cpu).expect("load LightGlue")
 }
 
 /// How closely our keypoints and descriptors follow the reference's, keypoints compared as
