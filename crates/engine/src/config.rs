@@ -5,9 +5,9 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wbia_lightglue_model::{AlikedConfig, DetectOptions, MatchOptions};
+use wbia_lightglue_model::{AlikedConfig, DetectOptions, MatchOptions, Rotation};
 
-use crate::{Error, Result};
+use crate::{Calibration, Error, Result};
 
 /// Name of the configuration read when a request names none.
 pub const DEFAULT_CONFIG_FILE: &str = "config.json";
@@ -23,6 +23,17 @@ pub struct Config {
     pub width_confidence: f64,
     pub filter_threshold: f64,
     pub feature_cache_max_size: usize,
+    /// Not in the plugin: also match the query chip turned by 90°, 180° and 270° and keep
+    /// each pair's best score, reporting the winning turn. For chips whose orientation varies
+    /// (animals seen from above, flukes). Costs 4× the matching and the query's extraction,
+    /// not the database's.
+    pub rotation_sweep: bool,
+    /// Not in the plugin: the map from raw score to P(same individual) that
+    /// `wbia-lightglue evaluate --calibrate` fitted for this configuration. With it, answers
+    /// carry a calibrated score beside the raw one, and Wildbook's review confidences come
+    /// from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 /// The plugin's `DEFAULT_CONFIG` (kept in f64 so it prints as written).
@@ -37,6 +48,8 @@ impl Default for Config {
             width_confidence: 0.99,
             filter_threshold: 0.1,
             feature_cache_max_size: 10_000,
+            rotation_sweep: false,
+            calibration: None,
         }
     }
 }
@@ -69,6 +82,9 @@ impl Config {
                 "feature_cache_max_size must be positive".into(),
             ));
         }
+        if let Some(c) = &self.calibration {
+            c.validate()?;
+        }
         self.aliked().validate()?;
         self.match_options().validate()?;
         Ok(())
@@ -96,12 +112,26 @@ impl Config {
         }
     }
 
-    /// The settings that change features: part of every cache key.
-    pub fn feature_key(&self) -> String {
-        format!(
+    /// The settings that change features, and the turn of the chip they were taken from:
+    /// part of every cache key (an unturned chip's key is what it was before the sweep).
+    pub fn feature_key(&self, rotation: Rotation) -> String {
+        let key = format!(
             "{}/k{}/t{}/s{}",
             self.model_name, self.max_num_keypoints, self.detection_threshold, self.image_size
-        )
+        );
+        match rotation {
+            Rotation::None => key,
+            turned => format!("{key}/cw{}", turned.degrees()),
+        }
+    }
+
+    /// The turns a query chip is matched at: all four with the sweep on, else none.
+    pub fn query_rotations(&self) -> &'static [Rotation] {
+        if self.rotation_sweep {
+            &Rotation::ALL
+        } else {
+            &Rotation::ALL[..1]
+        }
     }
 }
 

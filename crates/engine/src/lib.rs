@@ -4,6 +4,7 @@
 //! this crate's [`Error`], mapped to WBIA's codes by the server.
 
 mod cache;
+pub mod calibration;
 pub mod config;
 pub mod evaluate;
 pub mod metrics;
@@ -21,11 +22,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use wbia_lightglue_model::{Features, Precision};
 
+pub use calibration::Calibration;
 pub use config::{Config, ConfigDir};
 pub use pairs::PairMatches;
 pub use pipeline::{
-    Admission, Annot, ChipSource, FileChips, Progress, ProgressSnapshot, SourceError, Ticket,
-    WbiaChip, CHIPS_IN_FLIGHT,
+    Admission, Annot, ChipSource, FileChips, PairScore, Progress, ProgressSnapshot, SourceError,
+    Ticket, WbiaChip, CHIPS_IN_FLIGHT,
 };
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
 use worker::{Job, MatchWork, ModelWorker};

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+use wbia_lightglue_model::Rotation;
 
 use crate::worker::{Job, MatchWork};
 use crate::{AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSettings, Result};
@@ -23,6 +24,14 @@ use crate::{AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSet
 /// Chips one request fetches and decodes at once. Below the WBIA client's download slots, so
 /// no single request can hold all of them.
 pub const CHIPS_IN_FLIGHT: usize = 4;
+
+/// A pair's score, and the clockwise turn of the query chip that gave it (the rotation
+/// sweep keeps the best of four; without it the turn is always none).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct PairScore {
+    pub score: f32,
+    pub rotation: Rotation,
+}
 
 /// What defines a WBIA chip besides the chip settings (WBIA's defaults): the image, the
 /// annotation's box in it and its rotation.
@@ -248,7 +257,8 @@ impl Engine {
     }
 
     /// Scores each query against every database annotation but itself; `scores[q][i]`
-    /// follows the database order with the query left out.
+    /// follows the database order with the query left out. With the rotation sweep on, each
+    /// score is the best over the query's turns ([`Engine::identify_with_rotations`]).
     pub async fn identify<S: ChipSource>(
         &self,
         ticket: &Ticket,
@@ -258,6 +268,26 @@ impl Engine {
         config: &Config,
         progress: &Progress,
     ) -> Result<Vec<Vec<f32>>> {
+        let scored = self
+            .identify_with_rotations(ticket, source, queries, database, config, progress)
+            .await?;
+        Ok(scored
+            .into_iter()
+            .map(|row| row.into_iter().map(|p| p.score).collect())
+            .collect())
+    }
+
+    /// [`Engine::identify`] with the query turn that gave each score (always
+    /// [`Rotation::None`] with the sweep off).
+    pub async fn identify_with_rotations<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        queries: &[Annot],
+        database: &[Annot],
+        config: &Config,
+        progress: &Progress,
+    ) -> Result<Vec<Vec<PairScore>>> {
         let mut distinct: Vec<Uuid> = queries.iter().map(|a| a.uuid).collect();
         distinct.extend(database.iter().map(|a| a.uuid));
         distinct.sort();
@@ -269,31 +299,34 @@ impl Engine {
             .sum();
         Progress::add(&progress.pairs_total, pairs);
 
+        let rotations = config.query_rotations();
         let mut all = Vec::with_capacity(queries.len());
         for q in queries {
-            let query = self
-                .features_of(ticket, source, q, config, progress)
+            let turned = self
+                .features_at(ticket, source, q, config, progress, rotations)
                 .await?;
+            let query: Vec<(Rotation, AnnotFeatures)> =
+                rotations.iter().copied().zip(turned).collect();
             let others: Vec<&Annot> = database.iter().filter(|d| d.uuid != q.uuid).collect();
-            all.push(
-                self.score_against(ticket, source, &query, &others, config, progress)
-                    .await?,
-            );
+            let scores = self
+                .score_against(ticket, source, &query, &others, config, progress)
+                .await?;
+            all.push(scores);
         }
         Ok(all)
     }
 
-    /// One query against a database: features stream in (a few chips at a time) while earlier
-    /// chunks are matched.
+    /// One query (at each of its turns) against a database: features stream in (a few chips
+    /// at a time) while earlier chunks are matched.
     async fn score_against<S: ChipSource>(
         &self,
         ticket: &Ticket,
         source: &S,
-        query: &AnnotFeatures,
+        query: &[(Rotation, AnnotFeatures)],
         database: &[&Annot],
         config: &Config,
         progress: &Progress,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Vec<PairScore>> {
         let chunk = self.match_chunk();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AnnotFeatures>>(chunk);
         // Indexed, not iterated by reference: a closure that borrows its argument into the
@@ -314,19 +347,21 @@ impl Engine {
         let consume = async {
             let mut scores = Vec::with_capacity(database.len());
             let mut batch = Vec::with_capacity(chunk);
-            while let Some(f) = rx.recv().await {
-                batch.push(f?);
-                if batch.len() == chunk {
-                    scores.extend(self.scores(ticket, query, &batch, config).await?);
+            loop {
+                let next = rx.recv().await;
+                let done = next.is_none();
+                if let Some(f) = next {
+                    batch.push(f?);
+                }
+                if batch.len() == chunk || (done && !batch.is_empty()) {
+                    scores.extend(self.best_scores(ticket, query, &batch, config).await?);
                     Progress::add(&progress.pairs_scored, batch.len());
                     batch.clear();
                 }
+                if done {
+                    return Ok::<_, Error>(scores);
+                }
             }
-            if !batch.is_empty() {
-                scores.extend(self.scores(ticket, query, &batch, config).await?);
-                Progress::add(&progress.pairs_scored, batch.len());
-            }
-            Ok::<_, Error>(scores)
         };
         // The consumer decides: when it ends (done, or failed), a producer still waiting on a
         // slow chip is dropped with it rather than awaited.
@@ -334,6 +369,34 @@ impl Engine {
             scores = consume => scores,
             never = async { produce.await; std::future::pending().await } => never,
         }
+    }
+
+    /// Each database annotation's best score over the query's turns (the first turn wins a
+    /// tie, so without a sweep, or when turning does not help, the turn is none).
+    async fn best_scores(
+        &self,
+        ticket: &Ticket,
+        query: &[(Rotation, AnnotFeatures)],
+        database: &[AnnotFeatures],
+        config: &Config,
+    ) -> Result<Vec<PairScore>> {
+        let mut best = vec![
+            PairScore {
+                score: f32::NEG_INFINITY,
+                rotation: Rotation::None,
+            };
+            database.len()
+        ];
+        for (rotation, turned) in query {
+            let rotation = *rotation;
+            let scores = self.scores(ticket, turned, database, config).await?;
+            for (b, score) in best.iter_mut().zip(scores) {
+                if score > b.score {
+                    *b = PairScore { score, rotation };
+                }
+            }
+        }
+        Ok(best)
     }
 
     /// An annotation's features: from memory, else the store, else its chip, downloaded
@@ -346,20 +409,42 @@ impl Engine {
         config: &Config,
         progress: &Progress,
     ) -> Result<AnnotFeatures> {
-        let key_for = |chip| FeatureKey {
+        let mut turned = self
+            .features_at(ticket, source, annot, config, progress, &[Rotation::None])
+            .await?;
+        Ok(turned.remove(0))
+    }
+
+    /// An annotation's features with its chip turned by each of `rotations` (in that order),
+    /// as [`Engine::features_of`] finds them: the chip is downloaded and decoded at most once,
+    /// and only the turns not remembered are extracted.
+    pub(crate) async fn features_at<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        annot: &Annot,
+        config: &Config,
+        progress: &Progress,
+        rotations: &[Rotation],
+    ) -> Result<Vec<AnnotFeatures>> {
+        let key_for = |chip: ChipId, rotation: Rotation| FeatureKey {
             annot: annot.uuid,
-            settings: config.feature_key(),
+            settings: config.feature_key(rotation),
             chip,
             model: self.runtime.model_version.as_str().into(),
         };
+        let mut found: Vec<Option<AnnotFeatures>> = vec![None; rotations.len()];
         let known = match (&annot.chip, self.verify_chip_bytes) {
-            (Some(chip), false) => Some(key_for(ChipId::Wbia(chip.clone()))),
+            (Some(chip), false) => Some(ChipId::Wbia(chip.clone())),
             _ => None,
         };
-        if let Some(key) = &known {
-            if let Some(f) = self.remembered(key).await {
+        if let Some(chip) = &known {
+            if self
+                .recall(&mut found, rotations, |r| key_for(chip.clone(), r))
+                .await
+            {
                 Progress::add(&progress.chips_cached, 1);
-                return Ok(f);
+                return Ok(found.into_iter().flatten().collect());
             }
         }
         let started = Instant::now();
@@ -374,15 +459,18 @@ impl Engine {
         Engine::count(&self.cache_stats.chips_downloaded, 1);
         Engine::count(&self.cache_stats.chip_bytes, bytes.len());
         Progress::add(&progress.chips_fetched, 1);
-        let key = match known {
-            Some(key) => key,
+        let chip = match known {
+            Some(chip) => chip,
             None => {
-                let key = key_for(ChipId::Bytes(Sha256::digest(&bytes).into()));
-                if let Some(f) = self.remembered(&key).await {
+                let chip = ChipId::Bytes(Sha256::digest(&bytes).into());
+                if self
+                    .recall(&mut found, rotations, |r| key_for(chip.clone(), r))
+                    .await
+                {
                     Progress::add(&progress.chips_cached, 1);
-                    return Ok(f);
+                    return Ok(found.into_iter().flatten().collect());
                 }
-                key
+                chip
             }
         };
         let started = Instant::now();
@@ -394,6 +482,55 @@ impl Engine {
                 source,
             })?;
         self.stage_seconds.decode.since(started);
+        let image = Arc::new(image);
+        for (slot, &rotation) in found.iter_mut().zip(rotations) {
+            if slot.is_some() {
+                continue;
+            }
+            let turned = match rotation {
+                Rotation::None => (*image).clone(),
+                _ => {
+                    let image = image.clone();
+                    tokio::task::spawn_blocking(move || image.rotated(rotation))
+                        .await
+                        .map_err(|_| Error::WorkerGone)??
+                }
+            };
+            let features = self.extract(ticket, annot, turned, config).await?;
+            Progress::add(&progress.extracted, 1);
+            let features = AnnotFeatures {
+                key: key_for(chip.clone(), rotation),
+                features: Arc::new(features),
+            };
+            self.keep(&features).await;
+            *slot = Some(features);
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Fills the empty slots of `found` from memory or the store; whether all are filled.
+    async fn recall(
+        &self,
+        found: &mut [Option<AnnotFeatures>],
+        rotations: &[Rotation],
+        key: impl Fn(Rotation) -> FeatureKey,
+    ) -> bool {
+        for (slot, &rotation) in found.iter_mut().zip(rotations) {
+            if slot.is_none() {
+                *slot = self.remembered(&key(rotation)).await;
+            }
+        }
+        found.iter().all(Option::is_some)
+    }
+
+    /// One chip's features, computed on the model worker in the request's lane.
+    async fn extract(
+        &self,
+        ticket: &Ticket,
+        annot: &Annot,
+        image: wbia_lightglue_model::RgbImage,
+        config: &Config,
+    ) -> Result<wbia_lightglue_model::Features> {
         let started = Instant::now();
         let features = self
             .worker
@@ -413,12 +550,6 @@ impl Engine {
                 other => other,
             })?;
         self.stage_seconds.extract.since(started);
-        Progress::add(&progress.extracted, 1);
-        let features = AnnotFeatures {
-            key,
-            features: Arc::new(features),
-        };
-        self.keep(&features).await;
         Ok(features)
     }
 

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use uuid::Uuid;
+use wbia_lightglue_model::Rotation;
 
 /// One database annotation's score against the query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -11,6 +12,10 @@ pub struct ScoredAnnot {
     pub score: f32,
     /// The individual's name, when WBIA knows it.
     pub name: Option<String>,
+    /// Clockwise turn of the query chip that gave the score (the rotation sweep).
+    pub rotation: Rotation,
+    /// P(same individual) from the configuration's calibration, when it has one.
+    pub calibrated: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -19,6 +24,8 @@ pub struct NameScore {
     pub score: f32,
     /// The annotation that gave the name its score.
     pub best_annot: Uuid,
+    /// Its calibrated score, when the configuration has a calibration.
+    pub calibrated: Option<f64>,
 }
 
 /// Results for one query annotation.
@@ -50,6 +57,7 @@ pub fn rank(query: Uuid, scored: Vec<ScoredAnnot>) -> QueryResult {
                 name: name.clone(),
                 score: s.score,
                 best_annot: s.annot,
+                calibrated: s.calibrated,
             });
         }
     }
@@ -68,34 +76,24 @@ mod tests {
         Uuid::from_u128(n)
     }
 
+    fn scored(n: u128, score: f32, name: Option<String>) -> ScoredAnnot {
+        ScoredAnnot {
+            annot: u(n),
+            score,
+            name,
+            rotation: Rotation::None,
+            calibrated: None,
+        }
+    }
+
     #[test]
     fn ranks_drops_self_and_takes_max_per_name() {
         let scored = vec![
-            ScoredAnnot {
-                annot: u(1),
-                score: 99.0,
-                name: Some("a".into()),
-            },
-            ScoredAnnot {
-                annot: u(2),
-                score: 5.0,
-                name: Some("b".into()),
-            },
-            ScoredAnnot {
-                annot: u(3),
-                score: 40.0,
-                name: Some("b".into()),
-            },
-            ScoredAnnot {
-                annot: u(4),
-                score: 10.0,
-                name: None,
-            },
-            ScoredAnnot {
-                annot: u(5),
-                score: 20.0,
-                name: Some("a".into()),
-            },
+            scored(1, 99.0, Some("a".into())),
+            scored(2, 5.0, Some("b".into())),
+            scored(3, 40.0, Some("b".into())),
+            scored(4, 10.0, None),
+            scored(5, 20.0, Some("a".into())),
         ];
         let r = rank(u(1), scored);
         let order: Vec<u128> = r.ranked.iter().map(|s| s.annot.as_u128()).collect();

@@ -44,6 +44,54 @@ impl RgbImage {
     }
 }
 
+/// A clockwise quarter turn of an image. The rotation sweep matches a query chip at each,
+/// because neither ALIKED-n16's descriptors nor LightGlue's positional encoding are
+/// rotation-invariant: a chip turned by 90° scores like an impostor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Rotation {
+    #[default]
+    None,
+    Cw90,
+    Cw180,
+    Cw270,
+}
+
+impl Rotation {
+    /// Every quarter turn, the unrotated first.
+    pub const ALL: [Self; 4] = [Self::None, Self::Cw90, Self::Cw180, Self::Cw270];
+
+    /// Clockwise degrees: 0, 90, 180 or 270.
+    pub fn degrees(self) -> u16 {
+        match self {
+            Self::None => 0,
+            Self::Cw90 => 90,
+            Self::Cw180 => 180,
+            Self::Cw270 => 270,
+        }
+    }
+}
+
+impl serde::Serialize for Rotation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u16(self.degrees())
+    }
+}
+
+impl RgbImage {
+    /// This image turned clockwise by `rotation` (width and height swap at 90° and 270°).
+    pub fn rotated(&self, rotation: Rotation) -> Result<RgbImage> {
+        let orientation = match rotation {
+            Rotation::None => return Ok(self.clone()),
+            Rotation::Cw90 => Orientation::Rotate90,
+            Rotation::Cw180 => Orientation::Rotate180,
+            Rotation::Cw270 => Orientation::Rotate270,
+        };
+        let rgb = image::RgbImage::from_raw(self.width, self.height, self.data.clone())
+            .ok_or_else(|| Error::Decode("pixel buffer does not match its size".into()))?;
+        oriented(rgb, orientation)
+    }
+}
+
 /// Decodes JPEG or PNG bytes into RGB exactly as the reference's `cv2.imread(path,
 /// IMREAD_COLOR)` then BGR → RGB does: EXIF orientation applied (JPEG APP1, PNG eXIf), grey
 /// replicated, alpha dropped (not blended), palettes expanded, 16-bit samples cut to their high
@@ -458,6 +506,44 @@ mod tests {
             assert_eq!(k.len() % 2, 1);
             assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         }
+    }
+
+    /// Each quarter turn moves a marked pixel where a clockwise turn puts it, on a
+    /// non-square image, and four of them give the image back.
+    #[test]
+    fn quarter_turns_are_clockwise() {
+        let (w, h) = (5u32, 3u32);
+        let mut data = vec![0u8; (w * h * 3) as usize];
+        // Top-left pixel red, the one right of it green.
+        data[..3].copy_from_slice(&[255, 0, 0]);
+        data[3..6].copy_from_slice(&[0, 255, 0]);
+        let image = RgbImage::new(w, h, data).unwrap();
+        let px = |im: &RgbImage, x: u32, y: u32| {
+            let i = ((y * im.width + x) * 3) as usize;
+            [im.data[i], im.data[i + 1], im.data[i + 2]]
+        };
+        let r90 = image.rotated(Rotation::Cw90).unwrap();
+        assert_eq!((r90.width, r90.height), (3, 5));
+        // Clockwise: the top-left corner goes to the top-right, the row runs downwards.
+        assert_eq!(px(&r90, 2, 0), [255, 0, 0]);
+        assert_eq!(px(&r90, 2, 1), [0, 255, 0]);
+        let r180 = image.rotated(Rotation::Cw180).unwrap();
+        assert_eq!((r180.width, r180.height), (5, 3));
+        assert_eq!(px(&r180, 4, 2), [255, 0, 0]);
+        assert_eq!(px(&r180, 3, 2), [0, 255, 0]);
+        let r270 = image.rotated(Rotation::Cw270).unwrap();
+        assert_eq!(px(&r270, 0, 4), [255, 0, 0]);
+        assert_eq!(px(&r270, 0, 3), [0, 255, 0]);
+        let mut back = image.clone();
+        for _ in 0..4 {
+            back = back.rotated(Rotation::Cw90).unwrap();
+        }
+        assert_eq!(back.data, image.data);
+        assert_eq!(
+            Rotation::ALL.map(Rotation::degrees),
+            [0, 90, 180, 270],
+            "degrees"
+        );
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod weights;
 pub use aliked::{Aliked, AlikedConfig, DetectOptions, Features};
 pub use device::{device_name, parse_device};
 pub use error::{Error, Result};
-pub use image::{decode_image, load_image, RgbImage};
+pub use image::{decode_image, load_image, RgbImage, Rotation};
 pub use lightglue::{LightGlue, MatchOptions, MatchResult, Precision};

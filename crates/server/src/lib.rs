@@ -642,7 +642,7 @@ pub async fn compute(
     let own_progress = Progress::default();
     let scores = state
         .engine
-        .identify(
+        .identify_with_rotations(
             ticket,
             &source,
             &annots(queries),
@@ -662,10 +662,15 @@ pub async fn compute(
                 .iter()
                 .filter(|d| *d != q)
                 .zip(scores)
-                .map(|(d, score)| ScoredAnnot {
+                .map(|(d, pair)| ScoredAnnot {
                     annot: *d,
-                    score,
+                    score: pair.score,
                     name: names[index(d)].clone(),
+                    rotation: pair.rotation,
+                    calibrated: config
+                        .calibration
+                        .as_ref()
+                        .map(|c| c.probability(pair.score)),
                 })
                 .collect();
             rank(*q, scored)
@@ -699,14 +704,28 @@ fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError>
     ))
 }
 
-fn query_json(r: &QueryResult) -> Value {
-    let annot = |s: &ScoredAnnot| json!({"dannot_uuid": fancy_uuid(&s.annot), "score": s.score, "dname": s.name});
-    json!({
-        "qannot_uuid": fancy_uuid(&r.query),
-        "best": r.best().map(annot),
-        "ranked": r.ranked.iter().map(annot).collect::<Vec<_>>(),
-        "name_scores": r.name_scores.iter().map(|n| json!({
-            "name": n.name, "score": n.score, "dannot_uuid": fancy_uuid(&n.best_annot)
-        })).collect::<Vec<_>>(),
-    })
+/// One query's answer, in the documented shape.
+fn query_json(r: &QueryResult) -> openapi::QueryResult {
+    let annot = |s: &ScoredAnnot| openapi::ScoredAnnotation {
+        dannot_uuid: (&s.annot).into(),
+        score: s.score,
+        calibrated_score: s.calibrated,
+        rotation: s.rotation.degrees(),
+        dname: s.name.clone(),
+    };
+    openapi::QueryResult {
+        qannot_uuid: (&r.query).into(),
+        best: r.best().map(annot),
+        ranked: r.ranked.iter().map(annot).collect(),
+        name_scores: r
+            .name_scores
+            .iter()
+            .map(|n| openapi::NameScore {
+                name: n.name.clone(),
+                score: n.score,
+                calibrated_score: n.calibrated,
+                dannot_uuid: (&n.best_annot).into(),
+            })
+            .collect(),
+    }
 }

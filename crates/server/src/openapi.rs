@@ -62,6 +62,12 @@ pub struct ScoredAnnotation {
     pub dannot_uuid: FancyUuid,
     /// Sum of LightGlue match confidences.
     pub score: f32,
+    /// P(same individual) from the configuration's `calibration` (`evaluate --calibrate`);
+    /// null without one.
+    pub calibrated_score: Option<f64>,
+    /// Clockwise degrees the query chip was turned to give `score`: 0, or 90/180/270 with
+    /// the configuration's `rotation_sweep` on.
+    pub rotation: u16,
     /// The individual's name, when WBIA knows it.
     pub dname: Option<String>,
 }
@@ -71,6 +77,8 @@ pub struct NameScore {
     pub name: String,
     /// The best score among the name's annotations (the plugin's max).
     pub score: f32,
+    /// That annotation's calibrated score (null without a calibration).
+    pub calibrated_score: Option<f64>,
     pub dannot_uuid: FancyUuid,
 }
 

@@ -291,21 +291,24 @@ pub fn render(v: &impl Serialize) -> String {
 
 /// `make_inference`: one review pair for each of the top 4 individuals, with
 /// `p_same = expit(2·score − 1.5)` and confidence `(2·|0.5 − p_same|)²`, least confident first.
+/// WBIA's formula expects scores near [0, 1]; LightGlue's raw sums (tens to hundreds) make
+/// nearly every `p_same` 1, so with a calibration in the configuration `p_same` is the
+/// calibrated score instead.
 fn inference(q: Uuid, r: &QueryResult) -> Inference {
-    let mut individuals: Vec<(Uuid, f32)> = r
+    let mut individuals: Vec<(Uuid, f32, Option<f64>)> = r
         .name_scores
         .iter()
-        .map(|n| (n.best_annot, n.score))
+        .map(|n| (n.best_annot, n.score, n.calibrated))
         .collect();
     for s in r.ranked.iter().filter(|s| s.name.is_none()) {
-        individuals.push((s.annot, s.score));
+        individuals.push((s.annot, s.score, s.calibrated));
     }
     individuals.sort_by(|a, b| b.1.total_cmp(&a.1));
     individuals.truncate(REVIEW_PAIRS);
     let mut pairs: Vec<(ReviewPair, f64)> = individuals
         .iter()
-        .map(|&(d, score)| {
-            let p = 1.0 / (1.0 + (-(2.0 * score as f64 - 1.5)).exp());
+        .map(|&(d, score, calibrated)| {
+            let p = calibrated.unwrap_or_else(|| 1.0 / (1.0 + (-(2.0 * score as f64 - 1.5)).exp()));
             let confidence = (2.0 * (0.5 - p).abs()).powi(2);
             let pair = ReviewPair {
                 annot_uuid_key: (&q).into(),
