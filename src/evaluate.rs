@@ -12,12 +12,15 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use wbia_lightglue_engine::evaluate::{evaluate, Evaluation};
-use wbia_lightglue_engine::{
-    Annot, ChipSource, Config, Engine, EngineOptions, Error as EngineError, Progress, SourceError,
-    WbiaChip,
+use wbia_lightglue_engine::evaluate::{
+    check_calibration, evaluate, labelled_pairs, ranking, CalibrationCheck, Evaluation,
+    ScoreSummary,
 };
-use wbia_lightglue_model::{weights, Precision};
+use wbia_lightglue_engine::{
+    Annot, Calibration, ChipSource, Config, Engine, EngineOptions, Error as EngineError, Progress,
+    SourceError, WbiaChip,
+};
+use wbia_lightglue_model::{decode_image, render, weights, Precision, Rotation};
 
 use crate::{MatcherArgs, ModelArgs};
 
@@ -42,6 +45,27 @@ pub struct EvaluateArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Read the settings from this configuration file (the service's JSON: `model_name`,
+    /// thresholds, `rotation_sweep`, `calibration`) instead of the model and matcher flags.
+    /// With a calibration in it, the calibrated scores are checked on this set.
+    #[arg(long, value_name = "CONFIG.json")]
+    config: Option<PathBuf>,
+    /// Also match each query turned by 90°, 180° and 270° and keep each pair's best score.
+    #[arg(long)]
+    rotation_sweep: bool,
+    /// Fit a calibration (raw score → probability of the same identity) on this set's pairs
+    /// and write the configuration with it to this file, for the service's configuration
+    /// directory.
+    #[arg(long, value_name = "OUT.json")]
+    calibrate: Option<PathBuf>,
+    /// For each query whose best candidate is another identity, save a picture of its top
+    /// candidates (matches drawn), and of its best same-identity candidate below them, in
+    /// this folder.
+    #[arg(long, value_name = "DIR")]
+    png: Option<PathBuf>,
+    /// Candidates per `--png` picture.
+    #[arg(long, default_value_t = 3, requires = "png")]
+    png_candidates: usize,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -246,22 +270,35 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     if items.len() < 2 {
         bail!("need at least two labelled images, got {}", items.len());
     }
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_json(&text, &path.display().to_string())?
+        }
+        None => {
+            let lg = args.matcher.options();
+            Config {
+                model_name: args.model.model_name.clone(),
+                max_num_keypoints: args.model.max_keypoints,
+                detection_threshold: as_written(args.model.detection_threshold),
+                image_size: args.model.image_size,
+                depth_confidence: as_written(lg.depth_confidence),
+                width_confidence: as_written(lg.width_confidence),
+                filter_threshold: as_written(lg.filter_threshold),
+                ..Config::default()
+            }
+        }
+    };
+    config.rotation_sweep |= args.rotation_sweep;
+    config.validate()?;
     // Weights are looked for now, so that a missing file is named before any work.
-    let arch = args.model.aliked_variant()?;
+    let arch = config.aliked_variant()?;
     weights::find_weights(args.model.weights.as_deref(), arch.weights_file)?;
     weights::find_weights(args.model.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
-    let lg = args.matcher.options();
-    let config = Config {
-        model_name: args.model.model_name.clone(),
-        max_num_keypoints: args.model.max_keypoints,
-        detection_threshold: args.model.detection_threshold as f64,
-        image_size: args.model.image_size,
-        depth_confidence: lg.depth_confidence as f64,
-        width_confidence: lg.width_confidence as f64,
-        filter_threshold: lg.filter_threshold as f64,
-        ..Config::default()
-    };
-    config.validate()?;
+    if let Some(dir) = &args.png {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let device = args.model.runtime.open()?;
     if args.model.runtime.precision == Precision::Bf16 && device.is_cpu() {
         bail!("--precision bf16 needs a CUDA device; use f16 or f32 on the CPU");
@@ -304,13 +341,15 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     };
     let progress = bar(pairs, "match");
     let mut scores = vec![vec![0f32; n]; n];
+    // The query turn that gave each score, as seen from the row's item.
+    let mut turns = vec![vec![Rotation::None; n]; n];
     for (i, others) in later.iter().enumerate() {
         if others.is_empty() {
             continue;
         }
         let database: Vec<Annot> = others.iter().map(|&j| annot(j)).collect();
         let got = engine
-            .identify(
+            .identify_with_rotations(
                 &ticket,
                 &chips,
                 &[annot(i)],
@@ -326,9 +365,12 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
             got[0].len(),
             others.len()
         );
-        for (&j, &s) in others.iter().zip(&got[0]) {
-            scores[i][j] = s;
-            scores[j][i] = s;
+        for (&j, s) in others.iter().zip(&got[0]) {
+            scores[i][j] = s.score;
+            scores[j][i] = s.score;
+            turns[i][j] = s.rotation;
+            // Turning i one way against j is turning j the other way against i.
+            turns[j][i] = s.rotation.inverse();
         }
         progress.inc(others.len() as u64);
     }
@@ -342,14 +384,186 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
             .collect()
     });
     let result = evaluate(&scores, &identities, groups.as_deref());
-    print(&result, args.json)
+    let pairs = labelled_pairs(&scores, &identities, groups.as_deref());
+    let checked = config
+        .calibration
+        .as_ref()
+        .map(|c| check_calibration(c, &pairs));
+    let fitted = match &args.calibrate {
+        Some(out) => {
+            let calibration = Calibration::fit(&pairs)?;
+            let saved = Config {
+                calibration: Some(calibration.clone()),
+                ..config.clone()
+            };
+            std::fs::write(out, serde_json::to_string_pretty(&saved)? + "\n")
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("calibration written to {}", out.display());
+            Some((calibration.clone(), check_calibration(&calibration, &pairs)))
+        }
+        None => None,
+    };
+    if let Some(dir) = &args.png {
+        let pictures = Pictures {
+            engine: &engine,
+            chips: &chips,
+            config: &config,
+            items: &items,
+            annot: &annot,
+        };
+        let saved = pictures
+            .failures(dir, &scores, &turns, groups.as_deref(), args.png_candidates)
+            .await?;
+        eprintln!("{saved} pictures of failed queries in {}", dir.display());
+    }
+    let report = Report {
+        evaluation: &result,
+        calibration_check: checked.as_ref(),
+        fitted_calibration: fitted.as_ref().map(|f| &f.0),
+        fitted_calibration_check: fitted.as_ref().map(|f| &f.1),
+    };
+    print(&report, args.json)
 }
 
-fn print(e: &Evaluation, json: bool) -> Result<()> {
+/// What `evaluate` prints.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    evaluation: &'a Evaluation,
+    /// The configuration's calibration, scored on this set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibration_check: Option<&'a CalibrationCheck>,
+    /// The calibration `--calibrate` fitted, and how it fits the set it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fitted_calibration: Option<&'a Calibration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fitted_calibration_check: Option<&'a CalibrationCheck>,
+}
+
+/// What `--png` needs to draw a query's candidates.
+struct Pictures<'a, F: Fn(usize) -> Annot> {
+    engine: &'a Engine,
+    chips: &'a EvalChips,
+    config: &'a Config,
+    items: &'a [Item],
+    annot: &'a F,
+}
+
+impl<F: Fn(usize) -> Annot> Pictures<'_, F> {
+    /// One PNG per query whose best candidate is another identity: its top `top` candidates
+    /// and, when it has one further down, its best same-identity candidate; each panel the
+    /// query (turned as its score was found) beside the candidate with the matches drawn.
+    async fn failures(
+        &self,
+        dir: &Path,
+        scores: &[Vec<f32>],
+        turns: &[Vec<Rotation>],
+        groups: Option<&[String]>,
+        top: usize,
+    ) -> Result<usize> {
+        let mut saved = 0;
+        for (i, item) in self.items.iter().enumerate() {
+            let ranked = ranking(scores, i, groups);
+            let same = |j: &usize| self.items[*j].identity == item.identity;
+            let Some(first_hit) = ranked.iter().position(same) else {
+                continue;
+            };
+            if first_hit == 0 {
+                continue;
+            }
+            let mut shown: Vec<usize> = (0..ranked.len().min(top.max(1))).collect();
+            if first_hit >= shown.len() {
+                shown.push(first_hit);
+            }
+            let mut panels = Vec::with_capacity(shown.len());
+            for rank in shown {
+                let j = ranked[rank];
+                let candidate = &self.items[j];
+                let verdict = if same(&j) { "same" } else { "other" };
+                let label = format!(
+                    "{} (id {}) rank {}: {} (id {}, {verdict}) score {:.2} turn {}",
+                    item.label,
+                    item.identity,
+                    rank + 1,
+                    candidate.label,
+                    candidate.identity,
+                    scores[i][j],
+                    turns[i][j].degrees()
+                );
+                panels.push((label, self.panel(i, j, turns[i][j]).await?));
+            }
+            let picture = render::labelled_column(&panels)?;
+            let name = format!("{:04}-{}.png", i, sanitize(&item.label));
+            let path = dir.join(name);
+            std::fs::write(&path, render::encode_png(&picture)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            saved += 1;
+        }
+        Ok(saved)
+    }
+
+    /// The query (item `i`, turned) beside candidate `j`, with their matches.
+    async fn panel(
+        &self,
+        i: usize,
+        j: usize,
+        turn: Rotation,
+    ) -> Result<wbia_lightglue_model::RgbImage> {
+        let (q, d) = ((self.annot)(i), (self.annot)(j));
+        let pair = self
+            .engine
+            .match_pair(self.chips, &q, &d, self.config, turn)
+            .await?;
+        let image = |uuid| async move {
+            let bytes = self
+                .chips
+                .chip(uuid)
+                .await
+                .map_err(|e| anyhow::anyhow!("chip of {uuid}: {e}"))?;
+            Ok::<_, anyhow::Error>(decode_image(&bytes)?)
+        };
+        let query = image(q.uuid).await?.rotated(turn)?;
+        let candidate = image(d.uuid).await?;
+        Ok(render::draw_matches(
+            &query,
+            &pair.query,
+            &candidate,
+            &pair.database,
+            &pair.result,
+            PICTURE_HEIGHT,
+        )?)
+    }
+}
+
+/// The f64 that prints as the f32 does (0.95, not 0.949999988079071), so a configuration
+/// written by `--calibrate` reads as the flags were given.
+fn as_written(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
+/// Height of each `--png` panel.
+const PICTURE_HEIGHT: usize = 360;
+
+/// A file name from a label: letters, digits, `-`, `_` and `.` kept, the rest `_`.
+fn sanitize(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn print(report: &Report, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(e)?);
+        println!("{}", serde_json::to_string(report)?);
         return Ok(());
     }
+    let e = report.evaluation;
     println!(
         "queries: {} ({} with a same-identity candidate)",
         e.queries, e.queries_with_match
@@ -358,5 +572,33 @@ fn print(e: &Evaluation, json: bool) -> Result<()> {
         println!("CMC@{rank:<2} {:.4}", value);
     }
     println!("mAP    {:.4}", e.mean_average_precision);
+    let range = |what: &str, s: &Option<ScoreSummary>| {
+        if let Some(s) = s {
+            println!(
+                "{what} raw scores ({} pairs): min {:.2}, median {:.2}, p95 {:.2}, max {:.2}",
+                s.pairs, s.min, s.median, s.p95, s.max
+            );
+        }
+    };
+    range("same-identity", &e.genuine_scores);
+    range("other-identity", &e.impostor_scores);
+    let check = |what: &str, c: &CalibrationCheck| {
+        println!(
+            "{what}: Brier {:.4} (prior alone {:.4}), log loss {:.4}, mean p same-identity \
+             {:.3}, other-identity {:.3}",
+            c.brier, c.brier_of_prior, c.log_loss, c.mean_genuine, c.mean_impostor
+        );
+    };
+    if let Some(c) = report.calibration_check {
+        check("configured calibration on this set", c);
+    }
+    if let (Some(fit), Some(c)) = (report.fitted_calibration, report.fitted_calibration_check) {
+        println!(
+            "fitted calibration: p = 1 / (1 + exp(-({:.4} * ln(1 + score) + {:.4}))) on {} \
+             same- and {} other-identity pairs",
+            fit.slope, fit.intercept, fit.genuine_pairs, fit.impostor_pairs
+        );
+        check("fitted calibration on this set", c);
+    }
     Ok(())
 }

@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 
+use crate::Calibration;
+
 pub const CMC_RANKS: [usize; 4] = [1, 5, 10, 20];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -17,6 +19,109 @@ pub struct Evaluation {
     /// (rank, fraction of queries with a hit within it).
     pub cmc: Vec<(usize, f64)>,
     pub mean_average_precision: f64,
+    /// Raw scores of the comparable same-identity pairs (each pair once).
+    pub genuine_scores: Option<ScoreSummary>,
+    /// Raw scores of the comparable different-identity pairs.
+    pub impostor_scores: Option<ScoreSummary>,
+}
+
+/// The spread of a set of raw scores.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoreSummary {
+    pub pairs: usize,
+    pub min: f32,
+    pub median: f32,
+    /// 95th percentile (nearest rank).
+    pub p95: f32,
+    pub max: f32,
+}
+
+impl ScoreSummary {
+    pub fn of(scores: &[f32]) -> Option<Self> {
+        let mut sorted = scores.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let n = sorted.len();
+        let at = |q: f64| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+        (n > 0).then(|| Self {
+            pairs: n,
+            min: sorted[0],
+            median: at(0.5),
+            p95: at(0.95),
+            max: sorted[n - 1],
+        })
+    }
+}
+
+/// Every comparable pair once (i < j, same group when groups are given), with its raw
+/// score and whether both sides are the same identity: what a calibration is fitted on.
+pub fn labelled_pairs(
+    scores: &[Vec<f32>],
+    identities: &[String],
+    groups: Option<&[String]>,
+) -> Vec<(f32, bool)> {
+    let n = identities.len();
+    (0..n)
+        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+        .filter(|&(i, j)| groups.is_none_or(|g| g[i] == g[j]))
+        .map(|(i, j)| (scores[i][j], identities[i] == identities[j]))
+        .collect()
+}
+
+/// The candidates of query `i`, best first (ties in index order), restricted to its group.
+pub fn ranking(scores: &[Vec<f32>], i: usize, groups: Option<&[String]>) -> Vec<usize> {
+    let mut candidates: Vec<usize> = (0..scores.len())
+        .filter(|&j| j != i && groups.is_none_or(|g| g[j] == g[i]))
+        .collect();
+    // argsort(-row), stable for ties.
+    candidates.sort_by(|&a, &b| scores[i][b].total_cmp(&scores[i][a]));
+    candidates
+}
+
+/// How well a calibration's probabilities fit a labelled set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CalibrationCheck {
+    pub pairs: usize,
+    /// Mean squared error of the probabilities (0 is perfect).
+    pub brier: f64,
+    /// The Brier score of always answering this set's genuine share: what a useful
+    /// calibration beats.
+    pub brier_of_prior: f64,
+    /// Mean cross-entropy, probabilities clamped to [1e-12, 1 - 1e-12].
+    pub log_loss: f64,
+    pub mean_genuine: f64,
+    pub mean_impostor: f64,
+}
+
+/// Scores `calibration` on labelled pairs (usually not the ones it was fitted on).
+pub fn check_calibration(calibration: &Calibration, pairs: &[(f32, bool)]) -> CalibrationCheck {
+    let n = pairs.len().max(1) as f64;
+    let genuine = pairs.iter().filter(|p| p.1).count();
+    let share = genuine as f64 / n;
+    let (mut brier, mut log_loss, mut sum_genuine, mut sum_impostor) = (0.0, 0.0, 0.0, 0.0);
+    for &(score, same) in pairs {
+        let p = calibration.probability(score);
+        let target = f64::from(u8::from(same));
+        brier += (p - target).powi(2);
+        let clamped = p.clamp(1e-12, 1.0 - 1e-12);
+        log_loss -= if same {
+            clamped.ln()
+        } else {
+            (1.0 - clamped).ln()
+        };
+        if same {
+            sum_genuine += p;
+        } else {
+            sum_impostor += p;
+        }
+    }
+    CalibrationCheck {
+        pairs: pairs.len(),
+        brier: brier / n,
+        brier_of_prior: share * (1.0 - share),
+        log_loss: log_loss / n,
+        mean_genuine: sum_genuine / genuine.max(1) as f64,
+        mean_impostor: sum_impostor / (pairs.len() - genuine).max(1) as f64,
+    }
 }
 
 /// `scores[i][j]`: score of annotation i against j (the diagonal is ignored);
@@ -27,14 +132,13 @@ pub fn evaluate(
     groups: Option<&[String]>,
 ) -> Evaluation {
     let n = identities.len();
+    let pairs = labelled_pairs(scores, identities, groups);
+    let split =
+        |same: bool| -> Vec<f32> { pairs.iter().filter(|p| p.1 == same).map(|p| p.0).collect() };
     let mut hits = [0usize; CMC_RANKS.len()];
     let (mut ap_sum, mut with_match) = (0.0f64, 0usize);
     for i in 0..n {
-        let mut candidates: Vec<usize> = (0..n)
-            .filter(|&j| j != i && groups.is_none_or(|g| g[j] == g[i]))
-            .collect();
-        // argsort(-row), stable for ties.
-        candidates.sort_by(|&a, &b| scores[i][b].total_cmp(&scores[i][a]));
+        let candidates = ranking(scores, i, groups);
         let relevant: Vec<bool> = candidates
             .iter()
             .map(|&j| identities[j] == identities[i])
@@ -70,6 +174,8 @@ pub fn evaluate(
         } else {
             ap_sum / with_match as f64
         },
+        genuine_scores: ScoreSummary::of(&split(true)),
+        impostor_scores: ScoreSummary::of(&split(false)),
     }
 }
 
@@ -96,6 +202,14 @@ mod tests {
         assert_eq!(e.cmc[1], (5, 1.0));
         // AP: a0 → 1/2, others 1.
         assert!((e.mean_average_precision - 3.5 / 4.0).abs() < 1e-12);
+        // Genuine pairs (0,1) and (2,3); impostors (0,2) (0,3) (1,2) (1,3).
+        let g = e.genuine_scores.unwrap();
+        assert_eq!((g.pairs, g.min, g.median, g.max), (2, 5.0, 5.0, 8.0));
+        let i = e.impostor_scores.unwrap();
+        assert_eq!(
+            (i.pairs, i.min, i.median, i.p95, i.max),
+            (4, 1.0, 1.0, 9.0, 9.0)
+        );
     }
 
     #[test]
@@ -114,5 +228,17 @@ mod tests {
         let e = evaluate(&scores, &ids(&["a", "a", "c"]), Some(&groups));
         assert_eq!(e.cmc[0].1, 2.0 / 3.0);
         assert_eq!(e.mean_average_precision, 1.0);
+    }
+
+    #[test]
+    fn calibration_check_against_the_prior() {
+        let pairs = [(100.0, true), (2.0, false), (3.0, false), (1.0, false)];
+        let c = Calibration::fit(&pairs).unwrap();
+        let check = check_calibration(&c, &pairs);
+        assert_eq!(check.pairs, 4);
+        assert!((check.brier_of_prior - 0.1875).abs() < 1e-12);
+        assert!(check.brier < check.brier_of_prior);
+        assert!(check.mean_genuine > 0.5 && check.mean_impostor < 0.5);
+        assert!(check.log_loss > 0.0);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use wbia_lightglue_model::{Features, MatchResult};
+use wbia_lightglue_model::{Features, MatchResult, Rotation};
 
 use crate::worker::Job;
 use crate::{Annot, ChipSource, Config, Engine, Progress, Result};
@@ -30,22 +30,26 @@ pub struct PairMatches {
 }
 
 impl Engine {
-    /// Matches `query` against `database` under `config`, keeping the matches. Admitted as a
-    /// request of one pair (so it can be refused as busy); features computed here are cached
-    /// and stored as identification's are, and theirs are reused.
+    /// Matches `query`, its chip turned clockwise by `rotation`, against `database` under
+    /// `config`, keeping the matches (query keypoints are in the turned chip's pixels).
+    /// Admitted as a request of one pair (so it can be refused as busy); features computed
+    /// here are cached and stored as identification's are, and theirs are reused.
     pub async fn match_pair<S: ChipSource>(
         &self,
         source: &S,
         query: &Annot,
         database: &Annot,
         config: &Config,
+        rotation: Rotation,
     ) -> Result<PairMatches> {
         let ticket = self.admit(1)?;
         let progress = Progress::default();
-        let (q, d) = tokio::try_join!(
-            self.features_of(&ticket, source, query, config, &progress),
+        let turn = [rotation];
+        let (mut q, d) = tokio::try_join!(
+            self.features_at(&ticket, source, query, config, &progress, &turn),
             self.features_of(&ticket, source, database, config, &progress),
         )?;
+        let q = q.remove(0);
         let started = Instant::now();
         let result = self
             .worker

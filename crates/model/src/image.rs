@@ -60,6 +60,15 @@ impl Rotation {
     /// Every quarter turn, the unrotated first.
     pub const ALL: [Self; 4] = [Self::None, Self::Cw90, Self::Cw180, Self::Cw270];
 
+    /// The turn that undoes this one.
+    pub fn inverse(self) -> Self {
+        match self {
+            Self::Cw90 => Self::Cw270,
+            Self::Cw270 => Self::Cw90,
+            same => same,
+        }
+    }
+
     /// Clockwise degrees: 0, 90, 180 or 270.
     pub fn degrees(self) -> u16 {
         match self {
@@ -539,6 +548,13 @@ mod tests {
             back = back.rotated(Rotation::Cw90).unwrap();
         }
         assert_eq!(back.data, image.data);
+        for r in Rotation::ALL {
+            let undone = image.rotated(r).unwrap().rotated(r.inverse()).unwrap();
+            assert_eq!(
+                (undone.width, undone.height, undone.data),
+                (w, h, image.data.clone())
+            );
+        }
         assert_eq!(
             Rotation::ALL.map(Rotation::degrees),
             [0, 90, 180, 270],

@@ -182,12 +182,18 @@ pub fn draw_matches(
 /// legible on the picture (each 5×7 glyph pixel is `k`×`k`, `k` growing with the height).
 fn draw_caption(canvas: &mut Canvas, text: &str) {
     let k = (canvas.height() / 200).clamp(1, 4) as i32;
+    draw_text(canvas, 0, text, k);
+}
+
+/// `text` in white on a black box from the left edge at height `top`, glyph pixels `k`×`k`;
+/// the box's height.
+fn draw_text(canvas: &mut Canvas, top: i32, text: &str, k: i32) -> i32 {
     let pad = 2 * k;
     let chars = text.chars().count() as i32;
-    let (w, h) = (chars * 6 * k - k + 2 * pad, 7 * k + 2 * pad);
+    let (w, h) = ((chars * 6 * k - k).max(0) + 2 * pad, 7 * k + 2 * pad);
     draw_filled_rect_mut(
         canvas,
-        Rect::at(0, 0).of_size(w as u32, h as u32),
+        Rect::at(0, top).of_size(w as u32, h as u32),
         Rgb([0; 3]),
     );
     for (n, ch) in text.chars().enumerate() {
@@ -195,13 +201,44 @@ fn draw_caption(canvas: &mut Canvas, text: &str) {
         for (row, bits) in glyph(ch).iter().enumerate() {
             for col in 0..5 {
                 if bits & (0b10000 >> col) != 0 {
-                    let (x, y) = (x0 + col * k, pad + row as i32 * k);
+                    let (x, y) = (x0 + col * k, top + pad + row as i32 * k);
                     let dot = Rect::at(x, y).of_size(k as u32, k as u32);
                     draw_filled_rect_mut(canvas, dot, Rgb([255; 3]));
                 }
             }
         }
     }
+    h
+}
+
+/// Glyph pixel size of [`labelled_column`]'s labels.
+const LABEL_SCALE: i32 = 2;
+
+/// Pictures one under another on white, left-aligned, [`GAP`] apart, each under its label
+/// (white on black, one line): how `evaluate --png` shows a query's top candidates.
+pub fn labelled_column(panels: &[(String, RgbImage)]) -> Result<RgbImage> {
+    let label_height = (7 + 4) * LABEL_SCALE as u32;
+    let width = panels
+        .iter()
+        .map(|(label, image)| {
+            let text = (label.chars().count() as u32 * 6 + 4) * LABEL_SCALE as u32;
+            image.width.max(text)
+        })
+        .max()
+        .unwrap_or(1);
+    let height: u32 = panels
+        .iter()
+        .map(|(_, image)| label_height + image.height + GAP as u32)
+        .sum::<u32>()
+        .max(1);
+    let mut out = Canvas::from_pixel(width, height, Rgb([255; 3]));
+    let mut top = 0u32;
+    for (label, image) in panels {
+        top += draw_text(&mut out, top as i32, label, LABEL_SCALE) as u32;
+        imageops::replace(&mut out, &canvas_of(image)?, 0, top as i64);
+        top += image.height + GAP as u32;
+    }
+    into_rgb(out)
 }
 
 /// A 5×7 bitmap font for the caption (digits, lowercase letters, a few signs; uppercase is
@@ -252,6 +289,8 @@ fn glyph(ch: char) -> [u8; 7] {
         '+' => [0x00, 0x04, 0x04, 0x1f, 0x04, 0x04, 0x00],
         ':' => [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00],
         '/' => [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00],
+        '_' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1f],
+        '=' => [0x00, 0x00, 0x1f, 0x00, 0x1f, 0x00, 0x00],
         '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
         ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
         _ => [0x0e, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04],
@@ -302,5 +341,40 @@ mod tests {
         let jpeg = encode_jpeg(&both, 90.0).unwrap();
         let decoded = crate::decode_image(&jpeg).unwrap();
         assert_eq!((decoded.width, decoded.height), (both.width, both.height));
+    }
+
+    /// Panels keep their pixels, each below a label band as wide as its text, left-aligned,
+    /// with white elsewhere.
+    #[test]
+    fn labelled_column_stacks_panels_under_their_labels() {
+        let red = RgbImage::new(40, 20, [255, 0, 0].repeat(800)).unwrap();
+        let blue = RgbImage::new(10, 30, [0, 0, 255].repeat(300)).unwrap();
+        let column = labelled_column(&[("a".into(), red), ("b1".into(), blue)]).unwrap();
+        let band = (7 + 4) * LABEL_SCALE as usize;
+        assert_eq!(column.width, 40);
+        assert_eq!(column.height as usize, band + 20 + GAP + band + 30 + GAP);
+        let px = |x: usize, y: usize| &column.data[(y * column.width as usize + x) * 3..][..3];
+        assert_eq!(px(0, 0), [0, 0, 0], "label band");
+        assert_eq!(px(39, band), [255, 0, 0]);
+        assert_eq!(px(39, band + 19), [255, 0, 0]);
+        assert_eq!(px(20, band + 20 + 2), [255, 255, 255], "gap");
+        let second = band + 20 + GAP + band;
+        assert_eq!(px(0, second), [0, 0, 255]);
+        assert_eq!(px(9, second + 29), [0, 0, 255]);
+        assert_eq!(
+            px(20, second + 5),
+            [255, 255, 255],
+            "right of a narrow panel"
+        );
+        // The label's text is drawn: white pixels inside the black band.
+        let white_in_band = (0..band)
+            .flat_map(|y| (0..column.width as usize).map(move |x| (x, y)))
+            .filter(|&(x, y)| px(x, y) == [255, 255, 255])
+            .count();
+        assert!(white_in_band > 0);
+        // A label wider than its panels widens the picture.
+        let small = RgbImage::new(4, 4, vec![0; 48]).unwrap();
+        let wide = labelled_column(&[("a long label".into(), small)]).unwrap();
+        assert_eq!(wide.width, (12 * 6 + 4) * LABEL_SCALE as u32);
     }
 }

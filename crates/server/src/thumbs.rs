@@ -136,6 +136,7 @@ async fn render_thumb(
                 &annot(q, identities.first()),
                 &annot(d, identities.get(1)),
                 config,
+                wbia_lightglue_model::Rotation::None,
             )
             .await
             .map_err(|e| match e {

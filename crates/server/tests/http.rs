@@ -1436,3 +1436,129 @@ async fn job_ids_and_callbacks_are_guarded() {
         .unwrap()
         .contains("callback-hosts"));
 }
+
+/// A configuration with a calibration and the rotation sweep, named by `config_path`: each
+/// ranked annotation carries `calibrated_score` = the calibration's probability of its raw
+/// score and the winning turn (the upright turtles win unturned, at their unswept scores);
+/// without a calibration the field is null. In an engine job, Wildbook's review confidences
+/// come from the calibrated scores: `(2·|0.5 − p|)²`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibrated_and_swept_configs_answer_with_both() {
+    let (wbia, _fake) = fake_wbia(0).await;
+    let (addr, state) = our_server(&format!("http://{wbia}")).await;
+    let calibration = wbia_lightglue_engine::Calibration::fit(&[
+        (137.5, true),
+        (209.4, true),
+        (4.1, false),
+        (6.4, false),
+        (13.4, false),
+    ])
+    .unwrap();
+    let swept = json!({
+        "max_num_keypoints": 512,
+        "rotation_sweep": true,
+        "calibration": calibration,
+    });
+    std::fs::write(state.configs.path().join("swept.json"), swept.to_string()).unwrap();
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let query = |config: Option<&'static str>| {
+        let (client, base) = (&client, &base);
+        async move {
+            let mut fields = vec![
+                ("query_annot_uuid_list", list(&[0xa1])),
+                ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
+                ("pipeline_root", "LightGlue".to_string()),
+            ];
+            if let Some(c) = config {
+                fields.push(("config_path", c.to_string()));
+            }
+            let url = format!("{base}/api/review/query/chip/best/");
+            let (status, body) = post_form(client, &url, &fields).await;
+            assert_eq!(status, 200, "{body}");
+            body["response"]["query_results"][0]["ranked"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let plain = query(None).await;
+    let calibrated = query(Some("swept.json")).await;
+    assert!(plain
+        .iter()
+        .all(|r| r["calibrated_score"].is_null() && r["rotation"] == 0));
+    assert_eq!(uuid_of(&calibrated[0]["dannot_uuid"]), 0xa2);
+    for r in &calibrated {
+        let (score, p) = (
+            r["score"].as_f64().unwrap() as f32,
+            r["calibrated_score"].as_f64().unwrap(),
+        );
+        assert!((p - calibration.probability(score)).abs() < 1e-12, "{r}");
+        assert!(
+            [0, 90, 180, 270].contains(&r["rotation"].as_u64().unwrap()),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        calibrated[0]["rotation"], 0,
+        "the upright genuine turtle wins unturned"
+    );
+    assert_eq!(calibrated[0]["score"], plain[0]["score"]);
+    assert!(calibrated[0]["calibrated_score"].as_f64() > Some(0.5));
+    // Best over four turns: never below the unturned score.
+    for r in &calibrated {
+        let unturned = plain
+            .iter()
+            .find(|p| p["dannot_uuid"] == r["dannot_uuid"])
+            .unwrap();
+        assert!(
+            r["score"].as_f64() >= unturned["score"].as_f64(),
+            "{r} vs {unturned}"
+        );
+    }
+
+    // The engine job: review confidences from the calibrated scores.
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let jobid = "calibrated-job";
+    let resp = client
+        .post(format!("{base}/api/engine/query/graph/"))
+        .form(&[
+            ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([fancy(0xa2), fancy(0xb3), fancy(0xb4)]).to_string(),
+            ),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root":"LightGlue","config_path":"swept.json"}"#.to_string(),
+            ),
+            ("jobid", jobid.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(wait_for_job(&client, &base, jobid).await, "completed");
+    let result = get_json(
+        &client,
+        &format!("{base}/api/engine/job/result/?jobid={jobid}"),
+    )
+    .await;
+    let pairs = &result["response"]["json_result"]["inference_dict"]["annot_pair_dict"];
+    let review = pairs["review_pair_list"].as_array().unwrap();
+    let confidence = pairs["confidence_list"].as_array().unwrap();
+    assert!(!review.is_empty());
+    for (pair, c) in review.iter().zip(confidence) {
+        let d = uuid_of(&pair["annot_uuid_2"]);
+        let score = calibrated
+            .iter()
+            .find(|r| uuid_of(&r["dannot_uuid"]) == d)
+            .unwrap()["score"]
+            .as_f64()
+            .unwrap() as f32;
+        let p = calibration.probability(score);
+        let p_match = pair["prior_matching_state"]["p_match"].as_f64().unwrap();
+        assert!((p_match - p).abs() < 1e-12, "{pair}");
+        assert!((c.as_f64().unwrap() - (2.0 * (0.5 - p).abs()).powi(2)).abs() < 1e-12);
+    }
+}
