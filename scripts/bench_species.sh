@@ -3,14 +3,20 @@
 # a 1-vs-N chip/best query, cold (fresh store: every chip downloaded and extracted) then warm
 # (same query again), wall time and the service's peak RSS, with the metrics that explain them.
 #
-#   scripts/bench_species.sh N [PYTHON]    # PYTHON: one with numpy + opencv (fake WBIA)
+#   scripts/bench_species.sh N [PYTHON] [CONFIG]
+#
+# PYTHON: one with numpy + opencv (for the fake WBIA). CONFIG: the service's config.json
+# (default: none, the plugin's defaults), e.g. '{"rotation_sweep": true}'.
 #
 # Uses target/release/wbia-lightglue (cargo build --release first). Prints one JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:?number of database annotations}"
 py="${2:-python3}"
+config="${3:-}"
 work=$(mktemp -d)
+mkdir -p "$work/config"
+if [ -n "$config" ]; then printf '%s\n' "$config" > "$work/config/config.json"; fi
 wbia_port=5511
 port=5512
 "$py" scripts/fake_wbia.py --port "$wbia_port" --species "$((n + 1))" > "$work/wbia.log" 2>&1 &
@@ -41,10 +47,11 @@ cold=$(run)
 cold_rss=$(rss)
 cold_chips=$(curl -s "http://127.0.0.1:$wbia_port/api/fake/chip_requests/" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["response"])')
 cold_extractions=$(metric wbia_lightglue_extractions_total)
+cold_pairs=$(metric wbia_lightglue_pairs_matched_total)
 warm=$(run)
 warm_chips=$(curl -s "http://127.0.0.1:$wbia_port/api/fake/chip_requests/" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["response"])')
 store_bytes=$(du -sb "$work/data" | cut -f1)
-printf '{"n": %d, "cold_s": %.1f, "cold_peak_rss_mib": %d, "cold_chips_downloaded": %d, "cold_extractions": %d, "warm_s": %.2f, "warm_chips_downloaded": %d, "warm_extractions": %d, "peak_rss_mib": %d, "cache_bytes": %d, "store_bytes": %d}\n' \
-  "$n" "$cold" "$cold_rss" "$cold_chips" "$cold_extractions" "$warm" "$((warm_chips - cold_chips))" \
+printf '{"n": %d, "config": "%s", "cold_s": %.1f, "cold_peak_rss_mib": %d, "cold_chips_downloaded": %d, "cold_extractions": %d, "cold_pairs_matched": %d, "warm_s": %.2f, "warm_chips_downloaded": %d, "warm_extractions": %d, "peak_rss_mib": %d, "cache_bytes": %d, "store_bytes": %d}\n' \
+  "$n" "$(printf '%s' "$config" | tr -d '"')" "$cold" "$cold_rss" "$cold_chips" "$cold_extractions" "$cold_pairs" "$warm" "$((warm_chips - cold_chips))" \
   "$(( $(metric wbia_lightglue_extractions_total) - cold_extractions ))" "$(rss)" \
   "$(metric wbia_lightglue_feature_cache_bytes)" "$store_bytes"
