@@ -45,6 +45,12 @@ pub enum Error {
     },
     #[error("chip of annotation {uuid}: {cause}")]
     Source { uuid: Uuid, cause: SourceError },
+    /// An image the caller sent (not an annotation's chip) that cannot be used.
+    #[error("image {name}: {source}")]
+    Image {
+        name: String,
+        source: wbia_lightglue_model::Error,
+    },
     #[error("busy: {reason}; retry in {retry_after_secs} s")]
     Busy {
         reason: String,

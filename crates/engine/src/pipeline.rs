@@ -670,7 +670,7 @@ impl Engine {
     }
 }
 
-fn chip_specific(e: &wbia_lightglue_model::Error) -> bool {
+pub(crate) fn chip_specific(e: &wbia_lightglue_model::Error) -> bool {
     use wbia_lightglue_model::Error as M;
     matches!(
         e,

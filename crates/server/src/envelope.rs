@@ -67,7 +67,9 @@ impl From<wbia_lightglue_engine::Error> for ApiError {
                 ..ApiError::new(429, e.to_string(), Value::Null)
             },
             E::Config(_) => ApiError::bad_request(e.to_string()),
-            E::Annotation { .. } => ApiError::new(422, e.to_string(), Value::Null),
+            E::Annotation { .. } | E::Image { .. } => {
+                ApiError::new(422, e.to_string(), Value::Null)
+            }
             E::Source {
                 uuid,
                 cause: S::Unknown,

@@ -11,6 +11,7 @@ pub mod params;
 mod proxy;
 mod review;
 mod thumbs;
+mod upload;
 
 pub use health::WbiaHealth;
 pub use listen::{serve, serve_on, shutdown_signal, SHUTDOWN_GRACE};
@@ -143,6 +144,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(query_chip_best).get(review::chip_best_by_aid),
         )
         .route("/api/query/graph/match/thumb/", get(thumbs::match_thumb))
+        .route(
+            "/api/lightglue/match/",
+            post(upload::match_upload).layer(axum::extract::DefaultBodyLimit::max(
+                upload::MAX_UPLOAD_BYTES,
+            )),
+        )
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .route(

@@ -389,6 +389,7 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
     // `#[utoipa::path]`).
     for path in [
         "/api/query/graph/match/thumb/",
+        "/api/lightglue/match/",
         "/api/engine/query/graph/",
         "/api/engine/job/",
         "/api/engine/job/status/",
@@ -1561,4 +1562,141 @@ async fn calibrated_and_swept_configs_answer_with_both() {
         assert!((p_match - p).abs() < 1e-12, "{pair}");
         assert!((c.as_f64().unwrap() - (2.0 * (0.5 - p).abs()).powi(2)).abs() < 1e-12);
     }
+}
+
+/// Two uploaded photos (the Sacré-Cœur pair, Apache-2.0) matched without WBIA: the PNG has
+/// both images at a common height with the matches drawn, its score header equals the JSON
+/// form's score, and nothing is cached or stored. Bad uploads answer in the envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_uploaded_images_are_matched_and_drawn() {
+    let (wbia, _fake) = fake_wbia(0).await;
+    let (addr, state) = our_server(&format!("http://{wbia}")).await;
+    let url = format!("http://{addr}/api/lightglue/match/");
+    let client = reqwest::Client::new();
+    let photo = |name: &str| std::fs::read(repo().join("tests/fixtures/lightglue").join(name));
+    let (a, b) = (
+        photo("sacre_coeur1.jpg").unwrap(),
+        photo("sacre_coeur2.jpg").unwrap(),
+    );
+    let form = |format: &str, second: Vec<u8>| {
+        reqwest::multipart::Form::new()
+            .part(
+                "image0",
+                reqwest::multipart::Part::bytes(a.clone()).file_name("a.jpg"),
+            )
+            .part(
+                "image1",
+                reqwest::multipart::Part::bytes(second).file_name("b.jpg"),
+            )
+            .text("format", format.to_string())
+    };
+    let resp = client
+        .post(&url)
+        .multipart(form("png", b.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let header = |name: &str| resp.headers()[name].to_str().unwrap().to_string();
+    let (score, matches): (f32, usize) = (
+        header("x-lightglue-score").parse().unwrap(),
+        header("x-lightglue-matches").parse().unwrap(),
+    );
+    let png = resp.bytes().await.unwrap();
+    let picture = wbia_lightglue_model::decode_image(&png).unwrap();
+    // 1024×731 and 768×1024 at the 720 px cap: 1009 and 540 px wide, 8 px apart.
+    assert_eq!((picture.width, picture.height), (1009 + 8 + 540, 720));
+    let (left, right) = (
+        wbia_lightglue_model::decode_image(&a).unwrap(),
+        wbia_lightglue_model::decode_image(&b).unwrap(),
+    );
+    let plain = wbia_lightglue_model::render::side_by_side(&left, &right, 720).unwrap();
+    let drawn = picture
+        .data
+        .chunks(3)
+        .zip(plain.data.chunks(3))
+        .filter(|(p, q)| p != q)
+        .count();
+    assert!(drawn > 2000, "{drawn} pixels drawn");
+
+    let resp = client
+        .post(&url)
+        .multipart(form("json", b.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let r = &body["response"];
+    assert_eq!(r["score"].as_f64().unwrap() as f32, score, "{r}");
+    assert_eq!(r["matches"].as_array().unwrap().len(), matches);
+    assert_eq!(r["match_scores"].as_array().unwrap().len(), matches);
+    assert!(
+        matches > 50 && score > 10.0,
+        "{matches} matches, score {score}"
+    );
+    assert!(r["calibrated_score"].is_null());
+    assert_eq!(
+        r["num_keypoints"],
+        json!([512, 512]),
+        "config.json asks for 512"
+    );
+    // Uploads are not annotations: nothing cached, nothing downloaded from WBIA.
+    assert_eq!(state.engine.cached_features().0, 0);
+    assert_eq!(
+        state
+            .engine
+            .cache_stats
+            .chips_downloaded
+            .load(Ordering::SeqCst),
+        0
+    );
+
+    // Bad uploads: undecodable (422, named), a missing image, an unknown format (400).
+    let resp = client
+        .post(&url)
+        .multipart(form("png", b"not an image".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image1"),
+        "{body}"
+    );
+    let only_one =
+        reqwest::multipart::Form::new().part("image0", reqwest::multipart::Part::bytes(a.clone()));
+    let resp = client.post(&url).multipart(only_one).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image1"),
+        "{body}"
+    );
+    let resp = client
+        .post(&url)
+        .multipart(form("gif", b.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = client.post(&url).body("image0=x").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    // Over the 64 MiB upload limit: 413, in the envelope.
+    let huge = vec![0u8; 65 << 20];
+    let resp = client
+        .post(&url)
+        .multipart(form("png", huge))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
 }

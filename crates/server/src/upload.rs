@@ -1,0 +1,174 @@
+//! `POST /api/lightglue/match/`: two uploaded images matched under a configuration and
+//! answered as a match picture (PNG) or as the matches (JSON). For looking at what LightGlue
+//! sees in two photos without registering them in WBIA; nothing is cached or stored.
+
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use utoipa::ToSchema;
+use wbia_lightglue_model::render;
+
+use crate::envelope::{self, ApiError};
+use crate::AppState;
+
+/// Largest upload accepted (both images and the other fields together).
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+
+/// Height of the picture (smaller images are not enlarged).
+const PICTURE_HEIGHT: usize = 720;
+
+/// What the JSON form answers.
+#[derive(Serialize, ToSchema)]
+pub struct UploadMatch {
+    /// Sum of match confidences, as identification scores a pair.
+    pub score: f32,
+    /// P(same individual) from the configuration's calibration; null without one.
+    pub calibrated_score: Option<f64>,
+    /// Keypoints of image0 and image1.
+    pub num_keypoints: [usize; 2],
+    /// Index pairs (image0 keypoint, image1 keypoint).
+    pub matches: Vec<[usize; 2]>,
+    /// Confidence of each match.
+    pub match_scores: Vec<f32>,
+    /// Transformer layers run (adaptive depth).
+    pub stop_layer: usize,
+}
+
+/// The fields of the upload.
+#[derive(Default)]
+struct Upload {
+    images: [Option<Bytes>; 2],
+    config_path: Option<String>,
+    format: Option<String>,
+}
+
+async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
+    let mut upload = Upload::default();
+    // 413 for an upload over the limit, 400 for a malformed body.
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        let message = format!("multipart body: {}", e.body_text());
+        ApiError::new(e.status().as_u16(), message, serde_json::Value::Null)
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "image0" | "image1" => {
+                let slot = &mut upload.images[usize::from(name == "image1")];
+                if slot.is_some() {
+                    return Err(ApiError::bad_request(format!("{name} given twice")));
+                }
+                *slot = Some(field.bytes().await.map_err(bad)?);
+            }
+            "config_path" => upload.config_path = Some(field.text().await.map_err(bad)?),
+            "format" => upload.format = Some(field.text().await.map_err(bad)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown field {other:?} (expected image0, image1, config_path, format)"
+                )))
+            }
+        }
+    }
+    Ok(upload)
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/lightglue/match/",
+    tag = "query",
+    request_body(
+        content_type = "multipart/form-data",
+        description = "`image0`, `image1`: JPEG or PNG files (64 MiB in all at most); `config_path`: a configuration in the config directory (default config.json); `format`: `png` (default) or `json`"
+    ),
+    responses(
+        (status = 200, description = "`png`: image0 and image1 side by side (at most 720 px high), a line per match coloured by confidence (red 0, yellow 0.5, green 1), the score written on it; headers `x-lightglue-score` and `x-lightglue-matches`. `json`: the matches in the envelope", content_type = "image/png"),
+        (status = 400, description = "a missing image, an unknown field or format, a bad config_path", body = crate::openapi::ErrorResponse),
+        (status = 413, description = "upload larger than 64 MiB"),
+        (status = 422, description = "an image that cannot be decoded (named)", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "busy", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub async fn match_upload(
+    State(state): State<Arc<AppState>>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let multipart = match multipart {
+        Ok(m) => m,
+        Err(e) => {
+            return ApiError::bad_request(format!("expected a multipart/form-data body: {e}"))
+                .into_response()
+        }
+    };
+    match answer(&state, multipart).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiError> {
+    let upload = read(multipart).await?;
+    let json = match upload.format.as_deref().map(str::trim) {
+        None | Some("") | Some("png") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format {other:?} is not png or json"
+            )))
+        }
+    };
+    let config = state.configs.load(upload.config_path.as_deref())?;
+    let [image0, image1] = upload.images;
+    let missing = |name: &str| ApiError::bad_request(format!("missing file field {name}"));
+    let images = [
+        (
+            "image0".to_string(),
+            image0.ok_or_else(|| missing("image0"))?,
+        ),
+        (
+            "image1".to_string(),
+            image1.ok_or_else(|| missing("image1"))?,
+        ),
+    ];
+    let (pair, [left, right]) = state.engine.match_images(images, &config).await?;
+    let score = pair.result.score();
+    if json {
+        return Ok(envelope::ok(
+            serde_json::to_value(UploadMatch {
+                score,
+                calibrated_score: config.calibration.as_ref().map(|c| c.probability(score)),
+                num_keypoints: [pair.query.len(), pair.database.len()],
+                matches: pair.result.matches.iter().map(|&[i, j]| [i, j]).collect(),
+                match_scores: pair.result.scores.clone(),
+                stop_layer: pair.result.stop_layer,
+            })
+            .unwrap_or_default(),
+        ));
+    }
+    let matches = pair.result.matches.len();
+    let png = tokio::task::spawn_blocking(move || {
+        let picture = render::draw_matches(
+            &left,
+            &pair.query,
+            &right,
+            &pair.database,
+            &pair.result,
+            PICTURE_HEIGHT,
+        )?;
+        render::encode_png(&picture)
+    })
+    .await
+    .map_err(|e| ApiError::new(500, e.to_string(), serde_json::Value::Null))?
+    .map_err(|e| ApiError::new(500, e.to_string(), serde_json::Value::Null))?;
+    Ok((
+        [
+            ("content-type", "image/png".to_string()),
+            ("x-lightglue-score", score.to_string()),
+            ("x-lightglue-matches", matches.to_string()),
+        ],
+        png,
+    )
+        .into_response())
+}
