@@ -144,6 +144,11 @@ struct ServeArgs {
         default_value = "wbia-lightglue-data"
     )]
     data_dir: PathBuf,
+    /// PostgreSQL (`postgres://user:password@host:port/database`) instead of SQLite in the
+    /// data directory: features, pair scores and engine jobs shared by every replica pointed
+    /// at it, so any of them answers any job. Migrated at start.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     #[command(flatten)]
     runtime: DeviceArgs,
     /// Database annotations matched in one padded batch (adaptive depth/width off); 1 matches
@@ -291,6 +296,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         cache_capacity: default.feature_cache_max_size,
         cache_bytes: args.cache_bytes,
         data_dir: Some(args.data_dir.clone()),
+        database_url: args.database_url.clone().filter(|u| !u.is_empty()),
         device,
         precision: args.runtime.precision,
         match_batch,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod evaluate;
 pub mod metrics;
 mod pairs;
+pub mod pg_store;
 mod pipeline;
 pub mod scoring;
 pub mod store;
@@ -81,6 +82,9 @@ pub struct EngineOptions {
     pub cache_bytes: usize,
     /// Directory of the persisted feature store (`None`: memory only).
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite in `data_dir`: features, pair scores and engine jobs
+    /// shared by every replica pointed at the same database.
+    pub database_url: Option<String>,
     /// Where the models run.
     pub device: candle_core::Device,
     /// Arithmetic of LightGlue's transformer layers.
@@ -103,6 +107,7 @@ impl Default for EngineOptions {
             cache_capacity: Config::default().feature_cache_max_size,
             cache_bytes: 2 << 30,
             data_dir: None,
+            database_url: None,
             device: candle_core::Device::Cpu,
             precision: Precision::F32,
             match_batch: 1,
@@ -276,7 +281,9 @@ pub struct Engine {
     /// Device, precision, batching and model version, as `/info` reports them.
     pub runtime: RuntimeInfo,
     cache: Mutex<cache::FeatureCache>,
-    store: Option<Arc<Mutex<store::FeatureStore>>>,
+    store: Option<Arc<dyn store::Store>>,
+    /// The store when it is PostgreSQL: shared with other replicas, jobs included.
+    shared: Option<Arc<pg_store::PgStore>>,
     /// Where a corrupt store file was moved at start.
     store_quarantined: Option<PathBuf>,
     /// The store's count of damaged rows (read without its lock).
@@ -318,17 +325,24 @@ impl Engine {
                 "the feature cache must hold something".into(),
             ));
         }
-        let store = match &options.data_dir {
-            Some(dir) => Some(store::FeatureStore::open(dir)?),
-            None => None,
+        let (mut store_quarantined, mut shared) = (None, None);
+        let store: Option<Arc<dyn store::Store>> = match (&options.database_url, &options.data_dir)
+        {
+            (Some(url), _) => {
+                let pg = Arc::new(pg_store::PgStore::connect(url)?);
+                shared = Some(pg.clone());
+                Some(pg)
+            }
+            (None, Some(dir)) => {
+                let sqlite = store::FeatureStore::open(dir)?;
+                store_quarantined = sqlite.quarantined().map(Path::to_path_buf);
+                Some(Arc::new(sqlite))
+            }
+            (None, None) => None,
         };
-        let store_quarantined = store
-            .as_ref()
-            .and_then(|s| s.quarantined().map(Path::to_path_buf));
         let store_corrupt_rows = store
             .as_ref()
             .map_or_else(Arc::default, |s| s.corrupt_rows_counter());
-        let store = store.map(|s| Arc::new(Mutex::new(s)));
         let cache_stats = Arc::new(CacheStats::default());
         let match_batch = options.match_batch.max(1);
         let runtime = RuntimeInfo {
@@ -353,6 +367,7 @@ impl Engine {
                 options.cache_bytes,
             )),
             store,
+            shared,
             store_quarantined,
             store_corrupt_rows,
             cache_stats,
@@ -408,6 +423,12 @@ impl Engine {
     /// call fails at once ([`Error::WorkerGone`]), so health checks should report this.
     pub fn worker_alive(&self) -> bool {
         self.worker.alive()
+    }
+
+    /// The PostgreSQL store shared with other replicas, when the engine uses one (engine
+    /// jobs are shared through it too).
+    pub fn shared_store(&self) -> Option<&Arc<pg_store::PgStore>> {
+        self.shared.as_ref()
     }
 
     /// Where a corrupt feature store found at start was moved (an empty one replaced it).

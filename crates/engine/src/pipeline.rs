@@ -562,10 +562,16 @@ impl Engine {
         Engine::count(&self.cache_stats.misses, 1);
         let store = self.store.clone()?;
         let lookup = key.clone();
-        let stored = tokio::task::spawn_blocking(move || store.lock().ok()?.get(&lookup).ok()?)
+        let stored = tokio::task::spawn_blocking(move || store.get(&lookup))
             .await
-            .ok()
-            .flatten()?;
+            .ok()?;
+        let stored = match stored {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(error = %e, "feature store read failed");
+                return None;
+            }
+        };
         Engine::count(&self.cache_stats.store_hits, 1);
         let f = AnnotFeatures {
             key: key.clone(),
@@ -584,11 +590,7 @@ impl Engine {
         }
         if let Some(store) = self.store.clone() {
             let (key, features) = (f.key.clone(), f.features.clone());
-            let written = tokio::task::spawn_blocking(move || match store.lock() {
-                Ok(s) => s.put(&key, &features),
-                Err(_) => Err(Error::Store("store lock poisoned".into())),
-            })
-            .await;
+            let written = tokio::task::spawn_blocking(move || store.put(&key, &features)).await;
             if let Ok(Err(e)) = written {
                 tracing::warn!(error = %e, "feature store write failed");
             }
@@ -612,19 +614,11 @@ impl Engine {
         let mut scores: Vec<Option<f32>> = vec![None; database.len()];
         if let Some(store) = self.store.clone() {
             let (q, d, s) = (q.clone(), d.clone(), settings.clone());
-            let stored = tokio::task::spawn_blocking(move || {
-                let store = store.lock().ok()?;
-                Some(
-                    d.iter()
-                        .map(|d| store.score(&q, d, &s).ok().flatten())
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(stored) = stored {
-                scores = stored;
+            let stored = tokio::task::spawn_blocking(move || store.scores(&q, &d, &s)).await;
+            match stored {
+                Ok(Ok(stored)) => scores = stored,
+                Ok(Err(e)) => tracing::warn!(error = %e, "pair score store read failed"),
+                Err(_) => {}
             }
         }
         let hits = scores.iter().filter(|s| s.is_some()).count();
@@ -657,11 +651,8 @@ impl Engine {
             scores[i] = Some(s);
         }
         if let Some(store) = self.store.clone() {
-            let written = tokio::task::spawn_blocking(move || match store.lock() {
-                Ok(mut s) => s.put_scores(&settings, &rows),
-                Err(_) => Err(Error::Store("store lock poisoned".into())),
-            })
-            .await;
+            let written =
+                tokio::task::spawn_blocking(move || store.put_scores(&settings, &rows)).await;
             if let Ok(Err(e)) = written {
                 tracing::warn!(error = %e, "pair score store write failed");
             }

@@ -14,7 +14,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
@@ -56,8 +56,33 @@ const CREATE_TABLES: &str = "
         PRIMARY KEY (query_features, database_features, matcher)
     );";
 
+/// Where features and pair scores persist: SQLite in the data directory ([`FeatureStore`],
+/// one process), or PostgreSQL shared by several replicas
+/// ([`crate::pg_store::PgStore`]). Both keep the same rows, checksums and keys; both are
+/// called from tokio's blocking pool, never from the model thread.
+pub trait Store: Send + Sync {
+    /// Stored features of `key`; `None` when absent or damaged (then deleted and counted).
+    fn get(&self, key: &FeatureKey) -> Result<Option<Features>>;
+    /// Stores the features of `key`, replacing any.
+    fn put(&self, key: &FeatureKey, f: &Features) -> Result<()>;
+    /// Stored pair scores of `query` against each of `database`, in order (`None`: absent or
+    /// damaged).
+    fn scores(&self, query: &str, database: &[String], matcher: &str) -> Result<Vec<Option<f32>>>;
+    /// Stores pair scores `(query digest, database digest, score)` together.
+    fn put_scores(&self, matcher: &str, scores: &[(String, String, f32)]) -> Result<()>;
+    /// Stored feature sets.
+    fn len(&self) -> Result<usize>;
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Stored pair scores.
+    fn score_count(&self) -> Result<usize>;
+    /// The count of rows found damaged on read since open, shared for metrics.
+    fn corrupt_rows_counter(&self) -> Arc<AtomicU64>;
+}
+
 pub struct FeatureStore {
-    conn: Connection,
+    conn: Mutex<Connection>,
     /// Where a corrupt file found at open was moved.
     quarantined: Option<PathBuf>,
     /// Rows found damaged on read; shared so that metrics need not take the store's lock.
@@ -68,11 +93,11 @@ fn db_error(e: rusqlite::Error) -> Error {
     Error::Store(e.to_string())
 }
 
-fn to_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
+pub(crate) fn to_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
     values.flat_map(f32::to_le_bytes).collect()
 }
 
-fn from_bytes(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -91,7 +116,7 @@ fn checksum(table: &str, fields: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn features_checksum(
+pub(crate) fn features_checksum(
     annot: &str,
     settings: &str,
     chip: &[u8],
@@ -115,7 +140,7 @@ fn features_checksum(
     )
 }
 
-fn score_checksum(query: &str, database: &str, matcher: &str, score: f64) -> [u8; 32] {
+pub(crate) fn score_checksum(query: &str, database: &str, matcher: &str, score: f64) -> [u8; 32] {
     checksum(
         "lightglue_scores",
         &[
@@ -299,7 +324,7 @@ impl FeatureStore {
             }
         };
         Ok(Self {
-            conn,
+            conn: Mutex::new(conn),
             quarantined,
             corrupt_rows: Arc::default(),
         })
@@ -316,9 +341,12 @@ impl FeatureStore {
         self.corrupt_rows.load(Ordering::Relaxed)
     }
 
-    /// The [`Self::corrupt_rows`] counter itself, for metrics read without the store's lock.
-    pub(crate) fn corrupt_rows_counter(&self) -> Arc<AtomicU64> {
-        self.corrupt_rows.clone()
+    /// The connection; a panic while it was held leaves nothing half-done (every write is
+    /// one statement or one transaction), so a poisoned lock is taken as is.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts and logs a damaged row, then deletes it (when SQLite still can) so that it is
@@ -337,8 +365,8 @@ impl FeatureStore {
     pub fn get(&self, key: &FeatureKey) -> Result<Option<Features>> {
         let annot = key.annot.to_string();
         let chip = key.chip_digest();
-        let row = self
-            .conn
+        let conn = self.conn();
+        let row = conn
             .query_row(
                 "SELECT keypoints, keypoint_scores, descriptors, width, height, checksum
                  FROM lightglue_features
@@ -372,7 +400,7 @@ impl FeatureStore {
                 == sum[..]
         });
         let Some((kp, scores, desc, w, h, _)) = verified else {
-            let delete = self.conn.execute(
+            let delete = conn.execute(
                 "DELETE FROM lightglue_features
                  WHERE annot_uuid = ?1 AND settings = ?2 AND chip_sha256 = ?3",
                 params![annot, key.settings, &chip[..]],
@@ -406,7 +434,7 @@ impl FeatureStore {
         let desc = to_bytes(f.descriptors.iter().copied());
         let (w, h) = (f.image_size[0] as f64, f.image_size[1] as f64);
         let sum = features_checksum(&annot, &key.settings, &chip, [&kp, &scores, &desc], w, h);
-        self.conn
+        self.conn()
             .execute(
                 "INSERT OR REPLACE INTO lightglue_features
                  (annot_uuid, settings, chip_sha256, keypoints, keypoint_scores, descriptors,
@@ -430,8 +458,8 @@ impl FeatureStore {
 
     /// A stored pair score, if any; `None` too when damaged (then deleted and counted).
     pub fn score(&self, query: &str, database: &str, matcher: &str) -> Result<Option<f32>> {
-        let row = self
-            .conn
+        let conn = self.conn();
+        let row = conn
             .query_row(
                 "SELECT score, checksum FROM lightglue_scores
                  WHERE query_features = ?1 AND database_features = ?2 AND matcher = ?3",
@@ -459,7 +487,7 @@ impl FeatureStore {
                 Ok(Some(score).filter(|s| s.is_finite()).map(|s| s as f32))
             }
             _ => {
-                let delete = self.conn.execute(
+                let delete = conn.execute(
                     "DELETE FROM lightglue_scores
                      WHERE query_features = ?1 AND database_features = ?2 AND matcher = ?3",
                     params![query, database, matcher],
@@ -471,8 +499,9 @@ impl FeatureStore {
     }
 
     /// Stores pair scores `(query digest, database digest, score)` in one transaction.
-    pub fn put_scores(&mut self, matcher: &str, scores: &[(String, String, f32)]) -> Result<()> {
-        let tx = self.conn.transaction().map_err(db_error)?;
+    pub fn put_scores(&self, matcher: &str, scores: &[(String, String, f32)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_error)?;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -496,7 +525,7 @@ impl FeatureStore {
 
     /// Stored pair scores.
     pub fn score_count(&self) -> Result<usize> {
-        self.conn
+        self.conn()
             .query_row("SELECT COUNT(*) FROM lightglue_scores", [], |r| {
                 r.get::<_, i64>(0)
             })
@@ -505,7 +534,7 @@ impl FeatureStore {
     }
 
     pub fn len(&self) -> Result<usize> {
-        self.conn
+        self.conn()
             .query_row("SELECT COUNT(*) FROM lightglue_features", [], |r| {
                 r.get::<_, i64>(0)
             })
@@ -515,6 +544,39 @@ impl FeatureStore {
 
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+impl Store for FeatureStore {
+    fn get(&self, key: &FeatureKey) -> Result<Option<Features>> {
+        FeatureStore::get(self, key)
+    }
+
+    fn put(&self, key: &FeatureKey, f: &Features) -> Result<()> {
+        FeatureStore::put(self, key, f)
+    }
+
+    fn scores(&self, query: &str, database: &[String], matcher: &str) -> Result<Vec<Option<f32>>> {
+        database
+            .iter()
+            .map(|d| self.score(query, d, matcher))
+            .collect()
+    }
+
+    fn put_scores(&self, matcher: &str, scores: &[(String, String, f32)]) -> Result<()> {
+        FeatureStore::put_scores(self, matcher, scores)
+    }
+
+    fn len(&self) -> Result<usize> {
+        FeatureStore::len(self)
+    }
+
+    fn score_count(&self) -> Result<usize> {
+        FeatureStore::score_count(self)
+    }
+
+    fn corrupt_rows_counter(&self) -> Arc<AtomicU64> {
+        self.corrupt_rows.clone()
     }
 }
 
@@ -574,7 +636,7 @@ mod tests {
     #[test]
     fn pair_scores_round_trip_by_every_key_part() {
         let dir = std::env::temp_dir().join(format!("wbia-lg-scores-{}", Uuid::new_v4()));
-        let mut store = FeatureStore::open(&dir).unwrap();
+        let store = FeatureStore::open(&dir).unwrap();
         store
             .put_scores(
                 "m1",

@@ -75,7 +75,7 @@ fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
 fn a_store_with_a_garbage_header_is_quarantined_and_replaced() {
     let dir = TempDir::new("store-header");
     {
-        let mut store = FeatureStore::open(&dir.0).unwrap();
+        let store = FeatureStore::open(&dir.0).unwrap();
         store.put(&key(1), &features(1, 4)).unwrap();
         store
             .put_scores("m", &[("q".into(), "d".into(), 3.5)])
@@ -84,7 +84,7 @@ fn a_store_with_a_garbage_header_is_quarantined_and_replaced() {
     }
     overwrite(&dir.store_file(), 0, &[0xA5; 100]);
 
-    let mut store = FeatureStore::open(&dir.0).expect("a corrupt cache must not stop the service");
+    let store = FeatureStore::open(&dir.0).expect("a corrupt cache must not stop the service");
     let moved = store
         .quarantined()
         .expect("the corrupt file is reported")
@@ -178,7 +178,7 @@ fn corrupt_middle_pages_never_yield_wrong_data() {
 #[test]
 fn a_row_altered_behind_the_stores_back_is_a_counted_miss() {
     let dir = TempDir::new("store-row");
-    let mut store = FeatureStore::open(&dir.0).unwrap();
+    let store = FeatureStore::open(&dir.0).unwrap();
     store.put(&key(1), &features(1, 8)).unwrap();
     store.put(&key(2), &features(2, 8)).unwrap();
     store
@@ -267,7 +267,7 @@ fn a_store_of_the_old_schema_is_recreated() {
     .unwrap();
     drop(old);
 
-    let mut store = FeatureStore::open(&dir.0).unwrap();
+    let store = FeatureStore::open(&dir.0).unwrap();
     assert!(store.quarantined().is_none(), "an old schema is not damage");
     assert!(dir.quarantined().is_empty());
     assert_eq!(

@@ -92,6 +92,9 @@ pub struct AppState {
     pub options: ServerOptions,
     /// Reachability of WBIA, checked in the background (never on a `/health` request).
     pub wbia_health: WbiaHealth,
+    /// This process's name among replicas sharing a PostgreSQL store (jobs record who runs
+    /// them): host name and process id.
+    pub replica: String,
     proxy_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -110,10 +113,22 @@ impl AppState {
             ready: AtomicBool::new(false),
             metrics: Metrics::default(),
             wbia_health: WbiaHealth::default(),
+            replica: replica_name(),
             proxy_slots: Arc::new(tokio::sync::Semaphore::new(options.max_proxied.max(1))),
             options,
         }
     }
+}
+
+/// `host:pid`: unique among replicas on several machines or in one.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Counters and request latencies for `/metrics` (the engine keeps the per-stage ones).

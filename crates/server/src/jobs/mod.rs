@@ -4,6 +4,7 @@
 
 mod registry;
 mod result;
+mod shared;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -158,6 +159,10 @@ async fn accept(
     }
     check_lists(&queries, &database)?;
     let ticket = state.engine.admit(pair_count(&queries, &database))?;
+    // Unique across replicas too (a no-op without a shared store).
+    if !shared::claim(state, &jobid).await? {
+        return Err(jobid_error(&jobid, JobIdError::Taken));
+    }
     let accepted = std::time::Instant::now();
     let progress = Arc::new(Progress::default());
     let task_state = state.clone();
@@ -169,6 +174,11 @@ async fn accept(
     let task = tokio::spawn(async move {
         registered.notified().await;
         let state = task_state;
+        let publisher = tokio::spawn(shared::publish_progress(
+            state.clone(),
+            id.clone(),
+            task_progress.clone(),
+        ));
         let outcome = async {
             let computed = compute(
                 &state,
@@ -215,6 +225,7 @@ async fn accept(
             Err(e) => failed(format!("{} (code {})", e.message, e.code)),
         };
         state.metrics.job_seconds.since(accepted);
+        publisher.abort();
         finish(&state, &id, job, callback).await;
     });
     if let Err(e) = state
@@ -278,9 +289,11 @@ fn check_callback(state: &AppState, url: &str) -> Result<(), ApiError> {
 /// callback, as WBIA's engine does.
 async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, String)>) {
     let status = job.status.as_str();
+    let result = job.result.clone();
     if !state.jobs.end(id, job) {
         return;
     }
+    shared::publish(state, id, status, None, result).await;
     tracing::info!(jobid = %id, status, "job finished");
     if let Some((url, method)) = callback {
         match state.wbia.job_callback(&url, &method, id).await {
@@ -325,10 +338,12 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Value::String("cancelled by request".into()).to_string(),
     );
     let abort = state.jobs.get(&id).and_then(|j| j.abort);
+    let result = cancelled.result.clone();
     if state.jobs.end(&id, cancelled) {
         if let Some(abort) = abort {
             abort.abort();
         }
+        shared::publish(&state, &id, "exception", None, result).await;
         tracing::info!(jobid = %id, "job cancelled");
         return envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}));
     }
@@ -342,7 +357,18 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
             Value::Null,
         )
         .into_response(),
-        None => ApiError::new(404, format!("no job {id} here"), Value::Null).into_response(),
+        None => match shared::lookup(&state, &id).await {
+            Some(job) => ApiError::new(
+                409,
+                format!(
+                    "job {id} runs on replica {} ({}): cancel it there",
+                    job.replica, job.status
+                ),
+                Value::Null,
+            )
+            .into_response(),
+            None => ApiError::new(404, format!("no job {id} here"), Value::Null).into_response(),
+        },
     }
 }
 
@@ -398,7 +424,20 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
             }
             envelope::ok(status)
         }
-        None => proxy::forward(&state, &parts, body).await,
+        None => match shared::lookup(&state, &id).await {
+            // Another replica's job, as it last published it.
+            Some(job) => {
+                let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status});
+                if let Some(p) = job
+                    .progress
+                    .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                {
+                    status["progress"] = p;
+                }
+                envelope::ok(status)
+            }
+            None => proxy::forward(&state, &parts, body).await,
+        },
     }
 }
 
@@ -415,21 +454,25 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let job = jobid_of(&params).and_then(|id| state.jobs.get(&id).map(|j| (id, j)));
-    match job {
-        Some((id, job)) => {
-            // WBIA reports the execution status here ("completed" / "exception"), not "ok"
-            // (docs/wbia-api.md); the result is spliced in as rendered when the job ended.
-            let body = format!(
-                r#"{{"status":{{"success":true,"code":200,"message":"","cache":-1}},"response":{{"status":"{}","jobid":{},"json_result":{}}}}}"#,
-                job.status.as_str(),
-                Value::String(id),
-                job.result.as_deref().unwrap_or("null"),
-            );
-            ([("content-type", "application/json; charset=utf-8")], body).into_response()
-        }
-        None => proxy::forward(&state, &parts, body).await,
-    }
+    let Some(id) = jobid_of(&params) else {
+        return proxy::forward(&state, &parts, body).await;
+    };
+    let (status, result): (String, Option<Arc<str>>) = match state.jobs.get(&id) {
+        Some(job) => (job.status.as_str().into(), job.result),
+        None => match shared::lookup(&state, &id).await {
+            Some(job) => (job.status, job.result.map(Into::into)),
+            None => return proxy::forward(&state, &parts, body).await,
+        },
+    };
+    // WBIA reports the execution status here ("completed" / "exception"), not "ok"
+    // (docs/wbia-api.md); the result is spliced in as rendered when the job ended.
+    let body = format!(
+        r#"{{"status":{{"success":true,"code":200,"message":"","cache":-1}},"response":{{"status":{},"jobid":{},"json_result":{}}}}}"#,
+        Value::String(status),
+        Value::String(id),
+        result.as_deref().unwrap_or("null"),
+    );
+    ([("content-type", "application/json; charset=utf-8")], body).into_response()
 }
 
 #[utoipa::path(
@@ -440,5 +483,14 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
 )]
 /// `/api/engine/job/`: our job ids.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
-    envelope::ok(json!(state.jobs.ids()))
+    let mut ids = state.jobs.ids();
+    // With replicas: every replica's jobs.
+    match shared::ids(&state).await {
+        Some(Ok(all)) => ids.extend(all),
+        Some(Err(e)) => return e.into_response(),
+        None => {}
+    }
+    ids.sort();
+    ids.dedup();
+    envelope::ok(json!(ids))
 }

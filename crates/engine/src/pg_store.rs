@@ -1,0 +1,303 @@
+//! The store on PostgreSQL, for several replicas sharing one database: the same rows, keys and
+//! checksums as the SQLite store (`store.rs`), plus the engine jobs' state, so that any replica
+//! answers any job's status and result. Schema migrations are versioned and embedded
+//! (refinery, `migrations/postgres/`), run at connect under an advisory lock so that replicas
+//! starting together do not race. Connections come from a pool (r2d2) and every statement runs
+//! under a timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+use wbia_lightglue_model::Features;
+
+use crate::store::{features_checksum, from_bytes, score_checksum, to_bytes, Store};
+use crate::{Error, FeatureKey, Result};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// Connections per replica: the blocking pool's store calls and the job handlers.
+const POOL_SIZE: u32 = 8;
+/// Longest wait for a connection, and for a new one to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest any statement may run before PostgreSQL cancels it.
+const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+/// Any constant: the advisory lock that serialises migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x6c69_6768_7467_6c75;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+fn db_error(e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("PostgreSQL: {e}"))
+}
+
+/// An engine job's state as replicas share it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedJob {
+    /// The replica that accepted and runs the job.
+    pub replica: String,
+    /// `working`, `completed` or `exception`.
+    pub status: String,
+    /// Progress as JSON, while working.
+    pub progress: Option<String>,
+    /// `json_result` as rendered, once ended.
+    pub result: Option<String>,
+}
+
+pub struct PgStore {
+    pool: Pool,
+    corrupt_rows: Arc<AtomicU64>,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`), applies the
+    /// migrations this build has not yet applied, and keeps a pool of connections. Fails when
+    /// the server cannot be reached, so a misconfigured replica stops at start.
+    pub fn connect(url: &str) -> Result<Self> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Config(format!("database URL: {e}")))?;
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
+            .application_name("wbia-lightglue");
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(db_error)?;
+        let mut conn = pool.get().map_err(db_error)?;
+        conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(db_error)?;
+        let migrated = embedded::migrations::runner().run(&mut *conn);
+        conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .map_err(db_error)?;
+        let report = migrated.map_err(db_error)?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "PostgreSQL schema migrated");
+        }
+        Ok(Self {
+            pool,
+            corrupt_rows: Arc::default(),
+        })
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get().map_err(db_error)
+    }
+
+    fn count(&self, table: &str) -> Result<usize> {
+        let row = self
+            .conn()?
+            .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
+            .map_err(db_error)?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    fn drop_damaged(&self, what: &str) {
+        self.corrupt_rows.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(row = what, "dropped a damaged feature store row");
+    }
+
+    /// Records a new job under `jobid` for `replica`, unless any replica has one by that id
+    /// (then `false`: ids are never reused).
+    pub fn claim_job(&self, jobid: &str, replica: &str) -> Result<bool> {
+        let inserted = self
+            .conn()?
+            .execute(
+                "INSERT INTO lightglue_jobs (jobid, replica, status) VALUES ($1, $2, 'working')
+                 ON CONFLICT (jobid) DO NOTHING",
+                &[&jobid, &replica],
+            )
+            .map_err(db_error)?;
+        Ok(inserted == 1)
+    }
+
+    /// Writes a job's state (by its replica).
+    pub fn update_job(
+        &self,
+        jobid: &str,
+        status: &str,
+        progress: Option<&str>,
+        result: Option<&str>,
+    ) -> Result<()> {
+        self.conn()?
+            .execute(
+                "UPDATE lightglue_jobs SET status = $2, progress = $3, result = $4, updated = now()
+                 WHERE jobid = $1",
+                &[&jobid, &status, &progress, &result],
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// A job's shared state.
+    pub fn job(&self, jobid: &str) -> Result<Option<SharedJob>> {
+        let row = self
+            .conn()?
+            .query_opt(
+                "SELECT replica, status, progress, result FROM lightglue_jobs WHERE jobid = $1",
+                &[&jobid],
+            )
+            .map_err(db_error)?;
+        Ok(row.map(|r| SharedJob {
+            replica: r.get(0),
+            status: r.get(1),
+            progress: r.get(2),
+            result: r.get(3),
+        }))
+    }
+
+    /// Every job id any replica has recorded.
+    pub fn job_ids(&self) -> Result<Vec<String>> {
+        let rows = self
+            .conn()?
+            .query("SELECT jobid FROM lightglue_jobs ORDER BY jobid", &[])
+            .map_err(db_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+impl Store for PgStore {
+    fn get(&self, key: &FeatureKey) -> Result<Option<Features>> {
+        let annot = key.annot.to_string();
+        let chip = key.chip_digest();
+        let mut conn = self.conn()?;
+        let row = conn
+            .query_opt(
+                "SELECT keypoints, keypoint_scores, descriptors, width, height, checksum
+                 FROM lightglue_features
+                 WHERE annot_uuid = $1 AND settings = $2 AND chip_sha256 = $3",
+                &[&annot, &key.settings, &&chip[..]],
+            )
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let (kp, scores, desc): (Vec<u8>, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        let (w, h, sum): (f64, f64, Vec<u8>) = (row.get(3), row.get(4), row.get(5));
+        let expected = features_checksum(&annot, &key.settings, &chip, [&kp, &scores, &desc], w, h);
+        if expected[..] != sum[..] {
+            conn.execute(
+                "DELETE FROM lightglue_features
+                 WHERE annot_uuid = $1 AND settings = $2 AND chip_sha256 = $3",
+                &[&annot, &key.settings, &&chip[..]],
+            )
+            .map_err(db_error)?;
+            self.drop_damaged("features");
+            return Ok(None);
+        }
+        let kp = from_bytes(&kp);
+        let features = Features {
+            keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+            scores: from_bytes(&scores),
+            descriptors: from_bytes(&desc),
+            image_size: [w as f32, h as f32],
+        };
+        match features.validate() {
+            Ok(()) => Ok(Some(features)),
+            Err(e) => {
+                tracing::warn!(annot = %key.annot, error = %e, "ignoring an invalid stored feature row");
+                Ok(None)
+            }
+        }
+    }
+
+    fn put(&self, key: &FeatureKey, f: &Features) -> Result<()> {
+        let annot = key.annot.to_string();
+        let chip = key.chip_digest();
+        let kp = to_bytes(f.keypoints.iter().flatten().copied());
+        let scores = to_bytes(f.scores.iter().copied());
+        let desc = to_bytes(f.descriptors.iter().copied());
+        let (w, h) = (f.image_size[0] as f64, f.image_size[1] as f64);
+        let sum = features_checksum(&annot, &key.settings, &chip, [&kp, &scores, &desc], w, h);
+        self.conn()?
+            .execute(
+                "INSERT INTO lightglue_features
+                 (annot_uuid, settings, chip_sha256, keypoints, keypoint_scores, descriptors,
+                  width, height, checksum)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (annot_uuid, settings, chip_sha256) DO UPDATE SET
+                  keypoints = EXCLUDED.keypoints, keypoint_scores = EXCLUDED.keypoint_scores,
+                  descriptors = EXCLUDED.descriptors, width = EXCLUDED.width,
+                  height = EXCLUDED.height, checksum = EXCLUDED.checksum, created = now()",
+                &[
+                    &annot,
+                    &key.settings,
+                    &&chip[..],
+                    &kp,
+                    &scores,
+                    &desc,
+                    &w,
+                    &h,
+                    &&sum[..],
+                ],
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// One query for the whole chunk: `database_features = ANY($2)`.
+    fn scores(&self, query: &str, database: &[String], matcher: &str) -> Result<Vec<Option<f32>>> {
+        let mut conn = self.conn()?;
+        let rows = conn
+            .query(
+                "SELECT database_features, score, checksum FROM lightglue_scores
+                 WHERE query_features = $1 AND database_features = ANY($2) AND matcher = $3",
+                &[&query, &database, &matcher],
+            )
+            .map_err(db_error)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (d, score, sum): (String, f64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+            if score_checksum(query, &d, matcher, score)[..] == sum[..] && score.is_finite() {
+                found.insert(d, score as f32);
+            } else {
+                conn.execute(
+                    "DELETE FROM lightglue_scores
+                     WHERE query_features = $1 AND database_features = $2 AND matcher = $3",
+                    &[&query, &d, &matcher],
+                )
+                .map_err(db_error)?;
+                self.drop_damaged("pair score");
+            }
+        }
+        Ok(database.iter().map(|d| found.get(d).copied()).collect())
+    }
+
+    fn put_scores(&self, matcher: &str, scores: &[(String, String, f32)]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_error)?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO lightglue_scores
+                 (query_features, database_features, matcher, score, checksum)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (query_features, database_features, matcher) DO UPDATE SET
+                  score = EXCLUDED.score, checksum = EXCLUDED.checksum, created = now()",
+            )
+            .map_err(db_error)?;
+        for (q, d, score) in scores {
+            // As in SQLite: a plain 0 for -0.0, so the checksum covers what is read back.
+            let score = *score as f64 + 0.0;
+            let sum = score_checksum(q, d, matcher, score);
+            tx.execute(&insert, &[q, d, &matcher, &score, &&sum[..]])
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)
+    }
+
+    fn len(&self) -> Result<usize> {
+        self.count("lightglue_features")
+    }
+
+    fn score_count(&self) -> Result<usize> {
+        self.count("lightglue_scores")
+    }
+
+    fn corrupt_rows_counter(&self) -> Arc<AtomicU64> {
+        self.corrupt_rows.clone()
+    }
+}

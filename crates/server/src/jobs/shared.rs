@@ -1,0 +1,86 @@
+//! Engine jobs shared between replicas through the engine's PostgreSQL store: the replica that
+//! accepts a job claims its id there (ids are unique across replicas), publishes its progress
+//! every [`PUBLISH_EVERY`] while it works and its result when it ends; any other replica
+//! answers status, result and the job list from there. Without PostgreSQL every call here is a
+//! no-op and jobs are this process's own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use wbia_lightglue_engine::pg_store::{PgStore, SharedJob};
+use wbia_lightglue_engine::Progress;
+
+use crate::envelope::ApiError;
+use crate::AppState;
+
+/// How often a working job's progress is written for the other replicas.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `f` on the shared store off the async threads; `None` without one.
+async fn on_store<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&PgStore) -> wbia_lightglue_engine::Result<T> + Send + 'static,
+) -> Option<Result<T, ApiError>> {
+    let store = state.engine.shared_store()?.clone();
+    Some(match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(answer) => answer.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(500, e.to_string(), Value::Null)),
+    })
+}
+
+/// Claims `jobid` for this replica: `Ok(false)` when any replica has a job by that id.
+pub async fn claim(state: &AppState, jobid: &str) -> Result<bool, ApiError> {
+    let (id, replica) = (jobid.to_string(), state.replica.clone());
+    on_store(state, move |s| s.claim_job(&id, &replica))
+        .await
+        .unwrap_or(Ok(true))
+}
+
+/// Writes a job's state for the other replicas; a failure is logged (this replica still
+/// answers for the job itself).
+pub async fn publish(
+    state: &AppState,
+    jobid: &str,
+    status: &str,
+    progress: Option<String>,
+    result: Option<Arc<str>>,
+) {
+    let (id, status) = (jobid.to_string(), status.to_string());
+    let written = on_store(state, move |s| {
+        s.update_job(&id, &status, progress.as_deref(), result.as_deref())
+    })
+    .await;
+    if let Some(Err(e)) = written {
+        tracing::warn!(jobid, error = %e.message, "could not share the job's state");
+    }
+}
+
+/// Publishes a working job's progress until the job's task ends (the caller aborts this).
+pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc<Progress>) {
+    if state.engine.shared_store().is_none() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(PUBLISH_EVERY).await;
+        let snapshot = serde_json::to_string(&progress.snapshot()).ok();
+        publish(&state, &jobid, "working", snapshot, None).await;
+    }
+}
+
+/// A job another replica runs, as it last published it.
+pub async fn lookup(state: &AppState, jobid: &str) -> Option<SharedJob> {
+    let id = jobid.to_string();
+    match on_store(state, move |s| s.job(&id)).await? {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::warn!(jobid, error = %e.message, "could not read the shared job");
+            None
+        }
+    }
+}
+
+/// Every replica's job ids; `None` without a shared store.
+pub async fn ids(state: &AppState) -> Option<Result<Vec<String>, ApiError>> {
+    on_store(state, |s| s.job_ids()).await
+}
