@@ -1,0 +1,326 @@
+//! Two `wbia-lightglue serve` processes on loopback sharing one PostgreSQL database (the
+//! server `scripts/test.sh` starts), in front of a fake WBIA: a job started on one is answered
+//! by the other (status while it works, then the same result), its id is taken on both, and
+//! the features and pair scores one replica computed serve the other without extraction or
+//! matching.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query};
+use axum::routing::get;
+use serde_json::{json, Value};
+
+const URL_VAR: &str = "WBIA_LIGHTGLUE_TEST_DATABASE_URL";
+/// Annotations the fake WBIA holds (the four turtle chips, repeated).
+const ANNOTS: u128 = 12;
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+fn uuid(n: u128) -> String {
+    format!("00000000-0000-0000-0000-{n:012x}")
+}
+
+/// A new database on the test server; its URL.
+fn fresh_database() -> String {
+    let url = std::env::var(URL_VAR).unwrap_or_else(|_| {
+        panic!("{URL_VAR} is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
+    });
+    let name = format!("lg_replicas_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("test server");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin.batch_execute(&statement).unwrap();
+    }
+    let (server, _) = url.split('?').next().unwrap().rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}
+
+/// WBIA's getters over `ANNOTS` annotations (rowid n, chip n mod 4), one envelope each.
+fn fake_wbia(runtime: &tokio::runtime::Runtime) -> String {
+    let chips = [
+        "turtle_a1.jpg",
+        "turtle_a2.jpg",
+        "turtle_b3.jpg",
+        "turtle_b4.jpg",
+    ];
+    let envelope =
+        |v: Value| axum::Json(json!({"status": {"success": true, "code": 200}, "response": v}));
+    let per_annot = move |q: HashMap<String, String>, f: fn(u128) -> Value| {
+        let list: Vec<Value> = serde_json::from_str(&q["annot_uuid_list"]).unwrap();
+        let out: Vec<Value> = list
+            .iter()
+            .map(|u| {
+                let s = u["__UUID__"].as_str().or(u.as_str()).unwrap();
+                f(u128::from_str_radix(&s.replace('-', ""), 16).unwrap())
+            })
+            .collect();
+        envelope(Value::Array(out))
+    };
+    let app = axum::Router::new()
+        .route(
+            "/api/test/heartbeat/",
+            get(move || async move { envelope(json!(true)) }),
+        )
+        .route(
+            "/api/annot/rowid/uuid/json/",
+            get(move |Query(q)| async move { per_annot(q, |n| json!(n as i64)) }),
+        )
+        .route(
+            "/api/annot/name/text/json/",
+            get(
+                move |Query(q)| async move { per_annot(q, |n| json!(format!("turtle_{}", n % 2))) },
+            ),
+        )
+        .route(
+            "/api/annot/name/uuid/json/",
+            get(move |Query(q)| async move {
+                per_annot(q, |n| json!({"__UUID__": uuid(0xf000 + n % 2)}))
+            }),
+        )
+        .route(
+            "/api/annot/src/{aid}/",
+            get(move |Path(aid): Path<u128>| async move {
+                std::fs::read(fixture(&format!("turtles/{}", chips[(aid % 4) as usize]))).unwrap()
+            }),
+        );
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A `serve` process, killed on drop.
+struct Replica {
+    child: Child,
+    base: String,
+    _dir: TempDir,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn replica(name: &str, wbia: &str, database: &str) -> Replica {
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("wbia-lg-replica-{name}-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(dir.0.join("config")).unwrap();
+    // Small settings: the test is about sharing, not about the models.
+    std::fs::write(
+        dir.0.join("config/config.json"),
+        r#"{"max_num_keypoints": 128, "image_size": 256}"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_wbia-lightglue"))
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--wbia-url", wbia, "--database-url", database])
+        .arg("--config-dir")
+        .arg(dir.0.join("config"))
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Replica {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+fn fetch(client: &reqwest::blocking::Client, url: &str) -> (u16, String) {
+    match client.get(url).send() {
+        Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(&text.replace("-Infinity", "null")).unwrap()
+}
+
+fn metric(client: &reqwest::blocking::Client, base: &str, name: &str) -> f64 {
+    let (_, text) = fetch(client, &format!("{base}/metrics"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+#[test]
+fn replicas_share_jobs_features_and_scores() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia(&runtime);
+    let database = fresh_database();
+    let (a, b) = (
+        replica("a", &wbia, &database),
+        replica("b", &wbia, &database),
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    for r in [&a, &b] {
+        while fetch(&client, &format!("{}/health", r.base)).0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{} never ready",
+                r.base
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let fancy = |n: u128| json!({"__UUID__": uuid(n)});
+    let database_list: Vec<Value> = (2..=ANNOTS).map(fancy).collect();
+    let form = [
+        ("query_annot_uuid_list", json!([fancy(1)]).to_string()),
+        ("database_annot_uuid_list", json!(database_list).to_string()),
+        (
+            "query_config_dict",
+            r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+        ),
+        ("jobid", "shared-job".to_string()),
+    ];
+    let started = client
+        .post(format!("{}/api/engine/query/graph/", a.base))
+        .form(&form)
+        .send()
+        .unwrap();
+    assert_eq!(started.status(), 200, "{}", started.text().unwrap());
+
+    // Replica b answers for a's job from the start (the claim is the first thing shared).
+    let status_url = format!("{}/api/engine/job/status/?jobid=shared-job", b.base);
+    let first = json_of(&fetch(&client, &status_url).1);
+    assert_eq!(first["response"]["jobid"], "shared-job", "{first}");
+    let mut states = vec![first["response"]["jobstatus"].as_str().unwrap().to_string()];
+    let waited = Instant::now();
+    while states.last().unwrap() == "working" {
+        assert!(waited.elapsed() < Duration::from_secs(300), "{states:?}");
+        std::thread::sleep(Duration::from_millis(250));
+        let s = json_of(&fetch(&client, &status_url).1);
+        states.push(s["response"]["jobstatus"].as_str().unwrap().to_string());
+    }
+    println!(
+        "b saw a's job as {:?} … {:?}",
+        states.first(),
+        states.last()
+    );
+    assert_eq!(states.last().unwrap(), "completed");
+
+    // The same result from either replica, byte for byte.
+    let result = |r: &Replica| {
+        fetch(
+            &client,
+            &format!("{}/api/engine/job/result/?jobid=shared-job", r.base),
+        )
+    };
+    let (from_a, from_b) = (result(&a), result(&b));
+    assert_eq!(from_a.0, 200);
+    assert_eq!(from_a, from_b);
+    let doc = json_of(&from_b.1);
+    let cm = &doc["response"]["json_result"]["cm_dict"][uuid(1)];
+    assert_eq!(
+        cm["annot_score_list"].as_array().unwrap().len(),
+        (ANNOTS - 1) as usize
+    );
+    // Chip 1 is turtle_a2 (n mod 4 = 1): its duplicates (5, 9) outscore every other chip.
+    let best = &doc["response"]["json_result"]["summary_annot"][0]["duuid"]["__UUID__"];
+    assert!(
+        [uuid(5), uuid(9)].contains(&best.as_str().unwrap().to_string()),
+        "{best}"
+    );
+
+    // Both list it; neither accepts the id again.
+    for r in [&a, &b] {
+        let list = json_of(&fetch(&client, &format!("{}/api/engine/job/", r.base)).1);
+        assert_eq!(list["response"], json!(["shared-job"]), "{}", r.base);
+        let again = client
+            .post(format!("{}/api/engine/query/graph/", r.base))
+            .form(&form)
+            .send()
+            .unwrap();
+        assert_eq!(again.status(), 409, "{}", r.base);
+    }
+    // Cancelling another replica's job says where it runs.
+    let cancel = client
+        .post(format!(
+            "{}/api/engine/job/cancel/?jobid=shared-job",
+            b.base
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(cancel.status(), 409);
+
+    // What a computed, b reuses: the same query on b extracts and matches nothing new (its
+    // counters hold only its start-up warm-up's one extraction and one match).
+    let before = (
+        metric(&client, &b.base, "wbia_lightglue_extractions_total"),
+        metric(&client, &b.base, "wbia_lightglue_pairs_matched_total"),
+    );
+    let query = client
+        .post(format!("{}/api/review/query/chip/best/", b.base))
+        .form(&[
+            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!((2..=ANNOTS).map(uuid).collect::<Vec<_>>()).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(query.status(), 200);
+    let answer = json_of(&query.text().unwrap());
+    let ranked = answer["response"]["query_results"][0]["ranked"]
+        .as_array()
+        .unwrap();
+    assert_eq!(ranked.len(), (ANNOTS - 1) as usize);
+    let after = (
+        metric(&client, &b.base, "wbia_lightglue_extractions_total"),
+        metric(&client, &b.base, "wbia_lightglue_pairs_matched_total"),
+    );
+    assert_eq!(before, (1.0, 1.0), "b's warm-up only");
+    assert_eq!(after, before, "b extracted or matched what a had stored");
+    assert_eq!(
+        metric(
+            &client,
+            &b.base,
+            "wbia_lightglue_pair_score_store_hits_total"
+        ),
+        (ANNOTS - 1) as f64
+    );
+}
