@@ -149,6 +149,14 @@ struct ServeArgs {
     /// at it, so any of them answers any job. Migrated at start.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// With --database-url: engine jobs of more database annotations than this are split
+    /// into chunks of this many, which every replica's model worker takes.
+    #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_ANNOTATIONS", default_value_t = 64)]
+    chunk_annotations: usize,
+    /// Seconds a replica may hold a chunk without renewing its lease (renewed every third of
+    /// it while working); a replica that dies loses its chunk to another after at most this.
+    #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_LEASE", default_value_t = 120)]
+    chunk_lease_secs: u64,
     #[command(flatten)]
     runtime: DeviceArgs,
     /// Database annotations matched in one padded batch (adaptive depth/width off); 1 matches
@@ -326,6 +334,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout),
         body_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout),
         max_job_result_bytes: args.max_job_result_bytes,
+        chunk_annotations: args.chunk_annotations.max(1),
+        chunk_lease: std::time::Duration::from_secs(args.chunk_lease_secs.max(1)),
         ..Default::default()
     };
     let state = std::sync::Arc::new(wbia_lightglue_server::AppState::new(

@@ -29,11 +29,11 @@ fn uuid(n: u128) -> String {
 }
 
 /// A new database on the test server; its URL.
-fn fresh_database() -> String {
+fn fresh_database(tag: &str) -> String {
     let url = std::env::var(URL_VAR).unwrap_or_else(|_| {
         panic!("{URL_VAR} is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
     });
-    let name = format!("lg_replicas_{}", std::process::id());
+    let name = format!("lg_replicas_{tag}_{}", std::process::id());
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("test server");
     for statement in [
         format!("DROP DATABASE IF EXISTS {name}"),
@@ -131,7 +131,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn replica(name: &str, wbia: &str, database: &str) -> Replica {
+fn replica(name: &str, wbia: &str, database: &str, extra: &[&str]) -> Replica {
     let dir = TempDir(
         std::env::temp_dir().join(format!("wbia-lg-replica-{name}-{}", std::process::id())),
     );
@@ -150,6 +150,7 @@ fn replica(name: &str, wbia: &str, database: &str) -> Replica {
         .arg(dir.0.join("config"))
         .arg("--data-dir")
         .arg(dir.0.join("data"))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -184,10 +185,10 @@ fn metric(client: &reqwest::blocking::Client, base: &str, name: &str) -> f64 {
 fn replicas_share_jobs_features_and_scores() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let wbia = fake_wbia(&runtime);
-    let database = fresh_database();
+    let database = fresh_database("share");
     let (a, b) = (
-        replica("a", &wbia, &database),
-        replica("b", &wbia, &database),
+        replica("a", &wbia, &database, &[]),
+        replica("b", &wbia, &database, &[]),
     );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -323,4 +324,148 @@ fn replicas_share_jobs_features_and_scores() {
         ),
         (ANNOTS - 1) as f64
     );
+}
+
+fn wait_ready(client: &reqwest::blocking::Client, replicas: &[&Replica]) {
+    let started = Instant::now();
+    for r in replicas {
+        while fetch(client, &format!("{}/health", r.base)).0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{} never ready",
+                r.base
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A job of 29 database annotations split in chunks of 3 (10 chunks) over two replicas:
+/// both take chunks; one is killed while it holds a chunk; its lease (3 s) expires, the other
+/// takes that chunk again, and the job completes with every annotation scored as a plain
+/// query scores it.
+#[test]
+fn a_split_job_survives_a_replica_dying_mid_chunk() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia(&runtime);
+    let database = fresh_database("split");
+    let split = ["--chunk-annotations", "3", "--chunk-lease-secs", "3"];
+    let a = replica("split-a", &wbia, &database, &split);
+    let mut b = Some(replica("split-b", &wbia, &database, &split));
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_ready(&client, &[&a, b.as_ref().unwrap()]);
+    let n = 30u128;
+    let fancy = |n: u128| json!({"__UUID__": uuid(n)});
+    let form = [
+        ("query_annot_uuid_list", json!([fancy(1)]).to_string()),
+        (
+            "database_annot_uuid_list",
+            json!((2..=n).map(fancy).collect::<Vec<_>>()).to_string(),
+        ),
+        (
+            "query_config_dict",
+            r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+        ),
+        ("jobid", "split-job".to_string()),
+    ];
+    let started = client
+        .post(format!("{}/api/engine/query/graph/", a.base))
+        .form(&form)
+        .send()
+        .unwrap();
+    assert_eq!(started.status(), 200);
+
+    // Kill b while it holds a chunk it has not finished (after it finished at least one).
+    let waited = Instant::now();
+    let b_done = loop {
+        let base = &b.as_ref().unwrap().base;
+        let taken = metric(&client, base, "wbia_lightglue_chunks_taken_total");
+        let done = metric(&client, base, "wbia_lightglue_chunks_done_total");
+        if done >= 1.0 && taken > done {
+            break done;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "b never took a second chunk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(b.take());
+    println!("b killed holding a chunk, after finishing {b_done}");
+
+    let status_url = format!("{}/api/engine/job/status/?jobid=split-job", a.base);
+    let waited = Instant::now();
+    loop {
+        let s = json_of(&fetch(&client, &status_url).1);
+        match s["response"]["jobstatus"].as_str().unwrap() {
+            "working" => {}
+            "completed" => break,
+            other => panic!("job {other}: {s}"),
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(300),
+            "job never completed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let a_done = metric(&client, &a.base, "wbia_lightglue_chunks_done_total");
+    let retaken = metric(&client, &a.base, "wbia_lightglue_chunks_retaken_total");
+    println!("a finished {a_done} chunks, {retaken} of them taken again from b");
+    assert!(
+        retaken >= 1.0,
+        "a took b's chunk again after its lease expired"
+    );
+    assert!(
+        a_done >= 1.0 && b_done >= 1.0,
+        "both replicas matched chunks"
+    );
+    // Ten chunks, each finished once: b may have finished one more between the last look
+    // and the kill.
+    assert!(
+        (9.0..=10.0).contains(&(a_done + b_done)),
+        "{a_done} + {b_done}"
+    );
+
+    // Every annotation scored, each as a plain query (from the shared store) scores it.
+    let result_url = format!("{}/api/engine/job/result/?jobid=split-job", a.base);
+    let result = json_of(&fetch(&client, &result_url).1);
+    let cm = &result["response"]["json_result"]["cm_dict"][uuid(1)];
+    let job_scores: HashMap<String, f64> = cm["dannot_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cm["annot_score_list"].as_array().unwrap())
+        .map(|(u, s)| {
+            (
+                u["__UUID__"].as_str().unwrap().to_string(),
+                s.as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(job_scores.len(), (n - 1) as usize);
+    let query = client
+        .post(format!("{}/api/review/query/chip/best/", a.base))
+        .form(&[
+            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!((2..=n).map(uuid).collect::<Vec<_>>()).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .unwrap();
+    let answer = json_of(&query.text().unwrap());
+    let ranked = answer["response"]["query_results"][0]["ranked"]
+        .as_array()
+        .unwrap();
+    assert_eq!(ranked.len(), (n - 1) as usize);
+    for r in ranked {
+        let d = r["dannot_uuid"]["__UUID__"].as_str().unwrap();
+        // Scores are f32: one answer writes them shortest, the other widened to f64.
+        assert_eq!(job_scores[d] as f32, r["score"].as_f64().unwrap() as f32, "{d}");
+    }
 }

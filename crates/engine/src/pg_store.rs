@@ -48,6 +48,27 @@ pub struct SharedJob {
     pub result: Option<String>,
 }
 
+/// A chunk of a split job, as a replica takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TakenChunk {
+    pub jobid: String,
+    pub chunk: i32,
+    /// What to match (the job's own encoding).
+    pub request: String,
+    /// 1 the first time; more when a replica died holding it (its lease expired).
+    pub attempts: i32,
+}
+
+/// A chunk's state, as the job's replica polls it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkState {
+    pub chunk: i32,
+    /// `pending`, `taken`, `done` or `failed`.
+    pub state: String,
+    pub scores: Option<String>,
+    pub error: Option<String>,
+}
+
 pub struct PgStore {
     pool: Pool,
     corrupt_rows: Arc<AtomicU64>,
@@ -150,6 +171,135 @@ impl PgStore {
             progress: r.get(2),
             result: r.get(3),
         }))
+    }
+
+    /// Queues a job's chunks (`requests[i]` is chunk i).
+    pub fn add_chunks(&self, jobid: &str, requests: &[String]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_error)?;
+        for (i, request) in requests.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO lightglue_chunks (jobid, chunk, request) VALUES ($1, $2, $3)",
+                &[&jobid, &(i as i32), request],
+            )
+            .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)
+    }
+
+    /// Takes the oldest chunk that is pending or whose lease has expired, for `owner`, for
+    /// `lease` (others skip the row while it is being taken: no two replicas get it). Chunks
+    /// of jobs that have ended (cancelled, failed) are left alone.
+    pub fn take_chunk(&self, owner: &str, lease: Duration) -> Result<Option<TakenChunk>> {
+        let row = self
+            .conn()?
+            .query_opt(
+                "UPDATE lightglue_chunks c
+                 SET state = 'taken', owner = $1, attempts = attempts + 1,
+                     lease_until = now() + make_interval(secs => $2)
+                 WHERE (c.jobid, c.chunk) = (
+                     SELECT o.jobid, o.chunk FROM lightglue_chunks o
+                     WHERE (o.state = 'pending' OR (o.state = 'taken' AND o.lease_until < now()))
+                       AND NOT EXISTS (SELECT 1 FROM lightglue_jobs j
+                                       WHERE j.jobid = o.jobid AND j.status <> 'working')
+                     ORDER BY o.jobid, o.chunk
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING c.jobid, c.chunk, c.request, c.attempts",
+                &[&owner, &lease.as_secs_f64()],
+            )
+            .map_err(db_error)?;
+        Ok(row.map(|r| TakenChunk {
+            jobid: r.get(0),
+            chunk: r.get(1),
+            request: r.get(2),
+            attempts: r.get(3),
+        }))
+    }
+
+    /// Extends `owner`'s lease on a chunk it is still working on; `false` when it is no
+    /// longer its own (its lease expired and another replica took it).
+    pub fn renew_chunk(
+        &self,
+        jobid: &str,
+        chunk: i32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE lightglue_chunks SET lease_until = now() + make_interval(secs => $4)
+                 WHERE jobid = $1 AND chunk = $2 AND owner = $3 AND state = 'taken'",
+                &[&jobid, &chunk, &owner, &lease.as_secs_f64()],
+            )
+            .map_err(db_error)?;
+        Ok(n == 1)
+    }
+
+    /// Records a chunk's outcome (`scores`, or `error`) if `owner` still holds it.
+    pub fn end_chunk(
+        &self,
+        jobid: &str,
+        chunk: i32,
+        owner: &str,
+        outcome: std::result::Result<&str, &str>,
+    ) -> Result<bool> {
+        let (state, scores, error) = match outcome {
+            Ok(scores) => ("done", Some(scores), None),
+            Err(error) => ("failed", None, Some(error)),
+        };
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE lightglue_chunks SET state = $4, scores = $5, error = $6, lease_until = NULL
+                 WHERE jobid = $1 AND chunk = $2 AND owner = $3 AND state = 'taken'",
+                &[&jobid, &chunk, &owner, &state, &scores, &error],
+            )
+            .map_err(db_error)?;
+        Ok(n == 1)
+    }
+
+    /// Gives a taken chunk back untouched (its replica is busy): pending again, at once.
+    pub fn release_chunk(&self, jobid: &str, chunk: i32, owner: &str) -> Result<()> {
+        self.conn()?
+            .execute(
+                "UPDATE lightglue_chunks SET state = 'pending', owner = NULL, lease_until = NULL,
+                     attempts = attempts - 1
+                 WHERE jobid = $1 AND chunk = $2 AND owner = $3 AND state = 'taken'",
+                &[&jobid, &chunk, &owner],
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Every chunk of a job, in order.
+    pub fn chunks(&self, jobid: &str) -> Result<Vec<ChunkState>> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT chunk, state, scores, error FROM lightglue_chunks
+                 WHERE jobid = $1 ORDER BY chunk",
+                &[&jobid],
+            )
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| ChunkState {
+                chunk: r.get(0),
+                state: r.get(1),
+                scores: r.get(2),
+                error: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Forgets a job's chunks (merged, or the job ended).
+    pub fn drop_chunks(&self, jobid: &str) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM lightglue_chunks WHERE jobid = $1", &[&jobid])
+            .map_err(db_error)?;
+        Ok(())
     }
 
     /// Every job id any replica has recorded.

@@ -218,6 +218,18 @@ impl Progress {
     fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
+
+    /// Counts pairs scored elsewhere (by other replicas, for a split job).
+    pub fn add_pairs_scored(&self, n: usize) {
+        Self::add(&self.pairs_scored, n);
+    }
+
+    /// Counts the pairs and chips a request will need, when it does not run through
+    /// [`Engine::identify`] here (a split job).
+    pub fn add_totals(&self, chips: usize, pairs: usize) {
+        Self::add(&self.chips_total, chips);
+        Self::add(&self.pairs_total, pairs);
+    }
 }
 
 impl Engine {

@@ -69,6 +69,11 @@ impl Rotation {
         }
     }
 
+    /// The turn of `degrees` clockwise (0, 90, 180 or 270).
+    pub fn from_degrees(degrees: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.degrees() == degrees)
+    }
+
     /// Clockwise degrees: 0, 90, 180 or 270.
     pub fn degrees(self) -> u16 {
         match self {

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod params;
 mod proxy;
 mod review;
+mod split;
 mod thumbs;
 mod upload;
 
@@ -65,6 +66,12 @@ pub struct ServerOptions {
     pub max_job_result_bytes: usize,
     /// How often WBIA's heartbeat is checked for `/health`.
     pub wbia_check_interval: Duration,
+    /// With a shared PostgreSQL store: engine jobs of more database annotations than this
+    /// are split into chunks of this many, matched by every replica.
+    pub chunk_annotations: usize,
+    /// How long a replica may hold a chunk without renewing it (it renews at a third of
+    /// this while working); a replica that dies loses its chunk after at most this.
+    pub chunk_lease: Duration,
 }
 
 impl Default for ServerOptions {
@@ -78,6 +85,8 @@ impl Default for ServerOptions {
             body_idle_timeout: Duration::from_secs(60),
             max_job_result_bytes: 1 << 30,
             wbia_check_interval: Duration::from_secs(10),
+            chunk_annotations: 64,
+            chunk_lease: Duration::from_secs(120),
         }
     }
 }
@@ -95,6 +104,8 @@ pub struct AppState {
     /// This process's name among replicas sharing a PostgreSQL store (jobs record who runs
     /// them): host name and process id.
     pub replica: String,
+    /// Chunks of split jobs this replica has worked on.
+    pub chunk_metrics: split::ChunkMetrics,
     proxy_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -114,6 +125,7 @@ impl AppState {
             metrics: Metrics::default(),
             wbia_health: WbiaHealth::default(),
             replica: replica_name(),
+            chunk_metrics: split::ChunkMetrics::default(),
             proxy_slots: Arc::new(tokio::sync::Semaphore::new(options.max_proxied.max(1))),
             options,
         }
@@ -268,7 +280,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (cached, cached_bytes) = state.engine.cached_features();
     let (admitted, pending_pairs) = state.engine.admitted();
     // (name, type, help, value): every counter the service keeps, each exported once.
-    let families: [(&str, &str, &str, u64); 29] = [
+    let families: [(&str, &str, &str, u64); 33] = [
         (
             "wbia_lightglue_queries_total",
             "counter",
@@ -310,6 +322,30 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "counter",
             "Feature sets computed by ALIKED.",
             load(&c.extractions),
+        ),
+        (
+            "wbia_lightglue_chunks_taken_total",
+            "counter",
+            "Chunks of split jobs (any replica's) this replica took.",
+            load(&state.chunk_metrics.taken),
+        ),
+        (
+            "wbia_lightglue_chunks_done_total",
+            "counter",
+            "Chunks of split jobs this replica finished.",
+            load(&state.chunk_metrics.done),
+        ),
+        (
+            "wbia_lightglue_chunks_retaken_total",
+            "counter",
+            "Chunks this replica took after another replica's lease on them expired.",
+            load(&state.chunk_metrics.retaken),
+        ),
+        (
+            "wbia_lightglue_chunks_failed_total",
+            "counter",
+            "Chunks that failed on this replica.",
+            load(&state.chunk_metrics.failed),
         ),
         (
             "wbia_lightglue_chips_downloaded_total",
@@ -528,7 +564,7 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
         .load(params.string("config_path").as_deref())?;
     let queries = params.uuid_list("query_annot_uuid_list")?;
     let database = params.uuid_list("database_annot_uuid_list")?;
-    let computed = compute(state, None, &queries, &database, &config, None).await?;
+    let computed = compute(state, None, &queries, &database, &config, None, None).await?;
     Ok(json!({
         "pipeline_root": "LightGlue",
         "config": config_json(&config),
@@ -568,9 +604,9 @@ pub fn pair_count(queries: &[Uuid], database: &[Uuid]) -> usize {
 }
 
 /// WBIA's chips by rowid, for the engine's pipeline.
-struct WbiaChips<'a> {
-    client: &'a WbiaClient,
-    aids: std::collections::HashMap<Uuid, i64>,
+pub(crate) struct WbiaChips<'a> {
+    pub(crate) client: &'a WbiaClient,
+    pub(crate) aids: std::collections::HashMap<Uuid, i64>,
 }
 
 impl ChipSource for WbiaChips<'_> {
@@ -597,6 +633,8 @@ impl ChipSource for WbiaChips<'_> {
 /// database (minus itself): chips stream through fetch → decode → extract → match, those
 /// whose features are cached or stored (keyed by WBIA's image UUID, bbox and theta) are not
 /// downloaded.
+/// Scores and ranks `queries` against `database`. `split_job` names the engine job this is
+/// for: with a shared store, a large one is split across replicas (`split.rs`).
 pub async fn compute(
     state: &AppState,
     admitted: Option<&Ticket>,
@@ -604,6 +642,7 @@ pub async fn compute(
     database: &[Uuid],
     config: &Config,
     progress: Option<&Progress>,
+    split_job: Option<&str>,
 ) -> Result<Computed, ApiError> {
     check_lists(queries, database)?;
     let own_ticket;
@@ -662,17 +701,29 @@ pub async fn compute(
         aids: aids.iter().copied().collect(),
     };
     let own_progress = Progress::default();
-    let scores = state
-        .engine
-        .identify_with_rotations(
-            ticket,
-            &source,
-            &annots(queries),
-            &annots(database),
-            config,
-            progress.unwrap_or(&own_progress),
-        )
-        .await?;
+    let progress = progress.unwrap_or(&own_progress);
+    let others: Vec<Uuid> = match queries {
+        [q] => database.iter().filter(|d| *d != q).copied().collect(),
+        _ => Vec::new(),
+    };
+    let scores = match split_job {
+        Some(jobid) if queries.len() == 1 && split::splits(state, others.len()) => {
+            vec![split::score(state, jobid, queries[0], &others, config, progress).await?]
+        }
+        _ => {
+            state
+                .engine
+                .identify_with_rotations(
+                    ticket,
+                    &source,
+                    &annots(queries),
+                    &annots(database),
+                    config,
+                    progress,
+                )
+                .await?
+        }
+    };
     let positions: std::collections::HashMap<Uuid, usize> =
         all.iter().enumerate().map(|(i, u)| (*u, i)).collect();
     let index = |u: &Uuid| positions[u];

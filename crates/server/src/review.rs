@@ -79,7 +79,7 @@ async fn best_individual(
             "WBIA holds no other annotation to compare with",
         ));
     }
-    let computed = compute(state, None, &[query], &database, &config, None).await?;
+    let computed = compute(state, None, &[query], &database, &config, None, None).await?;
     let result = &computed.results[0];
     let Some(best) = result.name_scores.first() else {
         // WBIA answers all-null when no database annotation has a name.

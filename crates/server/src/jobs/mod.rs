@@ -187,6 +187,7 @@ async fn accept(
                 &database,
                 &config,
                 Some(&task_progress),
+                Some(&id),
             )
             .await?;
             // Only the job result reports name UUIDs; the synchronous endpoint does not need them.

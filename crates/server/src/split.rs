@@ -1,0 +1,284 @@
+//! A large engine job's matching split across replicas. With a shared PostgreSQL store, the
+//! replica that accepted a job of more than `chunk_annotations` database annotations queues
+//! it as chunks of that many; every replica's chunk worker ([`work_chunks`]) takes chunks
+//! (`FOR UPDATE SKIP LOCKED`) and matches them on its own model worker, the accepting replica's
+//! included; the accepting replica merges the scores in database order. A taken chunk holds a
+//! lease, renewed while it is worked on: a replica that dies mid-chunk loses it when the lease
+//! expires, and another takes it again. Features and pair scores land in the shared store as
+//! usual, so a chunk taken again reuses what was finished before the death.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+use wbia_lightglue_engine::pg_store::{PgStore, TakenChunk};
+use wbia_lightglue_engine::{Annot, Config, PairScore, Progress, WbiaChip};
+use wbia_lightglue_model::Rotation;
+
+use crate::envelope::ApiError;
+use crate::{AppState, WbiaChips};
+
+/// How long a replica waits between looks for work when none is queued, and between looks
+/// at a split job's chunks.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Counters of the chunk worker, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ChunkMetrics {
+    /// Chunks this replica took (including ones it then finished or lost).
+    pub taken: AtomicU64,
+    /// Chunks this replica finished.
+    pub done: AtomicU64,
+    /// Chunks this replica took after another replica's lease on them expired.
+    pub retaken: AtomicU64,
+    /// Chunks that failed here (the job fails with the error).
+    pub failed: AtomicU64,
+}
+
+/// What one chunk matches.
+#[derive(Serialize, Deserialize)]
+struct ChunkRequest {
+    query: Uuid,
+    database: Vec<Uuid>,
+    config: Config,
+}
+
+/// A chunk's scores, in its database order: (score, clockwise turn of the query).
+type ChunkScores = Vec<(f32, u16)>;
+
+/// The shared store, when replicas share one.
+fn shared(state: &AppState) -> Option<Arc<PgStore>> {
+    state.engine.shared_store().cloned()
+}
+
+async fn blocking<T: Send + 'static>(
+    store: &Arc<PgStore>,
+    f: impl FnOnce(&PgStore) -> wbia_lightglue_engine::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(answer) => answer.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(500, e.to_string(), Value::Null)),
+    }
+}
+
+/// Whether a job of `database` annotations (the query excluded) is split.
+pub fn splits(state: &AppState, database: usize) -> bool {
+    shared(state).is_some() && database > state.options.chunk_annotations.max(1)
+}
+
+/// Scores `query` against `database` (the query excluded) as a split job: queued in chunks,
+/// matched by every replica, merged here in database order. Progress counts the pairs of
+/// finished chunks.
+pub async fn score(
+    state: &AppState,
+    jobid: &str,
+    query: Uuid,
+    database: &[Uuid],
+    config: &Config,
+    progress: &Progress,
+) -> Result<Vec<PairScore>, ApiError> {
+    let store = shared(state).ok_or_else(|| ApiError::new(500, "no shared store", Value::Null))?;
+    let size = state.options.chunk_annotations.max(1);
+    let requests: Vec<String> = database
+        .chunks(size)
+        .map(|chunk| {
+            serde_json::to_string(&ChunkRequest {
+                query,
+                database: chunk.to_vec(),
+                config: config.clone(),
+            })
+            .unwrap_or_default()
+        })
+        .collect();
+    let chunks = requests.len();
+    progress.add_totals(database.len() + 1, database.len());
+    let id = jobid.to_string();
+    blocking(&store, move |s| s.add_chunks(&id, &requests)).await?;
+    tracing::info!(
+        jobid,
+        chunks,
+        size,
+        "job split into chunks for the replicas"
+    );
+    let mut counted = 0usize;
+    let merged = loop {
+        let id = jobid.to_string();
+        let states = blocking(&store, move |s| s.chunks(&id)).await?;
+        if let Some(failed) = states.iter().find(|c| c.state == "failed") {
+            let id = jobid.to_string();
+            let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
+            return Err(ApiError::new(
+                502,
+                format!(
+                    "chunk {} of the job failed: {}",
+                    failed.chunk,
+                    failed.error.as_deref().unwrap_or("unknown error")
+                ),
+                Value::Null,
+            ));
+        }
+        let done: Vec<ChunkScores> = states
+            .iter()
+            .filter(|c| c.state == "done")
+            .filter_map(|c| serde_json::from_str(c.scores.as_deref()?).ok())
+            .collect();
+        let scored: usize = done.iter().map(Vec::len).sum();
+        progress.add_pairs_scored(scored.saturating_sub(counted));
+        counted = counted.max(scored);
+        if done.len() == chunks && states.len() == chunks {
+            break done;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let id = jobid.to_string();
+    let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
+    let scores: Vec<PairScore> = merged
+        .into_iter()
+        .flatten()
+        .map(|(score, turn)| PairScore {
+            score,
+            rotation: Rotation::from_degrees(turn).unwrap_or_default(),
+        })
+        .collect();
+    if scores.len() != database.len() {
+        return Err(ApiError::new(
+            500,
+            format!("{} scores for {} annotations", scores.len(), database.len()),
+            Value::Null,
+        ));
+    }
+    Ok(scores)
+}
+
+/// This replica's chunk worker: takes queued chunks of any replica's split jobs and matches
+/// them, until the process ends. Started by `serve` when the store is shared.
+pub async fn work_chunks(state: Arc<AppState>) {
+    let Some(store) = shared(&state) else { return };
+    let lease = state.options.chunk_lease;
+    loop {
+        let owner = state.replica.clone();
+        let taken = blocking(&store, move |s| s.take_chunk(&owner, lease)).await;
+        let chunk = match taken {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not look for chunks");
+                tokio::time::sleep(POLL * 4).await;
+                continue;
+            }
+        };
+        let metrics = &state.chunk_metrics;
+        metrics.taken.fetch_add(1, Ordering::Relaxed);
+        if chunk.attempts > 1 {
+            metrics.retaken.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(jobid = %chunk.jobid, chunk = chunk.chunk, "took a chunk whose replica stopped renewing it");
+        }
+        let renewer = tokio::spawn(renew(state.clone(), store.clone(), chunk.clone()));
+        let outcome = match_chunk(&state, &chunk).await;
+        renewer.abort();
+        let (jobid, n, owner) = (chunk.jobid.clone(), chunk.chunk, state.replica.clone());
+        let ended = match outcome {
+            Ok(scores) => {
+                let text = serde_json::to_string(&scores).unwrap_or_default();
+                blocking(&store, move |s| s.end_chunk(&jobid, n, &owner, Ok(&text))).await
+            }
+            Err(e) if e.code == 429 => {
+                // Busy here: back to the queue for a replica with room.
+                let released = blocking(&store, move |s| s.release_chunk(&jobid, n, &owner)).await;
+                tokio::time::sleep(POLL * 4).await;
+                released.map(|()| false)
+            }
+            Err(e) => {
+                metrics.failed.fetch_add(1, Ordering::Relaxed);
+                let message = e.message.clone();
+                blocking(&store, move |s| {
+                    s.end_chunk(&jobid, n, &owner, Err(&message))
+                })
+                .await
+            }
+        };
+        match ended {
+            Ok(true) => {
+                metrics.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e.message, "could not record a chunk"),
+        }
+    }
+}
+
+/// Renews a chunk's lease at a third of its length while it is worked on.
+async fn renew(state: Arc<AppState>, store: Arc<PgStore>, chunk: TakenChunk) {
+    let lease = state.options.chunk_lease;
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let (jobid, n, owner) = (chunk.jobid.clone(), chunk.chunk, state.replica.clone());
+        if let Ok(false) = blocking(&store, move |s| s.renew_chunk(&jobid, n, &owner, lease)).await
+        {
+            tracing::warn!(jobid = %chunk.jobid, chunk = chunk.chunk, "lost a chunk's lease");
+            return;
+        }
+    }
+}
+
+/// One chunk, matched here: chips from WBIA, features and pair scores through the engine and
+/// the shared store.
+async fn match_chunk(state: &AppState, chunk: &TakenChunk) -> Result<ChunkScores, ApiError> {
+    let request: ChunkRequest = serde_json::from_str(&chunk.request)
+        .map_err(|e| ApiError::new(500, format!("chunk request: {e}"), Value::Null))?;
+    let mut all = vec![request.query];
+    all.extend(&request.database);
+    let aids = state.wbia.annot_aids(&all).await?;
+    let aids: Vec<(Uuid, i64)> = all
+        .iter()
+        .zip(aids)
+        .map(|(u, aid)| {
+            aid.map(|a| (*u, a)).ok_or_else(|| {
+                ApiError::new(600, format!("annotation {u} unknown to WBIA"), Value::Null)
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let identities = state
+        .wbia
+        .annot_chip_identities(&all)
+        .await
+        .unwrap_or_else(|_| vec![None; all.len()]);
+    let annots: Vec<Annot> = all
+        .iter()
+        .zip(identities)
+        .map(|(&uuid, id)| Annot {
+            uuid,
+            chip: id.map(|(image, bbox, theta)| WbiaChip { image, bbox, theta }),
+        })
+        .collect();
+    let source = WbiaChips {
+        client: &state.wbia,
+        aids: aids.into_iter().collect(),
+    };
+    let ticket = state.engine.admit(request.database.len())?;
+    let scores = state
+        .engine
+        .identify_with_rotations(
+            &ticket,
+            &source,
+            &annots[..1],
+            &annots[1..],
+            &request.config,
+            &Progress::default(),
+        )
+        .await?;
+    Ok(scores
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.score, p.rotation.degrees()))
+        .collect())
+}
