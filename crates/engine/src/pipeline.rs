@@ -289,6 +289,22 @@ impl Engine {
             .collect())
     }
 
+    /// Computes (or finds) a query's features at every turn `config` matches it at, so that
+    /// they are in the cache and the store before others need them: a split job's replicas
+    /// then read the query's features instead of each extracting them.
+    pub async fn prepare_query<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        query: &Annot,
+        config: &Config,
+        progress: &Progress,
+    ) -> Result<()> {
+        self.features_at(ticket, source, query, config, progress, config.query_rotations())
+            .await
+            .map(drop)
+    }
+
     /// [`Engine::identify`] with the query turn that gave each score (always
     /// [`Rotation::None`] with the sweep off).
     pub async fn identify_with_rotations<S: ChipSource>(

@@ -708,6 +708,12 @@ pub async fn compute(
     };
     let scores = match split_job {
         Some(jobid) if queries.len() == 1 && split::splits(state, others.len()) => {
+            // In the shared store before the chunks are queued: no replica extracts it again.
+            let query = &annots(queries)[0];
+            state
+                .engine
+                .prepare_query(ticket, &source, query, config, progress)
+                .await?;
             vec![split::score(state, jobid, queries[0], &others, config, progress).await?]
         }
         _ => {
