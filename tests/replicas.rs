@@ -466,6 +466,10 @@ fn a_split_job_survives_a_replica_dying_mid_chunk() {
     for r in ranked {
         let d = r["dannot_uuid"]["__UUID__"].as_str().unwrap();
         // Scores are f32: one answer writes them shortest, the other widened to f64.
-        assert_eq!(job_scores[d] as f32, r["score"].as_f64().unwrap() as f32, "{d}");
+        assert_eq!(
+            job_scores[d] as f32,
+            r["score"].as_f64().unwrap() as f32,
+            "{d}"
+        );
     }
 }

@@ -198,6 +198,29 @@ impl ConfigDir {
         self.read(&resolved, requested)
     }
 
+    /// Every configuration in the directory that loads (the built-in defaults first, when
+    /// there is no `config.json`), with its file name.
+    pub fn all(&self) -> Vec<(Option<String>, Config)> {
+        let mut found = Vec::new();
+        if !self.dir.join(DEFAULT_CONFIG_FILE).exists() {
+            found.push((None, Config::default()));
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return found;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        for name in names {
+            if let Ok(config) = self.load(Some(&name)) {
+                found.push((Some(name), config));
+            }
+        }
+        found
+    }
+
     fn read(&self, path: &Path, name: &str) -> Result<Config> {
         let meta = std::fs::metadata(path).map_err(|e| Error::Config(format!("{name}: {e}")))?;
         if meta.len() > 1 << 20 {
@@ -249,6 +272,29 @@ mod tests {
             assert_eq!(Config::from_json(&json, "x").unwrap().model_name, name);
         }
         assert!(Config::from_json(r#"{"depth_confidence": 7}"#, "x").is_err());
+    }
+
+    #[test]
+    fn all_lists_the_loadable_configurations() {
+        let dir = temp_dir("all");
+        std::fs::write(dir.join("b.json"), r#"{"image_size": 1024}"#).unwrap();
+        std::fs::write(dir.join("a.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
+        std::fs::write(dir.join("broken.json"), "{").unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a configuration").unwrap();
+        let all = ConfigDir::new(&dir).all();
+        let names: Vec<Option<&str>> = all.iter().map(|(n, _)| n.as_deref()).collect();
+        // No config.json: the built-in defaults first; the broken file is left out.
+        assert_eq!(names, [None, Some("a.json"), Some("b.json")]);
+        assert_eq!(all[2].1.image_size, 1024);
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let names: Vec<_> = ConfigDir::new(&dir)
+            .all()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names[0].as_deref(), Some("a.json"));
+        assert!(names.contains(&Some("config.json".into())));
+        assert!(ConfigDir::new("/nonexistent/lightglue").all().len() == 1);
     }
 
     #[test]

@@ -300,9 +300,16 @@ impl Engine {
         config: &Config,
         progress: &Progress,
     ) -> Result<()> {
-        self.features_at(ticket, source, query, config, progress, config.query_rotations())
-            .await
-            .map(drop)
+        self.features_at(
+            ticket,
+            source,
+            query,
+            config,
+            progress,
+            config.query_rotations(),
+        )
+        .await
+        .map(drop)
     }
 
     /// [`Engine::identify`] with the query turn that gave each score (always

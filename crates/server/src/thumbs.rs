@@ -55,13 +55,15 @@ pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Re
         Err(e) => return e.into_response(),
     };
     let reference = params.string("extern_reference").unwrap_or_default();
-    // References outlive a restart only for the default configuration, recomputed here.
+    // A reference this process handed out, else one of the configuration directory's (made
+    // before a restart, or by another replica sharing the directory), recomputed here.
     let config = state.jobs.reference_config(&reference).or_else(|| {
         state
             .configs
-            .load(None)
-            .ok()
-            .filter(|c| thumb_reference(c) == reference)
+            .all()
+            .into_iter()
+            .map(|(_, config)| config)
+            .find(|c| thumb_reference(c) == reference)
     });
     let Some(config) = config else {
         return proxy::forward(&state, &parts, body).await;

@@ -1700,3 +1700,41 @@ async fn two_uploaded_images_are_matched_and_drawn() {
         .unwrap();
     assert_eq!(resp.status(), 413);
 }
+
+/// A match-thumbnail reference made for a configuration other than the default is answered
+/// by a process that did not hand it out (another replica over the same configuration
+/// directory, or this one after a restart): it is matched against every configuration there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnail_references_of_any_configuration_survive_the_process() {
+    let (wbia, _fake) = fake_wbia(0).await;
+    let (_, first) = our_server(&format!("http://{wbia}")).await;
+    let dir = first.configs.path().to_path_buf();
+    let k256 = first.configs.load(Some("k256.json")).unwrap();
+    let reference = wbia_lightglue_server::jobs::thumb_reference(&k256);
+    // A second process over the same directory, which never handed the reference out.
+    let second = Arc::new(AppState::new(
+        Engine::start(EngineOptions {
+            weights_dir: Some(repo().join("weights")),
+            ..EngineOptions::default()
+        })
+        .unwrap(),
+        WbiaClient::new(&format!("http://{wbia}"), ClientOptions::default()).unwrap(),
+        ConfigDir::new(dir),
+        ServerOptions::default(),
+    ));
+    assert!(!second.jobs.knows_reference(&reference));
+    let addr = spawn_ours(router(second)).await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/api/query/graph/match/thumb/"))
+        .query(&[
+            ("extern_reference", reference.as_str()),
+            ("query_annot_uuid", &Uuid::from_u128(0xa1).to_string()),
+            ("database_annot_uuid", &Uuid::from_u128(0xa2).to_string()),
+            ("version", "clean"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "rendered here, not passed to WBIA");
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+}
