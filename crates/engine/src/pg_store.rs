@@ -13,7 +13,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use wbia_lightglue_model::Features;
 
-use crate::store::{features_checksum, from_bytes, score_checksum, to_bytes, Store};
+use crate::store::{features_checksum, features_of_row, score_checksum, to_bytes, Store};
 use crate::{Error, FeatureKey, Result};
 
 mod embedded {
@@ -339,20 +339,7 @@ impl Store for PgStore {
             self.drop_damaged("features");
             return Ok(None);
         }
-        let kp = from_bytes(&kp);
-        let features = Features {
-            keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
-            scores: from_bytes(&scores),
-            descriptors: from_bytes(&desc),
-            image_size: [w as f32, h as f32],
-        };
-        match features.validate() {
-            Ok(()) => Ok(Some(features)),
-            Err(e) => {
-                tracing::warn!(annot = %key.annot, error = %e, "ignoring an invalid stored feature row");
-                Ok(None)
-            }
-        }
+        Ok(features_of_row(key, [&kp, &scores, &desc], w, h))
     }
 
     fn put(&self, key: &FeatureKey, f: &Features) -> Result<()> {

@@ -97,7 +97,7 @@ pub(crate) fn to_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
     values.flat_map(f32::to_le_bytes).collect()
 }
 
-pub(crate) fn from_bytes(bytes: &[u8]) -> Vec<f32> {
+fn from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -150,6 +150,31 @@ pub(crate) fn score_checksum(query: &str, database: &str, matcher: &str, score: 
             &score.to_le_bytes(),
         ],
     )
+}
+
+/// Features from a row whose checksum matched; `None` (logged) when they are still invalid:
+/// written wrong, not damaged since, so absent, and overwritten when recomputed.
+pub(crate) fn features_of_row(
+    key: &FeatureKey,
+    blobs: [&[u8]; 3],
+    width: f64,
+    height: f64,
+) -> Option<Features> {
+    let [kp, scores, desc] = blobs;
+    let kp = from_bytes(kp);
+    let features = Features {
+        keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+        scores: from_bytes(scores),
+        descriptors: from_bytes(desc),
+        image_size: [width as f32, height as f32],
+    };
+    match features.validate() {
+        Ok(()) => Some(features),
+        Err(e) => {
+            tracing::warn!(annot = %key.annot, error = %e, "ignoring an invalid stored feature row");
+            None
+        }
+    }
 }
 
 /// A column's bytes; `None` for a value of the wrong type (damage, not an error).
@@ -408,21 +433,7 @@ impl FeatureStore {
             self.drop_damaged("features", delete);
             return Ok(None);
         };
-        let kp = from_bytes(&kp);
-        let features = Features {
-            keypoints: kp.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
-            scores: from_bytes(&scores),
-            descriptors: from_bytes(&desc),
-            image_size: [w as f32, h as f32],
-        };
-        // Checksummed but invalid: written wrong, not damaged since; absent, and overwritten.
-        match features.validate() {
-            Ok(()) => Ok(Some(features)),
-            Err(e) => {
-                tracing::warn!(annot = %key.annot, error = %e, "ignoring an invalid stored feature row");
-                Ok(None)
-            }
-        }
+        Ok(features_of_row(key, [&kp, &scores, &desc], w, h))
     }
 
     /// Stores the features of `key`, replacing any.

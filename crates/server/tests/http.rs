@@ -1564,6 +1564,13 @@ async fn calibrated_and_swept_configs_answer_with_both() {
     }
 }
 
+/// An error answer whose envelope message names `what`.
+async fn assert_message_names(resp: reqwest::Response, what: &str) {
+    let body: Value = resp.json().await.unwrap();
+    let message = body["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(what), "{body}");
+}
+
 /// Two uploaded photos (the Sacré-Cœur pair, Apache-2.0) matched without WBIA: the PNG has
 /// both images at a common height with the matches drawn, its score header equals the JSON
 /// form's score, and nothing is cached or stored. Bad uploads answer in the envelope.
@@ -1661,26 +1668,12 @@ async fn two_uploaded_images_are_matched_and_drawn() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 422);
-    let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["status"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("image1"),
-        "{body}"
-    );
+    assert_message_names(resp, "image1").await;
     let only_one =
         reqwest::multipart::Form::new().part("image0", reqwest::multipart::Part::bytes(a.clone()));
     let resp = client.post(&url).multipart(only_one).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["status"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("image1"),
-        "{body}"
-    );
+    assert_message_names(resp, "image1").await;
     let resp = client
         .post(&url)
         .multipart(form("gif", b.clone()))
