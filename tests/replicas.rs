@@ -292,23 +292,7 @@ fn replicas_share_jobs_features_and_scores() {
         metric(&client, &b.base, "wbia_lightglue_extractions_total"),
         metric(&client, &b.base, "wbia_lightglue_pairs_matched_total"),
     );
-    let query = client
-        .post(format!("{}/api/review/query/chip/best/", b.base))
-        .form(&[
-            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
-            (
-                "database_annot_uuid_list",
-                json!((2..=ANNOTS).map(uuid).collect::<Vec<_>>()).to_string(),
-            ),
-            ("pipeline_root", "LightGlue".to_string()),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(query.status(), 200);
-    let answer = json_of(&query.text().unwrap());
-    let ranked = answer["response"]["query_results"][0]["ranked"]
-        .as_array()
-        .unwrap();
+    let ranked = ranked_by_plain_query(&client, &b.base, ANNOTS);
     assert_eq!(ranked.len(), (ANNOTS - 1) as usize);
     let after = (
         metric(&client, &b.base, "wbia_lightglue_extractions_total"),
@@ -324,6 +308,28 @@ fn replicas_share_jobs_features_and_scores() {
         ),
         (ANNOTS - 1) as f64
     );
+}
+
+/// Annotation 1 against 2..=n through `chip/best` on `base`: the ranked candidates.
+fn ranked_by_plain_query(client: &reqwest::blocking::Client, base: &str, n: u128) -> Vec<Value> {
+    let query = client
+        .post(format!("{base}/api/review/query/chip/best/"))
+        .form(&[
+            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!((2..=n).map(uuid).collect::<Vec<_>>()).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(query.status(), 200);
+    let answer = json_of(&query.text().unwrap());
+    answer["response"]["query_results"][0]["ranked"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn wait_ready(client: &reqwest::blocking::Client, replicas: &[&Replica]) {
@@ -446,30 +452,11 @@ fn a_split_job_survives_a_replica_dying_mid_chunk() {
         })
         .collect();
     assert_eq!(job_scores.len(), (n - 1) as usize);
-    let query = client
-        .post(format!("{}/api/review/query/chip/best/", a.base))
-        .form(&[
-            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
-            (
-                "database_annot_uuid_list",
-                json!((2..=n).map(uuid).collect::<Vec<_>>()).to_string(),
-            ),
-            ("pipeline_root", "LightGlue".to_string()),
-        ])
-        .send()
-        .unwrap();
-    let answer = json_of(&query.text().unwrap());
-    let ranked = answer["response"]["query_results"][0]["ranked"]
-        .as_array()
-        .unwrap();
+    let ranked = ranked_by_plain_query(&client, &a.base, n);
     assert_eq!(ranked.len(), (n - 1) as usize);
     for r in ranked {
         let d = r["dannot_uuid"]["__UUID__"].as_str().unwrap();
-        // Scores are f32: one answer writes them shortest, the other widened to f64.
-        assert_eq!(
-            job_scores[d] as f32,
-            r["score"].as_f64().unwrap() as f32,
-            "{d}"
-        );
+        // Both answers write the f32 score as its shortest decimal: the same number.
+        assert_eq!(job_scores[d], r["score"].as_f64().unwrap(), "{d}");
     }
 }

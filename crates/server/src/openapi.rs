@@ -11,6 +11,16 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::{OpenApi, ToSchema};
 
+/// An f32 score written as its shortest decimal (566.7218), not widened to f64's digits
+/// (566.7218017578125) when the answer is built as a `serde_json::Value`, as job results
+/// write it.
+pub(crate) fn shortest<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    match v.to_string().parse::<f64>() {
+        Ok(x) if v.is_finite() => s.serialize_f64(x),
+        _ => s.serialize_f32(*v),
+    }
+}
+
 /// WBIA's `{"__UUID__": "..."}` form; plain UUID strings are accepted too.
 #[derive(Serialize, ToSchema)]
 pub struct FancyUuid {
@@ -61,6 +71,7 @@ pub struct Status {
 pub struct ScoredAnnotation {
     pub dannot_uuid: FancyUuid,
     /// Sum of LightGlue match confidences.
+    #[serde(serialize_with = "shortest")]
     pub score: f32,
     /// P(same individual) from the configuration's `calibration` (`evaluate --calibrate`);
     /// null without one.
@@ -76,6 +87,7 @@ pub struct ScoredAnnotation {
 pub struct NameScore {
     pub name: String,
     /// The best score among the name's annotations (the plugin's max).
+    #[serde(serialize_with = "shortest")]
     pub score: f32,
     /// That annotation's calibrated score (null without a calibration).
     pub calibrated_score: Option<f64>,

@@ -25,6 +25,7 @@ const PICTURE_HEIGHT: usize = 720;
 #[derive(Serialize, ToSchema)]
 pub struct UploadMatch {
     /// Sum of match confidences, as identification scores a pair.
+    #[serde(serialize_with = "crate::openapi::shortest")]
     pub score: f32,
     /// P(same individual) from the configuration's calibration; null without one.
     pub calibrated_score: Option<f64>,
