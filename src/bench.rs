@@ -30,6 +30,12 @@ pub struct BenchArgs {
     batch_size: usize,
     #[arg(long)]
     skip_1vn: bool,
+    /// Keypoint counts to time matching at (for profiling one size).
+    #[arg(long, value_delimiter = ',', default_values_t = [2048, 512])]
+    sizes: Vec<i64>,
+    /// Matching modes to time: adaptive, full.
+    #[arg(long, value_delimiter = ',', default_values_t = ["adaptive".to_string(), "full".to_string()])]
+    modes: Vec<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -112,11 +118,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let e = model.load_aliked(&device)?;
         Ok((e.extract(&sc[0])?, e.extract(&sc[1])?))
     };
-    let pairs = [(2048, extract_pair(2048)?), (512, extract_pair(512)?)];
-    let modes = [
-        ("adaptive", MatchOptions::default()),
-        ("full", MatchOptions::full()),
-    ];
+    let pairs = args
+        .sizes
+        .iter()
+        .map(|&k| Ok((k, extract_pair(k)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let modes = args
+        .modes
+        .iter()
+        .map(|mode| match mode.as_str() {
+            "adaptive" => Ok(("adaptive", MatchOptions::default())),
+            "full" => Ok(("full", MatchOptions::full())),
+            other => anyhow::bail!("unknown mode {other:?} (adaptive or full)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let matcher = args.model.load_lightglue(&device)?;
     for (mode, options) in &modes {
         for (k, (f0, f1)) in &pairs {
@@ -145,7 +160,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map(|p| Ok(extractor.extract(&fixture(p)?)?))
             .collect::<Result<Vec<_>>>()?;
         let db: Vec<&Features> = (0..args.n).map(|i| &db_feats[i % db_feats.len()]).collect();
-        let query = &pairs[0].1 .0;
+        let query = &extractor.extract(&sc[0])?;
 
         let adaptive = MatchOptions::default();
         matcher.match_pair(query, db[1], &adaptive)?;

@@ -452,10 +452,6 @@ fn bad_device_settings_are_clear_errors() {
         "unknown precision",
     );
     fails_with(
-        &["serve", "--device", "cpu", "--precision", "bf16"],
-        "bf16 needs a CUDA device",
-    );
-    fails_with(
         &["serve", "--device", "cpu", "--match-batch", "1000"],
         "at most 256",
     );

@@ -11,6 +11,8 @@ On CUDA every timing waits for the GPU (torch.cuda.synchronize) before it stops 
 Prints a single JSON object on stdout (progress goes to stderr):
   extract_ms                       median ms per extraction (resize 512, 2048 kpts)
   match_ms_{2048,512}_{adaptive,full}  median ms per matcher call, sacre_coeur pair
+  match_ms_*_bf16                  the same under CPU bf16 autocast (--bf16-autocast);
+                                   *_error where the reference fails
   one_vs_n_*                       1 query vs N=64 database feature sets,
                                    sequential matcher calls (adaptive mode)
   peak_rss_mb_after_*              ru_maxrss after each section
@@ -147,6 +149,8 @@ def main() -> int:
                     default=FIXTURES / "lightglue" / "sacre_coeur1.jpg")
     ap.add_argument("--n", type=int, default=64, help="database size for 1-vs-N")
     ap.add_argument("--skip-1vn", action="store_true")
+    ap.add_argument("--bf16-autocast", action="store_true",
+                    help="also time matching under torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--weights-dir", type=Path,
                     help="load the repository's safetensors (the same tensors as the .pth "
@@ -206,6 +210,28 @@ def main() -> int:
             log(f"{key}: {med:.1f} ms ({res[f'matches_{k}_{mode}']} matches, "
                 f"stop {res[f'stop_{k}_{mode}']})")
     res["peak_rss_mb_after_match"] = peak_rss_mb()
+
+    # (b') matching under PyTorch's own CPU bf16 autocast (oneDNN's bf16 kernels) ---------
+    if args.bf16_autocast and DEVICE.type == "cpu":
+        for mode, (d, w) in MODES.items():
+            m = matcher(d, w)
+            for k in (2048, 512):
+                f0, f1 = feats[k]
+                key = f"match_ms_{k}_{mode}_bf16"
+
+                def bf16_match():
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return run_match(m, f0, f1)
+                try:
+                    med, times = timed(bf16_match, args.repeat)
+                except Exception as e:  # adaptive pruning mixes dtypes in index_put
+                    res[f"{key}_error"] = f"{type(e).__name__}: {e}"[:200]
+                    log(f"{key}: fails ({res[f'{key}_error']})")
+                    continue
+                res[key] = round(med, 2)
+                res[f"{key}_all"] = [round(t, 2) for t in times]
+                log(f"{key}: {med:.1f} ms")
+        res["peak_rss_mb_after_match_bf16"] = peak_rss_mb()
 
     # (c) 1-vs-N -------------------------------------------------------------
     if not args.skip_1vn:

@@ -416,7 +416,15 @@ impl Models {
                 let dir = s.weights_dir.as_deref();
                 let path = weights::find_weights(dir, weights::LIGHTGLUE_FILE)?;
                 let model = LightGlue::from_file_with_precision(path, &s.device, s.precision)?;
-                tracing::info!(precision = %s.precision, "loaded LightGlue");
+                if model.precision() == s.precision {
+                    tracing::info!(precision = %s.precision, "loaded LightGlue");
+                } else {
+                    tracing::warn!(
+                        requested = %s.precision,
+                        precision = %model.precision(),
+                        "loaded LightGlue: this CPU has no AVX-512 BF16, matching in f32"
+                    );
+                }
                 model
             }
         };

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::matmul::{gemm_bf16, matmul_into, Kernel, Mat, PackedA, PackedB};
 use crate::{Error, Result};
 
 /// Rows of q handled together: big enough for an efficient matrix product, small enough that
@@ -23,6 +24,7 @@ pub fn attention(
     v: &Tensor,
     scale: f32,
     key_lens: Option<&[usize]>,
+    kernel: Kernel,
 ) -> Result<Tensor> {
     let (b, _, _, _) = q.dims4()?;
     if let Some(lens) = key_lens {
@@ -37,6 +39,7 @@ pub fn attention(
         let op = FusedAttention {
             scale,
             key_lens: key_lens.map(|l| l.to_vec()),
+            kernel,
         };
         Ok(q.contiguous()?
             .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?)
@@ -72,6 +75,7 @@ pub fn attention_reference(
 struct FusedAttention {
     scale: f32,
     key_lens: Option<Vec<usize>>,
+    kernel: Kernel,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -113,9 +117,22 @@ impl CustomOp3 for FusedAttention {
                 let q = &q[bh * m * d..(bh + 1) * m * d];
                 let k = &k[bh * n * d..bh * n * d + len * d];
                 let v = &v[bh * n * d..bh * n * d + len * d];
-                out.par_chunks_mut(ROW_BLOCK * d)
-                    .zip(q.par_chunks(ROW_BLOCK * d))
-                    .for_each(|(out, q)| attend_block(q, k, v, out, d, len, self.scale));
+                match self.kernel {
+                    Kernel::F32 => out
+                        .par_chunks_mut(ROW_BLOCK * d)
+                        .zip(q.par_chunks(ROW_BLOCK * d))
+                        .for_each(|(out, q)| attend_block(q, k, v, out, d, len, self.scale)),
+                    Kernel::Bf16 => {
+                        // Keys and values are packed once per head, for every block.
+                        let kt = PackedB::pack(Mat::rows(k, len, d).t());
+                        let vp = PackedB::pack(Mat::rows(v, len, d));
+                        out.par_chunks_mut(ROW_BLOCK * d)
+                            .zip(q.par_chunks(ROW_BLOCK * d))
+                            .for_each(|(out, q)| {
+                                attend_block_bf16(q, &kt, &vp, out, d, len, self.scale)
+                            })
+                    }
+                }
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, h, m, d))))
@@ -152,6 +169,42 @@ fn attend_block(
     divide_rows(out, d, &sums);
 }
 
+/// [`attend_block`] with bf16 products: keys packed as `kt` (transposed), values as `vp`.
+fn attend_block_bf16(
+    q: &[f32],
+    kt: &PackedB,
+    vp: &PackedB,
+    out: &mut [f32],
+    d: usize,
+    len: usize,
+    scale: f32,
+) {
+    let rows = q.len() / d;
+    if len == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut sim = vec![0f32; rows * len];
+    gemm_bf16(
+        &mut sim,
+        len,
+        &PackedA::pack(Mat::rows(q, rows, d)),
+        kt,
+        scale,
+        None,
+    );
+    let sums: Vec<f32> = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
+    gemm_bf16(
+        out,
+        d,
+        &PackedA::pack(Mat::rows(&sim, rows, len)),
+        vp,
+        1.0,
+        None,
+    );
+    divide_rows(out, d, &sums);
+}
+
 /// Bidirectional cross attention over one shared similarity matrix, as LightGlue computes it:
 /// `sim = a·bᵀ`, `m_a = softmax_rows(sim)·v_b`, `m_b = softmax_cols(sim)ᵀ·v_a`. Inputs are
 /// [B, H, M, D] (`a`, `va`) and [B, H, N, D] (`b`, `vb`); `b_lens[k]` rows of `b` are real
@@ -163,6 +216,7 @@ pub fn cross_attention(
     va: &Tensor,
     vb: &Tensor,
     b_lens: Option<&[usize]>,
+    kernel: Kernel,
 ) -> Result<(Tensor, Tensor)> {
     if !(a.device().is_cpu() && a.dtype() == candle_core::DType::F32) {
         let ma = attention_reference(a, b, vb, 1.0, b_lens)?;
@@ -188,7 +242,11 @@ pub fn cross_attention(
             .enumerate()
             .for_each(|(bh, (oa, ob))| {
                 let len = b_lens.map_or(n, |l| l[bh / h].min(n));
-                cross_head(
+                let head = match kernel {
+                    Kernel::F32 => cross_head,
+                    Kernel::Bf16 => cross_head_bf16,
+                };
+                head(
                     &a_h[bh * m * d..(bh + 1) * m * d],
                     &b_h[bh * n * d..bh * n * d + len * d],
                     &va_h[bh * m * d..(bh + 1) * m * d],
@@ -249,8 +307,79 @@ fn cross_head(
     divide_rows(ob, d, &col_sum);
 }
 
+/// [`cross_head`] with bf16 products. The column messages are computed transposed,
+/// `m_bᵀ = v_aᵀ · E`, so that the exponentials pack as the right operand row by row.
+fn cross_head_bf16(
+    a: &[f32],
+    b: &[f32],
+    va: &[f32],
+    vb: &[f32],
+    oa: &mut [f32],
+    ob: &mut [f32],
+    d: usize,
+) {
+    let (m, n) = (a.len() / d, b.len() / d);
+    if n == 0 {
+        oa.fill(0.0);
+        return;
+    }
+    let mut sim = vec![0f32; m * n];
+    let bt = PackedB::pack(Mat::rows(b, n, d).t());
+    gemm_bf16(
+        &mut sim,
+        n,
+        &PackedA::pack(Mat::rows(a, m, d)),
+        &bt,
+        1.0,
+        None,
+    );
+    let vbp = PackedB::pack(Mat::rows(vb, n, d));
+    let mut block = vec![0f32; ROW_BLOCK * n];
+    let mut packed = PackedA::pack(Mat::rows(&[], 0, n));
+    for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
+        let rows = out.len() / d;
+        let e = &mut block[..rows * n];
+        e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
+        let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
+        packed.repack(Mat::rows(e, rows, n));
+        gemm_bf16(out, d, &packed, &vbp, 1.0, None);
+        divide_rows(out, d, &sums);
+    }
+    let mut col_max = vec![f32::NEG_INFINITY; n];
+    for row in sim.chunks_exact(n) {
+        col_max
+            .iter_mut()
+            .zip(row)
+            .for_each(|(c, &v)| *c = c.max(v));
+    }
+    let mut col_sum = vec![0f32; n];
+    for row in sim.chunks_exact_mut(n) {
+        exp_sub_accumulate(row, &col_max, &mut col_sum);
+    }
+    let mut transposed = vec![0f32; d * n];
+    gemm_bf16(
+        &mut transposed,
+        n,
+        &PackedA::pack(Mat::rows(va, m, d).t()),
+        &PackedB::pack(Mat::rows(&sim, m, n)),
+        1.0,
+        None,
+    );
+    for (j, row) in ob.chunks_exact_mut(d).enumerate() {
+        let inv = 1.0 / col_sum[j];
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = transposed[c * n + j] * inv;
+        }
+    }
+}
+
 /// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.
 fn exp_sub_accumulate(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { avx512::exp_sub_accumulate(row, max, sum) };
+    }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
@@ -273,81 +402,6 @@ fn exp_sub_accumulate_plain(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
     }
 }
 
-/// A matrix view into a slice: element (r, c) is `data[r * rs + c * cs]`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// A row-major `rows × cols` matrix.
-    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose, without copying.
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst = scale · lhs · rhs`, `dst` row-major, on the calling thread (callers parallelise over
-/// blocks and heads). The one place this module calls into `gemm`'s raw-pointer API.
-fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert!(
-        rhs.rows == k && dst.len() == m * n && lhs.fits() && rhs.fits(),
-        "matmul_into: bad shapes"
-    );
-    // SAFETY: the assertion above proves every index gemm touches lies inside the three
-    // slices, and `dst` is a unique borrow, so it overlaps neither source.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// Divides each `d`-wide row of `x` by its softmax denominator.
 fn divide_rows(x: &mut [f32], d: usize, sums: &[f32]) {
     for (row, &sum) in x.chunks_exact_mut(d).zip(sums) {
@@ -358,6 +412,11 @@ fn divide_rows(x: &mut [f32], d: usize, sums: &[f32]) {
 
 /// Replaces `row` by `exp(row - max(row))` and returns the sum.
 fn softmax_numerator(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { avx512::softmax_numerator(row) };
+    }
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -415,6 +474,98 @@ pub fn fast_exp(x: f32) -> f32 {
     y * f32::from_bits(((exponent + 127) as u32) << 23)
 }
 
+/// The exponentials of the softmax 16 lanes at a time: the same reduction and polynomial as
+/// [`fast_exp`], with `vscalefps` applying the power of two. At 512 keypoints the softmax
+/// exponentials took more time than the matrix products around them.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(
+            _mm512_min_ps(x, _mm512_set1_ps(88.0)),
+            _mm512_set1_ps(-87.0),
+        );
+        // n = round(x / ln 2), r = x - n ln 2 in two parts (Cody–Waite).
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        _mm512_scalef_ps(y, n)
+    }
+
+    /// The first `n` of 16 lanes.
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// `row ← exp(row - max(row))`, returning the sum.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_numerator(row: &mut [f32]) -> f32 {
+        let ptr = row.as_mut_ptr();
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..row.len()).step_by(16) {
+            let m = mask(row.len() - i);
+            let v = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, ptr.add(i));
+            mx = _mm512_max_ps(mx, v);
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..row.len()).step_by(16) {
+            let m = mask(row.len() - i);
+            let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, ptr.add(i)), max));
+            _mm512_mask_storeu_ps(ptr.add(i), m, e);
+            sum = _mm512_mask_add_ps(sum, m, sum, e);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
+    /// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_sub_accumulate(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
+        assert!(max.len() >= row.len() && sum.len() >= row.len());
+        let (ptr, mp, sp) = (row.as_mut_ptr(), max.as_ptr(), sum.as_mut_ptr());
+        for i in (0..row.len()).step_by(16) {
+            let m = mask(row.len() - i);
+            let x = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(m, ptr.add(i)),
+                _mm512_maskz_loadu_ps(m, mp.add(i)),
+            );
+            let e = exp(x);
+            _mm512_mask_storeu_ps(ptr.add(i), m, e);
+            let s = _mm512_maskz_loadu_ps(m, sp.add(i));
+            _mm512_mask_storeu_ps(sp.add(i), m, _mm512_add_ps(s, e));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +579,40 @@ mod tests {
             let (ours, exact) = (fast_exp(x), (x as f64).exp());
             let rel = ((ours as f64 - exact) / exact).abs();
             assert!(rel < 3e-7, "exp({x}) = {ours}, want {exact}");
+        }
+    }
+
+    /// The 16-lane softmax against the scalar one, over lengths around the vector width and
+    /// values spanning exp's clamped range.
+    #[test]
+    fn vector_softmax_equals_scalar() {
+        for len in [1usize, 15, 16, 17, 64, 100] {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1.9)
+                .collect();
+            let mut fast = row.clone();
+            let sum = softmax_numerator(&mut fast);
+            let mut slow = row.clone();
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let want = exp_shifted(&mut slow, max);
+            assert!(
+                (sum - want).abs() <= 1e-6 * want,
+                "len {len}: {sum} vs {want}"
+            );
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!(
+                    (a - b).abs() <= 3e-7 * b.abs().max(1e-30),
+                    "len {len}: {a} vs {b}"
+                );
+            }
+            let maxes: Vec<f32> = row.iter().map(|v| v + 1.0).collect();
+            let (mut fast, mut slow) = (row.clone(), row.clone());
+            let (mut s_fast, mut s_slow) = (vec![1f32; len], vec![1f32; len]);
+            exp_sub_accumulate(&mut fast, &maxes, &mut s_fast);
+            exp_sub_accumulate_plain(&mut slow, &maxes, &mut s_slow);
+            for ((a, b), (sa, sb)) in fast.iter().zip(&slow).zip(s_fast.iter().zip(&s_slow)) {
+                assert!((a - b).abs() <= 3e-7 * b && (sa - sb).abs() <= 3e-7 * sb);
+            }
         }
     }
 
@@ -445,7 +630,7 @@ mod tests {
         let va = random((2, 2, 40, 8), 6);
         let vb = random((2, 2, 57, 8), 7);
         let lens = [57usize, 20];
-        let (ma, mb) = cross_attention(&a, &b, &va, &vb, Some(&lens)).unwrap();
+        let (ma, mb) = cross_attention(&a, &b, &va, &vb, Some(&lens), Kernel::F32).unwrap();
         let want_a = attention_reference(&a, &b, &vb, 1.0, Some(&lens)).unwrap();
         let want_b = attention_reference(&b, &a, &va, 1.0, None).unwrap();
         assert!(max_abs_diff(&ma, &want_a) < 1e-5);
@@ -465,13 +650,58 @@ mod tests {
         );
     }
 
+    /// bf16 products against the f32 composition: attention outputs are weighted means of
+    /// values in [-2, 2], so an absolute bound of 0.05 is a few bf16 steps (2^-8 relative) of
+    /// the similarities through the softmax. Shapes cover partial row blocks (70 rows, block
+    /// 64), partial panels (57, 70 keys), padding, and the real head width 64.
+    #[test]
+    fn bf16_kernels_stay_close_to_f32() {
+        if !crate::ops::matmul::bf16_available() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+            return;
+        }
+        let q = random((2, 3, 70, 64), 1);
+        let k = random((2, 3, 57, 64), 2);
+        let v = random((2, 3, 57, 64), 3);
+        let scale = 0.125;
+        for lens in [None, Some(&[57usize, 33][..])] {
+            let half = attention(&q, &k, &v, scale, lens, Kernel::Bf16).unwrap();
+            let exact = attention_reference(&q, &k, &v, scale, lens).unwrap();
+            let diff = max_abs_diff(&half, &exact);
+            assert!(
+                diff < 0.05 && diff > 0.0,
+                "max diff {diff} with lens {lens:?}"
+            );
+        }
+        let (a, b) = (random((2, 2, 70, 64), 4), random((2, 2, 57, 64), 5));
+        let (va, vb) = (random((2, 2, 70, 64), 6), random((2, 2, 57, 64), 7));
+        let a = (a * 0.125).unwrap();
+        let lens = [57usize, 20];
+        let (ma, mb) = cross_attention(&a, &b, &va, &vb, Some(&lens), Kernel::Bf16).unwrap();
+        let (fa, fb) = cross_attention(&a, &b, &va, &vb, Some(&lens), Kernel::F32).unwrap();
+        assert!(max_abs_diff(&ma, &fa) < 0.05);
+        let real = |t: &Tensor| t.get(1).unwrap().narrow(1, 0, 20).unwrap();
+        assert!(max_abs_diff(&mb.get(0).unwrap(), &fb.get(0).unwrap()) < 0.05);
+        assert!(max_abs_diff(&real(&mb), &real(&fb)) < 0.05);
+        let pad = mb.get(1).unwrap().narrow(1, 20, 37).unwrap();
+        assert_eq!(
+            pad.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+
     #[test]
     fn fused_matches_composed() {
         let q = random((2, 3, 45, 16), 1);
         let k = random((2, 3, 70, 16), 2);
         let v = random((2, 3, 70, 16), 3);
         for lens in [None, Some(&[70usize, 33][..])] {
-            let fused = attention(&q, &k, &v, 0.25, lens).unwrap();
+            let fused = attention(&q, &k, &v, 0.25, lens, Kernel::F32).unwrap();
             let composed = attention_reference(&q, &k, &v, 0.25, lens).unwrap();
             let diff = max_abs_diff(&fused, &composed);
             assert!(diff < 1e-5, "max diff {diff} with lens {lens:?}");

@@ -7,6 +7,7 @@ mod cuda;
 pub mod deform_conv;
 pub mod fused;
 pub mod grid_sample;
+pub mod matmul;
 
 pub use attention::{attention, attention_reference, cross_attention};
 pub use conv::{conv2d, conv2d_reference};

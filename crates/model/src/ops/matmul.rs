@@ -1,0 +1,688 @@
+//! Matrix products on the CPU for the fused kernels: f32 through `gemm`, and bf16 on the
+//! AVX-512 BF16 dot-product instruction (`vdpbf16ps`).
+//!
+//! The bf16 path rounds both inputs to bf16 (round to nearest even, as PyTorch's autocast
+//! does), multiplies and accumulates in f32 and writes f32: only the products lose precision,
+//! everything around them (softmax, layer norm, residuals) stays f32. `vdpbf16ps` takes two
+//! bf16 values per f32 lane, so both operands are packed with consecutive pairs of the inner
+//! dimension in one 32-bit word: the left operand as rows of words ([`PackedA`]), the right one
+//! in panels of [`NR`] columns ([`PackedB`]), each packed once and reused by every tile.
+//! [`gemm_bf16_reference`] is the loop-by-loop twin the tests compare against.
+
+use rayon::prelude::*;
+
+/// Rows of the left operand per micro-tile: 12 rows × 2 vectors = 24 accumulators, which
+/// leaves registers for the two right-hand vectors and the broadcast.
+pub const MR: usize = 12;
+/// Columns per micro-tile and per panel of [`PackedB`] (two 16-lane vectors).
+pub const NR: usize = 32;
+
+/// How the fused kernels multiply matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    F32,
+    /// Inputs rounded to bf16, f32 accumulation; only where [`bf16_available`] says so.
+    Bf16,
+}
+
+/// Whether this CPU has the instructions of the bf16 kernel (AVX-512 F, BW and BF16: Intel
+/// since Cooper Lake / Sapphire Rapids, AMD since Zen 4). Checked once.
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A matrix view into a slice: element (r, c) is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, without copying.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+}
+
+/// `dst = scale · lhs · rhs` in f32, `dst` row-major, on the calling thread (callers
+/// parallelise over blocks and heads). The one place the kernels call `gemm`'s raw-pointer API.
+pub fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert!(
+        rhs.rows == k && dst.len() == m * n && lhs.fits() && rhs.fits(),
+        "matmul_into: bad shapes"
+    );
+    // SAFETY: the assertion above proves every index gemm touches lies inside the three
+    // slices, and `dst` is a unique borrow, so it overlaps neither source.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `dst = scale · lhs · rhs` with `kernel`; both operands are packed on each call (use
+/// [`PackedB`] and [`gemm_bf16`] directly to reuse a packed right-hand side).
+pub fn matmul_with(kernel: Kernel, dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
+    match kernel {
+        Kernel::F32 => matmul_into(dst, lhs, rhs, scale),
+        Kernel::Bf16 => {
+            let b = PackedB::pack(rhs);
+            gemm_bf16(dst, rhs.cols, &PackedA::pack(lhs), &b, scale, None);
+        }
+    }
+}
+
+/// f32 → bf16 bits, rounding to nearest even (NaN stays NaN).
+#[inline]
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x40;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// bf16 bits → f32 (exact).
+#[inline]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Two values as one packed word: `lo` in the low half, as `vdpbf16ps` pairs them.
+#[inline]
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) as u32 | (bf16_bits(hi) as u32) << 16
+}
+
+/// The left operand in bf16: row `r` holds words `(a[r][2p], a[r][2p+1])`, `kp` words per
+/// row (an odd inner dimension is padded with a zero), rows padded to a multiple of [`MR`].
+pub struct PackedA {
+    words: Vec<u32>,
+    rows: usize,
+    kp: usize,
+}
+
+impl PackedA {
+    pub fn pack(a: Mat) -> Self {
+        let mut packed = Self {
+            words: Vec::new(),
+            rows: 0,
+            kp: 0,
+        };
+        packed.repack(a);
+        packed
+    }
+
+    /// Packs `a` into this buffer, reusing its allocation.
+    pub fn repack(&mut self, a: Mat) {
+        assert!(a.fits(), "PackedA: view outside its slice");
+        let kp = a.cols.div_ceil(2);
+        let padded_rows = a.rows.div_ceil(MR) * MR;
+        self.rows = a.rows;
+        self.kp = kp;
+        self.words.clear();
+        self.words.resize(padded_rows * kp, 0);
+        for (r, out) in self
+            .words
+            .chunks_exact_mut(kp.max(1))
+            .take(a.rows)
+            .enumerate()
+        {
+            if kp == 0 {
+                break;
+            }
+            if a.cs == 1 {
+                let row = &a.data[r * a.rs..r * a.rs + a.cols];
+                convert_row(row, out);
+            } else {
+                for (p, w) in out.iter_mut().enumerate() {
+                    let hi = if 2 * p + 1 < a.cols {
+                        a.at(r, 2 * p + 1)
+                    } else {
+                        0.0
+                    };
+                    *w = pair(a.at(r, 2 * p), hi);
+                }
+            }
+        }
+    }
+}
+
+/// A contiguous f32 row as bf16 pairs (`out.len() == row.len().div_ceil(2)`).
+fn convert_row(row: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_available() {
+        // SAFETY: the CPU has the instructions the function is compiled for.
+        return unsafe { x86::convert_row(row, out) };
+    }
+    for (p, w) in out.iter_mut().enumerate() {
+        *w = pair(row[2 * p], row.get(2 * p + 1).copied().unwrap_or(0.0));
+    }
+}
+
+/// The right operand in bf16, in panels of [`NR`] columns: panel `j` holds, for each pair
+/// `p` of the inner dimension, the words `(b[2p][c], b[2p+1][c])` of its 32 columns
+/// (missing columns and an odd inner dimension padded with zeros).
+pub struct PackedB {
+    words: Vec<u32>,
+    cols: usize,
+    kp: usize,
+}
+
+impl PackedB {
+    pub fn pack(b: Mat) -> Self {
+        assert!(b.fits(), "PackedB: view outside its slice");
+        let kp = b.rows.div_ceil(2);
+        let panels = b.cols.div_ceil(NR);
+        let mut words = vec![0u32; panels * kp * NR];
+        if b.rs == 1 {
+            // Columns are contiguous (a transposed row-major matrix, like a weight [out, in]
+            // or keys [n, d]): each column converts as one row of pairs.
+            let mut col = vec![0u32; kp];
+            for c in 0..b.cols {
+                convert_row(&b.data[c * b.cs..c * b.cs + b.rows], &mut col);
+                let (panel, lane) = (c / NR, c % NR);
+                for (p, &w) in col.iter().enumerate() {
+                    words[(panel * kp + p) * NR + lane] = w;
+                }
+            }
+        } else if b.cs == 1 && bf16_available() {
+            // Rows are contiguous (values [n, d], exponentials [m, n]): two rows interleave.
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the instructions are present; `fits` bounds every row read.
+            unsafe {
+                x86::pack_rows(b, kp, &mut words)
+            };
+        } else {
+            for panel in 0..panels {
+                for p in 0..kp {
+                    let out = &mut words[(panel * kp + p) * NR..][..NR];
+                    for (lane, w) in out.iter_mut().enumerate() {
+                        let c = panel * NR + lane;
+                        if c < b.cols {
+                            let hi = if 2 * p + 1 < b.rows {
+                                b.at(2 * p + 1, c)
+                            } else {
+                                0.0
+                            };
+                            *w = pair(b.at(2 * p, c), hi);
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            words,
+            cols: b.cols,
+            kp,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// `dst[r][c] = scale · Σ a[r][k]·b[k][c] (+ bias[c])` with bf16 inputs and f32 sums, `dst`
+/// row-major with `ldd` floats per row, on the calling thread.
+pub fn gemm_bf16(
+    dst: &mut [f32],
+    ldd: usize,
+    a: &PackedA,
+    b: &PackedB,
+    scale: f32,
+    bias: Option<&[f32]>,
+) {
+    assert_eq!(a.kp, b.kp, "gemm_bf16: inner dimensions differ");
+    assert!(
+        ldd >= b.cols
+            && (a.rows == 0 || dst.len() >= (a.rows - 1) * ldd + b.cols)
+            && bias.is_none_or(|v| v.len() >= b.cols),
+        "gemm_bf16: bad output shape"
+    );
+    if a.rows == 0 || b.cols == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bf16_available() {
+        // SAFETY: the instructions are present; the assertions above bound every store.
+        return unsafe { x86::gemm(dst, ldd, a, b, scale, bias) };
+    }
+    gemm_bf16_packed_plain(dst, ldd, a, b, scale, bias)
+}
+
+/// The packed product without vector instructions (CPUs without AVX-512 BF16, and a twin).
+fn gemm_bf16_packed_plain(
+    dst: &mut [f32],
+    ldd: usize,
+    a: &PackedA,
+    b: &PackedB,
+    scale: f32,
+    bias: Option<&[f32]>,
+) {
+    let half = |w: u32, hi: bool| bf16_to_f32(if hi { (w >> 16) as u16 } else { w as u16 });
+    for r in 0..a.rows {
+        let arow = &a.words[r * a.kp..(r + 1) * a.kp];
+        for c in 0..b.cols {
+            let (panel, lane) = (c / NR, c % NR);
+            let mut sum = 0f32;
+            for (p, &aw) in arow.iter().enumerate() {
+                let bw = b.words[(panel * a.kp + p) * NR + lane];
+                sum += half(aw, false) * half(bw, false) + half(aw, true) * half(bw, true);
+            }
+            dst[r * ldd + c] = scale * sum + bias.map_or(0.0, |v| v[c]);
+        }
+    }
+}
+
+/// The loop-by-loop reference: each input rounded to bf16, products summed in f64.
+pub fn gemm_bf16_reference(lhs: Mat, rhs: Mat, scale: f32) -> Vec<f32> {
+    let round = |x: f32| bf16_to_f32(bf16_bits(x)) as f64;
+    let mut out = vec![0f32; lhs.rows * rhs.cols];
+    for r in 0..lhs.rows {
+        for c in 0..rhs.cols {
+            let sum: f64 = (0..lhs.cols)
+                .map(|k| round(lhs.at(r, k)) * round(rhs.at(k, c)))
+                .sum();
+            out[r * rhs.cols + c] = (sum * scale as f64) as f32;
+        }
+    }
+    out
+}
+
+/// `y = x · wᵀ + bias` for a row-major `x` [rows, in] and a weight `w` [out, in] packed once;
+/// rows are split over rayon's threads.
+pub struct PackedLinear {
+    weight: PackedB,
+    bias: Option<Vec<f32>>,
+    inputs: usize,
+}
+
+/// Rows one task multiplies: its packed slice of `x` (rows × 512 bf16 = 96 KiB at most here)
+/// stays in the core's L2 while every panel of the weight passes.
+const ROWS_PER_TASK: usize = 8 * MR;
+
+impl PackedLinear {
+    /// `weight` is [out, in] row-major, as PyTorch and candle store it.
+    pub fn new(weight: &[f32], outputs: usize, inputs: usize, bias: Option<Vec<f32>>) -> Self {
+        assert_eq!(weight.len(), outputs * inputs, "PackedLinear: weight shape");
+        Self {
+            weight: PackedB::pack(Mat::rows(weight, outputs, inputs).t()),
+            bias,
+            inputs,
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.weight.cols
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// `x` holds whole rows of `inputs` values; returns rows of `outputs`.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.inputs, self.outputs());
+        let rows = x.len().checked_div(k).unwrap_or(0);
+        assert_eq!(rows * k, x.len(), "PackedLinear: ragged input");
+        let mut out = vec![0f32; rows * n];
+        out.par_chunks_mut(ROWS_PER_TASK * n)
+            .zip(x.par_chunks(ROWS_PER_TASK * k))
+            .for_each(|(out, x)| {
+                let a = PackedA::pack(Mat::rows(x, x.len() / k, k));
+                gemm_bf16(out, n, &a, &self.weight, 1.0, self.bias.as_deref());
+            });
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PackedA, PackedB, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Pairs of a contiguous row, 32 values per conversion.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn convert_row(row: &[f32], out: &mut [u32]) {
+        let full = row.len() / 32;
+        for i in 0..full {
+            let lo = _mm512_loadu_ps(row.as_ptr().add(32 * i));
+            let hi = _mm512_loadu_ps(row.as_ptr().add(32 * i + 16));
+            // The second operand fills the low half.
+            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * i) as *mut _, packed);
+        }
+        for p in 16 * full..out.len() {
+            let lo = row[2 * p];
+            let hi = row.get(2 * p + 1).copied().unwrap_or(0.0);
+            out[p] = super::pair(lo, hi);
+        }
+    }
+
+    /// [`PackedB`] of a matrix with contiguous rows: rows `2p` and `2p + 1` are converted
+    /// together and their values interleaved into words, 16 columns at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_rows(b: super::Mat, kp: usize, words: &mut [u32]) {
+        const INTERLEAVE: [u16; 32] = {
+            let mut idx = [0u16; 32];
+            let mut j = 0;
+            while j < 16 {
+                idx[2 * j] = j as u16;
+                idx[2 * j + 1] = 16 + j as u16;
+                j += 1;
+            }
+            idx
+        };
+        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _);
+        for p in 0..kp {
+            let row0 = b.data.as_ptr().add(2 * p * b.rs);
+            let row1 = (2 * p + 1 < b.rows).then(|| b.data.as_ptr().add((2 * p + 1) * b.rs));
+            for c in (0..b.cols).step_by(16) {
+                let m = lane_mask(b.cols - c);
+                let x0 = _mm512_maskz_loadu_ps(m, row0.add(c));
+                let x1 = match row1 {
+                    Some(row1) => _mm512_maskz_loadu_ps(m, row1.add(c)),
+                    None => _mm512_setzero_ps(),
+                };
+                let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+                let pairs = _mm512_permutexvar_epi16(idx, halves);
+                let at = ((c / NR) * kp + p) * NR + c % NR;
+                _mm512_storeu_si512(words.as_mut_ptr().add(at) as *mut _, pairs);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn gemm(
+        dst: &mut [f32],
+        ldd: usize,
+        a: &PackedA,
+        b: &PackedB,
+        scale: f32,
+        bias: Option<&[f32]>,
+    ) {
+        let kp = a.kp;
+        let panels = b.cols.div_ceil(NR);
+        for panel in 0..panels {
+            let bp = b.words.as_ptr().add(panel * kp * NR);
+            let c0 = panel * NR;
+            let cols = (b.cols - c0).min(NR);
+            for r0 in (0..a.rows).step_by(MR) {
+                let ap = a.words.as_ptr().add(r0 * kp);
+                let rows = (a.rows - r0).min(MR);
+                tile(
+                    kp,
+                    ap,
+                    bp,
+                    dst.as_mut_ptr().add(r0 * ldd + c0),
+                    ldd,
+                    rows,
+                    cols,
+                    scale,
+                    bias.map(|v| v.as_ptr().add(c0)),
+                );
+            }
+        }
+    }
+
+    /// One MR × NR tile: `rows` × `cols` of it are stored.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        kp: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        bias: Option<*const f32>,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        for p in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+            for r in 0..MR {
+                let av: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*a.add(r * kp + p) as i32));
+                acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], av, b0);
+                acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
+            }
+        }
+        let s = _mm512_set1_ps(scale);
+        let (bias0, bias1) = match bias {
+            Some(v) => {
+                let m0 = lane_mask(cols);
+                let m1 = lane_mask(cols.saturating_sub(16));
+                (
+                    _mm512_maskz_loadu_ps(m0, v),
+                    _mm512_maskz_loadu_ps(m1, v.add(16)),
+                )
+            }
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
+        for r in 0..rows {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[2 * r], s, bias0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_fmadd_ps(acc[2 * r + 1], s, bias1));
+        }
+    }
+
+    /// The first `n` of 16 lanes.
+    #[inline]
+    fn lane_mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-2, 2) with a fraction bf16 cannot hold exactly.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(bf16_bits(1.0 + 2f32.powi(-8)), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        assert_eq!(bf16_bits(-0.0), 0x8000);
+        assert!(bf16_to_f32(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_to_f32(bf16_bits(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(bf16_to_f32(bf16_bits(f32::MAX)), f32::INFINITY);
+    }
+
+    #[test]
+    fn vector_conversion_equals_scalar() {
+        for len in [1, 2, 31, 32, 33, 64, 100] {
+            let row = values(len, len as u64);
+            let mut fast = vec![0u32; len.div_ceil(2)];
+            convert_row(&row, &mut fast);
+            let slow: Vec<u32> = (0..len.div_ceil(2))
+                .map(|p| pair(row[2 * p], row.get(2 * p + 1).copied().unwrap_or(0.0)))
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+        }
+    }
+
+    /// Every shape class the kernel distinguishes: rows below, at and above a tile, columns
+    /// below, at and above a panel, odd and even inner dimensions, both packing paths of
+    /// each operand (contiguous rows and transposed views). Sums of bf16 products are exact
+    /// in f64, so the only difference from the reference is f32 summation order.
+    #[test]
+    fn bf16_product_equals_reference_over_shapes() {
+        let mut cases = 0;
+        for &m in &[1usize, 5, 12, 13, 40] {
+            for &n in &[1usize, 16, 31, 32, 33, 70] {
+                for &k in &[1usize, 2, 7, 64, 129] {
+                    for transposed in [false, true] {
+                        let a = values(m * k, (m * 1000 + k) as u64);
+                        let b = values(k * n, (n * 1000 + k + 7) as u64);
+                        let lhs = if transposed {
+                            Mat::rows(&a, k, m).t()
+                        } else {
+                            Mat::rows(&a, m, k)
+                        };
+                        let rhs = if transposed {
+                            Mat::rows(&b, n, k).t()
+                        } else {
+                            Mat::rows(&b, k, n)
+                        };
+                        let want = gemm_bf16_reference(lhs, rhs, 0.5);
+                        let mut got = vec![f32::NAN; m * n];
+                        matmul_with(Kernel::Bf16, &mut got, lhs, rhs, 0.5);
+                        let mut plain = vec![f32::NAN; m * n];
+                        gemm_bf16_packed_plain(
+                            &mut plain,
+                            n,
+                            &PackedA::pack(lhs),
+                            &PackedB::pack(rhs),
+                            0.5,
+                            None,
+                        );
+                        for (i, ((g, p), w)) in got.iter().zip(&plain).zip(&want).enumerate() {
+                            let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+                            assert!(
+                                (g - w).abs() <= tol && (p - w).abs() <= tol,
+                                "m {m} n {n} k {k} t {transposed} at {i}: {g} / {p} vs {w}"
+                            );
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 5 * 6 * 5 * 2);
+    }
+
+    #[test]
+    fn packed_linear_adds_bias_and_keeps_other_rows() {
+        let (rows, inputs, outputs) = (3 * ROWS_PER_TASK + 5, 70, 45);
+        let x = values(rows * inputs, 1);
+        let w = values(outputs * inputs, 2);
+        let bias = values(outputs, 3);
+        let lin = PackedLinear::new(&w, outputs, inputs, Some(bias.clone()));
+        let y = lin.forward(&x);
+        let want = gemm_bf16_reference(
+            Mat::rows(&x, rows, inputs),
+            Mat::rows(&w, outputs, inputs).t(),
+            1.0,
+        );
+        for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+            let expected = w + bias[i % outputs];
+            assert!((g - expected).abs() < 1e-4, "at {i}: {g} vs {expected}");
+        }
+    }
+
+    /// bf16 products stay close to f32 ones: relative error of a 256-long dot product of
+    /// unit-scale values is a few 1e-3 (8 mantissa bits per input).
+    #[test]
+    fn bf16_is_close_to_f32() {
+        let (m, k, n) = (64, 256, 64);
+        let a = values(m * k, 11);
+        let b = values(k * n, 12);
+        let mut exact = vec![0f32; m * n];
+        matmul_into(&mut exact, Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0);
+        let mut half = vec![0f32; m * n];
+        matmul_with(
+            Kernel::Bf16,
+            &mut half,
+            Mat::rows(&a, m, k),
+            Mat::rows(&b, k, n),
+            1.0,
+        );
+        let norm = exact.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = exact
+            .iter()
+            .zip(&half)
+            .map(|(e, h)| (e - h) * (e - h))
+            .sum::<f32>()
+            .sqrt();
+        assert!(err / norm < 1e-2, "relative error {}", err / norm);
+        assert!(err > 0.0, "bf16 rounding must show");
+    }
+}
