@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Keypoint counts to time matching at (for profiling one size).
     #[arg(long, value_delimiter = ',', default_values_t = [2048, 512])]
     sizes: Vec<i64>,
+    /// Time extraction once instead of `--repeat` times (for profiling matching).
+    #[arg(long)]
+    skip_extract: bool,
     /// Matching modes to time: adaptive, full.
     #[arg(long, value_delimiter = ',', default_values_t = ["adaptive".to_string(), "full".to_string()])]
     modes: Vec<String>,
@@ -99,7 +102,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let extractor = args.model.load_aliked(&device)?;
     let image = load_image(&args.image)?;
-    let (median, times) = timed(args.repeat, || Ok(extractor.extract(&image)?))?;
+    let extract_repeat = if args.skip_extract { 0 } else { args.repeat };
+    let (median, times) = timed(extract_repeat, || Ok(extractor.extract(&image)?))?;
     res.insert("extract_image".into(), json!(args.image));
     res.insert("extract_ms".into(), round2(median));
     res.insert("extract_chips_per_s".into(), round2(1e3 / median));

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aliked::Features;
 use crate::ops::fused::{gelu_erf, rotary};
-use crate::ops::matmul::{bf16_available, Kernel, PackedLinear};
+use crate::ops::matmul::{bf16_available, f32_kernel_available, Kernel, PackedLinear};
 use crate::ops::{attention, attention_reference, cross_attention};
 use crate::{Error, Result};
 
@@ -158,56 +158,62 @@ fn linear(vb: VarBuilder, i: usize, o: usize) -> Result<Linear> {
     Ok(candle_nn::linear(i, o, vb)?)
 }
 
-/// A linear layer of the transformer: candle's, or its weight packed once for the CPU's
-/// bf16 kernel (inputs and outputs stay f32 tensors).
+/// How the transformer's layers run on this device: which kernel the fused CPU attention
+/// uses, and whether the linear layers use the packed CPU kernels (`None`: candle's).
+#[derive(Clone, Copy)]
+struct Kernels {
+    attention: Kernel,
+    linear: Option<Kernel>,
+}
+
+/// A linear layer of the transformer: candle's, or its weight packed once for one of the CPU
+/// kernels (inputs and outputs stay f32 tensors).
 enum Proj {
     Candle(Linear),
-    Bf16(Bf16Linear),
+    Packed(PackedLinearOp),
 }
 
 impl Proj {
-    fn new(linear: Linear, kernel: Kernel) -> Result<Self> {
-        match kernel {
-            Kernel::F32 => Ok(Self::Candle(linear)),
-            Kernel::Bf16 => {
-                let (outputs, inputs) = linear.weight().dims2()?;
-                let weight = linear.weight().flatten_all()?.to_vec1::<f32>()?;
-                let bias = linear.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
-                Ok(Self::Bf16(Bf16Linear(PackedLinear::new(
-                    &weight, outputs, inputs, bias,
-                ))))
-            }
-        }
+    fn new(linear: Linear, kernels: Kernels) -> Result<Self> {
+        let Some(kernel) = kernels.linear else {
+            return Ok(Self::Candle(linear));
+        };
+        let (outputs, inputs) = linear.weight().dims2()?;
+        let weight = linear.weight().flatten_all()?.to_vec1::<f32>()?;
+        let bias = linear.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+        Ok(Self::Packed(PackedLinearOp(PackedLinear::new(
+            kernel, &weight, outputs, inputs, bias,
+        ))))
     }
 
-    fn load(vb: VarBuilder, i: usize, o: usize, kernel: Kernel) -> Result<Self> {
-        Self::new(linear(vb, i, o)?, kernel)
+    fn load(vb: VarBuilder, i: usize, o: usize, kernels: Kernels) -> Result<Self> {
+        Self::new(linear(vb, i, o)?, kernels)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(l) => Ok(l.forward(x)?),
-            Self::Bf16(l) => Ok(x.contiguous()?.apply_op1_no_bwd(l)?),
+            Self::Packed(l) => Ok(x.contiguous()?.apply_op1_no_bwd(l)?),
         }
     }
 }
 
 /// [`PackedLinear`] as a candle op, so it reads and writes tensor storage without copies.
-struct Bf16Linear(PackedLinear);
+struct PackedLinearOp(PackedLinear);
 
-impl CustomOp1 for Bf16Linear {
+impl CustomOp1 for PackedLinearOp {
     fn name(&self) -> &'static str {
-        "bf16-linear"
+        "packed-linear"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("bf16-linear: input must be contiguous");
+            candle_core::bail!("packed-linear: input must be contiguous");
         };
         let dims = l.shape().dims();
         if dims.last() != Some(&self.0.inputs()) {
             candle_core::bail!(
-                "bf16-linear: input {:?}, weight takes {}",
+                "packed-linear: input {:?}, weight takes {}",
                 dims,
                 self.0.inputs()
             );
@@ -227,12 +233,12 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(vb: VarBuilder, kernel: Kernel) -> Result<Self> {
+    fn load(vb: VarBuilder, kernels: Kernels) -> Result<Self> {
         Ok(Self {
-            fc1: Proj::load(vb.pp("0"), 2 * DIM, 2 * DIM, kernel)?,
+            fc1: Proj::load(vb.pp("0"), 2 * DIM, 2 * DIM, kernels)?,
             // Normalisation and GELU stay in f32 under half precision (as autocast does).
             norm: candle_nn::layer_norm(2 * DIM, 1e-5, vb.pp("1").set_dtype(DType::F32))?,
-            fc2: Proj::load(vb.pp("3"), 2 * DIM, DIM, kernel)?,
+            fc2: Proj::load(vb.pp("3"), 2 * DIM, DIM, kernels)?,
         })
     }
 
@@ -288,7 +294,7 @@ struct SelfBlock {
 }
 
 impl SelfBlock {
-    fn load(vb: VarBuilder, kernel: Kernel) -> Result<Self> {
+    fn load(vb: VarBuilder, kernels: Kernels) -> Result<Self> {
         // The reference splits the 768 outputs as (head, dim, {q,k,v}); regroup them.
         let w = vb
             .get((3 * DIM, DIM), "Wqkv.weight")?
@@ -303,10 +309,10 @@ impl SelfBlock {
             .reshape(3 * DIM)?
             .contiguous()?;
         Ok(Self {
-            wqkv: Proj::new(Linear::new(w, Some(b)), kernel)?,
-            out_proj: Proj::load(vb.pp("out_proj"), DIM, DIM, kernel)?,
-            ffn: FeedForward::load(vb.pp("ffn"), kernel)?,
-            kernel,
+            wqkv: Proj::new(Linear::new(w, Some(b)), kernels)?,
+            out_proj: Proj::load(vb.pp("out_proj"), DIM, DIM, kernels)?,
+            ffn: FeedForward::load(vb.pp("ffn"), kernels)?,
+            kernel: kernels.attention,
         })
     }
 
@@ -352,7 +358,7 @@ struct CrossBlock {
 }
 
 impl CrossBlock {
-    fn load(vb: VarBuilder, kernel: Kernel) -> Result<Self> {
+    fn load(vb: VarBuilder, kernels: Kernels) -> Result<Self> {
         let w = Tensor::cat(
             &[
                 vb.get((DIM, DIM), "to_qk.weight")?,
@@ -362,10 +368,10 @@ impl CrossBlock {
         )?;
         let b = Tensor::cat(&[vb.get(DIM, "to_qk.bias")?, vb.get(DIM, "to_v.bias")?], 0)?;
         Ok(Self {
-            to_qkv: Proj::new(Linear::new(w, Some(b)), kernel)?,
-            to_out: Proj::load(vb.pp("to_out"), DIM, DIM, kernel)?,
-            ffn: FeedForward::load(vb.pp("ffn"), kernel)?,
-            kernel,
+            to_qkv: Proj::new(Linear::new(w, Some(b)), kernels)?,
+            to_out: Proj::load(vb.pp("to_out"), DIM, DIM, kernels)?,
+            ffn: FeedForward::load(vb.pp("ffn"), kernels)?,
+            kernel: kernels.attention,
         })
     }
 
@@ -500,15 +506,31 @@ impl LightGlue {
     /// in f32; a CPU without those instructions runs f32 instead ([`LightGlue::precision`]
     /// says which).
     pub fn load_with_precision(vb: VarBuilder, precision: Precision) -> Result<Self> {
-        let (precision, dtype, kernel) = match precision {
-            Precision::Bf16 if vb.device().is_cpu() => {
-                if bf16_available() {
-                    (Precision::Bf16, DType::F32, Kernel::Bf16)
-                } else {
-                    (Precision::F32, DType::F32, Kernel::F32)
-                }
-            }
-            p => (p, p.dtype(), Kernel::F32),
+        let cpu = vb.device().is_cpu();
+        let f32_kernels = Kernels {
+            attention: Kernel::F32,
+            linear: (cpu && f32_kernel_available()).then_some(Kernel::F32),
+        };
+        let (precision, dtype, kernels) = match precision {
+            Precision::Bf16 if cpu && bf16_available() => (
+                Precision::Bf16,
+                DType::F32,
+                Kernels {
+                    attention: Kernel::Bf16,
+                    linear: Some(Kernel::Bf16),
+                },
+            ),
+            Precision::Bf16 if cpu => (Precision::F32, DType::F32, f32_kernels),
+            Precision::F32 => (Precision::F32, DType::F32, f32_kernels),
+            // f16 anywhere, bf16 on CUDA: candle's layers in that type.
+            p => (
+                p,
+                p.dtype(),
+                Kernels {
+                    attention: Kernel::F32,
+                    linear: None,
+                },
+            ),
         };
         let vb = vb.set_dtype(DType::F32);
         let mut layers = Vec::with_capacity(LAYERS);
@@ -516,8 +538,8 @@ impl LightGlue {
         for i in 0..LAYERS {
             let t = vb.pp(format!("transformers.{i}")).set_dtype(dtype);
             layers.push(Layer {
-                self_attn: SelfBlock::load(t.pp("self_attn"), kernel)?,
-                cross_attn: CrossBlock::load(t.pp("cross_attn"), kernel)?,
+                self_attn: SelfBlock::load(t.pp("self_attn"), kernels)?,
+                cross_attn: CrossBlock::load(t.pp("cross_attn"), kernels)?,
             });
             assignment.push(MatchAssignment::load(vb.pp(format!("log_assignment.{i}")))?);
         }

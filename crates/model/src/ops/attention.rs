@@ -9,12 +9,12 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::matmul::{gemm_bf16, matmul_into, Kernel, Mat, PackedA, PackedB};
+use super::matmul::{matmul_into, Kernel, Mat, PackedRhs, MR};
 use crate::{Error, Result};
 
 /// Rows of q handled together: big enough for an efficient matrix product, small enough that
-/// the [ROW_BLOCK, N] scratch stays in cache.
-const ROW_BLOCK: usize = 64;
+/// the [ROW_BLOCK, N] scratch stays in cache; a whole number of the kernels' 12-row tiles.
+const ROW_BLOCK: usize = 4 * MR;
 
 /// Attention over [B, H, M, D] queries and [B, H, N, D] keys/values. `key_lens[b]` keys of
 /// batch item `b` are real, the rest padding; `None` means all are real.
@@ -117,33 +117,24 @@ impl CustomOp3 for FusedAttention {
                 let q = &q[bh * m * d..(bh + 1) * m * d];
                 let k = &k[bh * n * d..bh * n * d + len * d];
                 let v = &v[bh * n * d..bh * n * d + len * d];
-                match self.kernel {
-                    Kernel::F32 => out
-                        .par_chunks_mut(ROW_BLOCK * d)
-                        .zip(q.par_chunks(ROW_BLOCK * d))
-                        .for_each(|(out, q)| attend_block(q, k, v, out, d, len, self.scale)),
-                    Kernel::Bf16 => {
-                        // Keys and values are packed once per head, for every block.
-                        let kt = PackedB::pack(Mat::rows(k, len, d).t());
-                        let vp = PackedB::pack(Mat::rows(v, len, d));
-                        out.par_chunks_mut(ROW_BLOCK * d)
-                            .zip(q.par_chunks(ROW_BLOCK * d))
-                            .for_each(|(out, q)| {
-                                attend_block_bf16(q, &kt, &vp, out, d, len, self.scale)
-                            })
-                    }
-                }
+                // Keys and values are packed once per head, for every block.
+                let kt = PackedRhs::pack(self.kernel, Mat::rows(k, len, d).t());
+                let vp = PackedRhs::pack(self.kernel, Mat::rows(v, len, d));
+                out.par_chunks_mut(ROW_BLOCK * d)
+                    .zip(q.par_chunks(ROW_BLOCK * d))
+                    .for_each(|(out, q)| attend_block(q, &kt, &vp, out, d, len, self.scale));
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, h, m, d))))
     }
 }
 
-/// One block of query rows against `len` keys: similarities, row softmax, weighted values.
+/// One block of query rows against `len` keys (packed transposed as `kt`, values as `vp`):
+/// similarities, row softmax, weighted values.
 fn attend_block(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    kt: &PackedRhs,
+    vp: &PackedRhs,
     out: &mut [f32],
     d: usize,
     len: usize,
@@ -155,53 +146,9 @@ fn attend_block(
         return;
     }
     let mut sim = vec![0f32; rows * len];
-    matmul_into(
-        &mut sim,
-        Mat::rows(q, rows, d),
-        Mat::rows(k, len, d).t(),
-        scale,
-    );
-    let mut sums = vec![0f32; rows];
-    for (row, sum) in sim.chunks_exact_mut(len).zip(sums.iter_mut()) {
-        *sum = softmax_numerator(row);
-    }
-    matmul_into(out, Mat::rows(&sim, rows, len), Mat::rows(v, len, d), 1.0);
-    divide_rows(out, d, &sums);
-}
-
-/// [`attend_block`] with bf16 products: keys packed as `kt` (transposed), values as `vp`.
-fn attend_block_bf16(
-    q: &[f32],
-    kt: &PackedB,
-    vp: &PackedB,
-    out: &mut [f32],
-    d: usize,
-    len: usize,
-    scale: f32,
-) {
-    let rows = q.len() / d;
-    if len == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let mut sim = vec![0f32; rows * len];
-    gemm_bf16(
-        &mut sim,
-        len,
-        &PackedA::pack(Mat::rows(q, rows, d)),
-        kt,
-        scale,
-        None,
-    );
+    kt.multiply(&mut sim, len, Mat::rows(q, rows, d), scale, None);
     let sums: Vec<f32> = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
-    gemm_bf16(
-        out,
-        d,
-        &PackedA::pack(Mat::rows(&sim, rows, len)),
-        vp,
-        1.0,
-        None,
-    );
+    vp.multiply(out, d, Mat::rows(&sim, rows, len), 1.0, None);
     divide_rows(out, d, &sums);
 }
 
@@ -242,11 +189,7 @@ pub fn cross_attention(
             .enumerate()
             .for_each(|(bh, (oa, ob))| {
                 let len = b_lens.map_or(n, |l| l[bh / h].min(n));
-                let head = match kernel {
-                    Kernel::F32 => cross_head,
-                    Kernel::Bf16 => cross_head_bf16,
-                };
-                head(
+                cross_head(
                     &a_h[bh * m * d..(bh + 1) * m * d],
                     &b_h[bh * n * d..bh * n * d + len * d],
                     &va_h[bh * m * d..(bh + 1) * m * d],
@@ -254,6 +197,7 @@ pub fn cross_attention(
                     oa,
                     &mut ob[..len * d],
                     d,
+                    kernel,
                 );
             });
     }
@@ -265,6 +209,7 @@ pub fn cross_attention(
 }
 
 /// One head of [`cross_attention`]: `a` is [M, D], `b` is [N, D] (real rows only).
+#[allow(clippy::too_many_arguments)]
 fn cross_head(
     a: &[f32],
     b: &[f32],
@@ -273,6 +218,7 @@ fn cross_head(
     oa: &mut [f32],
     ob: &mut [f32],
     d: usize,
+    kernel: Kernel,
 ) {
     let (m, n) = (a.len() / d, b.len() / d);
     if n == 0 {
@@ -280,71 +226,25 @@ fn cross_head(
         return;
     }
     let mut sim = vec![0f32; m * n];
-    matmul_into(&mut sim, Mat::rows(a, m, d), Mat::rows(b, n, d).t(), 1.0);
-    // Rows: softmax over image b, in blocks so the exponentials stay in cache.
-    let mut block = vec![0f32; ROW_BLOCK * n];
-    for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
-        let rows = out.len() / d;
-        let e = &mut block[..rows * n];
-        e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
-        let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
-        matmul_into(out, Mat::rows(e, rows, n), Mat::rows(vb, n, d), 1.0);
-        divide_rows(out, d, &sums);
-    }
-    // Columns: softmax over image a, exponentials written in place, then E^T · v_a.
-    let mut col_max = vec![f32::NEG_INFINITY; n];
-    for row in sim.chunks_exact(n) {
-        col_max
-            .iter_mut()
-            .zip(row)
-            .for_each(|(c, &v)| *c = c.max(v));
-    }
-    let mut col_sum = vec![0f32; n];
-    for row in sim.chunks_exact_mut(n) {
-        exp_sub_accumulate(row, &col_max, &mut col_sum);
-    }
-    matmul_into(ob, Mat::rows(&sim, m, n).t(), Mat::rows(va, m, d), 1.0);
-    divide_rows(ob, d, &col_sum);
-}
-
-/// [`cross_head`] with bf16 products. The column messages are computed transposed,
-/// `m_bᵀ = v_aᵀ · E`, so that the exponentials pack as the right operand row by row.
-fn cross_head_bf16(
-    a: &[f32],
-    b: &[f32],
-    va: &[f32],
-    vb: &[f32],
-    oa: &mut [f32],
-    ob: &mut [f32],
-    d: usize,
-) {
-    let (m, n) = (a.len() / d, b.len() / d);
-    if n == 0 {
-        oa.fill(0.0);
-        return;
-    }
-    let mut sim = vec![0f32; m * n];
-    let bt = PackedB::pack(Mat::rows(b, n, d).t());
-    gemm_bf16(
+    PackedRhs::pack(kernel, Mat::rows(b, n, d).t()).multiply(
         &mut sim,
         n,
-        &PackedA::pack(Mat::rows(a, m, d)),
-        &bt,
+        Mat::rows(a, m, d),
         1.0,
         None,
     );
-    let vbp = PackedB::pack(Mat::rows(vb, n, d));
+    // Rows: softmax over image b, in blocks so the exponentials stay in cache.
+    let vbp = PackedRhs::pack(kernel, Mat::rows(vb, n, d));
     let mut block = vec![0f32; ROW_BLOCK * n];
-    let mut packed = PackedA::pack(Mat::rows(&[], 0, n));
     for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
         let rows = out.len() / d;
         let e = &mut block[..rows * n];
         e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
         let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
-        packed.repack(Mat::rows(e, rows, n));
-        gemm_bf16(out, d, &packed, &vbp, 1.0, None);
+        vbp.multiply(out, d, Mat::rows(e, rows, n), 1.0, None);
         divide_rows(out, d, &sums);
     }
+    // Columns: softmax over image a, exponentials written in place, then Eᵀ · v_a.
     let mut col_max = vec![f32::NEG_INFINITY; n];
     for row in sim.chunks_exact(n) {
         col_max
@@ -356,21 +256,30 @@ fn cross_head_bf16(
     for row in sim.chunks_exact_mut(n) {
         exp_sub_accumulate(row, &col_max, &mut col_sum);
     }
-    let mut transposed = vec![0f32; d * n];
-    gemm_bf16(
-        &mut transposed,
-        n,
-        &PackedA::pack(Mat::rows(va, m, d).t()),
-        &PackedB::pack(Mat::rows(&sim, m, n)),
-        1.0,
-        None,
-    );
-    for (j, row) in ob.chunks_exact_mut(d).enumerate() {
-        let inv = 1.0 / col_sum[j];
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = transposed[c * n + j] * inv;
+    match kernel {
+        // Eᵀ read through its strides walks E down its columns, a page per step at 2048
+        // points, which no prefetcher follows; `gemm` packs it in cache-sized blocks instead.
+        Kernel::F32 => matmul_into(ob, Mat::rows(&sim, m, n).t(), Mat::rows(va, m, d), 1.0),
+        // bf16 packs its left operand by pairs along rows; E's rows are the inner dimension
+        // here, so compute m_bᵀ = v_aᵀ · E (E packs as the right operand, two rows at a
+        // time) and transpose the small result.
+        Kernel::Bf16 => {
+            let mut transposed = vec![0f32; d * n];
+            PackedRhs::pack(kernel, Mat::rows(&sim, m, n)).multiply(
+                &mut transposed,
+                n,
+                Mat::rows(va, m, d).t(),
+                1.0,
+                None,
+            );
+            for (j, row) in ob.chunks_exact_mut(d).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = transposed[c * n + j];
+                }
+            }
         }
     }
+    divide_rows(ob, d, &col_sum);
 }
 
 /// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.

@@ -1,5 +1,6 @@
-//! Matrix products on the CPU for the fused kernels: f32 through `gemm`, and bf16 on the
-//! AVX-512 BF16 dot-product instruction (`vdpbf16ps`).
+//! Matrix products on the CPU for the fused kernels, with the right-hand operand packed once
+//! into panels of [`NR`] columns and reused by every tile ([`PackedRhs`]): f32 on AVX-512 FMA
+//! (the `gemm` crate where AVX-512 is absent), and bf16 on AVX-512 BF16 (`vdpbf16ps`).
 //!
 //! The bf16 path rounds both inputs to bf16 (round to nearest even, as PyTorch's autocast
 //! does), multiplies and accumulates in f32 and writes f32: only the products lose precision,
@@ -36,6 +37,18 @@ pub fn bf16_available() -> bool {
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512bf16")
         })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this CPU runs the f32 packed kernel (AVX-512 F); elsewhere f32 products go through
+/// the `gemm` crate.
+pub fn f32_kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -120,14 +133,129 @@ pub fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
     }
 }
 
-/// `dst = scale · lhs · rhs` with `kernel`; both operands are packed on each call (use
-/// [`PackedB`] and [`gemm_bf16`] directly to reuse a packed right-hand side).
+/// `dst = scale · lhs · rhs` with `kernel`, `dst` row-major; packs `rhs` on each call (keep a
+/// [`PackedRhs`] to reuse it).
 pub fn matmul_with(kernel: Kernel, dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
-    match kernel {
-        Kernel::F32 => matmul_into(dst, lhs, rhs, scale),
-        Kernel::Bf16 => {
-            let b = PackedB::pack(rhs);
-            gemm_bf16(dst, rhs.cols, &PackedA::pack(lhs), &b, scale, None);
+    PackedRhs::pack(kernel, rhs).multiply(dst, rhs.cols, lhs, scale, None);
+}
+
+/// A right-hand operand packed for repeated products with one kernel.
+pub enum PackedRhs {
+    F32(PackedB32),
+    Bf16(PackedB),
+}
+
+impl PackedRhs {
+    pub fn pack(kernel: Kernel, b: Mat) -> Self {
+        match kernel {
+            Kernel::F32 => Self::F32(PackedB32::pack(b)),
+            Kernel::Bf16 => Self::Bf16(PackedB::pack(b)),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::F32(b) => b.cols,
+            Self::Bf16(b) => b.cols,
+        }
+    }
+
+    /// `dst[r][c] = scale · (a · b)[r][c] (+ bias[c])`, `dst` row-major with `ldd` floats per
+    /// row, on the calling thread (callers parallelise over rows, blocks and heads).
+    pub fn multiply(&self, dst: &mut [f32], ldd: usize, a: Mat, scale: f32, bias: Option<&[f32]>) {
+        match self {
+            Self::F32(b) => gemm_f32(dst, ldd, a, b, scale, bias),
+            Self::Bf16(b) => gemm_bf16(dst, ldd, &PackedA::pack(a), b, scale, bias),
+        }
+    }
+}
+
+/// The right operand in f32, in panels of [`NR`] columns: panel `j` holds, for each row `k`,
+/// its 32 columns (missing columns are zeros).
+pub struct PackedB32 {
+    data: Vec<f32>,
+    cols: usize,
+    k: usize,
+}
+
+impl PackedB32 {
+    pub fn pack(b: Mat) -> Self {
+        assert!(b.fits(), "PackedB32: view outside its slice");
+        let (k, panels) = (b.rows, b.cols.div_ceil(NR));
+        let mut data = vec![0f32; panels * k * NR];
+        if b.cs == 1 {
+            for r in 0..k {
+                let row = &b.data[r * b.rs..r * b.rs + b.cols];
+                for (panel, chunk) in row.chunks(NR).enumerate() {
+                    data[(panel * k + r) * NR..][..chunk.len()].copy_from_slice(chunk);
+                }
+            }
+        } else {
+            for c in 0..b.cols {
+                let (panel, lane) = (c / NR, c % NR);
+                for r in 0..k {
+                    data[(panel * k + r) * NR + lane] = b.at(r, c);
+                }
+            }
+        }
+        Self {
+            data,
+            cols: b.cols,
+            k,
+        }
+    }
+}
+
+/// `dst[r][c] = scale · Σ a[r][k]·b[k][c] (+ bias[c])` in f32. `a` may be any view: the
+/// kernel reads it through its strides (a transposed view costs nothing extra).
+pub fn gemm_f32(
+    dst: &mut [f32],
+    ldd: usize,
+    a: Mat,
+    b: &PackedB32,
+    scale: f32,
+    bias: Option<&[f32]>,
+) {
+    assert!(
+        a.fits() && a.cols == b.k,
+        "gemm_f32: left operand {}×{} for {} rows",
+        a.rows,
+        a.cols,
+        b.k
+    );
+    assert!(
+        ldd >= b.cols
+            && (a.rows == 0 || dst.len() >= (a.rows - 1) * ldd + b.cols)
+            && bias.is_none_or(|v| v.len() >= b.cols),
+        "gemm_f32: bad output shape"
+    );
+    if a.rows == 0 || b.cols == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if f32_kernel_available() {
+        // SAFETY: the instructions are present; the assertions above bound every access.
+        return unsafe { x86::gemm_f32(dst, ldd, a, b, scale, bias) };
+    }
+    // Elsewhere: `gemm` on each panel, through a scratch tile of the panel's 32 columns.
+    let owned: Vec<f32>;
+    let a = if a.cs == 1 {
+        a
+    } else {
+        owned = (0..a.rows)
+            .flat_map(|r| (0..a.cols).map(move |c| a.at(r, c)))
+            .collect();
+        Mat::rows(&owned, a.rows, a.cols)
+    };
+    let mut tile = vec![0f32; a.rows * NR];
+    for panel in 0..b.cols.div_ceil(NR) {
+        let rhs = Mat::rows(&b.data[panel * b.k * NR..(panel + 1) * b.k * NR], b.k, NR);
+        matmul_into(&mut tile, a, rhs, scale);
+        let (c0, cols) = (panel * NR, (b.cols - panel * NR).min(NR));
+        for (r, row) in tile.chunks_exact(NR).enumerate() {
+            for (c, &v) in row[..cols].iter().enumerate() {
+                dst[r * ldd + c0 + c] = v + bias.map_or(0.0, |bias| bias[c0 + c]);
+            }
         }
     }
 }
@@ -351,31 +479,37 @@ pub fn gemm_bf16_reference(lhs: Mat, rhs: Mat, scale: f32) -> Vec<f32> {
     out
 }
 
-/// `y = x · wᵀ + bias` for a row-major `x` [rows, in] and a weight `w` [out, in] packed once;
-/// rows are split over rayon's threads.
+/// `y = x · wᵀ + bias` for a row-major `x` [rows, in] and a weight `w` [out, in] packed once
+/// for `kernel`; rows are split over rayon's threads.
 pub struct PackedLinear {
-    weight: PackedB,
+    weight: PackedRhs,
     bias: Option<Vec<f32>>,
     inputs: usize,
 }
 
-/// Rows one task multiplies: its packed slice of `x` (rows × 512 bf16 = 96 KiB at most here)
-/// stays in the core's L2 while every panel of the weight passes.
+/// Rows one task multiplies: its slice of `x` (96 rows × 512 values) stays in the core's L2
+/// while every panel of the weight passes.
 const ROWS_PER_TASK: usize = 8 * MR;
 
 impl PackedLinear {
     /// `weight` is [out, in] row-major, as PyTorch and candle store it.
-    pub fn new(weight: &[f32], outputs: usize, inputs: usize, bias: Option<Vec<f32>>) -> Self {
+    pub fn new(
+        kernel: Kernel,
+        weight: &[f32],
+        outputs: usize,
+        inputs: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Self {
         assert_eq!(weight.len(), outputs * inputs, "PackedLinear: weight shape");
         Self {
-            weight: PackedB::pack(Mat::rows(weight, outputs, inputs).t()),
+            weight: PackedRhs::pack(kernel, Mat::rows(weight, outputs, inputs).t()),
             bias,
             inputs,
         }
     }
 
     pub fn outputs(&self) -> usize {
-        self.weight.cols
+        self.weight.cols()
     }
 
     pub fn inputs(&self) -> usize {
@@ -391,8 +525,8 @@ impl PackedLinear {
         out.par_chunks_mut(ROWS_PER_TASK * n)
             .zip(x.par_chunks(ROWS_PER_TASK * k))
             .for_each(|(out, x)| {
-                let a = PackedA::pack(Mat::rows(x, x.len() / k, k));
-                gemm_bf16(out, n, &a, &self.weight, 1.0, self.bias.as_deref());
+                let a = Mat::rows(x, x.len() / k, k);
+                self.weight.multiply(out, n, a, 1.0, self.bias.as_deref());
             });
         out
     }
@@ -487,6 +621,107 @@ mod x86 {
         }
     }
 
+    pub(super) unsafe fn gemm_f32(
+        dst: &mut [f32],
+        ldd: usize,
+        a: super::Mat,
+        b: &super::PackedB32,
+        scale: f32,
+        bias: Option<&[f32]>,
+    ) {
+        let k = b.k;
+        // The last rows, when fewer than a tile, are copied beside zeros.
+        let mut edge = vec![0f32; MR * k];
+        let full = a.rows / MR * MR;
+        if full < a.rows {
+            for (r, row) in edge
+                .chunks_exact_mut(k.max(1))
+                .take(a.rows - full)
+                .enumerate()
+            {
+                for (p, v) in row.iter_mut().enumerate().take(k) {
+                    *v = a.at(full + r, p);
+                }
+            }
+        }
+        for panel in 0..b.cols.div_ceil(NR) {
+            let bp = b.data.as_ptr().add(panel * k * NR);
+            let c0 = panel * NR;
+            let cols = (b.cols - c0).min(NR);
+            for r0 in (0..a.rows).step_by(MR) {
+                let rows = (a.rows - r0).min(MR);
+                let (ap, rs, cs) = if rows == MR {
+                    (a.data.as_ptr().add(r0 * a.rs), a.rs, a.cs)
+                } else {
+                    (edge.as_ptr(), k, 1)
+                };
+                let acc = tile_f32(k, ap, rs, cs, bp);
+                store(
+                    &acc,
+                    dst.as_mut_ptr().add(r0 * ldd + c0),
+                    ldd,
+                    rows,
+                    cols,
+                    scale,
+                    bias.map(|v| v.as_ptr().add(c0)),
+                );
+            }
+        }
+    }
+
+    /// The f32 products of one MR × NR tile: 12 broadcasts and 24 FMAs per step of `k`;
+    /// element (r, p) of the left operand is `a[r·rs + p·cs]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_f32(
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+    ) -> [__m512; 2 * MR] {
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        for p in 0..k {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let ap = a.add(p * cs);
+            for r in 0..MR {
+                let av = _mm512_set1_ps(*ap.add(r * rs));
+                acc[2 * r] = _mm512_fmadd_ps(av, b0, acc[2 * r]);
+                acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
+            }
+        }
+        acc
+    }
+
+    /// Writes `rows` × `cols` of a tile's sums: `scale · acc + bias`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(
+        acc: &[__m512; 2 * MR],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        bias: Option<*const f32>,
+    ) {
+        let s = _mm512_set1_ps(scale);
+        let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
+        let (bias0, bias1) = match bias {
+            Some(v) => (
+                _mm512_maskz_loadu_ps(m0, v),
+                _mm512_maskz_loadu_ps(m1, v.add(16)),
+            ),
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        for r in 0..rows {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[2 * r], s, bias0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_fmadd_ps(acc[2 * r + 1], s, bias1));
+        }
+    }
+
     /// One MR × NR tile: `rows` × `cols` of it are stored.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -514,24 +749,7 @@ mod x86 {
                 acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
             }
         }
-        let s = _mm512_set1_ps(scale);
-        let (bias0, bias1) = match bias {
-            Some(v) => {
-                let m0 = lane_mask(cols);
-                let m1 = lane_mask(cols.saturating_sub(16));
-                (
-                    _mm512_maskz_loadu_ps(m0, v),
-                    _mm512_maskz_loadu_ps(m1, v.add(16)),
-                )
-            }
-            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-        };
-        let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
-        for r in 0..rows {
-            let row = c.add(r * ldc);
-            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[2 * r], s, bias0));
-            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_fmadd_ps(acc[2 * r + 1], s, bias1));
-        }
+        store(&acc, c, ldc, rows, cols, scale, bias);
     }
 
     /// The first `n` of 16 lanes.
@@ -639,13 +857,64 @@ mod tests {
         assert_eq!(cases, 5 * 6 * 5 * 2);
     }
 
+    /// The f32 kernel over the same shape classes as the bf16 one, against f64 sums of the
+    /// unrounded inputs.
+    #[test]
+    fn f32_product_equals_reference_over_shapes() {
+        let mut cases = 0;
+        for &m in &[1usize, 5, 12, 13, 40] {
+            for &n in &[1usize, 16, 31, 32, 33, 70] {
+                for &k in &[1usize, 2, 7, 64, 129] {
+                    for transposed in [false, true] {
+                        let a = values(m * k, (m * 1000 + k) as u64);
+                        let b = values(k * n, (n * 1000 + k + 7) as u64);
+                        let lhs = if transposed {
+                            Mat::rows(&a, k, m).t()
+                        } else {
+                            Mat::rows(&a, m, k)
+                        };
+                        let rhs = if transposed {
+                            Mat::rows(&b, n, k).t()
+                        } else {
+                            Mat::rows(&b, k, n)
+                        };
+                        let bias = values(n, 99);
+                        let mut got = vec![f32::NAN; m * n];
+                        PackedRhs::pack(Kernel::F32, rhs).multiply(
+                            &mut got,
+                            n,
+                            lhs,
+                            0.5,
+                            Some(&bias),
+                        );
+                        for r in 0..m {
+                            for c in 0..n {
+                                let sum: f64 = (0..k)
+                                    .map(|i| lhs.at(r, i) as f64 * rhs.at(i, c) as f64)
+                                    .sum();
+                                let want = (0.5 * sum) as f32 + bias[c];
+                                let g = got[r * n + c];
+                                assert!(
+                                    (g - want).abs() <= 1e-5 * (k as f32).sqrt() * 4.0,
+                                    "m {m} n {n} k {k} t {transposed} at ({r}, {c}): {g} vs {want}"
+                                );
+                            }
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 5 * 6 * 5 * 2);
+    }
+
     #[test]
     fn packed_linear_adds_bias_and_keeps_other_rows() {
         let (rows, inputs, outputs) = (3 * ROWS_PER_TASK + 5, 70, 45);
         let x = values(rows * inputs, 1);
         let w = values(outputs * inputs, 2);
         let bias = values(outputs, 3);
-        let lin = PackedLinear::new(&w, outputs, inputs, Some(bias.clone()));
+        let lin = PackedLinear::new(Kernel::Bf16, &w, outputs, inputs, Some(bias.clone()));
         let y = lin.forward(&x);
         let want = gemm_bf16_reference(
             Mat::rows(&x, rows, inputs),
@@ -655,6 +924,18 @@ mod tests {
         for (i, (g, w)) in y.iter().zip(&want).enumerate() {
             let expected = w + bias[i % outputs];
             assert!((g - expected).abs() < 1e-4, "at {i}: {g} vs {expected}");
+        }
+        let lin = PackedLinear::new(Kernel::F32, &w, outputs, inputs, Some(bias.clone()));
+        let mut want = vec![0f32; rows * outputs];
+        matmul_into(
+            &mut want,
+            Mat::rows(&x, rows, inputs),
+            Mat::rows(&w, outputs, inputs).t(),
+            1.0,
+        );
+        for (i, (g, w)) in lin.forward(&x).iter().zip(&want).enumerate() {
+            let expected = w + bias[i % outputs];
+            assert!((g - expected).abs() < 1e-4, "f32 at {i}: {g} vs {expected}");
         }
     }
 
