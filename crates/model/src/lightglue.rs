@@ -75,8 +75,9 @@ impl MatchOptions {
 }
 
 /// Arithmetic of the transformer layers. f16 is for GPUs (candle's CPU f16 products are
-/// slower than f32); bf16 on the CPU multiplies on AVX-512 BF16 with f32 activations, about
-/// twice as fast as f32. Pair scores stay within 2% of f32 (f16), 1% (bf16; tested on real pairs).
+/// slower than f32); bf16 on the CPU multiplies on AVX-512 BF16 with f32 activations, faster
+/// than f32 (BENCHMARKS.md). Pair scores stay within 2% of f32 (f16) and 1% or 1.0 (bf16),
+/// tested on real pairs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
