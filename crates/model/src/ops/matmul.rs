@@ -807,12 +807,11 @@ mod tests {
         }
     }
 
-    /// Every shape class the kernel distinguishes: rows below, at and above a tile, columns
-    /// below, at and above a panel, odd and even inner dimensions, both packing paths of
-    /// each operand (contiguous rows and transposed views). Sums of bf16 products are exact
-    /// in f64, so the only difference from the reference is f32 summation order.
-    #[test]
-    fn bf16_product_equals_reference_over_shapes() {
+    /// Every shape class the kernels distinguish: rows below, at and above a tile, columns
+    /// below, at and above a panel, odd and even inner dimensions, both packing paths of each
+    /// operand (contiguous rows and transposed views). Calls `check(lhs, rhs, case)` on each
+    /// and returns how many there were.
+    fn for_each_shape(mut check: impl FnMut(Mat, Mat, &str)) -> usize {
         let mut cases = 0;
         for &m in &[1usize, 5, 12, 13, 40] {
             for &n in &[1usize, 16, 31, 32, 33, 70] {
@@ -820,91 +819,74 @@ mod tests {
                     for transposed in [false, true] {
                         let a = values(m * k, (m * 1000 + k) as u64);
                         let b = values(k * n, (n * 1000 + k + 7) as u64);
-                        let lhs = if transposed {
-                            Mat::rows(&a, k, m).t()
+                        let (lhs, rhs) = if transposed {
+                            (Mat::rows(&a, k, m).t(), Mat::rows(&b, n, k).t())
                         } else {
-                            Mat::rows(&a, m, k)
+                            (Mat::rows(&a, m, k), Mat::rows(&b, k, n))
                         };
-                        let rhs = if transposed {
-                            Mat::rows(&b, n, k).t()
-                        } else {
-                            Mat::rows(&b, k, n)
-                        };
-                        let want = gemm_bf16_reference(lhs, rhs, 0.5);
-                        let mut got = vec![f32::NAN; m * n];
-                        matmul_with(Kernel::Bf16, &mut got, lhs, rhs, 0.5);
-                        let mut plain = vec![f32::NAN; m * n];
-                        gemm_bf16_packed_plain(
-                            &mut plain,
-                            n,
-                            &PackedA::pack(lhs),
-                            &PackedB::pack(rhs),
-                            0.5,
-                            None,
+                        check(
+                            lhs,
+                            rhs,
+                            &format!("m {m} n {n} k {k} transposed {transposed}"),
                         );
-                        for (i, ((g, p), w)) in got.iter().zip(&plain).zip(&want).enumerate() {
-                            let tol = 1e-5 * (k as f32).sqrt() * 4.0;
-                            assert!(
-                                (g - w).abs() <= tol && (p - w).abs() <= tol,
-                                "m {m} n {n} k {k} t {transposed} at {i}: {g} / {p} vs {w}"
-                            );
-                        }
                         cases += 1;
                     }
                 }
             }
         }
+        cases
+    }
+
+    /// f32 summation-order error of a k-long sum of products of values in [-2, 2).
+    fn tolerance(k: usize) -> f32 {
+        1e-5 * (k as f32).sqrt() * 4.0
+    }
+
+    /// Sums of bf16 products are exact in f64, so the only difference from the reference is
+    /// f32 summation order (vector kernel and plain twin alike).
+    #[test]
+    fn bf16_product_equals_reference_over_shapes() {
+        let cases = for_each_shape(|lhs, rhs, case| {
+            let (m, n) = (lhs.rows, rhs.cols);
+            let want = gemm_bf16_reference(lhs, rhs, 0.5);
+            let mut got = vec![f32::NAN; m * n];
+            matmul_with(Kernel::Bf16, &mut got, lhs, rhs, 0.5);
+            let mut plain = vec![f32::NAN; m * n];
+            let (a, b) = (PackedA::pack(lhs), PackedB::pack(rhs));
+            gemm_bf16_packed_plain(&mut plain, n, &a, &b, 0.5, None);
+            for (i, ((g, p), w)) in got.iter().zip(&plain).zip(&want).enumerate() {
+                let tol = tolerance(lhs.cols);
+                assert!(
+                    (g - w).abs() <= tol && (p - w).abs() <= tol,
+                    "{case} at {i}: {g} / {p} vs {w}"
+                );
+            }
+        });
         assert_eq!(cases, 5 * 6 * 5 * 2);
     }
 
-    /// The f32 kernel over the same shape classes as the bf16 one, against f64 sums of the
-    /// unrounded inputs.
+    /// The f32 kernel (with a bias) against f64 sums of the unrounded inputs.
     #[test]
     fn f32_product_equals_reference_over_shapes() {
-        let mut cases = 0;
-        for &m in &[1usize, 5, 12, 13, 40] {
-            for &n in &[1usize, 16, 31, 32, 33, 70] {
-                for &k in &[1usize, 2, 7, 64, 129] {
-                    for transposed in [false, true] {
-                        let a = values(m * k, (m * 1000 + k) as u64);
-                        let b = values(k * n, (n * 1000 + k + 7) as u64);
-                        let lhs = if transposed {
-                            Mat::rows(&a, k, m).t()
-                        } else {
-                            Mat::rows(&a, m, k)
-                        };
-                        let rhs = if transposed {
-                            Mat::rows(&b, n, k).t()
-                        } else {
-                            Mat::rows(&b, k, n)
-                        };
-                        let bias = values(n, 99);
-                        let mut got = vec![f32::NAN; m * n];
-                        PackedRhs::pack(Kernel::F32, rhs).multiply(
-                            &mut got,
-                            n,
-                            lhs,
-                            0.5,
-                            Some(&bias),
-                        );
-                        for r in 0..m {
-                            for c in 0..n {
-                                let sum: f64 = (0..k)
-                                    .map(|i| lhs.at(r, i) as f64 * rhs.at(i, c) as f64)
-                                    .sum();
-                                let want = (0.5 * sum) as f32 + bias[c];
-                                let g = got[r * n + c];
-                                assert!(
-                                    (g - want).abs() <= 1e-5 * (k as f32).sqrt() * 4.0,
-                                    "m {m} n {n} k {k} t {transposed} at ({r}, {c}): {g} vs {want}"
-                                );
-                            }
-                        }
-                        cases += 1;
-                    }
+        let cases = for_each_shape(|lhs, rhs, case| {
+            let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+            let bias = values(n, 99);
+            let mut got = vec![f32::NAN; m * n];
+            PackedRhs::pack(Kernel::F32, rhs).multiply(&mut got, n, lhs, 0.5, Some(&bias));
+            for r in 0..m {
+                for c in 0..n {
+                    let sum: f64 = (0..k)
+                        .map(|i| lhs.at(r, i) as f64 * rhs.at(i, c) as f64)
+                        .sum();
+                    let want = (0.5 * sum) as f32 + bias[c];
+                    let g = got[r * n + c];
+                    assert!(
+                        (g - want).abs() <= tolerance(k),
+                        "{case} at ({r}, {c}): {g} vs {want}"
+                    );
                 }
             }
-        }
+        });
         assert_eq!(cases, 5 * 6 * 5 * 2);
     }
 
