@@ -206,6 +206,19 @@ impl PackedB32 {
     }
 }
 
+/// Panics unless a `rows` × `cols` result with `ldd` floats per row (and `bias` of `cols`)
+/// fits; the kernels' unchecked stores rely on it. False when there is nothing to compute.
+fn output_fits(dst: &[f32], ldd: usize, rows: usize, cols: usize, bias: Option<&[f32]>) -> bool {
+    assert!(
+        ldd >= cols
+            && (rows == 0 || dst.len() >= (rows - 1) * ldd + cols)
+            && bias.is_none_or(|v| v.len() >= cols),
+        "matrix product: output of {rows}×{cols} (row stride {ldd}) does not fit {} values",
+        dst.len()
+    );
+    rows > 0 && cols > 0
+}
+
 /// `dst[r][c] = scale · Σ a[r][k]·b[k][c] (+ bias[c])` in f32. `a` may be any view: the
 /// kernel reads it through its strides (a transposed view costs nothing extra).
 pub fn gemm_f32(
@@ -223,18 +236,13 @@ pub fn gemm_f32(
         a.cols,
         b.k
     );
-    assert!(
-        ldd >= b.cols
-            && (a.rows == 0 || dst.len() >= (a.rows - 1) * ldd + b.cols)
-            && bias.is_none_or(|v| v.len() >= b.cols),
-        "gemm_f32: bad output shape"
-    );
-    if a.rows == 0 || b.cols == 0 {
+    if !output_fits(dst, ldd, a.rows, b.cols, bias) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if f32_kernel_available() {
-        // SAFETY: the instructions are present; the assertions above bound every access.
+        // SAFETY: the instructions are present; `output_fits` and the operand checks above
+        // bound every access.
         return unsafe { x86::gemm_f32(dst, ldd, a, b, scale, bias) };
     }
     // Elsewhere: `gemm` on each panel, through a scratch tile of the panel's 32 columns.
@@ -423,18 +431,12 @@ pub fn gemm_bf16(
     bias: Option<&[f32]>,
 ) {
     assert_eq!(a.kp, b.kp, "gemm_bf16: inner dimensions differ");
-    assert!(
-        ldd >= b.cols
-            && (a.rows == 0 || dst.len() >= (a.rows - 1) * ldd + b.cols)
-            && bias.is_none_or(|v| v.len() >= b.cols),
-        "gemm_bf16: bad output shape"
-    );
-    if a.rows == 0 || b.cols == 0 {
+    if !output_fits(dst, ldd, a.rows, b.cols, bias) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if bf16_available() {
-        // SAFETY: the instructions are present; the assertions above bound every store.
+        // SAFETY: the instructions are present; `output_fits` bounds every store.
         return unsafe { x86::gemm(dst, ldd, a, b, scale, bias) };
     }
     gemm_bf16_packed_plain(dst, ldd, a, b, scale, bias)
