@@ -301,30 +301,10 @@ pub struct PackedA {
 
 impl PackedA {
     pub fn pack(a: Mat) -> Self {
-        let mut packed = Self {
-            words: Vec::new(),
-            rows: 0,
-            kp: 0,
-        };
-        packed.repack(a);
-        packed
-    }
-
-    /// Packs `a` into this buffer, reusing its allocation.
-    pub fn repack(&mut self, a: Mat) {
         assert!(a.fits(), "PackedA: view outside its slice");
         let kp = a.cols.div_ceil(2);
-        let padded_rows = a.rows.div_ceil(MR) * MR;
-        self.rows = a.rows;
-        self.kp = kp;
-        self.words.clear();
-        self.words.resize(padded_rows * kp, 0);
-        for (r, out) in self
-            .words
-            .chunks_exact_mut(kp.max(1))
-            .take(a.rows)
-            .enumerate()
-        {
+        let mut words = vec![0u32; a.rows.div_ceil(MR) * MR * kp];
+        for (r, out) in words.chunks_exact_mut(kp.max(1)).take(a.rows).enumerate() {
             if kp == 0 {
                 break;
             }
@@ -341,6 +321,11 @@ impl PackedA {
                     *w = pair(a.at(r, 2 * p), hi);
                 }
             }
+        }
+        Self {
+            words,
+            rows: a.rows,
+            kp,
         }
     }
 }
@@ -413,10 +398,6 @@ impl PackedB {
             cols: b.cols,
             kp,
         }
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
     }
 }
 
