@@ -122,7 +122,10 @@ impl CustomOp3 for FusedAttention {
                 let vp = PackedRhs::pack(self.kernel, Mat::rows(v, len, d));
                 out.par_chunks_mut(ROW_BLOCK * d)
                     .zip(q.par_chunks(ROW_BLOCK * d))
-                    .for_each(|(out, q)| attend_block(q, &kt, &vp, out, d, len, self.scale));
+                    .for_each(|(out, q)| {
+                        let q = Mat::rows(q, q.len() / d, d);
+                        attend_block(q, &kt, &vp, out, d, len, self.scale)
+                    });
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, h, m, d))))
@@ -130,26 +133,150 @@ impl CustomOp3 for FusedAttention {
 }
 
 /// One block of query rows against `len` keys (packed transposed as `kt`, values as `vp`):
-/// similarities, row softmax, weighted values.
+/// similarities, row softmax, weighted values, written `ldo` floats per row into `out`.
 fn attend_block(
-    q: &[f32],
+    q: Mat,
     kt: &PackedRhs,
     vp: &PackedRhs,
     out: &mut [f32],
-    d: usize,
+    ldo: usize,
     len: usize,
     scale: f32,
 ) {
-    let rows = q.len() / d;
+    let (rows, d) = (q.rows, vp.cols());
     if len == 0 {
-        out.fill(0.0);
+        for r in 0..rows {
+            out[r * ldo..r * ldo + d].fill(0.0);
+        }
         return;
     }
     let mut sim = vec![0f32; rows * len];
-    kt.multiply(&mut sim, len, Mat::rows(q, rows, d), scale, None);
+    kt.multiply(&mut sim, len, q, scale, None);
     let sums: Vec<f32> = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
-    vp.multiply(out, d, Mat::rows(&sim, rows, len), 1.0, None);
-    divide_rows(out, d, &sums);
+    vp.multiply(out, ldo, Mat::rows(&sim, rows, len), 1.0, None);
+    divide_rows(out, ldo, d, &sums);
+}
+
+/// Self-attention of both images of one pair, on host matrices (the CPU path of a single
+/// pair, without padding): row `r` of `qkv` holds `[q | k | v]`, each `heads` heads of `d`
+/// columns side by side; rows `0..m` are image 0, the next `n` image 1, and each image
+/// attends to its own keys. Row `r` of `ctx` receives its context, heads side by side.
+/// Keys and values are packed once per image and head; blocks of rows of both images run in
+/// parallel and write their rows of `ctx` directly, so no head split or merge is copied.
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention_pair(
+    qkv: &[f32],
+    m: usize,
+    n: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    kernel: Kernel,
+    ctx: &mut [f32],
+) {
+    let width = heads * d;
+    let ld = 3 * width;
+    assert!(
+        qkv.len() == (m + n) * ld && ctx.len() == (m + n) * width,
+        "self_attention_pair: {} values of qkv and {} of context for {m} + {n} rows",
+        qkv.len(),
+        ctx.len()
+    );
+    if width == 0 {
+        return;
+    }
+    let images = [(0, m), (m, n)];
+    let view = |row0: usize, rows: usize, col: usize| {
+        Mat::strided(&qkv[row0 * ld..], rows, ld, ld).col_range(col, d)
+    };
+    let packed: Vec<(PackedRhs, PackedRhs)> = (0..2 * heads)
+        .into_par_iter()
+        .map(|ih| {
+            let ((start, len), h) = (images[ih / heads], ih % heads);
+            (
+                PackedRhs::pack(kernel, view(start, len, width + h * d).t()),
+                PackedRhs::pack(kernel, view(start, len, 2 * width + h * d)),
+            )
+        })
+        .collect();
+    let (ctx0, ctx1) = ctx.split_at_mut(m * width);
+    let block = ROW_BLOCK * width;
+    let blocks0 = ctx0
+        .par_chunks_mut(block)
+        .enumerate()
+        .map(|(b, out)| (0, b, out));
+    let blocks1 = ctx1
+        .par_chunks_mut(block)
+        .enumerate()
+        .map(|(b, out)| (1, b, out));
+    blocks0
+        .chain(blocks1)
+        .map(|(image, b, out)| (image, b * ROW_BLOCK, out))
+        .for_each(|(image, r0, out)| {
+            let (start, len) = images[image];
+            let rows = out.len() / width;
+            for h in 0..heads {
+                let (kt, vp) = &packed[image * heads + h];
+                let q = view(start + r0, rows, h * d);
+                attend_block(q, kt, vp, &mut out[h * d..], width, len, scale);
+            }
+        });
+}
+
+/// Cross-attention of both images of one pair, on host matrices: row `r` of `qkv` holds
+/// `[qk | v]` (`heads` heads of `d` columns each), rows `0..m` image 0 and the next `n` image
+/// 1; similarities are `scale · qk₀ · qk₁ᵀ`, once per head ([`cross_attention`]'s
+/// computation). Row `r` of `ctx` receives its message, heads side by side.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_attention_pair(
+    qkv: &[f32],
+    m: usize,
+    n: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    kernel: Kernel,
+    ctx: &mut [f32],
+) {
+    let width = heads * d;
+    let ld = 2 * width;
+    assert!(
+        qkv.len() == (m + n) * ld && ctx.len() == (m + n) * width,
+        "cross_attention_pair: {} values of qkv and {} of messages for {m} + {n} rows",
+        qkv.len(),
+        ctx.len()
+    );
+    if width == 0 {
+        return;
+    }
+    let view = |row0: usize, rows: usize, col: usize| {
+        Mat::strided(&qkv[row0 * ld..], rows, ld, ld).col_range(col, d)
+    };
+    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let (mut oa, mut ob) = (vec![0f32; m * d], vec![0f32; n * d]);
+            let (a, b) = (view(0, m, h * d), view(m, n, h * d));
+            let (va, vb) = (view(0, m, width + h * d), view(m, n, width + h * d));
+            cross_head(a, b, va, vb, &mut oa, &mut ob, scale, kernel);
+            (oa, ob)
+        })
+        .collect();
+    ctx.par_chunks_mut(ROW_BLOCK * width)
+        .enumerate()
+        .for_each(|(block, out)| {
+            for (i, row) in out.chunks_exact_mut(width).enumerate() {
+                let r = block * ROW_BLOCK + i;
+                for (h, (oa, ob)) in per_head.iter().enumerate() {
+                    let src = if r < m {
+                        &oa[r * d..]
+                    } else {
+                        &ob[(r - m) * d..]
+                    };
+                    row[h * d..(h + 1) * d].copy_from_slice(&src[..d]);
+                }
+            }
+        });
 }
 
 /// Bidirectional cross attention over one shared similarity matrix, as LightGlue computes it:
@@ -190,13 +317,13 @@ pub fn cross_attention(
             .for_each(|(bh, (oa, ob))| {
                 let len = b_lens.map_or(n, |l| l[bh / h].min(n));
                 cross_head(
-                    &a_h[bh * m * d..(bh + 1) * m * d],
-                    &b_h[bh * n * d..bh * n * d + len * d],
-                    &va_h[bh * m * d..(bh + 1) * m * d],
-                    &vb_h[bh * n * d..bh * n * d + len * d],
+                    Mat::rows(&a_h[bh * m * d..], m, d),
+                    Mat::rows(&b_h[bh * n * d..], len, d),
+                    Mat::rows(&va_h[bh * m * d..], m, d),
+                    Mat::rows(&vb_h[bh * n * d..], len, d),
                     oa,
                     &mut ob[..len * d],
-                    d,
+                    1.0,
                     kernel,
                 );
             });
@@ -208,33 +335,28 @@ pub fn cross_attention(
     ))
 }
 
-/// One head of [`cross_attention`]: `a` is [M, D], `b` is [N, D] (real rows only).
+/// One head of [`cross_attention`]: `a` and `va` are [M, D] views, `b` and `vb` [N, D] (real
+/// rows only); similarities are `scale · a · bᵀ`; `oa` and `ob` are [M, D] and [N, D].
 #[allow(clippy::too_many_arguments)]
 fn cross_head(
-    a: &[f32],
-    b: &[f32],
-    va: &[f32],
-    vb: &[f32],
+    a: Mat,
+    b: Mat,
+    va: Mat,
+    vb: Mat,
     oa: &mut [f32],
     ob: &mut [f32],
-    d: usize,
+    scale: f32,
     kernel: Kernel,
 ) {
-    let (m, n) = (a.len() / d, b.len() / d);
+    let (m, n, d) = (a.rows, b.rows, a.cols);
     if n == 0 {
         oa.fill(0.0);
         return;
     }
     let mut sim = vec![0f32; m * n];
-    PackedRhs::pack(kernel, Mat::rows(b, n, d).t()).multiply(
-        &mut sim,
-        n,
-        Mat::rows(a, m, d),
-        1.0,
-        None,
-    );
+    PackedRhs::pack(kernel, b.t()).multiply(&mut sim, n, a, scale, None);
     // Rows: softmax over image b, in blocks so the exponentials stay in cache.
-    let vbp = PackedRhs::pack(kernel, Mat::rows(vb, n, d));
+    let vbp = PackedRhs::pack(kernel, vb);
     let mut block = vec![0f32; ROW_BLOCK * n];
     for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
         let rows = out.len() / d;
@@ -242,7 +364,7 @@ fn cross_head(
         e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
         let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
         vbp.multiply(out, d, Mat::rows(e, rows, n), 1.0, None);
-        divide_rows(out, d, &sums);
+        divide_rows(out, d, d, &sums);
     }
     // Columns: softmax over image a, exponentials written in place, then Eᵀ · v_a.
     let mut col_max = vec![f32::NEG_INFINITY; n];
@@ -259,7 +381,7 @@ fn cross_head(
     match kernel {
         // Eᵀ read through its strides walks E down its columns, a page per step at 2048
         // points, which no prefetcher follows; `gemm` packs it in cache-sized blocks instead.
-        Kernel::F32 => matmul_into(ob, Mat::rows(&sim, m, n).t(), Mat::rows(va, m, d), 1.0),
+        Kernel::F32 => matmul_into(ob, Mat::rows(&sim, m, n).t(), va, 1.0),
         // bf16 packs its left operand by pairs along rows; E's rows are the inner dimension
         // here, so compute m_bᵀ = v_aᵀ · E (E packs as the right operand, two rows at a
         // time) and transpose the small result.
@@ -268,7 +390,7 @@ fn cross_head(
             PackedRhs::pack(kernel, Mat::rows(&sim, m, n)).multiply(
                 &mut transposed,
                 n,
-                Mat::rows(va, m, d).t(),
+                va.t(),
                 1.0,
                 None,
             );
@@ -279,7 +401,7 @@ fn cross_head(
             }
         }
     }
-    divide_rows(ob, d, &col_sum);
+    divide_rows(ob, d, d, &col_sum);
 }
 
 /// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.
@@ -311,11 +433,12 @@ fn exp_sub_accumulate_plain(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
     }
 }
 
-/// Divides each `d`-wide row of `x` by its softmax denominator.
-fn divide_rows(x: &mut [f32], d: usize, sums: &[f32]) {
-    for (row, &sum) in x.chunks_exact_mut(d).zip(sums) {
+/// Divides the first `d` values of each row of `x` (rows `ld` apart) by its softmax
+/// denominator.
+fn divide_rows(x: &mut [f32], ld: usize, d: usize, sums: &[f32]) {
+    for (r, &sum) in sums.iter().enumerate() {
         let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
+        x[r * ld..r * ld + d].iter_mut().for_each(|v| *v *= inv);
     }
 }
 
@@ -390,50 +513,8 @@ pub fn fast_exp(x: f32) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    pub fn available() -> bool {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn exp(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(
-            _mm512_min_ps(x, _mm512_set1_ps(88.0)),
-            _mm512_set1_ps(-87.0),
-        );
-        // n = round(x / ln 2), r = x - n ln 2 in two parts (Cody–Waite).
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_2e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let y = _mm512_fmadd_ps(
-            _mm512_mul_ps(p, r),
-            r,
-            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-        );
-        _mm512_scalef_ps(y, n)
-    }
-
-    /// The first `n` of 16 lanes.
-    fn mask(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
+    pub use crate::ops::simd::avx512::available;
+    use crate::ops::simd::avx512::{exp, mask};
 
     /// `row ← exp(row - max(row))`, returning the sum.
     #[target_feature(enable = "avx512f")]

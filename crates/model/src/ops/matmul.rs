@@ -87,6 +87,38 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// A view of `rows × cols` whose rows start `rs` floats apart (a column block of a wider
+    /// row-major matrix).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// Rows `start..start + count` of this view.
+    pub fn row_range(self, start: usize, count: usize) -> Self {
+        let from = if count == 0 { 0 } else { start * self.rs };
+        Self {
+            data: &self.data[from..],
+            rows: count,
+            ..self
+        }
+    }
+
+    /// Columns `start..start + count` of this view.
+    pub fn col_range(self, start: usize, count: usize) -> Self {
+        let from = if count == 0 { 0 } else { start * self.cs };
+        Self {
+            data: &self.data[from..],
+            cols: count,
+            ..self
+        }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -163,9 +195,26 @@ impl PackedRhs {
     /// `dst[r][c] = scale · (a · b)[r][c] (+ bias[c])`, `dst` row-major with `ldd` floats per
     /// row, on the calling thread (callers parallelise over rows, blocks and heads).
     pub fn multiply(&self, dst: &mut [f32], ldd: usize, a: Mat, scale: f32, bias: Option<&[f32]>) {
+        self.product(dst, ldd, a, Epilogue::new(scale, bias, false));
+    }
+
+    /// [`PackedRhs::multiply`] adding to `dst` instead of overwriting it (a residual added in
+    /// the product's last pass).
+    pub fn multiply_add(
+        &self,
+        dst: &mut [f32],
+        ldd: usize,
+        a: Mat,
+        scale: f32,
+        bias: Option<&[f32]>,
+    ) {
+        self.product(dst, ldd, a, Epilogue::new(scale, bias, true));
+    }
+
+    fn product(&self, dst: &mut [f32], ldd: usize, a: Mat, out: Epilogue) {
         match self {
-            Self::F32(b) => gemm_f32(dst, ldd, a, b, scale, bias),
-            Self::Bf16(b) => gemm_bf16(dst, ldd, &PackedA::pack(a), b, scale, bias),
+            Self::F32(b) => gemm_f32(dst, ldd, a, b, out),
+            Self::Bf16(b) => gemm_bf16(dst, ldd, &PackedA::pack(a), b, out),
         }
     }
 }
@@ -206,6 +255,35 @@ impl PackedB32 {
     }
 }
 
+/// What a product does with its sums: `dst = scale · sum + bias`, or `dst += …` when
+/// `accumulate`.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: f32,
+    pub bias: Option<&'a [f32]>,
+    pub accumulate: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    pub fn new(scale: f32, bias: Option<&'a [f32]>, accumulate: bool) -> Self {
+        Self {
+            scale,
+            bias,
+            accumulate,
+        }
+    }
+
+    /// The value stored for a sum at column `c` over the destination's `old` value.
+    fn apply(&self, sum: f32, c: usize, old: f32) -> f32 {
+        let v = self.scale * sum + self.bias.map_or(0.0, |b| b[c]);
+        if self.accumulate {
+            old + v
+        } else {
+            v
+        }
+    }
+}
+
 /// Panics unless a `rows` × `cols` result with `ldd` floats per row (and `bias` of `cols`)
 /// fits; the kernels' unchecked stores rely on it. False when there is nothing to compute.
 fn output_fits(dst: &[f32], ldd: usize, rows: usize, cols: usize, bias: Option<&[f32]>) -> bool {
@@ -221,14 +299,7 @@ fn output_fits(dst: &[f32], ldd: usize, rows: usize, cols: usize, bias: Option<&
 
 /// `dst[r][c] = scale · Σ a[r][k]·b[k][c] (+ bias[c])` in f32. `a` may be any view: the
 /// kernel reads it through its strides (a transposed view costs nothing extra).
-pub fn gemm_f32(
-    dst: &mut [f32],
-    ldd: usize,
-    a: Mat,
-    b: &PackedB32,
-    scale: f32,
-    bias: Option<&[f32]>,
-) {
+pub fn gemm_f32(dst: &mut [f32], ldd: usize, a: Mat, b: &PackedB32, out: Epilogue) {
     assert!(
         a.fits() && a.cols == b.k,
         "gemm_f32: left operand {}×{} for {} rows",
@@ -236,14 +307,14 @@ pub fn gemm_f32(
         a.cols,
         b.k
     );
-    if !output_fits(dst, ldd, a.rows, b.cols, bias) {
+    if !output_fits(dst, ldd, a.rows, b.cols, out.bias) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if f32_kernel_available() {
         // SAFETY: the instructions are present; `output_fits` and the operand checks above
         // bound every access.
-        return unsafe { x86::gemm_f32(dst, ldd, a, b, scale, bias) };
+        return unsafe { x86::gemm_f32(dst, ldd, a, b, out) };
     }
     // Elsewhere: `gemm` on each panel, through a scratch tile of the panel's 32 columns.
     let owned: Vec<f32>;
@@ -258,11 +329,12 @@ pub fn gemm_f32(
     let mut tile = vec![0f32; a.rows * NR];
     for panel in 0..b.cols.div_ceil(NR) {
         let rhs = Mat::rows(&b.data[panel * b.k * NR..(panel + 1) * b.k * NR], b.k, NR);
-        matmul_into(&mut tile, a, rhs, scale);
+        matmul_into(&mut tile, a, rhs, 1.0);
         let (c0, cols) = (panel * NR, (b.cols - panel * NR).min(NR));
         for (r, row) in tile.chunks_exact(NR).enumerate() {
             for (c, &v) in row[..cols].iter().enumerate() {
-                dst[r * ldd + c0 + c] = v + bias.map_or(0.0, |bias| bias[c0 + c]);
+                let at = r * ldd + c0 + c;
+                dst[at] = out.apply(v, c0 + c, dst[at]);
             }
         }
     }
@@ -403,35 +475,21 @@ impl PackedB {
 
 /// `dst[r][c] = scale · Σ a[r][k]·b[k][c] (+ bias[c])` with bf16 inputs and f32 sums, `dst`
 /// row-major with `ldd` floats per row, on the calling thread.
-pub fn gemm_bf16(
-    dst: &mut [f32],
-    ldd: usize,
-    a: &PackedA,
-    b: &PackedB,
-    scale: f32,
-    bias: Option<&[f32]>,
-) {
+pub fn gemm_bf16(dst: &mut [f32], ldd: usize, a: &PackedA, b: &PackedB, out: Epilogue) {
     assert_eq!(a.kp, b.kp, "gemm_bf16: inner dimensions differ");
-    if !output_fits(dst, ldd, a.rows, b.cols, bias) {
+    if !output_fits(dst, ldd, a.rows, b.cols, out.bias) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if bf16_available() {
         // SAFETY: the instructions are present; `output_fits` bounds every store.
-        return unsafe { x86::gemm(dst, ldd, a, b, scale, bias) };
+        return unsafe { x86::gemm(dst, ldd, a, b, out) };
     }
-    gemm_bf16_packed_plain(dst, ldd, a, b, scale, bias)
+    gemm_bf16_packed_plain(dst, ldd, a, b, out)
 }
 
 /// The packed product without vector instructions (CPUs without AVX-512 BF16, and a twin).
-fn gemm_bf16_packed_plain(
-    dst: &mut [f32],
-    ldd: usize,
-    a: &PackedA,
-    b: &PackedB,
-    scale: f32,
-    bias: Option<&[f32]>,
-) {
+fn gemm_bf16_packed_plain(dst: &mut [f32], ldd: usize, a: &PackedA, b: &PackedB, out: Epilogue) {
     let half = |w: u32, hi: bool| bf16_to_f32(if hi { (w >> 16) as u16 } else { w as u16 });
     for r in 0..a.rows {
         let arow = &a.words[r * a.kp..(r + 1) * a.kp];
@@ -442,7 +500,7 @@ fn gemm_bf16_packed_plain(
                 let bw = b.words[(panel * a.kp + p) * NR + lane];
                 sum += half(aw, false) * half(bw, false) + half(aw, true) * half(bw, true);
             }
-            dst[r * ldd + c] = scale * sum + bias.map_or(0.0, |v| v[c]);
+            dst[r * ldd + c] = out.apply(sum, c, dst[r * ldd + c]);
         }
     }
 }
@@ -505,19 +563,44 @@ impl PackedLinear {
         let rows = x.len().checked_div(k).unwrap_or(0);
         assert_eq!(rows * k, x.len(), "PackedLinear: ragged input");
         let mut out = vec![0f32; rows * n];
-        out.par_chunks_mut(ROWS_PER_TASK * n)
-            .zip(x.par_chunks(ROWS_PER_TASK * k))
-            .for_each(|(out, x)| {
-                let a = Mat::rows(x, x.len() / k, k);
-                self.weight.multiply(out, n, a, 1.0, self.bias.as_deref());
-            });
+        self.forward_into(Mat::rows(x, rows, k), &mut out, n, false);
         out
+    }
+
+    /// `dst = x · wᵀ + bias` (`dst +=` when `accumulate`) for any view `x` of `inputs`
+    /// columns, into `dst` rows `ldd` floats apart: the output may be a column block of a wider
+    /// matrix, and a residual is added in the product's last pass.
+    pub fn forward_into(&self, x: Mat, dst: &mut [f32], ldd: usize, accumulate: bool) {
+        let n = self.outputs();
+        assert!(
+            x.cols == self.inputs && ldd >= n,
+            "PackedLinear: {} input columns for {}, row stride {ldd} for {n} outputs",
+            x.cols,
+            self.inputs
+        );
+        if x.rows == 0 {
+            return;
+        }
+        assert!(
+            dst.len() >= (x.rows - 1) * ldd + n,
+            "PackedLinear: output does not fit"
+        );
+        let out = Epilogue::new(1.0, self.bias.as_deref(), accumulate);
+        dst.par_chunks_mut(ROWS_PER_TASK * ldd)
+            .enumerate()
+            .for_each(|(task, dst)| {
+                let r0 = task * ROWS_PER_TASK;
+                let rows = x.rows.saturating_sub(r0).min(ROWS_PER_TASK);
+                if rows > 0 {
+                    self.weight.product(dst, ldd, x.row_range(r0, rows), out);
+                }
+            });
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{PackedA, PackedB, MR, NR};
+    use super::{Epilogue, PackedA, PackedB, MR, NR};
     use std::arch::x86_64::*;
 
     /// Pairs of a contiguous row, 32 values per conversion.
@@ -577,8 +660,7 @@ mod x86 {
         ldd: usize,
         a: &PackedA,
         b: &PackedB,
-        scale: f32,
-        bias: Option<&[f32]>,
+        out: Epilogue,
     ) {
         let kp = a.kp;
         let panels = b.cols.div_ceil(NR);
@@ -589,16 +671,15 @@ mod x86 {
             for r0 in (0..a.rows).step_by(MR) {
                 let ap = a.words.as_ptr().add(r0 * kp);
                 let rows = (a.rows - r0).min(MR);
-                tile(
-                    kp,
-                    ap,
-                    bp,
+                let acc = tile(kp, ap, bp);
+                store(
+                    &acc,
                     dst.as_mut_ptr().add(r0 * ldd + c0),
                     ldd,
                     rows,
                     cols,
-                    scale,
-                    bias.map(|v| v.as_ptr().add(c0)),
+                    out,
+                    c0,
                 );
             }
         }
@@ -609,8 +690,7 @@ mod x86 {
         ldd: usize,
         a: super::Mat,
         b: &super::PackedB32,
-        scale: f32,
-        bias: Option<&[f32]>,
+        out: Epilogue,
     ) {
         let k = b.k;
         // The last rows, when fewer than a tile, are copied beside zeros.
@@ -645,8 +725,8 @@ mod x86 {
                     ldd,
                     rows,
                     cols,
-                    scale,
-                    bias.map(|v| v.as_ptr().add(c0)),
+                    out,
+                    c0,
                 );
             }
         }
@@ -677,7 +757,8 @@ mod x86 {
         acc
     }
 
-    /// Writes `rows` × `cols` of a tile's sums: `scale · acc + bias`.
+    /// Writes `rows` × `cols` of a tile's sums as `out` says; the tile's first column is
+    /// column `c0` of the product (where its bias starts).
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn store(
@@ -686,40 +767,35 @@ mod x86 {
         ldc: usize,
         rows: usize,
         cols: usize,
-        scale: f32,
-        bias: Option<*const f32>,
+        out: Epilogue,
+        c0: usize,
     ) {
-        let s = _mm512_set1_ps(scale);
+        let s = _mm512_set1_ps(out.scale);
         let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
-        let (bias0, bias1) = match bias {
+        let (bias0, bias1) = match out.bias {
             Some(v) => (
-                _mm512_maskz_loadu_ps(m0, v),
-                _mm512_maskz_loadu_ps(m1, v.add(16)),
+                _mm512_maskz_loadu_ps(m0, v.as_ptr().add(c0)),
+                _mm512_maskz_loadu_ps(m1, v.as_ptr().add(c0 + 16)),
             ),
             None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
         };
         for r in 0..rows {
             let row = c.add(r * ldc);
-            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[2 * r], s, bias0));
-            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_fmadd_ps(acc[2 * r + 1], s, bias1));
+            let mut v0 = _mm512_fmadd_ps(acc[2 * r], s, bias0);
+            let mut v1 = _mm512_fmadd_ps(acc[2 * r + 1], s, bias1);
+            if out.accumulate {
+                v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
+                v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
+            }
+            _mm512_mask_storeu_ps(row, m0, v0);
+            _mm512_mask_storeu_ps(row.add(16), m1, v1);
         }
     }
 
-    /// One MR × NR tile: `rows` × `cols` of it are stored.
+    /// The bf16 products of one MR × NR tile: two inner-dimension steps per `vdpbf16ps`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        kp: usize,
-        a: *const u32,
-        b: *const u32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        scale: f32,
-        bias: Option<*const f32>,
-    ) {
+    unsafe fn tile(kp: usize, a: *const u32, b: *const u32) -> [__m512; 2 * MR] {
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         for p in 0..kp {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
@@ -732,7 +808,7 @@ mod x86 {
                 acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
             }
         }
-        store(&acc, c, ldc, rows, cols, scale, bias);
+        acc
     }
 
     /// The first `n` of 16 lanes.
@@ -836,7 +912,7 @@ mod tests {
             matmul_with(Kernel::Bf16, &mut got, lhs, rhs, 0.5);
             let mut plain = vec![f32::NAN; m * n];
             let (a, b) = (PackedA::pack(lhs), PackedB::pack(rhs));
-            gemm_bf16_packed_plain(&mut plain, n, &a, &b, 0.5, None);
+            gemm_bf16_packed_plain(&mut plain, n, &a, &b, Epilogue::new(0.5, None, false));
             for (i, ((g, p), w)) in got.iter().zip(&plain).zip(&want).enumerate() {
                 let tol = tolerance(lhs.cols);
                 assert!(
@@ -901,6 +977,61 @@ mod tests {
         for (i, (g, w)) in lin.forward(&x).iter().zip(&want).enumerate() {
             let expected = w + bias[i % outputs];
             assert!((g - expected).abs() < 1e-4, "f32 at {i}: {g} vs {expected}");
+        }
+    }
+
+    /// `forward_into` reading a column block of a wider input and adding into a column block
+    /// of a wider output (LightGlue's `[x | message]` state): every output of the block is its
+    /// old value plus the product and bias, everything outside the block is untouched; both
+    /// kernels, rows over several tasks.
+    #[test]
+    fn packed_linear_into_column_block_accumulates() {
+        let (rows, inputs, outputs) = (3 * ROWS_PER_TASK + 5, 40, 36);
+        let (in_width, out_width, in_col, out_col) = (100, 90, 7, 50);
+        let source = values(rows * in_width, 4);
+        let x = Mat::strided(&source, rows, in_width, in_width).col_range(in_col, inputs);
+        let w = values(outputs * inputs, 5);
+        let bias = values(outputs, 6);
+        let before = values(rows * out_width, 7);
+        for kernel in [Kernel::F32, Kernel::Bf16] {
+            if kernel == Kernel::Bf16 && !bf16_available() {
+                continue;
+            }
+            let lin = PackedLinear::new(kernel, &w, outputs, inputs, Some(bias.clone()));
+            let mut product = vec![0f32; rows * outputs];
+            lin.forward_into(x, &mut product, outputs, false);
+            let mut out = before.clone();
+            lin.forward_into(x, &mut out[out_col..], out_width, true);
+            for r in 0..rows {
+                for c in 0..out_width {
+                    let (got, old) = (out[r * out_width + c], before[r * out_width + c]);
+                    let want = if (out_col..out_col + outputs).contains(&c) {
+                        old + product[r * outputs + c - out_col]
+                    } else {
+                        old
+                    };
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{kernel:?} ({r}, {c}): {got} vs {want}"
+                    );
+                }
+            }
+            // The product itself, against f64 sums of the bf16-rounded or exact inputs.
+            let want = match kernel {
+                Kernel::Bf16 => gemm_bf16_reference(x, Mat::rows(&w, outputs, inputs).t(), 1.0),
+                Kernel::F32 => {
+                    let mut exact = vec![0f32; rows * outputs];
+                    matmul_into(&mut exact, x, Mat::rows(&w, outputs, inputs).t(), 1.0);
+                    exact
+                }
+            };
+            for (i, (g, w)) in product.iter().zip(&want).enumerate() {
+                let expected = w + bias[i % outputs];
+                assert!(
+                    (g - expected).abs() < 1e-4,
+                    "{kernel:?} at {i}: {g} vs {expected}"
+                );
+            }
         }
     }
 

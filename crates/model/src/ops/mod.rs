@@ -8,6 +8,7 @@ pub mod deform_conv;
 pub mod fused;
 pub mod grid_sample;
 pub mod matmul;
+pub mod simd;
 
 pub use attention::{attention, attention_reference, cross_attention};
 pub use conv::{conv2d, conv2d_reference};

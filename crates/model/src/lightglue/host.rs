@@ -1,0 +1,243 @@
+//! The transformer layers of one pair on the CPU, on plain host matrices.
+//!
+//! Through candle, every layer concatenated the two images, split and merged the attention
+//! heads, concatenated `[x, message]` for the feed-forward layer and added the residual, each
+//! a copy or an allocation on one thread: at 512 keypoints those passes and the idle second
+//! core cost about a third of a layer. Here the pair's state is one matrix, [image 0 rows |
+//! image 1 rows] × [x | message]: the projections read `x` in place, attention reads its heads
+//! through strides and writes contexts side by side, the output projection writes the message
+//! beside `x`, so the feed-forward layer's input is already concatenated, and its second
+//! product adds the residual into `x` in its last pass. Every pass is parallel. The candle
+//! layers ([`Layer::forward`]) are the twin the tests compare against, and the path for
+//! padded batches and other devices.
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::{
+    CrossBlock, FeedForward, Layer, Proj, Rotary, SelfBlock, DIM, HEADS, HEAD_DIM, LAYER_NORM_EPS,
+};
+use crate::ops::attention::{cross_attention_pair, self_attention_pair};
+use crate::ops::fused::layer_norm_gelu_rows;
+use crate::ops::matmul::{Mat, PackedLinear};
+use crate::Result;
+
+/// One pair's transformer state between layers.
+pub(super) struct HostPair {
+    /// [rows, 2·DIM]: the descriptors in columns `0..DIM`, the last block's message in
+    /// `DIM..2·DIM`.
+    xm: Vec<f32>,
+    /// Rows of image 0 (the first `m`) and of image 1.
+    m: usize,
+    n: usize,
+    /// Rotary tables of every row, [rows, HEAD_DIM] each.
+    pub(super) cos: Vec<f32>,
+    pub(super) sin: Vec<f32>,
+    /// Scratch every layer reuses: projections, contexts, the feed-forward's hidden layer.
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+const WIDTH: usize = 2 * DIM;
+
+/// Rows per task of the element-wise passes.
+const ROWS_PER_TASK: usize = 32;
+
+impl HostPair {
+    /// From the projected descriptors ([1, M, DIM], [1, N, DIM]) and rotary tables of a pair.
+    pub(super) fn new(
+        desc0: &Tensor,
+        desc1: &Tensor,
+        enc0: &Rotary,
+        enc1: &Rotary,
+    ) -> Result<Self> {
+        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let (m, n) = (desc0.dim(1)?, desc1.dim(1)?);
+        let mut xm = vec![0f32; (m + n) * WIDTH];
+        for (row, x) in xm.chunks_exact_mut(WIDTH).zip(
+            host(desc0)?
+                .chunks_exact(DIM)
+                .chain(host(desc1)?.chunks_exact(DIM)),
+        ) {
+            row[..DIM].copy_from_slice(x);
+        }
+        let table = |a: &Tensor, b: &Tensor| -> Result<Vec<f32>> {
+            let mut t = host(a)?;
+            t.extend(host(b)?);
+            Ok(t)
+        };
+        Ok(Self {
+            xm,
+            m,
+            n,
+            cos: table(&enc0.cos, &enc1.cos)?,
+            sin: table(&enc0.sin, &enc1.sin)?,
+            qkv: Vec::new(),
+            ctx: Vec::new(),
+            hidden: Vec::new(),
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.m + self.n
+    }
+
+    /// The descriptors as [1, M, DIM] and [1, N, DIM] tensors.
+    pub(super) fn descriptors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let image = |rows: std::ops::Range<usize>| -> Result<Tensor> {
+            let len = rows.len();
+            let x: Vec<f32> = rows
+                .flat_map(|r| &self.xm[r * WIDTH..r * WIDTH + DIM])
+                .copied()
+                .collect();
+            Ok(Tensor::from_vec(x, (1, len, DIM), device)?)
+        };
+        Ok((image(0..self.m)?, image(self.m..self.rows())?))
+    }
+
+    /// Keeps, of the current points, those at positions `keep0` of image 0 and `keep1` of
+    /// image 1 (ascending), with their rotary tables.
+    pub(super) fn keep(&mut self, keep0: &[u32], keep1: &[u32]) {
+        if (keep0.len(), keep1.len()) == (self.m, self.n) {
+            return;
+        }
+        let rows: Vec<usize> = keep0
+            .iter()
+            .map(|&k| k as usize)
+            .chain(keep1.iter().map(|&k| self.m + k as usize))
+            .collect();
+        let gather = |src: &[f32], width: usize, used: usize| -> Vec<f32> {
+            let mut out = vec![0f32; rows.len() * width];
+            for (dst, &r) in out.chunks_exact_mut(width).zip(&rows) {
+                dst[..used].copy_from_slice(&src[r * width..r * width + used]);
+            }
+            out
+        };
+        self.xm = gather(&self.xm, WIDTH, DIM);
+        self.cos = gather(&self.cos, HEAD_DIM, HEAD_DIM);
+        self.sin = gather(&self.sin, HEAD_DIM, HEAD_DIM);
+        (self.m, self.n) = (keep0.len(), keep1.len());
+    }
+}
+
+impl Proj {
+    fn packed(&self) -> Result<&PackedLinear> {
+        match self {
+            Self::Packed(op) => Ok(&op.0),
+            Self::Candle(_) => Err(candle_core::Error::Msg(
+                "the host layers need the packed CPU weights".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+/// The descriptor columns of the first `rows` rows of a state matrix.
+fn descriptors(xm: &[f32], rows: usize) -> Mat<'_> {
+    Mat::strided(xm, rows, WIDTH, WIDTH).col_range(0, DIM)
+}
+
+/// Scratch `buf` resized to `len` values (its old contents are overwritten by the caller).
+fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}
+
+/// Rotary encoding of the q and k heads of every row of `qkv` (the first `2·DIM` columns of
+/// rows `ld` wide), in place: each pair (a, b) of a head becomes
+/// (a·cos − b·sin, b·cos + a·sin) with its row's tables, as [`crate::ops::fused::rotary`].
+fn rotate_qk(qkv: &mut [f32], ld: usize, cos: &[f32], sin: &[f32]) {
+    qkv.par_chunks_mut(ROWS_PER_TASK * ld)
+        .zip(cos.par_chunks(ROWS_PER_TASK * HEAD_DIM))
+        .zip(sin.par_chunks(ROWS_PER_TASK * HEAD_DIM))
+        .for_each(|((rows, cos), sin)| {
+            for ((row, cos), sin) in rows
+                .chunks_exact_mut(ld)
+                .zip(cos.chunks_exact(HEAD_DIM))
+                .zip(sin.chunks_exact(HEAD_DIM))
+            {
+                for head in row[..2 * DIM].chunks_exact_mut(HEAD_DIM) {
+                    for i in (0..HEAD_DIM).step_by(2) {
+                        let (a, b) = (head[i], head[i + 1]);
+                        head[i] = a * cos[i] + (-b) * sin[i];
+                        head[i + 1] = b * cos[i + 1] + a * sin[i + 1];
+                    }
+                }
+            }
+        });
+}
+
+impl Layer {
+    /// [`Layer::forward`] on a pair's host state.
+    pub(super) fn forward_host(&self, pair: &mut HostPair) -> Result<()> {
+        self.self_attn.forward_host(pair)?;
+        self.cross_attn.forward_host(pair)
+    }
+}
+
+impl SelfBlock {
+    fn forward_host(&self, p: &mut HostPair) -> Result<()> {
+        let rows = p.rows();
+        let qkv = scratch(&mut p.qkv, rows * 3 * DIM);
+        self.wqkv
+            .packed()?
+            .forward_into(descriptors(&p.xm, rows), qkv, 3 * DIM, false);
+        rotate_qk(qkv, 3 * DIM, &p.cos, &p.sin);
+        let ctx = scratch(&mut p.ctx, rows * DIM);
+        let scale = (HEAD_DIM as f32).powf(-0.5);
+        self_attention_pair(qkv, p.m, p.n, HEADS, HEAD_DIM, scale, self.kernel, ctx);
+        self.out_proj.packed()?.forward_into(
+            Mat::rows(ctx, rows, DIM),
+            &mut p.xm[DIM..],
+            WIDTH,
+            false,
+        );
+        self.ffn.residual_host(p)
+    }
+}
+
+impl CrossBlock {
+    fn forward_host(&self, p: &mut HostPair) -> Result<()> {
+        let rows = p.rows();
+        let qkv = scratch(&mut p.qkv, rows * 2 * DIM);
+        self.to_qkv
+            .packed()?
+            .forward_into(descriptors(&p.xm, rows), qkv, 2 * DIM, false);
+        // Both sides scaled by HEAD_DIM^-1/4 before their product, as the reference does
+        // (bf16 rounds the scaled values).
+        let scale = (HEAD_DIM as f32).powf(-0.25);
+        qkv.par_chunks_mut(ROWS_PER_TASK * 2 * DIM)
+            .for_each(|rows| {
+                for row in rows.chunks_exact_mut(2 * DIM) {
+                    row[..DIM].iter_mut().for_each(|v| *v *= scale);
+                }
+            });
+        let ctx = scratch(&mut p.ctx, rows * DIM);
+        cross_attention_pair(qkv, p.m, p.n, HEADS, HEAD_DIM, 1.0, self.kernel, ctx);
+        self.to_out.packed()?.forward_into(
+            Mat::rows(ctx, rows, DIM),
+            &mut p.xm[DIM..],
+            WIDTH,
+            false,
+        );
+        self.ffn.residual_host(p)
+    }
+}
+
+impl FeedForward {
+    /// `x += ffn([x | message])`, the residual added by the second product.
+    fn residual_host(&self, p: &mut HostPair) -> Result<()> {
+        let rows = p.rows();
+        let hidden = scratch(&mut p.hidden, rows * WIDTH);
+        self.fc1
+            .packed()?
+            .forward_into(Mat::rows(&p.xm, rows, WIDTH), hidden, WIDTH, false);
+        let (gamma, beta) = &self.norm_host;
+        layer_norm_gelu_rows(hidden, gamma, beta, LAYER_NORM_EPS);
+        self.fc2
+            .packed()?
+            .forward_into(Mat::rows(hidden, rows, WIDTH), &mut p.xm, WIDTH, true);
+        Ok(())
+    }
+}
