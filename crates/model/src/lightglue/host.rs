@@ -11,15 +11,19 @@
 //! layers ([`Layer::forward`]) are the twin the tests compare against, and the path for
 //! padded batches and other devices.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
+use candle_nn::Linear;
+
 use super::{
-    CrossBlock, FeedForward, Layer, Proj, Rotary, SelfBlock, DIM, HEADS, HEAD_DIM, LAYER_NORM_EPS,
+    log_sigmoid_scalar, CrossBlock, FeedForward, Layer, MatchAssignment, MatchResult, Proj, Rotary,
+    SelfBlock, DIM, HEADS, HEAD_DIM, LAYER_NORM_EPS,
 };
+use crate::ops::assignment::dual_softmax_best;
 use crate::ops::attention::{cross_attention_pair, self_attention_pair};
 use crate::ops::fused::layer_norm_gelu_rows;
-use crate::ops::matmul::{Mat, PackedLinear};
+use crate::ops::matmul::{Kernel, Mat, PackedLinear, PackedRhs};
 use crate::Result;
 
 /// One pair's transformer state between layers.
@@ -84,7 +88,8 @@ impl HostPair {
     }
 
     /// The descriptors as [1, M, DIM] and [1, N, DIM] tensors.
-    pub(super) fn descriptors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+    #[cfg(test)]
+    pub(super) fn descriptors(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
         let image = |rows: std::ops::Range<usize>| -> Result<Tensor> {
             let len = rows.len();
             let x: Vec<f32> = rows
@@ -239,5 +244,63 @@ impl FeedForward {
             .packed()?
             .forward_into(Mat::rows(hidden, rows, WIDTH), &mut p.xm, WIDTH, true);
         Ok(())
+    }
+}
+
+impl HostPair {
+    /// Logits `x · w + b` of a 256 → 1 head for every point, image 0's then image 1's.
+    pub(super) fn logits(&self, head: &Linear) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = head.weight().flatten_all()?.to_vec1::<f32>()?;
+        let b = match head.bias() {
+            Some(b) => b.flatten_all()?.to_vec1::<f32>()?[0],
+            None => 0.0,
+        };
+        let mut all: Vec<f32> = self
+            .xm
+            .par_chunks(WIDTH)
+            .map(|row| row[..DIM].iter().zip(&w).map(|(x, w)| x * w).sum::<f32>() + b)
+            .collect();
+        let image1 = all.split_off(self.m);
+        Ok((all, image1))
+    }
+
+    /// The matches of the assignment head `head` (its dual softmax and matchability, as
+    /// [`super::MatchAssignment::scores`] then [`super::filter_matches`]): mutual best pairs
+    /// whose confidence exceeds `threshold`, as positions in the current point sets.
+    pub(super) fn assign(&self, head: &MatchAssignment, threshold: f32) -> Result<MatchResult> {
+        let Some(proj) = head.final_proj_host.as_ref() else {
+            return Err(
+                candle_core::Error::Msg("the host assignment needs packed weights".into()).into(),
+            );
+        };
+        let (m, n, rows) = (self.m, self.n, self.rows());
+        let mut projected = vec![0f32; rows * DIM];
+        proj.forward_into(descriptors(&self.xm, rows), &mut projected, DIM, false);
+        let (md0, md1) = projected.split_at(m * DIM);
+        // The reference divides both sides by DIM^1/4 = 4 before their product: a power of
+        // two, so scaling the product by 1/16 rounds identically.
+        let scale = 1.0 / (DIM as f32).sqrt();
+        let md1t = PackedRhs::pack(Kernel::F32, Mat::rows(md1, n, DIM).t());
+        let mut sim = vec![0f32; m * n];
+        sim.par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let r0 = task * ROWS_PER_TASK;
+                let a = Mat::rows(&md0[r0 * DIM..], out.len() / n, DIM);
+                md1t.multiply(out, n, a, scale, None);
+            });
+        let (l0, l1) = self.logits(&head.matchability)?;
+        let z0: Vec<f32> = l0.into_iter().map(log_sigmoid_scalar).collect();
+        let z1: Vec<f32> = l1.into_iter().map(log_sigmoid_scalar).collect();
+        let best = dual_softmax_best(&sim, m, n, &z0, &z1);
+        let mut result = MatchResult::default();
+        for (i, (&j, &s)) in best.row_best.iter().zip(&best.row_max).enumerate() {
+            let confidence = s.exp();
+            if best.col_best[j as usize] as usize == i && confidence > threshold {
+                result.matches.push([i, j as usize]);
+                result.scores.push(confidence);
+            }
+        }
+        Ok(result)
     }
 }

@@ -150,11 +150,30 @@ fn attend_block(
         }
         return;
     }
-    let mut sim = vec![0f32; rows * len];
-    kt.multiply(&mut sim, len, q, scale, None);
-    let sums: Vec<f32> = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
-    vp.multiply(out, ldo, Mat::rows(&sim, rows, len), 1.0, None);
-    divide_rows(out, ldo, d, &sums);
+    with_scratch(rows * len, |sim| {
+        kt.multiply(sim, len, q, scale, None);
+        let sums: Vec<f32> = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
+        vp.multiply(out, ldo, Mat::rows(sim, rows, len), 1.0, None);
+        divide_rows(out, ldo, d, &sums);
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer of `len` floats, kept between calls: the
+/// similarity blocks are written whole by their product, and allocating (and zeroing) them
+/// per block and head cost more than their softmax. The buffer is taken out while in use, so
+/// a nested call gets a fresh one instead of aliasing it.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    result
 }
 
 /// Self-attention of both images of one pair, on host matrices (the CPU path of a single
@@ -348,16 +367,35 @@ fn cross_head(
     scale: f32,
     kernel: Kernel,
 ) {
-    let (m, n, d) = (a.rows, b.rows, a.cols);
+    let (m, n) = (a.rows, b.rows);
     if n == 0 {
         oa.fill(0.0);
         return;
     }
-    let mut sim = vec![0f32; m * n];
-    PackedRhs::pack(kernel, b.t()).multiply(&mut sim, n, a, scale, None);
+    with_scratch((m + ROW_BLOCK) * n, |scratch| {
+        let (sim, block) = scratch.split_at_mut(m * n);
+        cross_head_in(a, b, va, vb, oa, ob, scale, kernel, sim, block)
+    })
+}
+
+/// [`cross_head`] with its scratch: `sim` of M × N and `block` of ROW_BLOCK × N floats.
+#[allow(clippy::too_many_arguments)]
+fn cross_head_in(
+    a: Mat,
+    b: Mat,
+    va: Mat,
+    vb: Mat,
+    oa: &mut [f32],
+    ob: &mut [f32],
+    scale: f32,
+    kernel: Kernel,
+    sim: &mut [f32],
+    block: &mut [f32],
+) {
+    let (m, n, d) = (a.rows, b.rows, a.cols);
+    PackedRhs::pack(kernel, b.t()).multiply(sim, n, a, scale, None);
     // Rows: softmax over image b, in blocks so the exponentials stay in cache.
     let vbp = PackedRhs::pack(kernel, vb);
-    let mut block = vec![0f32; ROW_BLOCK * n];
     for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
         let rows = out.len() / d;
         let e = &mut block[..rows * n];
@@ -381,13 +419,13 @@ fn cross_head(
     match kernel {
         // Eᵀ read through its strides walks E down its columns, a page per step at 2048
         // points, which no prefetcher follows; `gemm` packs it in cache-sized blocks instead.
-        Kernel::F32 => matmul_into(ob, Mat::rows(&sim, m, n).t(), va, 1.0),
+        Kernel::F32 => matmul_into(ob, Mat::rows(sim, m, n).t(), va, 1.0),
         // bf16 packs its left operand by pairs along rows; E's rows are the inner dimension
         // here, so compute m_bᵀ = v_aᵀ · E (E packs as the right operand, two rows at a
         // time) and transpose the small result.
         Kernel::Bf16 => {
             let mut transposed = vec![0f32; d * n];
-            PackedRhs::pack(kernel, Mat::rows(&sim, m, n)).multiply(
+            PackedRhs::pack(kernel, Mat::rows(sim, m, n)).multiply(
                 &mut transposed,
                 n,
                 va.t(),

@@ -694,8 +694,8 @@ mod x86 {
     ) {
         let k = b.k;
         // The last rows, when fewer than a tile, are copied beside zeros.
-        let mut edge = vec![0f32; MR * k];
         let full = a.rows / MR * MR;
+        let mut edge = vec![0f32; if full < a.rows { MR * k } else { 0 }];
         if full < a.rows {
             for (r, row) in edge
                 .chunks_exact_mut(k.max(1))

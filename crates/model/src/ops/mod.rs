@@ -1,5 +1,6 @@
 //! Operations PyTorch has and candle lacks, each with a slow loop-by-loop reference.
 
+pub mod assignment;
 pub mod attention;
 pub mod conv;
 #[cfg(feature = "cuda")]
