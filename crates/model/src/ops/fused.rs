@@ -360,6 +360,39 @@ fn gelu_in_place(x: &mut [f32]) {
     }
 }
 
+/// `gelu_erf(layer_norm(x))` over the last dimension of a CPU f32 tensor in one parallel pass
+/// ([`layer_norm_gelu_rows`]); `None` elsewhere, where the caller composes the two.
+pub fn layer_norm_gelu(
+    x: &Tensor,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) -> Result<Option<Tensor>> {
+    if !cpu_f32(x) || x.dim(D::Minus1)? != gamma.len() {
+        return Ok(None);
+    }
+    let op = LayerNormGelu { gamma, beta, eps };
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+struct LayerNormGelu<'a> {
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+}
+
+impl CustomOp1 for LayerNormGelu<'_> {
+    fn name(&self) -> &'static str {
+        "layer-norm-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let mut out = contiguous_slice(s, l)?.to_vec();
+        layer_norm_gelu_rows(&mut out, self.gamma, self.beta, self.eps);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
 /// Rows of [`layer_norm_gelu_rows`] per parallel task.
 const NORM_ROWS_PER_TASK: usize = 16;
 
