@@ -12,9 +12,8 @@
 //! padded batches and other devices.
 
 use candle_core::Tensor;
-use rayon::prelude::*;
-
 use candle_nn::Linear;
+use rayon::prelude::*;
 
 use super::{
     log_sigmoid_scalar, CrossBlock, FeedForward, Layer, MatchAssignment, MatchResult, Proj, Rotary,
@@ -123,6 +122,65 @@ impl HostPair {
         self.cos = gather(&self.cos, HEAD_DIM, HEAD_DIM);
         self.sin = gather(&self.sin, HEAD_DIM, HEAD_DIM);
         (self.m, self.n) = (keep0.len(), keep1.len());
+    }
+
+    /// Logits `x · w + b` of a 256 → 1 head for every point, image 0's then image 1's.
+    pub(super) fn logits(&self, head: &Linear) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = head.weight().flatten_all()?.to_vec1::<f32>()?;
+        let b = match head.bias() {
+            Some(b) => b.flatten_all()?.to_vec1::<f32>()?[0],
+            None => 0.0,
+        };
+        let mut all: Vec<f32> = self
+            .xm
+            .par_chunks(WIDTH)
+            .map(|row| row[..DIM].iter().zip(&w).map(|(x, w)| x * w).sum::<f32>() + b)
+            .collect();
+        let image1 = all.split_off(self.m);
+        Ok((all, image1))
+    }
+
+    /// The matches of the assignment head `head` (its dual softmax and matchability, as
+    /// [`super::MatchAssignment::scores`] then [`super::filter_matches`]): mutual best pairs
+    /// whose confidence exceeds `threshold`, as positions in the current point sets.
+    pub(super) fn assign(&self, head: &MatchAssignment, threshold: f32) -> Result<MatchResult> {
+        let Some(proj) = head.final_proj_host.as_ref() else {
+            return Err(
+                candle_core::Error::Msg("the host assignment needs packed weights".into()).into(),
+            );
+        };
+        let (m, n, rows) = (self.m, self.n, self.rows());
+        if m == 0 || n == 0 {
+            return Ok(MatchResult::default());
+        }
+        let mut projected = vec![0f32; rows * DIM];
+        proj.forward_into(descriptors(&self.xm, rows), &mut projected, DIM, false);
+        let (md0, md1) = projected.split_at(m * DIM);
+        // The reference divides both sides by DIM^1/4 = 4 before their product: a power of
+        // two, so scaling the product by 1/16 rounds identically.
+        let scale = 1.0 / (DIM as f32).sqrt();
+        let md1t = PackedRhs::pack(Kernel::F32, Mat::rows(md1, n, DIM).t());
+        let mut sim = vec![0f32; m * n];
+        sim.par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let r0 = task * ROWS_PER_TASK;
+                let a = Mat::rows(&md0[r0 * DIM..], out.len() / n, DIM);
+                md1t.multiply(out, n, a, scale, None);
+            });
+        let (l0, l1) = self.logits(&head.matchability)?;
+        let z0: Vec<f32> = l0.into_iter().map(log_sigmoid_scalar).collect();
+        let z1: Vec<f32> = l1.into_iter().map(log_sigmoid_scalar).collect();
+        let best = dual_softmax_best(&sim, m, n, &z0, &z1);
+        let mut result = MatchResult::default();
+        for (i, (&j, &s)) in best.row_best.iter().zip(&best.row_max).enumerate() {
+            let confidence = s.exp();
+            if best.col_best[j as usize] as usize == i && confidence > threshold {
+                result.matches.push([i, j as usize]);
+                result.scores.push(confidence);
+            }
+        }
+        Ok(result)
     }
 }
 
@@ -244,63 +302,5 @@ impl FeedForward {
             .packed()?
             .forward_into(Mat::rows(hidden, rows, WIDTH), &mut p.xm, WIDTH, true);
         Ok(())
-    }
-}
-
-impl HostPair {
-    /// Logits `x · w + b` of a 256 → 1 head for every point, image 0's then image 1's.
-    pub(super) fn logits(&self, head: &Linear) -> Result<(Vec<f32>, Vec<f32>)> {
-        let w = head.weight().flatten_all()?.to_vec1::<f32>()?;
-        let b = match head.bias() {
-            Some(b) => b.flatten_all()?.to_vec1::<f32>()?[0],
-            None => 0.0,
-        };
-        let mut all: Vec<f32> = self
-            .xm
-            .par_chunks(WIDTH)
-            .map(|row| row[..DIM].iter().zip(&w).map(|(x, w)| x * w).sum::<f32>() + b)
-            .collect();
-        let image1 = all.split_off(self.m);
-        Ok((all, image1))
-    }
-
-    /// The matches of the assignment head `head` (its dual softmax and matchability, as
-    /// [`super::MatchAssignment::scores`] then [`super::filter_matches`]): mutual best pairs
-    /// whose confidence exceeds `threshold`, as positions in the current point sets.
-    pub(super) fn assign(&self, head: &MatchAssignment, threshold: f32) -> Result<MatchResult> {
-        let Some(proj) = head.final_proj_host.as_ref() else {
-            return Err(
-                candle_core::Error::Msg("the host assignment needs packed weights".into()).into(),
-            );
-        };
-        let (m, n, rows) = (self.m, self.n, self.rows());
-        let mut projected = vec![0f32; rows * DIM];
-        proj.forward_into(descriptors(&self.xm, rows), &mut projected, DIM, false);
-        let (md0, md1) = projected.split_at(m * DIM);
-        // The reference divides both sides by DIM^1/4 = 4 before their product: a power of
-        // two, so scaling the product by 1/16 rounds identically.
-        let scale = 1.0 / (DIM as f32).sqrt();
-        let md1t = PackedRhs::pack(Kernel::F32, Mat::rows(md1, n, DIM).t());
-        let mut sim = vec![0f32; m * n];
-        sim.par_chunks_mut(ROWS_PER_TASK * n)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let r0 = task * ROWS_PER_TASK;
-                let a = Mat::rows(&md0[r0 * DIM..], out.len() / n, DIM);
-                md1t.multiply(out, n, a, scale, None);
-            });
-        let (l0, l1) = self.logits(&head.matchability)?;
-        let z0: Vec<f32> = l0.into_iter().map(log_sigmoid_scalar).collect();
-        let z1: Vec<f32> = l1.into_iter().map(log_sigmoid_scalar).collect();
-        let best = dual_softmax_best(&sim, m, n, &z0, &z1);
-        let mut result = MatchResult::default();
-        for (i, (&j, &s)) in best.row_best.iter().zip(&best.row_max).enumerate() {
-            let confidence = s.exp();
-            if best.col_best[j as usize] as usize == i && confidence > threshold {
-                result.matches.push([i, j as usize]);
-                result.scores.push(confidence);
-            }
-        }
-        Ok(result)
     }
 }

@@ -284,6 +284,23 @@ impl<'a> Epilogue<'a> {
     }
 }
 
+impl PackedB32 {
+    /// A `k × cols` operand written straight into the packed layout: `fill(panel, block)`
+    /// receives each panel's zeroed `k × NR` block (row `p`'s values of the panel's columns at
+    /// `block[p·NR..p·NR + NR]`). For operands gathered from elsewhere, like convolution
+    /// patches, this spares building the matrix first.
+    pub fn from_panels(k: usize, cols: usize, mut fill: impl FnMut(usize, &mut [f32])) -> Self {
+        let panels = cols.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        if k > 0 {
+            for (panel, block) in data.chunks_exact_mut(k * NR).enumerate() {
+                fill(panel, block);
+            }
+        }
+        Self { data, cols, k }
+    }
+}
+
 /// Panics unless a `rows` × `cols` result with `ldd` floats per row (and `bias` of `cols`)
 /// fits; the kernels' unchecked stores rely on it. False when there is nothing to compute.
 fn output_fits(dst: &[f32], ldd: usize, rows: usize, cols: usize, bias: Option<&[f32]>) -> bool {
