@@ -20,7 +20,7 @@ use super::{
     SelfBlock, DIM, HEADS, HEAD_DIM, LAYER_NORM_EPS,
 };
 use crate::ops::assignment::dual_softmax_best;
-use crate::ops::attention::{cross_attention_pair, self_attention_pair};
+use crate::ops::attention::{cross_attention_pair, self_attention_pair, PairShape};
 use crate::ops::fused::layer_norm_gelu_rows;
 use crate::ops::matmul::{Kernel, Mat, PackedLinear, PackedRhs};
 use crate::Result;
@@ -84,6 +84,15 @@ impl HostPair {
 
     fn rows(&self) -> usize {
         self.m + self.n
+    }
+
+    fn shape(&self) -> PairShape {
+        PairShape {
+            m: self.m,
+            n: self.n,
+            heads: HEADS,
+            d: HEAD_DIM,
+        }
     }
 
     /// The descriptors as [1, M, DIM] and [1, N, DIM] tensors.
@@ -241,7 +250,7 @@ impl Layer {
 
 impl SelfBlock {
     fn forward_host(&self, p: &mut HostPair) -> Result<()> {
-        let rows = p.rows();
+        let (rows, shape) = (p.rows(), p.shape());
         let qkv = scratch(&mut p.qkv, rows * 3 * DIM);
         self.wqkv
             .packed()?
@@ -249,7 +258,7 @@ impl SelfBlock {
         rotate_qk(qkv, 3 * DIM, &p.cos, &p.sin);
         let ctx = scratch(&mut p.ctx, rows * DIM);
         let scale = (HEAD_DIM as f32).powf(-0.5);
-        self_attention_pair(qkv, p.m, p.n, HEADS, HEAD_DIM, scale, self.kernel, ctx);
+        self_attention_pair(qkv, shape, scale, self.kernel, ctx);
         self.out_proj.packed()?.forward_into(
             Mat::rows(ctx, rows, DIM),
             &mut p.xm[DIM..],
@@ -262,7 +271,7 @@ impl SelfBlock {
 
 impl CrossBlock {
     fn forward_host(&self, p: &mut HostPair) -> Result<()> {
-        let rows = p.rows();
+        let (rows, shape) = (p.rows(), p.shape());
         let qkv = scratch(&mut p.qkv, rows * 2 * DIM);
         self.to_qkv
             .packed()?
@@ -277,7 +286,7 @@ impl CrossBlock {
                 }
             });
         let ctx = scratch(&mut p.ctx, rows * DIM);
-        cross_attention_pair(qkv, p.m, p.n, HEADS, HEAD_DIM, 1.0, self.kernel, ctx);
+        cross_attention_pair(qkv, shape, 1.0, self.kernel, ctx);
         self.to_out.packed()?.forward_into(
             Mat::rows(ctx, rows, DIM),
             &mut p.xm[DIM..],

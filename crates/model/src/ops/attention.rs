@@ -176,38 +176,69 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     result
 }
 
+/// Where a pair's rows and heads lie in the host matrices of [`self_attention_pair`] and
+/// [`cross_attention_pair`]: rows `0..m` are image 0, the next `n` image 1; each part of a row
+/// (q, k, v or qk, v, and the output) holds `heads` heads of `d` columns side by side.
+#[derive(Clone, Copy, Debug)]
+pub struct PairShape {
+    pub m: usize,
+    pub n: usize,
+    pub heads: usize,
+    pub d: usize,
+}
+
+impl PairShape {
+    fn width(&self) -> usize {
+        self.heads * self.d
+    }
+
+    /// Panics unless `qkv` holds `parts` parts of every row and `out` one; false when there
+    /// is nothing to compute.
+    fn check(&self, what: &str, qkv: &[f32], parts: usize, out: &[f32]) -> bool {
+        let rows = self.m + self.n;
+        assert!(
+            qkv.len() == rows * parts * self.width() && out.len() == rows * self.width(),
+            "{what}: {} and {} values for {self:?} with {parts} input parts",
+            qkv.len(),
+            out.len()
+        );
+        self.width() > 0
+    }
+
+    /// The `d` columns from `col` of rows `row0..row0 + rows` of a matrix of `parts` parts.
+    fn view<'a>(
+        &self,
+        qkv: &'a [f32],
+        parts: usize,
+        row0: usize,
+        rows: usize,
+        col: usize,
+    ) -> Mat<'a> {
+        let ld = parts * self.width();
+        Mat::strided(&qkv[row0 * ld..], rows, ld, ld).col_range(col, self.d)
+    }
+}
+
 /// Self-attention of both images of one pair, on host matrices (the CPU path of a single
 /// pair, without padding): row `r` of `qkv` holds `[q | k | v]`, each `heads` heads of `d`
 /// columns side by side; rows `0..m` are image 0, the next `n` image 1, and each image
 /// attends to its own keys. Row `r` of `ctx` receives its context, heads side by side.
 /// Keys and values are packed once per image and head; blocks of rows of both images run in
 /// parallel and write their rows of `ctx` directly, so no head split or merge is copied.
-#[allow(clippy::too_many_arguments)]
 pub fn self_attention_pair(
     qkv: &[f32],
-    m: usize,
-    n: usize,
-    heads: usize,
-    d: usize,
+    shape: PairShape,
     scale: f32,
     kernel: Kernel,
     ctx: &mut [f32],
 ) {
-    let width = heads * d;
-    let ld = 3 * width;
-    assert!(
-        qkv.len() == (m + n) * ld && ctx.len() == (m + n) * width,
-        "self_attention_pair: {} values of qkv and {} of context for {m} + {n} rows",
-        qkv.len(),
-        ctx.len()
-    );
-    if width == 0 {
+    if !shape.check("self_attention_pair", qkv, 3, ctx) {
         return;
     }
+    let PairShape { m, n, heads, d } = shape;
+    let width = shape.width();
+    let view = |row0, rows, col| shape.view(qkv, 3, row0, rows, col);
     let images = [(0, m), (m, n)];
-    let view = |row0: usize, rows: usize, col: usize| {
-        Mat::strided(&qkv[row0 * ld..], rows, ld, ld).col_range(col, d)
-    };
     let packed: Vec<(PackedRhs, PackedRhs)> = (0..2 * heads)
         .into_par_iter()
         .map(|ih| {
@@ -246,31 +277,19 @@ pub fn self_attention_pair(
 /// `[qk | v]` (`heads` heads of `d` columns each), rows `0..m` image 0 and the next `n` image
 /// 1; similarities are `scale · qk₀ · qk₁ᵀ`, once per head ([`cross_attention`]'s
 /// computation). Row `r` of `ctx` receives its message, heads side by side.
-#[allow(clippy::too_many_arguments)]
 pub fn cross_attention_pair(
     qkv: &[f32],
-    m: usize,
-    n: usize,
-    heads: usize,
-    d: usize,
+    shape: PairShape,
     scale: f32,
     kernel: Kernel,
     ctx: &mut [f32],
 ) {
-    let width = heads * d;
-    let ld = 2 * width;
-    assert!(
-        qkv.len() == (m + n) * ld && ctx.len() == (m + n) * width,
-        "cross_attention_pair: {} values of qkv and {} of messages for {m} + {n} rows",
-        qkv.len(),
-        ctx.len()
-    );
-    if width == 0 {
+    if !shape.check("cross_attention_pair", qkv, 2, ctx) {
         return;
     }
-    let view = |row0: usize, rows: usize, col: usize| {
-        Mat::strided(&qkv[row0 * ld..], rows, ld, ld).col_range(col, d)
-    };
+    let PairShape { m, n, heads, d } = shape;
+    let width = shape.width();
+    let view = |row0, rows, col| shape.view(qkv, 2, row0, rows, col);
     let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..heads)
         .into_par_iter()
         .map(|h| {
