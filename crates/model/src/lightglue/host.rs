@@ -21,7 +21,7 @@ use super::{
 };
 use crate::ops::assignment::dual_softmax_best;
 use crate::ops::attention::{cross_attention_pair, self_attention_pair, PairShape};
-use crate::ops::fused::layer_norm_gelu_rows;
+use crate::ops::fused::{layer_norm_gelu_rows, rotate_pairs};
 use crate::ops::matmul::{Kernel, Mat, PackedLinear, PackedRhs};
 use crate::Result;
 
@@ -218,7 +218,8 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Rotary encoding of the q and k heads of every row of `qkv` (the first `2·DIM` columns of
 /// rows `ld` wide), in place: each pair (a, b) of a head becomes
-/// (a·cos − b·sin, b·cos + a·sin) with its row's tables, as [`crate::ops::fused::rotary`].
+/// (a·cos − b·sin, b·cos + a·sin) with its row's tables ([`rotate_pairs`], as
+/// [`crate::ops::fused::rotary`]).
 fn rotate_qk(qkv: &mut [f32], ld: usize, cos: &[f32], sin: &[f32]) {
     qkv.par_chunks_mut(ROWS_PER_TASK * ld)
         .zip(cos.par_chunks(ROWS_PER_TASK * HEAD_DIM))
@@ -230,14 +231,25 @@ fn rotate_qk(qkv: &mut [f32], ld: usize, cos: &[f32], sin: &[f32]) {
                 .zip(sin.chunks_exact(HEAD_DIM))
             {
                 for head in row[..2 * DIM].chunks_exact_mut(HEAD_DIM) {
-                    for i in (0..HEAD_DIM).step_by(2) {
-                        let (a, b) = (head[i], head[i + 1]);
-                        head[i] = a * cos[i] + (-b) * sin[i];
-                        head[i + 1] = b * cos[i + 1] + a * sin[i + 1];
-                    }
+                    rotate_pairs(head, cos, sin);
                 }
             }
         });
+}
+
+impl HostPair {
+    /// The end of both blocks: the attention contexts (in `ctx`) projected to the message
+    /// beside `x`, then `x += ffn([x | message])`.
+    fn message_and_feed_forward(&mut self, to_out: &Proj, ffn: &FeedForward) -> Result<()> {
+        let rows = self.rows();
+        to_out.packed()?.forward_into(
+            Mat::rows(&self.ctx[..rows * DIM], rows, DIM),
+            &mut self.xm[DIM..],
+            WIDTH,
+            false,
+        );
+        ffn.residual_host(self)
+    }
 }
 
 impl Layer {
@@ -259,13 +271,7 @@ impl SelfBlock {
         let ctx = scratch(&mut p.ctx, rows * DIM);
         let scale = (HEAD_DIM as f32).powf(-0.5);
         self_attention_pair(qkv, shape, scale, self.kernel, ctx);
-        self.out_proj.packed()?.forward_into(
-            Mat::rows(ctx, rows, DIM),
-            &mut p.xm[DIM..],
-            WIDTH,
-            false,
-        );
-        self.ffn.residual_host(p)
+        p.message_and_feed_forward(&self.out_proj, &self.ffn)
     }
 }
 
@@ -287,13 +293,7 @@ impl CrossBlock {
             });
         let ctx = scratch(&mut p.ctx, rows * DIM);
         cross_attention_pair(qkv, shape, 1.0, self.kernel, ctx);
-        self.to_out.packed()?.forward_into(
-            Mat::rows(ctx, rows, DIM),
-            &mut p.xm[DIM..],
-            WIDTH,
-            false,
-        );
-        self.ffn.residual_host(p)
+        p.message_and_feed_forward(&self.to_out, &self.ffn)
     }
 }
 

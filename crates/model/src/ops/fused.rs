@@ -301,26 +301,35 @@ impl CustomOp1 for Rotary {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_slice(s, l)?;
+        let mut out = contiguous_slice(s, l)?.to_vec();
         let (_, _, n, d) = l.shape().dims4()?;
-        let mut out = vec![0f32; x.len()];
         let plane = (n * d).max(1);
-        out.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(bh, (o, x))| {
-                let base = match self.per_item {
-                    0 => 0,
-                    h => (bh / h) * n * d,
-                };
-                let (cos, sin) = (&self.cos[base..base + n * d], &self.sin[base..base + n * d]);
-                for i in (0..n * d).step_by(2) {
-                    let (a, b) = (x[i], x[i + 1]);
-                    o[i] = a * cos[i] + (-b) * sin[i];
-                    o[i + 1] = b * cos[i + 1] + a * sin[i + 1];
-                }
-            });
+        out.par_chunks_mut(plane).enumerate().for_each(|(bh, o)| {
+            let base = match self.per_item {
+                0 => 0,
+                h => (bh / h) * n * d,
+            };
+            rotate_pairs(
+                o,
+                &self.cos[base..base + n * d],
+                &self.sin[base..base + n * d],
+            );
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// The rotary step in place: each pair (a, b) of `v` becomes (a·cos − b·sin, b·cos + a·sin)
+/// with the tables' values at the same positions (`cos`, `sin` at least as long as `v`).
+pub fn rotate_pairs(v: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, cos), sin) in v
+        .chunks_exact_mut(2)
+        .zip(cos.chunks_exact(2))
+        .zip(sin.chunks_exact(2))
+    {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * cos[0] + (-b) * sin[0];
+        pair[1] = b * cos[1] + a * sin[1];
     }
 }
 
