@@ -9,7 +9,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::matmul::{matmul_into, Kernel, Mat, PackedRhs, MR};
+use super::matmul::{
+    gemm_bf16, matmul_into, Epilogue, Kernel, Mat, PackedA, PackedB, PackedRhs, MR,
+};
 use crate::{Error, Result};
 
 /// Rows of q handled together: big enough for an efficient matrix product, small enough that
@@ -152,10 +154,40 @@ fn attend_block(
     }
     with_scratch(rows * len, |sim| {
         kt.multiply(sim, len, q, scale, None);
-        let sums: Vec<f32> = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
-        vp.multiply(out, ldo, Mat::rows(sim, rows, len), 1.0, None);
+        let sums = weigh_values(sim, rows, len, vp, out, ldo);
         divide_rows(out, ldo, d, &sums);
     })
+}
+
+/// `out = exp(sim - rowmax) · v` for `rows` rows of `len` similarities (`out` rows `ldo`
+/// apart), returning each row's sum of exponentials. With bf16 values the exponentials are
+/// converted to bf16 pairs as they are computed, straight into the product's left operand
+/// ([`softmax_to_bf16`]); in f32 they overwrite `sim`, which the product then reads.
+fn weigh_values(
+    sim: &mut [f32],
+    rows: usize,
+    len: usize,
+    vp: &PackedRhs,
+    out: &mut [f32],
+    ldo: usize,
+) -> Vec<f32> {
+    let sim = &mut sim[..rows * len];
+    match vp {
+        PackedRhs::Bf16(v) => {
+            let mut sums = vec![0f32; rows];
+            let fill = |r: usize, words: &mut [u32]| {
+                sums[r] = softmax_to_bf16(&sim[r * len..(r + 1) * len], words);
+            };
+            let product = |e: &PackedA| gemm_bf16(out, ldo, e, v, Epilogue::new(1.0, None, false));
+            PackedA::with_rows(rows, len, fill, product);
+            sums
+        }
+        PackedRhs::F32(_) => {
+            let sums = sim.chunks_exact_mut(len).map(softmax_numerator).collect();
+            vp.multiply(out, ldo, Mat::rows(sim, rows, len), 1.0, None);
+            sums
+        }
+    }
 }
 
 thread_local! {
@@ -413,14 +445,17 @@ fn cross_head_in(
 ) {
     let (m, n, d) = (a.rows, b.rows, a.cols);
     PackedRhs::pack(kernel, b.t()).multiply(sim, n, a, scale, None);
-    // Rows: softmax over image b, in blocks so the exponentials stay in cache.
+    // Rows: softmax over image b, in blocks so the exponentials stay in cache (`sim` itself
+    // is kept for the columns; bf16 reads it without writing).
     let vbp = PackedRhs::pack(kernel, vb);
     for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
         let rows = out.len() / d;
         let e = &mut block[..rows * n];
-        e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
-        let sums: Vec<f32> = e.chunks_exact_mut(n).map(softmax_numerator).collect();
-        vbp.multiply(out, d, Mat::rows(e, rows, n), 1.0, None);
+        if kernel == Kernel::F32 {
+            e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
+        }
+        let src = if kernel == Kernel::F32 { e } else { &mut sim[r0 * n..(r0 + rows) * n] };
+        let sums = weigh_values(src, rows, n, &vbp, out, d);
         divide_rows(out, d, d, &sums);
     }
     // Columns: softmax over image a, exponentials written in place, then Eᵀ · v_a.
@@ -432,25 +467,26 @@ fn cross_head_in(
             .for_each(|(c, &v)| *c = c.max(v));
     }
     let mut col_sum = vec![0f32; n];
-    for row in sim.chunks_exact_mut(n) {
-        exp_sub_accumulate(row, &col_max, &mut col_sum);
-    }
     match kernel {
         // Eᵀ read through its strides walks E down its columns, a page per step at 2048
         // points, which no prefetcher follows; `gemm` packs it in cache-sized blocks instead.
-        Kernel::F32 => matmul_into(ob, Mat::rows(sim, m, n).t(), va, 1.0),
+        Kernel::F32 => {
+            for row in sim.chunks_exact_mut(n) {
+                exp_sub_accumulate(row, &col_max, &mut col_sum);
+            }
+            matmul_into(ob, Mat::rows(sim, m, n).t(), va, 1.0)
+        }
         // bf16 packs its left operand by pairs along rows; E's rows are the inner dimension
         // here, so compute m_bᵀ = v_aᵀ · E (E packs as the right operand, two rows at a
-        // time) and transpose the small result.
+        // time, each row's exponentials computed into a small buffer and packed from there)
+        // and transpose the small result.
         Kernel::Bf16 => {
+            let e = PackedB::from_rows(m, n, |r, row| {
+                row.copy_from_slice(&sim[r * n..(r + 1) * n]);
+                exp_sub_accumulate(row, &col_max, &mut col_sum);
+            });
             let mut transposed = vec![0f32; d * n];
-            PackedRhs::pack(kernel, Mat::rows(sim, m, n)).multiply(
-                &mut transposed,
-                n,
-                va.t(),
-                1.0,
-                None,
-            );
+            PackedRhs::Bf16(e).multiply(&mut transposed, n, va.t(), 1.0, None);
             for (j, row) in ob.chunks_exact_mut(d).enumerate() {
                 for (c, v) in row.iter_mut().enumerate() {
                     *v = transposed[c * n + j];
@@ -497,6 +533,22 @@ fn divide_rows(x: &mut [f32], ld: usize, d: usize, sums: &[f32]) {
         let inv = 1.0 / sum;
         x[r * ld..r * ld + d].iter_mut().for_each(|v| *v *= inv);
     }
+}
+
+/// `exp(row - max(row))` as bf16 pairs into `words` (`row.len().div_ceil(2)` of them, an odd
+/// last value paired with zero), returning the sum of the unrounded exponentials: the same
+/// values, sum and rounding as [`softmax_numerator`] followed by the bf16 packing, in one pass.
+fn softmax_to_bf16(row: &[f32], words: &mut [u32]) -> f32 {
+    assert_eq!(words.len(), row.len().div_ceil(2), "softmax_to_bf16: output length");
+    #[cfg(target_arch = "x86_64")]
+    if super::matmul::bf16_available() {
+        // SAFETY: the CPU has AVX-512 F, BW and BF16; the lengths are checked above.
+        return unsafe { avx512::softmax_to_bf16(row, words) };
+    }
+    let mut e = row.to_vec();
+    let sum = softmax_numerator(&mut e);
+    super::matmul::convert_row(&e, words);
+    sum
 }
 
 /// Replaces `row` by `exp(row - max(row))` and returns the sum.
@@ -594,6 +646,37 @@ mod avx512 {
         _mm512_reduce_add_ps(sum)
     }
 
+    /// [`super::softmax_to_bf16`]: 32 exponentials per step, converted in pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn softmax_to_bf16(row: &[f32], words: &mut [u32]) -> f32 {
+        let (ptr, out) = (row.as_ptr(), words.as_mut_ptr());
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..row.len()).step_by(16) {
+            let m = mask(row.len() - i);
+            let v = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, ptr.add(i));
+            mx = _mm512_max_ps(mx, v);
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..row.len()).step_by(32) {
+            let (m0, m1) = (mask(row.len() - i), mask(row.len().saturating_sub(i + 16)));
+            // Lanes past the end become zeros, so an odd last value pairs with zero.
+            let e0 = _mm512_maskz_mov_ps(m0, exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, ptr.add(i)), max)));
+            let e1 = _mm512_maskz_mov_ps(
+                m1,
+                exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, ptr.add(i + 16)), max)),
+            );
+            // Summed 16 at a time in order, as `softmax_numerator` does (same rounding).
+            sum = _mm512_add_ps(_mm512_add_ps(sum, e0), e1);
+            // The second operand fills the high half, so the 32 bf16 values lie in order and
+            // word p holds (e[2p], e[2p+1]).
+            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(e1, e0));
+            let wm = mask((row.len() - i).div_ceil(2));
+            _mm512_mask_storeu_epi32(out.add(i / 2) as *mut _, wm, pairs);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
     /// `row[j] ← exp(row[j] - max[j])`, adding each to `sum[j]`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn exp_sub_accumulate(row: &mut [f32], max: &[f32], sum: &mut [f32]) {
@@ -660,6 +743,26 @@ mod tests {
             for ((a, b), (sa, sb)) in fast.iter().zip(&slow).zip(s_fast.iter().zip(&s_slow)) {
                 assert!((a - b).abs() <= 3e-7 * b && (sa - sb).abs() <= 3e-7 * sb);
             }
+        }
+    }
+
+    /// The fused softmax → bf16 pairs against its two steps (softmax, then the packing's
+    /// conversion), bit for bit, over lengths 1–70 and around 512 (odd lengths end in a
+    /// half-filled word).
+    #[test]
+    fn softmax_to_bf16_equals_softmax_then_conversion() {
+        for len in (1usize..=70).chain([511, 512, 513]) {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.37)
+                .collect();
+            let mut words = vec![u32::MAX; len.div_ceil(2)];
+            let sum = softmax_to_bf16(&row, &mut words);
+            let mut e = row.clone();
+            let want_sum = softmax_numerator(&mut e);
+            let mut want = vec![0u32; len.div_ceil(2)];
+            crate::ops::matmul::convert_row(&e, &mut want);
+            assert_eq!(sum.to_bits(), want_sum.to_bits(), "len {len}");
+            assert_eq!(words, want, "len {len}");
         }
     }
 

@@ -214,7 +214,15 @@ impl PackedRhs {
     fn product(&self, dst: &mut [f32], ldd: usize, a: Mat, out: Epilogue) {
         match self {
             Self::F32(b) => gemm_f32(dst, ldd, a, b, out),
-            Self::Bf16(b) => gemm_bf16(dst, ldd, &PackedA::pack(a), b, out),
+            Self::Bf16(b) => {
+                assert!(a.fits(), "PackedA: view outside its slice");
+                PackedA::with_rows(
+                    a.rows,
+                    a.cols,
+                    |r, words| a.convert_row(r, words),
+                    |a| gemm_bf16(dst, ldd, a, b, out),
+                )
+            }
         }
     }
 }
@@ -389,38 +397,85 @@ pub struct PackedA {
 }
 
 impl PackedA {
+    /// `a` converted to bf16 pairs (a fresh buffer; the products use [`PackedA::with_rows`]).
     pub fn pack(a: Mat) -> Self {
         assert!(a.fits(), "PackedA: view outside its slice");
-        let kp = a.cols.div_ceil(2);
-        let mut words = vec![0u32; a.rows.div_ceil(MR) * MR * kp];
-        for (r, out) in words.chunks_exact_mut(kp.max(1)).take(a.rows).enumerate() {
-            if kp == 0 {
-                break;
-            }
-            if a.cs == 1 {
-                let row = &a.data[r * a.rs..r * a.rs + a.cols];
-                convert_row(row, out);
-            } else {
-                for (p, w) in out.iter_mut().enumerate() {
-                    let hi = if 2 * p + 1 < a.cols {
-                        a.at(r, 2 * p + 1)
-                    } else {
-                        0.0
-                    };
-                    *w = pair(a.at(r, 2 * p), hi);
-                }
-            }
-        }
+        let mut words = Vec::new();
+        Self::fill(&mut words, a.rows, a.cols, |r, out| a.convert_row(r, out));
         Self {
             words,
             rows: a.rows,
-            kp,
+            kp: a.cols.div_ceil(2),
+        }
+    }
+
+    /// Runs `f` on a `rows` × `cols` operand whose row `r` `fill(r, words)` writes as bf16
+    /// pairs (`cols.div_ceil(2)` words, an odd last column paired with zero), built in this
+    /// thread's buffer, kept between calls: products pack their left operand on every call,
+    /// and allocating and zeroing it each time showed in profiles. The rows padding the last
+    /// tile keep whatever the buffer held; their sums are never stored.
+    pub fn with_rows<R>(
+        rows: usize,
+        cols: usize,
+        fill: impl FnMut(usize, &mut [u32]),
+        f: impl FnOnce(&PackedA) -> R,
+    ) -> R {
+        let mut words = A_BUFFER.take();
+        Self::fill(&mut words, rows, cols, fill);
+        let packed = Self {
+            words,
+            rows,
+            kp: cols.div_ceil(2),
+        };
+        let result = f(&packed);
+        A_BUFFER.set(packed.words);
+        result
+    }
+
+    fn fill(
+        words: &mut Vec<u32>,
+        rows: usize,
+        cols: usize,
+        mut fill: impl FnMut(usize, &mut [u32]),
+    ) {
+        let kp = cols.div_ceil(2);
+        let len = rows.div_ceil(MR) * MR * kp;
+        if words.len() < len {
+            words.resize(len, 0);
+        }
+        if kp > 0 {
+            for (r, out) in words[..len].chunks_exact_mut(kp).take(rows).enumerate() {
+                fill(r, out);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// [`PackedA::with_rows`]'s buffer; taken out while in use, so a nested call gets its own.
+    static A_BUFFER: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Mat<'_> {
+    /// Row `r` as bf16 pairs (`out.len() == cols.div_ceil(2)`).
+    fn convert_row(&self, r: usize, out: &mut [u32]) {
+        if self.cs == 1 {
+            convert_row(&self.data[r * self.rs..r * self.rs + self.cols], out);
+        } else {
+            for (p, w) in out.iter_mut().enumerate() {
+                let hi = if 2 * p + 1 < self.cols {
+                    self.at(r, 2 * p + 1)
+                } else {
+                    0.0
+                };
+                *w = pair(self.at(r, 2 * p), hi);
+            }
         }
     }
 }
 
 /// A contiguous f32 row as bf16 pairs (`out.len() == row.len().div_ceil(2)`).
-fn convert_row(row: &[f32], out: &mut [u32]) {
+pub fn convert_row(row: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if bf16_available() {
         // SAFETY: the CPU has the instructions the function is compiled for.
@@ -487,6 +542,37 @@ impl PackedB {
             cols: b.cols,
             kp,
         }
+    }
+}
+
+impl PackedB {
+    /// A `rows` × `cols` operand whose rows `produce(r, row)` writes in order, two at a time
+    /// into a small buffer and packed from there: for operands computed just before their
+    /// product (cross-attention's column exponentials), which then never exist in f32.
+    pub fn from_rows(rows: usize, cols: usize, mut produce: impl FnMut(usize, &mut [f32])) -> Self {
+        let kp = rows.div_ceil(2);
+        let mut words = vec![0u32; cols.div_ceil(NR) * kp * NR];
+        let mut two = vec![0f32; 2 * cols];
+        for p in 0..kp {
+            let (row0, row1) = two.split_at_mut(cols);
+            produce(2 * p, row0);
+            let row1 = (2 * p + 1 < rows).then(|| {
+                produce(2 * p + 1, row1);
+                &*row1
+            });
+            #[cfg(target_arch = "x86_64")]
+            if bf16_available() {
+                // SAFETY: the instructions are present; both rows hold `cols` values and
+                // `words` every panel's `kp` pairs.
+                unsafe { x86::pack_pair(row0, row1, p, kp, &mut words) };
+                continue;
+            }
+            for (c, &lo) in row0.iter().enumerate() {
+                let hi = row1.map_or(0.0, |r| r[c]);
+                words[((c / NR) * kp + p) * NR + c % NR] = pair(lo, hi);
+            }
+        }
+        Self { words, cols, kp }
     }
 }
 
@@ -662,6 +748,25 @@ mod x86 {
     /// together and their values interleaved into words, 16 columns at a time.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn pack_rows(b: super::Mat, kp: usize, words: &mut [u32]) {
+        for p in 0..kp {
+            let row0 = std::slice::from_raw_parts(b.data.as_ptr().add(2 * p * b.rs), b.cols);
+            let row1 = (2 * p + 1 < b.rows).then(|| {
+                std::slice::from_raw_parts(b.data.as_ptr().add((2 * p + 1) * b.rs), b.cols)
+            });
+            pack_pair(row0, row1, p, kp, words);
+        }
+    }
+
+    /// Rows `2p` and `2p + 1` (zeros when `row1` is `None`) of a [`PackedB`] with `kp` pairs
+    /// and `row0.len()` columns, written into its `words`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_pair(
+        row0: &[f32],
+        row1: Option<&[f32]>,
+        p: usize,
+        kp: usize,
+        words: &mut [u32],
+    ) {
         const INTERLEAVE: [u16; 32] = {
             let mut idx = [0u16; 32];
             let mut j = 0;
@@ -673,21 +778,18 @@ mod x86 {
             idx
         };
         let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _);
-        for p in 0..kp {
-            let row0 = b.data.as_ptr().add(2 * p * b.rs);
-            let row1 = (2 * p + 1 < b.rows).then(|| b.data.as_ptr().add((2 * p + 1) * b.rs));
-            for c in (0..b.cols).step_by(16) {
-                let m = lane_mask(b.cols - c);
-                let x0 = _mm512_maskz_loadu_ps(m, row0.add(c));
-                let x1 = match row1 {
-                    Some(row1) => _mm512_maskz_loadu_ps(m, row1.add(c)),
-                    None => _mm512_setzero_ps(),
-                };
-                let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
-                let pairs = _mm512_permutexvar_epi16(idx, halves);
-                let at = ((c / NR) * kp + p) * NR + c % NR;
-                _mm512_storeu_si512(words.as_mut_ptr().add(at) as *mut _, pairs);
-            }
+        let cols = row0.len();
+        for c in (0..cols).step_by(16) {
+            let m = lane_mask(cols - c);
+            let x0 = _mm512_maskz_loadu_ps(m, row0.as_ptr().add(c));
+            let x1 = match row1 {
+                Some(row1) => _mm512_maskz_loadu_ps(m, row1.as_ptr().add(c)),
+                None => _mm512_setzero_ps(),
+            };
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+            let pairs = _mm512_permutexvar_epi16(idx, halves);
+            let at = ((c / NR) * kp + p) * NR + c % NR;
+            _mm512_storeu_si512(words.as_mut_ptr().add(at) as *mut _, pairs);
         }
     }
 
@@ -1010,6 +1112,23 @@ mod tests {
         for (i, (g, w)) in lin.forward(&x).iter().zip(&want).enumerate() {
             let expected = w + bias[i % outputs];
             assert!((g - expected).abs() < 1e-4, "f32 at {i}: {g} vs {expected}");
+        }
+    }
+
+    /// A right operand produced row by row packs to the same words as the whole matrix,
+    /// over 1–9 rows (odd counts pair the last row with zeros) and 1–70 columns.
+    #[test]
+    fn packed_b_from_rows_equals_packed_matrix() {
+        for rows in 1..10 {
+            for cols in [1usize, 15, 16, 17, 31, 32, 33, 64, 70] {
+                let b = values(rows * cols, (rows * 100 + cols) as u64);
+                let whole = PackedB::pack(Mat::rows(&b, rows, cols));
+                let produced = PackedB::from_rows(rows, cols, |r, row| {
+                    row.copy_from_slice(&b[r * cols..(r + 1) * cols])
+                });
+                assert_eq!(whole.words, produced.words, "{rows}×{cols}");
+                assert_eq!((whole.kp, whole.cols), (produced.kp, produced.cols));
+            }
         }
     }
 
