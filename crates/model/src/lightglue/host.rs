@@ -21,7 +21,7 @@ use super::{
 };
 use crate::ops::assignment::dual_softmax_best;
 use crate::ops::attention::{cross_attention_pair, self_attention_pair, PairShape};
-use crate::ops::fused::{layer_norm_gelu_rows, rotate_pairs};
+use crate::ops::fused::{layer_norm_rows_gelu, rotate_pairs};
 use crate::ops::matmul::{Kernel, Mat, PackedLinear, PackedRhs};
 use crate::Result;
 
@@ -216,25 +216,22 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// Rotary encoding of the q and k heads of every row of `qkv` (the first `2·DIM` columns of
-/// rows `ld` wide), in place: each pair (a, b) of a head becomes
-/// (a·cos − b·sin, b·cos + a·sin) with its row's tables ([`rotate_pairs`], as
+/// Rotary encoding of the q and k heads of the rows of `qkv` (the first `2·DIM` columns of
+/// rows `ld` apart; a last row may stop there), in place, with the tables from those rows on:
+/// each pair (a, b) of a head becomes (a·cos − b·sin, b·cos + a·sin) ([`rotate_pairs`], as
 /// [`crate::ops::fused::rotary`]).
 fn rotate_qk(qkv: &mut [f32], ld: usize, cos: &[f32], sin: &[f32]) {
-    qkv.par_chunks_mut(ROWS_PER_TASK * ld)
-        .zip(cos.par_chunks(ROWS_PER_TASK * HEAD_DIM))
-        .zip(sin.par_chunks(ROWS_PER_TASK * HEAD_DIM))
-        .for_each(|((rows, cos), sin)| {
-            for ((row, cos), sin) in rows
-                .chunks_exact_mut(ld)
-                .zip(cos.chunks_exact(HEAD_DIM))
-                .zip(sin.chunks_exact(HEAD_DIM))
-            {
-                for head in row[..2 * DIM].chunks_exact_mut(HEAD_DIM) {
-                    rotate_pairs(head, cos, sin);
-                }
-            }
-        });
+    let rows = qkv.len().div_ceil(ld);
+    for (r, (cos, sin)) in cos
+        .chunks_exact(HEAD_DIM)
+        .zip(sin.chunks_exact(HEAD_DIM))
+        .take(rows)
+        .enumerate()
+    {
+        for head in qkv[r * ld..r * ld + 2 * DIM].chunks_exact_mut(HEAD_DIM) {
+            rotate_pairs(head, cos, sin);
+        }
+    }
 }
 
 impl HostPair {
@@ -264,10 +261,14 @@ impl SelfBlock {
     fn forward_host(&self, p: &mut HostPair) -> Result<()> {
         let (rows, shape) = (p.rows(), p.shape());
         let qkv = scratch(&mut p.qkv, rows * 3 * DIM);
-        self.wqkv
-            .packed()?
-            .forward_into(descriptors(&p.xm, rows), qkv, 3 * DIM, false);
-        rotate_qk(qkv, 3 * DIM, &p.cos, &p.sin);
+        let (cos, sin) = (&p.cos, &p.sin);
+        self.wqkv.packed()?.forward_into_then(
+            descriptors(&p.xm, rows),
+            qkv,
+            3 * DIM,
+            false,
+            |r0, out| rotate_qk(out, 3 * DIM, &cos[r0 * HEAD_DIM..], &sin[r0 * HEAD_DIM..]),
+        );
         let ctx = scratch(&mut p.ctx, rows * DIM);
         let scale = (HEAD_DIM as f32).powf(-0.5);
         self_attention_pair(qkv, shape, scale, self.kernel, ctx);
@@ -279,18 +280,20 @@ impl CrossBlock {
     fn forward_host(&self, p: &mut HostPair) -> Result<()> {
         let (rows, shape) = (p.rows(), p.shape());
         let qkv = scratch(&mut p.qkv, rows * 2 * DIM);
-        self.to_qkv
-            .packed()?
-            .forward_into(descriptors(&p.xm, rows), qkv, 2 * DIM, false);
         // Both sides scaled by HEAD_DIM^-1/4 before their product, as the reference does
         // (bf16 rounds the scaled values).
         let scale = (HEAD_DIM as f32).powf(-0.25);
-        qkv.par_chunks_mut(ROWS_PER_TASK * 2 * DIM)
-            .for_each(|rows| {
-                for row in rows.chunks_exact_mut(2 * DIM) {
+        self.to_qkv.packed()?.forward_into_then(
+            descriptors(&p.xm, rows),
+            qkv,
+            2 * DIM,
+            false,
+            |_, out| {
+                for row in out.chunks_mut(2 * DIM) {
                     row[..DIM].iter_mut().for_each(|v| *v *= scale);
                 }
-            });
+            },
+        );
         let ctx = scratch(&mut p.ctx, rows * DIM);
         cross_attention_pair(qkv, shape, 1.0, self.kernel, ctx);
         p.message_and_feed_forward(&self.to_out, &self.ffn)
@@ -302,11 +305,14 @@ impl FeedForward {
     fn residual_host(&self, p: &mut HostPair) -> Result<()> {
         let rows = p.rows();
         let hidden = scratch(&mut p.hidden, rows * WIDTH);
-        self.fc1
-            .packed()?
-            .forward_into(Mat::rows(&p.xm, rows, WIDTH), hidden, WIDTH, false);
         let (gamma, beta) = &self.norm_host;
-        layer_norm_gelu_rows(hidden, gamma, beta, LAYER_NORM_EPS);
+        self.fc1.packed()?.forward_into_then(
+            Mat::rows(&p.xm, rows, WIDTH),
+            hidden,
+            WIDTH,
+            false,
+            |_, out| layer_norm_rows_gelu(out, gamma, beta, LAYER_NORM_EPS),
+        );
         self.fc2
             .packed()?
             .forward_into(Mat::rows(hidden, rows, WIDTH), &mut p.xm, WIDTH, true);

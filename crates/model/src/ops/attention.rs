@@ -454,7 +454,11 @@ fn cross_head_in(
         if kernel == Kernel::F32 {
             e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
         }
-        let src = if kernel == Kernel::F32 { e } else { &mut sim[r0 * n..(r0 + rows) * n] };
+        let src = if kernel == Kernel::F32 {
+            e
+        } else {
+            &mut sim[r0 * n..(r0 + rows) * n]
+        };
         let sums = weigh_values(src, rows, n, &vbp, out, d);
         divide_rows(out, d, d, &sums);
     }
@@ -539,7 +543,11 @@ fn divide_rows(x: &mut [f32], ld: usize, d: usize, sums: &[f32]) {
 /// last value paired with zero), returning the sum of the unrounded exponentials: the same
 /// values, sum and rounding as [`softmax_numerator`] followed by the bf16 packing, in one pass.
 fn softmax_to_bf16(row: &[f32], words: &mut [u32]) -> f32 {
-    assert_eq!(words.len(), row.len().div_ceil(2), "softmax_to_bf16: output length");
+    assert_eq!(
+        words.len(),
+        row.len().div_ceil(2),
+        "softmax_to_bf16: output length"
+    );
     #[cfg(target_arch = "x86_64")]
     if super::matmul::bf16_available() {
         // SAFETY: the CPU has AVX-512 F, BW and BF16; the lengths are checked above.
@@ -661,10 +669,16 @@ mod avx512 {
         for i in (0..row.len()).step_by(32) {
             let (m0, m1) = (mask(row.len() - i), mask(row.len().saturating_sub(i + 16)));
             // Lanes past the end become zeros, so an odd last value pairs with zero.
-            let e0 = _mm512_maskz_mov_ps(m0, exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, ptr.add(i)), max)));
+            let e0 = _mm512_maskz_mov_ps(
+                m0,
+                exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, ptr.add(i)), max)),
+            );
             let e1 = _mm512_maskz_mov_ps(
                 m1,
-                exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, ptr.add(i + 16)), max)),
+                exp(_mm512_sub_ps(
+                    _mm512_maskz_loadu_ps(m1, ptr.add(i + 16)),
+                    max,
+                )),
             );
             // Summed 16 at a time in order, as `softmax_numerator` does (same rounding).
             sum = _mm512_add_ps(_mm512_add_ps(sum, e0), e1);

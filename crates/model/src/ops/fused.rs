@@ -414,18 +414,24 @@ pub fn layer_norm_gelu_rows(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32
         w > 0 && beta.len() == w && x.len().is_multiple_of(w),
         "layer_norm_gelu_rows: rows of {w}"
     );
-    x.par_chunks_mut(NORM_ROWS_PER_TASK * w).for_each(|rows| {
-        for row in rows.chunks_exact_mut(w) {
-            let n = w as f32;
-            let mean = lane_sum(row, |v| v) / n;
-            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *v = (*v - mean) * rstd * g + b;
-            }
-            gelu_in_place(row);
+    x.par_chunks_mut(NORM_ROWS_PER_TASK * w)
+        .for_each(|rows| layer_norm_rows_gelu(rows, gamma, beta, eps));
+}
+
+/// [`layer_norm_gelu_rows`] on the calling thread (for a task's own rows); `x` holds whole
+/// rows of `gamma.len()`.
+pub fn layer_norm_rows_gelu(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let w = gamma.len();
+    for row in x.chunks_exact_mut(w) {
+        let n = w as f32;
+        let mean = lane_sum(row, |v| v) / n;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = (*v - mean) * rstd * g + b;
         }
-    });
+        gelu_in_place(row);
+    }
 }
 
 /// `Σ f(v)` over `row` in 16 interleaved partial sums, which the compiler keeps in one vector

@@ -674,6 +674,21 @@ impl PackedLinear {
     /// columns, into `dst` rows `ldd` floats apart: the output may be a column block of a wider
     /// matrix, and a residual is added in the product's last pass.
     pub fn forward_into(&self, x: Mat, dst: &mut [f32], ldd: usize, accumulate: bool) {
+        self.forward_into_then(x, dst, ldd, accumulate, |_, _| {});
+    }
+
+    /// [`PackedLinear::forward_into`], then `then(first_row, rows)` on each task's output
+    /// rows (`rows` holds them `ldd` apart) by the task that wrote them, while they are in its
+    /// cache: an element-wise step after the product (rotary encoding, layer norm) costs no
+    /// extra pass over memory and no extra wait for the threads.
+    pub fn forward_into_then(
+        &self,
+        x: Mat,
+        dst: &mut [f32],
+        ldd: usize,
+        accumulate: bool,
+        then: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
         let n = self.outputs();
         assert!(
             x.cols == self.inputs && ldd >= n,
@@ -698,6 +713,7 @@ impl PackedLinear {
         }
         tasks.into_par_iter().for_each(|(r0, rows, dst)| {
             self.weight.product(dst, ldd, x.row_range(r0, rows), out);
+            then(r0, dst);
         });
     }
 }
