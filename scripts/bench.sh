@@ -11,7 +11,7 @@
 #
 # Environment: REFERENCE_PYTHON (a Python with scripts/reference/requirements.txt installed;
 # default python3), THREADS (default 2), REPEAT (default 5), ROUNDS (default 2), SKIP_1VN=1
-# to skip 1-vs-64, SKIP_BF16=1 to skip the bf16 rows. Run it on an otherwise idle machine.
+# to skip 1-vs-N, N (database size of 1-vs-N, default 64), SKIP_BF16=1 to skip the bf16 rows. Run it on an otherwise idle machine.
 # Results: target/bench/round-N/{reference,ours,ours-bf16}.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ repeat="${REPEAT:-5}"
 rounds="${ROUNDS:-2}"
 extra=()
 [ "${SKIP_1VN:-0}" = 1 ] && extra+=(--skip-1vn)
+[ -n "${N:-}" ] && extra+=(--n "$N")
 bf16=1
 [ "${SKIP_BF16:-0}" = 1 ] && bf16=0
 

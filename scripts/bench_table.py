@@ -66,10 +66,15 @@ if None not in ref_1vn + ours_1vn and ref_1vn:
     ratios = [f / o for f, o in zip(ref_1vn, ours_1vn)]
     print(f"| 1-vs-{n}, 2048 kpts, sequential adaptive (pairs/s) | {med(ours_1vn):.2f} "
           f"| {med(ref_1vn):.2f} | {min(ratios):.2f}× / {med(ratios):.2f}× time |")
+    full = [r["ours"].get("one_vs_n_full_pairs_per_s") for r in rounds]
+    if None not in full:
+        print(f"| 1-vs-{n}, 2048 kpts, sequential full depth (pairs/s) | {med(full):.2f} "
+              f"| — | — |")
     batched = [r["ours"].get("one_vs_n_batched_pairs_per_s") for r in rounds]
     if None not in batched:
         bs = rounds[0]["ours"]["one_vs_n_batched_batch_size"]
-        print(f"| 1-vs-{n}, 2048 kpts, batched ({bs}/batch, full depth) (pairs/s) "
+        how = "padded" if rounds[0]["ours"].get("one_vs_n_batched_padded") else "as matched"
+        print(f"| 1-vs-{n}, 2048 kpts, batched ({bs}/batch, full depth, {how}) (pairs/s) "
               f"| {med(batched):.2f} | — | — |")
 print()
 for name, src in (("wbia-lightglue f32", "ours"), ("wbia-lightglue bf16", "bf16"),

@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Pairs per padded batch in batched 1-vs-N.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Batched 1-vs-N in padded batches even where the matcher would run the pairs one by one
+    /// (the CPU's host layers), to time what padding costs there.
+    #[arg(long)]
+    padded: bool,
     #[arg(long)]
     skip_1vn: bool,
     /// Keypoint counts to time matching at (for profiling one size).
@@ -184,12 +188,36 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
 
         let full = MatchOptions::full();
-        // Warm-up: one batch (allocations, kernel loading on a GPU).
-        let warm = &db[..args.batch_size.min(db.len())];
-        matcher.match_batch(query, warm, args.batch_size, &full)?;
         let start = Instant::now();
-        matcher.match_batch(query, &db, args.batch_size, &full)?;
+        for f in &db {
+            matcher.match_pair(query, f, &full)?;
+        }
         let dt = start.elapsed().as_secs_f64();
+        res.insert("one_vs_n_full_total_s".into(), round2(dt));
+        res.insert(
+            "one_vs_n_full_pairs_per_s".into(),
+            json!(args.n as f64 / dt),
+        );
+        eprintln!(
+            "1-vs-{} sequential full: {:.2} pairs/s",
+            args.n,
+            args.n as f64 / dt
+        );
+
+        let pairs: Vec<(&Features, &Features)> = db.iter().map(|d| (query, *d)).collect();
+        let batched = |pairs: &[(&Features, &Features)]| {
+            if args.padded {
+                matcher.match_pairs_padded(pairs, args.batch_size, &full)
+            } else {
+                matcher.match_pairs(pairs, args.batch_size, &full)
+            }
+        };
+        // Warm-up: one batch (allocations, kernel loading on a GPU).
+        batched(&pairs[..args.batch_size.min(pairs.len())])?;
+        let start = Instant::now();
+        batched(&pairs)?;
+        let dt = start.elapsed().as_secs_f64();
+        res.insert("one_vs_n_batched_padded".into(), json!(args.padded));
         res.insert("one_vs_n_batched_batch_size".into(), json!(args.batch_size));
         res.insert("one_vs_n_batched_total_s".into(), round2(dt));
         res.insert(

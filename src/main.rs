@@ -160,8 +160,9 @@ struct ServeArgs {
     chunk_lease_secs: u64,
     #[command(flatten)]
     runtime: DeviceArgs,
-    /// Database annotations matched in one padded batch (adaptive depth/width off); 1 matches
-    /// pair by pair exactly as the plugin does. 0: 16 on a GPU, 1 on the CPU.
+    /// Database annotations matched in one padded batch (adaptive depth/width off; on the CPU
+    /// the batch's pairs run one by one, unpadded); 1 matches pair by pair exactly as the
+    /// plugin does. 0: 16 on a GPU, 1 on the CPU.
     #[arg(long, env = "WBIA_LIGHTGLUE_MATCH_BATCH", default_value_t = 0)]
     match_batch: usize,
     /// Requests (queries and engine jobs) admitted at once; more get 429 with Retry-After.

@@ -380,9 +380,9 @@ impl Models {
     }
 
     /// With `match_batch` 1: pair by pair, with the configured adaptive depth/width, exactly
-    /// as the plugin scores. Above 1: padded batches of that many pairs with adaptivity off
-    /// (`LightGlue::match_pairs`), for GPUs; measured slower than single pairs on CPU
-    /// (BENCHMARKS.md).
+    /// as the plugin scores. Above 1: adaptivity off (`LightGlue::match_pairs`): padded
+    /// batches of that many pairs on a GPU, pair by pair at full depth on the CPU, where
+    /// padding has nothing to win (BENCHMARKS.md, 1-vs-N).
     fn score_pairs(
         &mut self,
         pairs: &[(&Features, &Features)],

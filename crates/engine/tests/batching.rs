@@ -1,5 +1,6 @@
-//! Matching jobs of concurrent requests share padded batches (`match_batch` > 1), and each
-//! still gets its own scores: those of single full-depth pairs.
+//! Matching jobs of concurrent requests share batches (`match_batch` > 1: padded on a GPU,
+//! pair by pair on the CPU's host layers), and each still gets its own scores: those of
+//! single full-depth pairs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

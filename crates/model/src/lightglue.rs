@@ -832,11 +832,36 @@ impl LightGlue {
         self.match_pairs(&pairs, batch_size, options)
     }
 
-    /// Matches any (image 0, image 1) pairs in padded batches of `batch_size`, both sides
-    /// padded and masked, adaptive depth and width off; results in `pairs` order. This is how
-    /// the service batches several queries' work together. Only `options.filter_threshold`
-    /// applies.
+    /// Matches any (image 0, image 1) pairs with adaptive depth and width off, results in
+    /// `pairs` order; only `options.filter_threshold` applies. This is how the service batches
+    /// several queries' work together. On GPUs (and CPUs without the packed kernels) pairs go
+    /// in padded batches of `batch_size` ([`LightGlue::match_pairs_padded`]); on the CPU's
+    /// host layers they go one by one at full depth, the same computation without padding:
+    /// there a single pair's products already keep every core busy, so a batch has no
+    /// efficiency to gain and would only add the padding's work (BENCHMARKS.md, 1-vs-N).
     pub fn match_pairs(
+        &self,
+        pairs: &[(&Features, &Features)],
+        batch_size: usize,
+        options: &MatchOptions,
+    ) -> Result<Vec<MatchResult>> {
+        if !self.host_layers {
+            return self.match_pairs_padded(pairs, batch_size, options);
+        }
+        options.validate()?;
+        let full = MatchOptions {
+            filter_threshold: options.filter_threshold,
+            ..MatchOptions::full()
+        };
+        pairs
+            .iter()
+            .map(|(f0, f1)| self.match_pair(f0, f1, &full))
+            .collect()
+    }
+
+    /// [`LightGlue::match_pairs`] in padded batches of `batch_size` on any device, both sides
+    /// padded and masked.
+    pub fn match_pairs_padded(
         &self,
         pairs: &[(&Features, &Features)],
         batch_size: usize,

@@ -120,7 +120,9 @@ pair_tests!(
     "turtle_b3"
 );
 
-/// Batched 1-vs-N (padded, masked, adaptive off) must give what single pairs give.
+/// Batched 1-vs-N (padded, masked, adaptive off) must give what single pairs give; so must
+/// `match_batch` as this machine runs it (on the CPU's host layers: pair by pair at full
+/// depth, even when asked for adaptive options).
 #[test]
 fn batched_equals_single_pairs() {
     let (matcher, full) = (lightglue(), MatchOptions::full());
@@ -130,9 +132,16 @@ fn batched_equals_single_pairs() {
         .map(|n| golden_features(n))
         .collect();
     let refs: Vec<&_> = database.iter().collect();
-    let batched = matcher.match_batch(&query, &refs, 3, &full).unwrap();
-    for (f, b) in database.iter().zip(&batched) {
+    let pairs: Vec<_> = refs.iter().map(|&d| (&query, d)).collect();
+    let padded = matcher.match_pairs_padded(&pairs, 3, &full).unwrap();
+    let dispatched = matcher
+        .match_batch(&query, &refs, 3, &MatchOptions::default())
+        .unwrap();
+    for ((f, b), d) in database.iter().zip(&padded).zip(&dispatched) {
         let single = matcher.match_pair(&query, f, &full).unwrap();
+        assert_eq!(d.matches, single.matches);
+        assert_eq!(d.stop_layer, single.stop_layer);
+        assert!((d.score() - single.score()).abs() <= 1e-5 * single.score().max(1.0));
         assert_eq!(b.matches, single.matches);
         assert_eq!(b.stop_layer, single.stop_layer);
         for (x, y) in b.scores.iter().zip(&single.scores) {
@@ -161,7 +170,7 @@ fn batched_pairs_of_different_queries_equal_single_pairs() {
         f("sacre_coeur2", 450),
     );
     let pairs = [(&a1, &a2), (&k512, &s2), (&b3, &a1), (&a2, &b3)];
-    let batched = matcher.match_pairs(&pairs, 4, &full).unwrap();
+    let batched = matcher.match_pairs_padded(&pairs, 4, &full).unwrap();
     for ((f0, f1), b) in pairs.iter().zip(&batched) {
         let single = matcher.match_pair(f0, f1, &full).unwrap();
         assert_eq!(b.matches, single.matches);
@@ -208,12 +217,17 @@ fn degenerate_inputs_do_not_panic() {
         assert!(r.matches.iter().all(|&[i, j]| i < a.len() && j < b.len()));
     }
     // Batched with empty and one-keypoint database entries.
-    let batched = matcher
-        .match_batch(&full, &[&empty, &one, &half], 2, &MatchOptions::full())
-        .unwrap();
-    assert_eq!(batched.len(), 3);
-    assert!(batched[0].matches.is_empty());
-    assert!(batched[1].matches.len() <= 1);
+    let database = [&empty, &one, &half];
+    let pairs: Vec<_> = database.iter().map(|&d| (&full, d)).collect();
+    for batched in [
+        matcher.match_batch(&full, &database, 2, &MatchOptions::full()),
+        matcher.match_pairs_padded(&pairs, 2, &MatchOptions::full()),
+    ] {
+        let batched = batched.unwrap();
+        assert_eq!(batched.len(), 3);
+        assert!(batched[0].matches.is_empty());
+        assert!(batched[1].matches.len() <= 1);
+    }
 }
 
 #[test]
