@@ -450,19 +450,18 @@ fn cross_head_in(
     let vbp = PackedRhs::pack(kernel, vb);
     for (r0, out) in (0..m).step_by(ROW_BLOCK).zip(oa.chunks_mut(ROW_BLOCK * d)) {
         let rows = out.len() / d;
-        let e = &mut block[..rows * n];
-        if kernel == Kernel::F32 {
-            e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
-        }
-        let src = if kernel == Kernel::F32 {
-            e
-        } else {
-            &mut sim[r0 * n..(r0 + rows) * n]
+        let src = match kernel {
+            Kernel::F32 => {
+                let e = &mut block[..rows * n];
+                e.copy_from_slice(&sim[r0 * n..(r0 + rows) * n]);
+                e
+            }
+            Kernel::Bf16 => &mut sim[r0 * n..(r0 + rows) * n],
         };
         let sums = weigh_values(src, rows, n, &vbp, out, d);
         divide_rows(out, d, d, &sums);
     }
-    // Columns: softmax over image a, exponentials written in place, then Eᵀ · v_a.
+    // Columns: softmax over image a (f32: exponentials written in place), then Eᵀ · v_a.
     let mut col_max = vec![f32::NEG_INFINITY; n];
     for row in sim.chunks_exact(n) {
         col_max

@@ -401,7 +401,7 @@ impl PackedA {
     pub fn pack(a: Mat) -> Self {
         assert!(a.fits(), "PackedA: view outside its slice");
         let mut words = Vec::new();
-        Self::fill(&mut words, a.rows, a.cols, |r, out| a.convert_row(r, out));
+        Self::write_rows(&mut words, a.rows, a.cols, |r, out| a.convert_row(r, out));
         Self {
             words,
             rows: a.rows,
@@ -421,7 +421,7 @@ impl PackedA {
         f: impl FnOnce(&PackedA) -> R,
     ) -> R {
         let mut words = A_BUFFER.take();
-        Self::fill(&mut words, rows, cols, fill);
+        Self::write_rows(&mut words, rows, cols, fill);
         let packed = Self {
             words,
             rows,
@@ -432,7 +432,8 @@ impl PackedA {
         result
     }
 
-    fn fill(
+    /// `fill(r, words)` for each row into `words`, grown (never shrunk) to the padded size.
+    fn write_rows(
         words: &mut Vec<u32>,
         rows: usize,
         cols: usize,
