@@ -3,8 +3,8 @@
 //! end-to-end headers, body), so Wildbook can use this service's URL as its WBIA URL.
 //!
 //! Bodies stream both ways (an image upload or a large download is never held whole in
-//! memory), time out only when idle (`ClientOptions::forward_idle_timeout` upstream, the
-//! server's body timeout downstream), and at most [`crate::ServerOptions::max_proxied`]
+//! memory), time out only when nothing moves (`ClientOptions::forward_idle_timeout` upstream,
+//! in either direction; the server's body timeout downstream), and at most [`crate::ServerOptions::max_proxied`]
 //! requests are forwarded at once; beyond that the answer is 503 with `Retry-After`.
 
 use std::sync::atomic::Ordering;
@@ -16,17 +16,21 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
+use wbia_client::ForwardBody;
+
 use crate::envelope::ApiError;
 use crate::AppState;
 
 pub async fn pass_through(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    forward(&state, &parts, body).await
+    let stream = body
+        .into_data_stream()
+        .map(|piece| piece.map_err(std::io::Error::other));
+    forward(&state, &parts, ForwardBody::Stream(Box::pin(stream))).await
 }
 
 /// Forwards a request whose body is streaming or already read.
-pub async fn forward(state: &AppState, parts: &Parts, body: impl Into<reqwest::Body>) -> Response {
+pub async fn forward(state: &AppState, parts: &Parts, body: impl Into<ForwardBody>) -> Response {
     let Ok(permit) = state.proxy_slots.clone().try_acquire_owned() else {
         state.metrics.proxy_refused.fetch_add(1, Ordering::Relaxed);
         let mut busy = ApiError::new(
@@ -55,11 +59,11 @@ pub async fn forward(state: &AppState, parts: &Parts, body: impl Into<reqwest::B
         Ok(r) => r,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let status = upstream.status();
+    let status = upstream.status;
     // Content-Length stays: the client can then tell a body cut short by a failing WBIA.
-    let headers = wbia_client::end_to_end_headers(upstream.headers());
+    let headers = wbia_client::end_to_end_headers(&upstream.headers);
     // The slot is held until the body has been sent (or the client went away).
-    let stream = upstream.bytes_stream().map(move |chunk| {
+    let stream = upstream.body.map(move |chunk| {
         let _held = &permit;
         chunk.map_err(|e| {
             tracing::warn!(error = %e, "WBIA's answer broke off while passing it through");

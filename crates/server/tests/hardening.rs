@@ -368,14 +368,14 @@ async fn pass_through_streams_with_idle_timeouts() {
         )
         .route(
             "/api/upload/",
+            axum::routing::post(|body: Body| async move { envelope(json!(drain(body).await)) }),
+        )
+        .route(
+            "/api/silent/",
             axum::routing::post(|body: Body| async move {
-                use futures::StreamExt;
-                let mut stream = body.into_data_stream();
-                let mut n = 0usize;
-                while let Some(chunk) = stream.next().await {
-                    n += chunk.unwrap().len();
-                }
-                envelope(json!(n))
+                drain(body).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                envelope(json!(null))
             }),
         )
         .layer(axum::extract::DefaultBodyLimit::disable());
@@ -429,6 +429,56 @@ async fn pass_through_streams_with_idle_timeouts() {
         .await
         .unwrap();
     assert_eq!(sent["response"], json!(size));
+
+    // An upload slower than the idle timeout in all (six pieces 400 ms apart, 2.4 s against
+    // 1 s) keeps moving, so it goes through whole.
+    let slow_upload = futures::stream::unfold(0usize, |i| async move {
+        if i == PIECES {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 1000])),
+            i + 1,
+        ))
+    });
+    let sent = client
+        .post(format!("http://{addr}/api/upload/"))
+        .header("content-length", (PIECES * 1000).to_string())
+        .body(reqwest::Body::wrap_stream(slow_upload))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let sent: Value = sent.json().await.unwrap();
+    assert_eq!(sent["response"], json!(PIECES * 1000));
+
+    // Once the upload is in, a WBIA that answers nothing is cut off by the idle timeout: 504
+    // in WBIA's envelope, well before the route's hour.
+    let silent = tokio::time::timeout(
+        Duration::from_secs(30),
+        client
+            .post(format!("http://{addr}/api/silent/"))
+            .body(vec![2u8; 5000])
+            .send(),
+    )
+    .await
+    .expect("a silent upstream is cut off by the idle timeout")
+    .unwrap();
+    assert_eq!(silent.status(), 504);
+    let answer: Value = silent.json().await.unwrap();
+    assert_eq!(answer["status"]["code"], json!(504), "{answer}");
+}
+
+/// Reads a request body to its end, returning its length.
+async fn drain(body: Body) -> usize {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut n = 0usize;
+    while let Some(chunk) = stream.next().await {
+        n += chunk.unwrap().len();
+    }
+    n
 }
 
 /// Beyond `max_proxied` requests in flight, pass-through answers 503 with Retry-After at

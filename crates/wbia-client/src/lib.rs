@@ -10,6 +10,7 @@
 //! system's store, and the PEM bundle in [`ClientOptions::ca_file`] (by convention the file
 //! named by `SSL_CERT_FILE`), so a WBIA or Wildbook behind a private CA works.
 
+mod forward;
 pub mod json;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+pub use forward::{BodyStream, ForwardBody, Forwarded};
 pub use json::{fancy_uuid, parse_lenient, uuid_from_value};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +72,8 @@ pub struct ClientOptions {
     pub max_chip_bytes: usize,
     /// Extra trusted CA certificates (a PEM bundle), besides the built-in and system roots.
     pub ca_file: Option<std::path::PathBuf>,
-    /// Pass-through: longest wait for the next piece of WBIA's answer (an idle timeout; a
-    /// large download may take as long as it keeps moving).
+    /// Pass-through: longest time with nothing moving either way (an idle timeout: a large
+    /// upload or download may take as long as it keeps moving).
     pub forward_idle_timeout: Duration,
 }
 
@@ -147,11 +149,8 @@ impl WbiaClient {
             })
         };
         let http = built(builder().timeout(options.timeout))?;
-        let forwarding = built(
-            builder()
-                .read_timeout(options.forward_idle_timeout)
-                .redirect(reqwest::redirect::Policy::none()),
-        )?;
+        // Its idle timeout is `forward`'s own (reqwest's read timeout ignores upload progress).
+        let forwarding = built(builder().redirect(reqwest::redirect::Policy::none()))?;
         let callbacks = built(
             builder()
                 .timeout(options.timeout)
@@ -365,28 +364,6 @@ impl WbiaClient {
             .annot_getter("/api/annot/name/uuid/json/", uuids)
             .await?;
         Ok(v.iter().map(uuid_from_value).collect())
-    }
-
-    /// Sends a request to WBIA unchanged (for pass-through): same method, path and query,
-    /// end-to-end headers and the body as it streams in. No retries (the caller's request may
-    /// not be idempotent) and no redirects followed (the caller gets WBIA's redirect).
-    pub async fn forward(
-        &self,
-        method: reqwest::Method,
-        path_and_query: &str,
-        headers: &reqwest::header::HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<reqwest::Response> {
-        let url = self.url(path_and_query);
-        let mut out = end_to_end_headers(headers);
-        out.remove(reqwest::header::HOST);
-        self.forwarding
-            .request(method, &url)
-            .headers(out)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&url, &e))
     }
 
     /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (docs/wbia-api.md §3.2):
