@@ -632,17 +632,26 @@ mod avx512 {
     pub use crate::ops::simd::avx512::available;
     use crate::ops::simd::avx512::{exp, mask};
 
-    /// `row ← exp(row - max(row))`, returning the sum.
+    /// The row's largest value in every lane.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn softmax_numerator(row: &mut [f32]) -> f32 {
-        let ptr = row.as_mut_ptr();
+    fn row_max(row: &[f32]) -> __m512 {
         let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
         for i in (0..row.len()).step_by(16) {
             let m = mask(row.len() - i);
-            let v = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, ptr.add(i));
+            // SAFETY: the mask keeps the load inside the row.
+            let v = unsafe {
+                _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, row.as_ptr().add(i))
+            };
             mx = _mm512_max_ps(mx, v);
         }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        _mm512_set1_ps(_mm512_reduce_max_ps(mx))
+    }
+
+    /// `row ← exp(row - max(row))`, returning the sum.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_numerator(row: &mut [f32]) -> f32 {
+        let max = row_max(row);
+        let ptr = row.as_mut_ptr();
         let mut sum = _mm512_setzero_ps();
         for i in (0..row.len()).step_by(16) {
             let m = mask(row.len() - i);
@@ -656,14 +665,8 @@ mod avx512 {
     /// [`super::softmax_to_bf16`]: 32 exponentials per step, converted in pairs.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn softmax_to_bf16(row: &[f32], words: &mut [u32]) -> f32 {
+        let max = row_max(row);
         let (ptr, out) = (row.as_ptr(), words.as_mut_ptr());
-        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-        for i in (0..row.len()).step_by(16) {
-            let m = mask(row.len() - i);
-            let v = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, ptr.add(i));
-            mx = _mm512_max_ps(mx, v);
-        }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
         let mut sum = _mm512_setzero_ps();
         for i in (0..row.len()).step_by(32) {
             let (m0, m1) = (mask(row.len() - i), mask(row.len().saturating_sub(i + 16)));

@@ -828,7 +828,19 @@ mod x86 {
                 let ap = a.words.as_ptr().add(r0 * kp);
                 let rows = (a.rows - r0).min(MR);
                 let c = dst.as_mut_ptr().add(r0 * ldd + c0);
-                tile(kp, ap, bp, c, ldd, rows, cols, out, c0);
+                tile(
+                    kp,
+                    ap,
+                    bp,
+                    TileDst {
+                        c,
+                        ldc: ldd,
+                        rows,
+                        cols,
+                        out,
+                        c0,
+                    },
+                );
             }
         }
     }
@@ -867,18 +879,51 @@ mod x86 {
                     (edge.as_ptr(), k, 1)
                 };
                 let c = dst.as_mut_ptr().add(r0 * ldd + c0);
-                tile_f32(k, ap, rs, cs, bp, c, ldd, rows, cols, out, c0);
+                tile_f32(
+                    k,
+                    ap,
+                    rs,
+                    cs,
+                    bp,
+                    TileDst {
+                        c,
+                        ldc: ldd,
+                        rows,
+                        cols,
+                        out,
+                        c0,
+                    },
+                );
             }
         }
     }
 
-    /// Writes `rows` × `cols` of a tile's sums `acc` to `c` (rows `ldc` apart) as `out` says;
-    /// the tile's first column is column `c0` of the product (where its bias starts). A macro,
+    /// Where a tile's sums go: `rows` × `cols` of them to `c`, rows `ldc` apart, written as
+    /// `out` says; the tile's first column is column `c0` of the product (where its bias
+    /// starts).
+    #[derive(Clone, Copy)]
+    struct TileDst<'a> {
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        out: Epilogue<'a>,
+        c0: usize,
+    }
+
+    /// Writes a tile's sums `acc` to its [`TileDst`]. A macro,
     /// not a function: the 24 accumulators must stay in registers, and a call (the compiler
     /// would not inline one this size) spilled them and reloaded them for every tile.
     macro_rules! store_tile {
-        ($acc:ident, $c:expr, $ldc:expr, $rows:expr, $cols:expr, $out:expr, $c0:expr) => {{
-            let (c, ldc, rows, cols, out, c0) = ($c, $ldc, $rows, $cols, $out, $c0);
+        ($acc:ident, $dst:expr) => {{
+            let TileDst {
+                c,
+                ldc,
+                rows,
+                cols,
+                out,
+                c0,
+            } = $dst;
             let s = _mm512_set1_ps(out.scale);
             let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
             let (bias0, bias1) = match out.bias {
@@ -904,21 +949,8 @@ mod x86 {
 
     /// The f32 products of one MR × NR tile, 12 broadcasts and 24 FMAs per step of `k`
     /// (element (r, p) of the left operand is `a[r·rs + p·cs]`), stored by [`store_tile`].
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile_f32(
-        k: usize,
-        a: *const f32,
-        rs: usize,
-        cs: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        out: Epilogue,
-        c0: usize,
-    ) {
+    unsafe fn tile_f32(k: usize, a: *const f32, rs: usize, cs: usize, b: *const f32, dst: TileDst) {
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         for p in 0..k {
             let b0 = _mm512_loadu_ps(b.add(p * NR));
@@ -930,24 +962,13 @@ mod x86 {
                 acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
             }
         }
-        store_tile!(acc, c, ldc, rows, cols, out, c0);
+        store_tile!(acc, dst);
     }
 
     /// The bf16 products of one MR × NR tile, two inner-dimension steps per `vdpbf16ps`,
     /// stored by [`store_tile`].
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile(
-        kp: usize,
-        a: *const u32,
-        b: *const u32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        out: Epilogue,
-        c0: usize,
-    ) {
+    unsafe fn tile(kp: usize, a: *const u32, b: *const u32, dst: TileDst) {
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         for p in 0..kp {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
@@ -960,7 +981,7 @@ mod x86 {
                 acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
             }
         }
-        store_tile!(acc, c, ldc, rows, cols, out, c0);
+        store_tile!(acc, dst);
     }
 
     /// The first `n` of 16 lanes.
