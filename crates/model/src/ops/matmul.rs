@@ -827,19 +827,11 @@ mod x86 {
             for r0 in (0..a.rows).step_by(MR) {
                 let ap = a.words.as_ptr().add(r0 * kp);
                 let rows = (a.rows - r0).min(MR);
-                let c = dst.as_mut_ptr().add(r0 * ldd + c0);
                 tile(
                     kp,
                     ap,
                     bp,
-                    TileDst {
-                        c,
-                        ldc: ldd,
-                        rows,
-                        cols,
-                        out,
-                        c0,
-                    },
+                    TileDst::at(dst, ldd, (r0, c0), (rows, cols), out),
                 );
             }
         }
@@ -878,22 +870,8 @@ mod x86 {
                 } else {
                     (edge.as_ptr(), k, 1)
                 };
-                let c = dst.as_mut_ptr().add(r0 * ldd + c0);
-                tile_f32(
-                    k,
-                    ap,
-                    rs,
-                    cs,
-                    bp,
-                    TileDst {
-                        c,
-                        ldc: ldd,
-                        rows,
-                        cols,
-                        out,
-                        c0,
-                    },
-                );
+                let to = TileDst::at(dst, ldd, (r0, c0), (rows, cols), out);
+                tile_f32(k, ap, rs, cs, bp, to);
             }
         }
     }
@@ -909,6 +887,27 @@ mod x86 {
         cols: usize,
         out: Epilogue<'a>,
         c0: usize,
+    }
+
+    impl<'a> TileDst<'a> {
+        /// The tile whose first element is (`r0`, `c0`) of `dst` (rows `ldd` apart), `rows` ×
+        /// `cols` of it inside the product. The caller has checked that they fit.
+        unsafe fn at(
+            dst: &mut [f32],
+            ldd: usize,
+            (r0, c0): (usize, usize),
+            (rows, cols): (usize, usize),
+            out: Epilogue<'a>,
+        ) -> Self {
+            Self {
+                c: dst.as_mut_ptr().add(r0 * ldd + c0),
+                ldc: ldd,
+                rows,
+                cols,
+                out,
+                c0,
+            }
+        }
     }
 
     /// Writes a tile's sums `acc` to its [`TileDst`]. A macro,
