@@ -158,6 +158,11 @@ struct ServeArgs {
     /// it while working); a replica that dies loses its chunk to another after at most this.
     #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_LEASE", default_value_t = 120)]
     chunk_lease_secs: u64,
+    /// With --database-url: seconds a job's replica may go without publishing its progress
+    /// (every 2 s while it lives) before any replica reading the job ends it as `exception`,
+    /// naming the silent replica, instead of answering `working` for ever.
+    #[arg(long, env = "WBIA_LIGHTGLUE_JOB_LEASE", default_value_t = 60)]
+    job_lease_secs: u64,
     #[command(flatten)]
     runtime: DeviceArgs,
     /// Database annotations matched in one padded batch (adaptive depth/width off; on the CPU
@@ -218,6 +223,35 @@ struct ServeArgs {
     /// Bytes of finished job results kept for /api/engine/job/result/.
     #[arg(long, env = "WBIA_LIGHTGLUE_MAX_JOB_RESULT_BYTES", default_value_t = 1 << 30)]
     max_job_result_bytes: usize,
+    /// Log lines as text (coloured only on a terminal, and not with NO_COLOR set) or as one
+    /// JSON object per line, for log shippers.
+    #[arg(long, env = "WBIA_LIGHTGLUE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How `serve` writes its log (standard output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `RUST_LOG` filters (default: info). Colour codes only reach a terminal: `docker logs`,
+/// files and pipes get plain text.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=info".into());
+    let lines = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            lines
+                .with_ansi(std::io::stdout().is_terminal() && !no_color)
+                .init()
+        }
+        LogFormat::Json => lines.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Args)]
@@ -276,12 +310,7 @@ impl ModelArgs {
 
 fn serve(args: ServeArgs) -> Result<()> {
     use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=info".into()),
-        )
-        .init();
+    init_logging(args.log_format);
     let device = args.runtime.open()?;
     let match_batch = match (args.match_batch, device.is_cuda()) {
         (0, true) => 16,
@@ -335,6 +364,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_job_result_bytes: args.max_job_result_bytes,
         chunk_annotations: args.chunk_annotations.max(1),
         chunk_lease: std::time::Duration::from_secs(args.chunk_lease_secs.max(1)),
+        job_lease: std::time::Duration::from_secs(args.job_lease_secs.max(3)),
         ..Default::default()
     };
     let state = std::sync::Arc::new(wbia_lightglue_server::AppState::new(

@@ -463,14 +463,15 @@ fn bad_device_settings_are_clear_errors() {
     }
 }
 
-/// `serve` stops on SIGTERM (what `docker stop` sends) and exits 0, instead of waiting to be
-/// killed.
+/// A `serve` on loopback (port 0) with its log piped, read up to the line that says it
+/// listens; the lines read.
 #[cfg(unix)]
-#[test]
-fn serve_exits_cleanly_on_sigterm() {
+fn serve_until_listening(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, Vec<String>) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let dir = std::env::temp_dir().join(format!("wbia-lg-sigterm-{}", std::process::id()));
     let mut child = bin()
         .args(["serve", "--host", "127.0.0.1", "--port", "0"])
         .args(["--wbia-url", "http://127.0.0.1:9"])
@@ -478,16 +479,40 @@ fn serve_exits_cleanly_on_sigterm() {
         .arg(dir.join("data"))
         .arg("--config-dir")
         .arg(dir.join("config"))
+        .args(extra)
         .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.unwrap().contains("listening")),
-        "serve never listened"
-    );
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let listening = line.contains("listening");
+        seen.push(line);
+        if listening {
+            return (child, seen);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("serve never listened: {seen:?}");
+}
+
+/// `serve` stops on SIGTERM (what `docker stop` sends) and exits 0, instead of waiting to be
+/// killed; its log, written to a pipe, carries no colour codes.
+#[cfg(unix)]
+#[test]
+fn serve_exits_cleanly_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("wbia-lg-sigterm-{}", std::process::id()));
+    let (mut child, lines) = serve_until_listening(&dir, &[]);
+    for line in &lines {
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in a piped log: {line:?}"
+        );
+    }
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -506,4 +531,28 @@ fn serve_exits_cleanly_on_sigterm() {
     };
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// `--log-format json`: every line is one JSON object with the level, the target and the
+/// event's fields at the top level.
+#[cfg(unix)]
+#[test]
+fn serve_logs_json_lines() {
+    let dir = std::env::temp_dir().join(format!("wbia-lg-jsonlog-{}", std::process::id()));
+    let (mut child, lines) = serve_until_listening(&dir, &["--log-format", "json"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(lines.len() >= 2, "{lines:?}");
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(
+            event["level"].is_string() && event["target"].is_string(),
+            "{line}"
+        );
+        assert!(event["message"].is_string(), "{line}");
+    }
+    let listening: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(listening["level"], "INFO", "{listening}");
 }

@@ -460,3 +460,108 @@ fn a_split_job_survives_a_replica_dying_mid_chunk() {
         assert_eq!(job_scores[d], r["score"].as_f64().unwrap(), "{d}");
     }
 }
+
+/// A replica on PostgreSQL stops on SIGTERM (what `docker stop` sends) with exit 0, with
+/// connections open from a query it answered: closing them as the server's state went used
+/// to panic inside the runtime and abort (exit 139).
+#[cfg(unix)]
+#[test]
+fn a_replica_on_postgresql_exits_cleanly_on_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia(&runtime);
+    let database = fresh_database("sigterm");
+    let mut a = replica("sigterm", &wbia, &database, &[]);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_ready(&client, &[&a]);
+    assert!(!ranked_by_plain_query(&client, &a.base, 4).is_empty());
+    let killed = Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 40 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// The replica coordinating a job is killed while the job works: the other replica answers
+/// `working` until the job's lease (3 s here) lapses with no word from it, then `exception`,
+/// and the result says why. Nothing stays `working` for Wildbook to poll for ever.
+#[test]
+fn a_job_whose_replica_dies_ends_as_exception_after_its_lease() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia(&runtime);
+    let database = fresh_database("orphan");
+    let lease = ["--job-lease-secs", "3"];
+    let (mut a, b) = (
+        replica("orphan-a", &wbia, &database, &lease),
+        replica("orphan-b", &wbia, &database, &lease),
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_ready(&client, &[&a, &b]);
+    let database_list: Vec<Value> = (2..=ANNOTS).map(|n| json!(uuid(n))).collect();
+    let started = client
+        .post(format!("{}/api/engine/query/graph/", a.base))
+        .form(&[
+            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+            ("database_annot_uuid_list", json!(database_list).to_string()),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+            ),
+            ("jobid", "orphan".to_string()),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(started.status(), 200, "{}", started.text().unwrap());
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+
+    let status_url = format!("{}/api/engine/job/status/?jobid=orphan", b.base);
+    let mut states = Vec::new();
+    loop {
+        let s = json_of(&fetch(&client, &status_url).1);
+        let state = s["response"]["jobstatus"].as_str().unwrap().to_string();
+        if state != "working" {
+            states.push(state);
+            break;
+        }
+        states.push(state);
+        assert!(killed.elapsed() < Duration::from_secs(30), "{states:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "after the kill: {} × working, then {:?} after {:.1} s",
+        states.len() - 1,
+        states.last(),
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(states[0], "working", "a's job was working when a died");
+    assert_eq!(states.last().unwrap(), "exception");
+    let result = json_of(
+        &fetch(
+            &client,
+            &format!("{}/api/engine/job/result/?jobid=orphan", b.base),
+        )
+        .1,
+    );
+    assert_eq!(result["response"]["status"], "exception", "{result}");
+    let reason = result["response"]["json_result"].as_str().unwrap();
+    assert!(reason.contains("stopped running this job"), "{reason}");
+}

@@ -70,8 +70,22 @@ pub struct ChunkState {
 }
 
 pub struct PgStore {
-    pool: Pool,
+    /// `None` only while dropping (see `Drop`).
+    pool: Option<Pool>,
     corrupt_rows: Arc<AtomicU64>,
+}
+
+impl Drop for PgStore {
+    /// A `postgres::Client` closes its connection by blocking on a runtime of its own, which
+    /// panics on a thread that is running tokio (the server's last reference to the store
+    /// usually goes as `serve` returns inside `block_on`), and a panic in a destructor
+    /// during shutdown aborts: exit 139 on every `docker stop`. The pool, and with it every
+    /// idle connection, is therefore closed on a plain thread of its own.
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
 }
 
 impl PgStore {
@@ -101,14 +115,16 @@ impl PgStore {
         for m in report.applied_migrations() {
             tracing::info!(migration = %m, "PostgreSQL schema migrated");
         }
+        drop(conn);
         Ok(Self {
-            pool,
+            pool: Some(pool),
             corrupt_rows: Arc::default(),
         })
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
-        self.pool.get().map_err(db_error)
+        let pool = self.pool.as_ref().expect("the pool lives until drop");
+        pool.get().map_err(db_error)
     }
 
     fn count(&self, table: &str) -> Result<usize> {
@@ -156,15 +172,53 @@ impl PgStore {
         Ok(())
     }
 
-    /// A job's shared state.
-    pub fn job(&self, jobid: &str) -> Result<Option<SharedJob>> {
-        let row = self
-            .conn()?
+    /// A job's shared state. A `working` job whose replica has written nothing for `lease`
+    /// (it publishes progress every few seconds while it lives) lost that replica, killed or
+    /// cut off from the database: whichever replica reads it first ends it here as
+    /// `exception` with the reason, and drops its unfinished chunks, so that no job stays
+    /// `working` for ever. Should the replica come back, a job it ran whole may still land
+    /// its result; a split job finds its chunks failed and ends as `exception` there too.
+    pub fn job(&self, jobid: &str, lease: Duration) -> Result<Option<SharedJob>> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_error)?;
+        let abandoned = tx
+            .execute(
+                "UPDATE lightglue_jobs SET status = 'exception', progress = NULL,
+                     result = to_json('replica ' || replica || ' stopped running this job (no \
+                     word from it for ' || $2 || ' s: it died or lost the database); \
+                     start the job again')::text,
+                     updated = now()
+                 WHERE jobid = $1 AND status = 'working'
+                     AND updated < now() - make_interval(secs => $3)",
+                &[
+                    &jobid,
+                    &format!("{:.0}", lease.as_secs_f64()),
+                    &lease.as_secs_f64(),
+                ],
+            )
+            .map_err(db_error)?;
+        if abandoned == 1 {
+            tx.execute(
+                "UPDATE lightglue_chunks SET state = 'failed', owner = NULL, lease_until = NULL,
+                     error = 'the job was abandoned'
+                 WHERE jobid = $1 AND state IN ('pending', 'taken')",
+                &[&jobid],
+            )
+            .map_err(db_error)?;
+        }
+        let row = tx
             .query_opt(
                 "SELECT replica, status, progress, result FROM lightglue_jobs WHERE jobid = $1",
                 &[&jobid],
             )
             .map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        if abandoned == 1 {
+            tracing::warn!(
+                jobid,
+                "a job's replica went silent: the job ended as exception"
+            );
+        }
         Ok(row.map(|r| SharedJob {
             replica: r.get(0),
             status: r.get(1),

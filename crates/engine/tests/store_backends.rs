@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 use wbia_lightglue_engine::pg_store::PgStore;
@@ -13,6 +14,8 @@ use wbia_lightglue_engine::store::{FeatureStore, Store};
 use wbia_lightglue_engine::FeatureKey;
 use wbia_lightglue_model::Features;
 
+/// A lease no test outlives.
+const LEASE: Duration = Duration::from_secs(3600);
 const URL_VAR: &str = "WBIA_LIGHTGLUE_TEST_DATABASE_URL";
 
 /// The PostgreSQL server's URL. Missing, the test fails: PostgreSQL is part of what this
@@ -308,7 +311,7 @@ fn shared_jobs_are_claimed_once() {
         "taken on another replica"
     );
     assert!(b.claim_job("job-2", "replica-b").unwrap());
-    let seen = b.job("job-1").unwrap().unwrap();
+    let seen = b.job("job-1", LEASE).unwrap().unwrap();
     assert_eq!(
         (seen.replica.as_str(), seen.status.as_str()),
         ("replica-a", "working")
@@ -317,16 +320,67 @@ fn shared_jobs_are_claimed_once() {
     a.update_job("job-1", "working", Some(r#"{"pairs_scored":3}"#), None)
         .unwrap();
     assert_eq!(
-        b.job("job-1").unwrap().unwrap().progress.as_deref(),
+        b.job("job-1", LEASE).unwrap().unwrap().progress.as_deref(),
         Some(r#"{"pairs_scored":3}"#)
     );
     a.update_job("job-1", "completed", None, Some(r#"{"cm_dict":{}}"#))
         .unwrap();
-    let done = b.job("job-1").unwrap().unwrap();
+    let done = b.job("job-1", LEASE).unwrap().unwrap();
     assert_eq!(done.status, "completed");
     assert_eq!(done.result.as_deref(), Some(r#"{"cm_dict":{}}"#));
     assert_eq!(a.job_ids().unwrap(), vec!["job-1", "job-2"]);
-    assert_eq!(a.job("nope").unwrap(), None);
+    assert_eq!(a.job("nope", LEASE).unwrap(), None);
+}
+
+/// A working job's replica that stops writing (killed, or cut off from the database) ends
+/// the job as `exception` when another replica reads it after the lease, naming the replica;
+/// its unfinished chunks fail with it. A job still publishing keeps working.
+#[test]
+fn a_silent_replicas_job_ends_as_exception_after_its_lease() {
+    let url = fresh_database();
+    let (a, b) = (
+        PgStore::connect(&url).unwrap(),
+        PgStore::connect(&url).unwrap(),
+    );
+    for id in ["alive", "silent"] {
+        assert!(a.claim_job(id, "replica-a").unwrap());
+    }
+    a.add_chunks("silent", &["c0".into(), "c1".into(), "c2".into()])
+        .unwrap();
+    let taken = b.take_chunk("replica-b", Duration::from_secs(60)).unwrap();
+    assert!(taken.is_some());
+    // Within the lease both stay working.
+    for id in ["alive", "silent"] {
+        assert_eq!(
+            b.job(id, Duration::from_secs(60)).unwrap().unwrap().status,
+            "working"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(2_200));
+    a.update_job("alive", "working", Some("{}"), None).unwrap();
+    let lease = Duration::from_secs(2);
+    assert_eq!(b.job("alive", lease).unwrap().unwrap().status, "working");
+    let ended = b.job("silent", lease).unwrap().unwrap();
+    assert_eq!(ended.status, "exception");
+    let reason: String = serde_json::from_str(ended.result.as_deref().unwrap()).unwrap();
+    assert!(
+        reason.contains("replica-a") && reason.contains("2 s"),
+        "{reason}"
+    );
+    assert_eq!(ended.progress, None);
+    let chunks = a.chunks("silent").unwrap();
+    assert_eq!(chunks.len(), 3);
+    assert!(chunks.iter().all(|c| c.state == "failed"), "{chunks:?}");
+    assert!(b
+        .take_chunk("replica-b", Duration::from_secs(60))
+        .unwrap()
+        .is_none());
+    // Read again: the same ending, not a second one.
+    assert_eq!(a.job("silent", lease).unwrap().unwrap(), ended);
+    // The replica came back and finished after all: its result stands.
+    a.update_job("silent", "completed", None, Some("{}"))
+        .unwrap();
+    assert_eq!(b.job("silent", lease).unwrap().unwrap().status, "completed");
 }
 
 /// Replicas starting together migrate the schema once between them (an advisory lock).
@@ -361,4 +415,26 @@ fn an_unreachable_database_is_a_clear_error_at_start() {
     assert!(e.to_string().contains("PostgreSQL"), "{e}");
     let e = PgStore::connect("mysql://x").err().unwrap();
     assert!(e.to_string().contains("database URL"), "{e}");
+}
+
+/// The last reference to the store may go on a thread that runs tokio (the server drops its
+/// state as `serve` returns inside `block_on`): closing its connections there used to panic
+/// ("Cannot start a runtime from within a runtime") and abort the process at every stop.
+#[test]
+fn the_store_closes_on_a_runtime_thread() {
+    let url = fresh_database();
+    let store = PgStore::connect(&url).unwrap();
+    // Several connections open and idle in the pool.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let store = &store;
+            s.spawn(move || store.claim_job(&format!("job-{i}"), "replica").unwrap());
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let dropped = runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await });
+    assert!(dropped.is_ok(), "dropping the store panicked: {dropped:?}");
 }

@@ -72,6 +72,10 @@ pub struct ServerOptions {
     /// How long a replica may hold a chunk without renewing it (it renews at a third of
     /// this while working); a replica that dies loses its chunk after at most this.
     pub chunk_lease: Duration,
+    /// With a shared PostgreSQL store: a working job whose replica has published nothing
+    /// for this long (it publishes every 2 s, `jobs/shared.rs`) ends as `exception` when
+    /// any replica reads it.
+    pub job_lease: Duration,
 }
 
 impl Default for ServerOptions {
@@ -87,6 +91,7 @@ impl Default for ServerOptions {
             wbia_check_interval: Duration::from_secs(10),
             chunk_annotations: 64,
             chunk_lease: Duration::from_secs(120),
+            job_lease: Duration::from_secs(60),
         }
     }
 }

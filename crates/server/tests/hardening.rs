@@ -107,15 +107,26 @@ fn test_pki() -> TestPki {
 /// Serves `app` over TLS with the test PKI's server certificate.
 async fn spawn_tls(app: Router, pki: &TestPki) -> SocketAddr {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    spawn_tls_with(
+        app,
+        CertificateDer::from(pki.server_cert.clone()),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+    )
+    .await
+}
+
+/// Serves `app` over TLS with this certificate and key.
+async fn spawn_tls_with(
+    app: Router,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(pki.server_cert.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
-        )
+        .with_single_cert(vec![cert], key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -220,6 +231,95 @@ async fn https_wbia_and_callbacks_with_a_private_ca() {
         },
     );
     assert!(refused.is_err());
+}
+
+/// A self-signed certificate made as operators make them, `openssl req -x509` (OpenSSL marks
+/// it `CA:TRUE`), listed in the CA file (`SSL_CERT_FILE`), is trusted as itself, as curl and
+/// Python trust it; it must still name the host. Unlisted, or listed but expired, it is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_certificate_listed_in_the_ca_file_is_trusted() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = temp_dir("self-signed");
+    let (cert_pem, key_pem) = (dir.join("wbia.crt"), dir.join("wbia.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key_pem)
+        .arg("-out")
+        .arg(&cert_pem)
+        .output()
+        .expect("openssl, which makes the certificate the way operators do");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&cert_pem)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"),
+        "the case under test is a CA:TRUE end-entity certificate"
+    );
+    let app = Router::new().route(
+        "/api/test/heartbeat/",
+        get(|| async { envelope(json!(true)) }),
+    );
+    let wbia = spawn_tls_with(
+        app.clone(),
+        CertificateDer::from_pem_file(&cert_pem).unwrap(),
+        PrivateKeyDer::from_pem_file(&key_pem).unwrap(),
+    )
+    .await;
+    let options = |ca_file: Option<PathBuf>| ClientOptions {
+        ca_file,
+        retries: 0,
+        ..ClientOptions::default()
+    };
+    let url = format!("https://localhost:{}", wbia.port());
+    let listed = WbiaClient::new(&url, options(Some(cert_pem.clone()))).unwrap();
+    assert!(listed.heartbeat().await, "listed");
+    let unlisted = WbiaClient::new(&url, options(None)).unwrap();
+    assert!(!unlisted.heartbeat().await, "unlisted");
+    // The same server under a name the certificate does not carry (its IP address).
+    let renamed = WbiaClient::new(
+        &format!("https://127.0.0.1:{}", wbia.port()),
+        options(Some(cert_pem.clone())),
+    )
+    .unwrap();
+    assert!(!renamed.heartbeat().await, "a name the certificate lacks");
+
+    // Listed but expired (rcgen: OpenSSL 3.0's `req` cannot back-date).
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let expired = params.self_signed(&key).unwrap();
+    let expired_pem = dir.join("expired.crt");
+    std::fs::write(&expired_pem, expired.pem()).unwrap();
+    let old = spawn_tls_with(
+        app,
+        expired.der().clone(),
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .await;
+    let url = format!("https://localhost:{}", old.port());
+    let client = WbiaClient::new(&url, options(Some(expired_pem))).unwrap();
+    let err = client
+        .job_callback(&format!("{url}/callback"), "POST", "j")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("expired"), "{err}");
 }
 
 /// `/health` answers from the background check while WBIA's heartbeat hangs; readiness

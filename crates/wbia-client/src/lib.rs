@@ -8,10 +8,12 @@
 //!
 //! TLS is rustls: https URLs are verified against the bundled Mozilla roots, the operating
 //! system's store, and the PEM bundle in [`ClientOptions::ca_file`] (by convention the file
-//! named by `SSL_CERT_FILE`), so a WBIA or Wildbook behind a private CA works.
+//! named by `SSL_CERT_FILE`), so a WBIA or Wildbook behind a private CA, or with a
+//! self-signed certificate listed in that bundle, works (`tls.rs`).
 
 mod forward;
 pub mod json;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,34 +116,36 @@ enum Attempt<T> {
     Fail(Error),
 }
 
+/// The certificates of a PEM bundle; a file without any is an error at start, not at the
+/// first https request.
+fn read_ca_bundle(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |detail: String| Error::Tls {
+        detail: format!("CA bundle {}: {detail}", path.display()),
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
 impl WbiaClient {
     pub fn new(base_url: &str, options: ClientOptions) -> Result<Self> {
-        let extra_roots = match &options.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| Error::Tls {
-                    detail: format!("CA bundle {}: {e}", path.display()),
-                })?;
-                let certs =
-                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Tls {
-                        detail: format!("CA bundle {}: {e}", path.display()),
-                    })?;
-                if certs.is_empty() {
-                    return Err(Error::Tls {
-                        detail: format!("CA bundle {} holds no PEM certificate", path.display()),
-                    });
-                }
-                certs
-            }
+        let bundle = match &options.ca_file {
+            Some(path) => read_ca_bundle(path)?,
             None => Vec::new(),
         };
+        let tls = tls::client_config(bundle).map_err(|detail| Error::Tls { detail })?;
         let builder = || {
-            let mut b = reqwest::Client::builder()
-                .use_rustls_tls()
-                .connect_timeout(options.connect_timeout);
-            for cert in &extra_roots {
-                b = b.add_root_certificate(cert.clone());
-            }
-            b
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls.clone())
+                .connect_timeout(options.connect_timeout)
         };
         let built = |b: reqwest::ClientBuilder| {
             b.build().map_err(|e| Error::Tls {

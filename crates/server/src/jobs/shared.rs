@@ -68,10 +68,11 @@ pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc
     }
 }
 
-/// A job another replica runs, as it last published it.
+/// A job another replica runs, as it last published it; `exception` once that replica has
+/// been silent for [`crate::ServerOptions::job_lease`].
 pub async fn lookup(state: &AppState, jobid: &str) -> Option<SharedJob> {
-    let id = jobid.to_string();
-    match on_store(state, move |s| s.job(&id)).await? {
+    let (id, lease) = (jobid.to_string(), state.options.job_lease);
+    match on_store(state, move |s| s.job(&id, lease)).await? {
         Ok(job) => job,
         Err(e) => {
             tracing::warn!(jobid, error = %e.message, "could not read the shared job");
