@@ -47,6 +47,11 @@ fn fresh_database(tag: &str) -> String {
 
 /// WBIA's getters over `ANNOTS` annotations (rowid n, chip n mod 4), one envelope each.
 fn fake_wbia(runtime: &tokio::runtime::Runtime) -> String {
+    fake_wbia_with_chip_delay(runtime, Duration::ZERO)
+}
+
+/// As [`fake_wbia`], each chip sent after `delay`.
+fn fake_wbia_with_chip_delay(runtime: &tokio::runtime::Runtime, delay: Duration) -> String {
     let chips = [
         "turtle_a1.jpg",
         "turtle_a2.jpg",
@@ -90,6 +95,7 @@ fn fake_wbia(runtime: &tokio::runtime::Runtime) -> String {
         .route(
             "/api/annot/src/{aid}/",
             get(move |Path(aid): Path<u128>| async move {
+                tokio::time::sleep(delay).await;
                 std::fs::read(fixture(&format!("turtles/{}", chips[(aid % 4) as usize]))).unwrap()
             }),
         );
@@ -132,6 +138,16 @@ fn free_port() -> u16 {
 }
 
 fn replica(name: &str, wbia: &str, database: &str, extra: &[&str]) -> Replica {
+    serve(name, wbia, Some(database), extra)
+}
+
+/// An independent baseline: one process with its own fresh SQLite store, sharing nothing
+/// with the replicas, so that a wrong shared row cannot agree with itself.
+fn baseline(name: &str, wbia: &str) -> Replica {
+    serve(name, wbia, None, &[])
+}
+
+fn serve(name: &str, wbia: &str, database: Option<&str>, extra: &[&str]) -> Replica {
     let dir = TempDir(
         std::env::temp_dir().join(format!("wbia-lg-replica-{name}-{}", std::process::id())),
     );
@@ -145,7 +161,13 @@ fn replica(name: &str, wbia: &str, database: &str, extra: &[&str]) -> Replica {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_wbia-lightglue"))
         .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--wbia-url", wbia, "--database-url", database])
+        .args(["--wbia-url", wbia])
+        .args(
+            database
+                .map(|d| ["--database-url", d])
+                .into_iter()
+                .flatten(),
+        )
         .arg("--config-dir")
         .arg(dir.0.join("config"))
         .arg("--data-dir")
@@ -348,8 +370,8 @@ fn wait_ready(client: &reqwest::blocking::Client, replicas: &[&Replica]) {
 
 /// A job of 29 database annotations split in chunks of 3 (10 chunks) over two replicas:
 /// both take chunks; one is killed while it holds a chunk; its lease (3 s) expires, the other
-/// takes that chunk again, and the job completes with every annotation scored as a plain
-/// query scores it.
+/// takes that chunk again, and the job completes with every annotation scored as an
+/// independent process with its own store scores it.
 #[test]
 fn a_split_job_survives_a_replica_dying_mid_chunk() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -435,11 +457,40 @@ fn a_split_job_survives_a_replica_dying_mid_chunk() {
         "{a_done} + {b_done}"
     );
 
-    // Every annotation scored, each as a plain query (from the shared store) scores it.
-    let result_url = format!("{}/api/engine/job/result/?jobid=split-job", a.base);
-    let result = json_of(&fetch(&client, &result_url).1);
+    // Every annotation scored, each as an independent baseline scores it.
+    let job_scores = job_scores(&client, &a.base, "split-job");
+    assert_eq!(job_scores.len(), (n - 1) as usize);
+    assert_equals_baseline(&client, &wbia, "split", &job_scores, n);
+}
+
+/// A job's scores (annotation UUID → score) equal a plain query's on an independent
+/// baseline process, annotation for annotation.
+fn assert_equals_baseline(
+    client: &reqwest::blocking::Client,
+    wbia: &str,
+    tag: &str,
+    job_scores: &HashMap<String, f64>,
+    n: u128,
+) {
+    let reference = baseline(&format!("{tag}-baseline"), wbia);
+    wait_ready(client, &[&reference]);
+    let ranked = ranked_by_plain_query(client, &reference.base, n);
+    assert_eq!(ranked.len(), (n - 1) as usize);
+    assert_eq!(job_scores.len(), ranked.len());
+    for r in ranked {
+        let d = r["dannot_uuid"]["__UUID__"].as_str().unwrap();
+        // Both answers write the f32 score as its shortest decimal: the same number.
+        assert_eq!(job_scores[d], r["score"].as_f64().unwrap(), "{d}");
+    }
+}
+
+/// A job's scores by database annotation, from its result on `base`.
+fn job_scores(client: &reqwest::blocking::Client, base: &str, jobid: &str) -> HashMap<String, f64> {
+    let result_url = format!("{base}/api/engine/job/result/?jobid={jobid}");
+    let result = json_of(&fetch(client, &result_url).1);
+    assert_eq!(result["response"]["status"], "completed", "{result}");
     let cm = &result["response"]["json_result"]["cm_dict"][uuid(1)];
-    let job_scores: HashMap<String, f64> = cm["dannot_uuid_list"]
+    cm["dannot_uuid_list"]
         .as_array()
         .unwrap()
         .iter()
@@ -450,15 +501,7 @@ fn a_split_job_survives_a_replica_dying_mid_chunk() {
                 s.as_f64().unwrap(),
             )
         })
-        .collect();
-    assert_eq!(job_scores.len(), (n - 1) as usize);
-    let ranked = ranked_by_plain_query(&client, &a.base, n);
-    assert_eq!(ranked.len(), (n - 1) as usize);
-    for r in ranked {
-        let d = r["dannot_uuid"]["__UUID__"].as_str().unwrap();
-        // Both answers write the f32 score as its shortest decimal: the same number.
-        assert_eq!(job_scores[d], r["score"].as_f64().unwrap(), "{d}");
-    }
+        .collect()
 }
 
 /// A replica on PostgreSQL stops on SIGTERM (what `docker stop` sends) with exit 0, with
@@ -564,4 +607,205 @@ fn a_job_whose_replica_dies_ends_as_exception_after_its_lease() {
     assert_eq!(result["response"]["status"], "exception", "{result}");
     let reason = result["response"]["json_result"].as_str().unwrap();
     assert!(reason.contains("stopped running this job"), "{reason}");
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temporary folder, as
+/// `scripts/postgres.sh` makes one), which the test stops and starts; removed on drop.
+struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn new(tag: &str) -> Self {
+        let pg_ctl = Command::new("sh")
+            .args([
+                "-c",
+                "command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | tail -1",
+            ])
+            .output()
+            .unwrap();
+        let pg_ctl = String::from_utf8(pg_ctl.stdout).unwrap();
+        assert!(
+            !pg_ctl.trim().is_empty(),
+            "PostgreSQL's server programs (pg_ctl, initdb)"
+        );
+        let bin = PathBuf::from(pg_ctl.trim()).parent().unwrap().to_path_buf();
+        let dir = std::env::temp_dir().join(format!("wbia-lg-pg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        if pg.as_root() {
+            assert!(Command::new("chown")
+                .arg("postgres")
+                .arg(&pg.dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let initdb = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(pg.dir.join("data"))
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(initdb.status.success(), "{initdb:?}");
+        pg.start();
+        pg
+    }
+
+    fn as_root(&self) -> bool {
+        let id = Command::new("id").arg("-u").output().unwrap();
+        String::from_utf8_lossy(&id.stdout).trim() == "0"
+    }
+
+    /// One of PostgreSQL's programs, as the `postgres` user when we are root (initdb and
+    /// the server refuse root).
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let started = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-o", &options, "start"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+    }
+
+    /// As a crash would: no shutdown checkpoint, connections cut.
+    fn stop(&self) {
+        let stopped = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(stopped.status.success(), "{stopped:?}");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// PostgreSQL crashes while a job works and comes back 4 s later. Meanwhile a new job is
+/// refused in bounded time with 503 and Retry-After (its id cannot be claimed), while the
+/// running job goes on (store reads and writes fail or wait; they fail no request). The job
+/// completes with the scores of an independent baseline, and its final state reaches the
+/// database, so a replica started afterwards answers it too.
+#[test]
+fn postgresql_restarted_mid_job_loses_nothing() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia_with_chip_delay(&runtime, Duration::from_millis(700));
+    let pg = PrivatePostgres::new("restart");
+    let a = replica("restart-a", &wbia, &pg.url(), &[]);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    wait_ready(&client, &[&a]);
+    let start_job = |jobid: &str| {
+        let database_list: Vec<Value> = (2..=ANNOTS).map(|n| json!(uuid(n))).collect();
+        client
+            .post(format!("{}/api/engine/query/graph/", a.base))
+            .form(&[
+                ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+                ("database_annot_uuid_list", json!(database_list).to_string()),
+                (
+                    "query_config_dict",
+                    r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+                ),
+                ("jobid", jobid.to_string()),
+            ])
+            .send()
+            .unwrap()
+    };
+    let started = start_job("through-restart");
+    assert_eq!(started.status(), 200, "{}", started.text().unwrap());
+    pg.stop();
+    let down = Instant::now();
+
+    let refused = start_job("while-down");
+    let waited = down.elapsed();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().unwrap();
+    assert_eq!(body["status"]["code"], 503, "{body}");
+    assert!(
+        body["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL"),
+        "{body}"
+    );
+    assert!(waited < Duration::from_secs(30), "refused after {waited:?}");
+    println!("a job started while PostgreSQL was down: 503 after {waited:.1?}");
+
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(down.elapsed()));
+    pg.start();
+    let status_url = format!("{}/api/engine/job/status/?jobid=through-restart", a.base);
+    loop {
+        let s = json_of(&fetch(&client, &status_url).1);
+        match s["response"]["jobstatus"].as_str().unwrap() {
+            "working" => {}
+            "completed" => break,
+            other => panic!("job {other}: {s}"),
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(180),
+            "job never completed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("the job completed {:.1?} after the crash", down.elapsed());
+    let scores = job_scores(&client, &a.base, "through-restart");
+    assert_equals_baseline(&client, &wbia, "restart", &scores, ANNOTS);
+
+    // Its final state is in the database: a replica that never saw it answers the same.
+    let b = replica("restart-b", &wbia, &pg.url(), &[]);
+    wait_ready(&client, &[&b]);
+    let result = |r: &Replica| {
+        fetch(
+            &client,
+            &format!("{}/api/engine/job/result/?jobid=through-restart", r.base),
+        )
+    };
+    assert_eq!(result(&a), result(&b));
 }

@@ -6,13 +6,32 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-pub fn ok(response: Value) -> Response {
-    Json(json!({
-        "status": {"success": true, "code": 200, "message": "", "cache": -1},
-        "response": response,
-    }))
-    .into_response()
+/// WBIA's content type for JSON (Flask's `application/json; charset=utf-8`): some clients
+/// decode the body by it.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// A JSON body with WBIA's content type.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    resp
 }
+
+pub fn ok(response: Value) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": {"success": true, "code": 200, "message": "", "cache": -1},
+            "response": response,
+        }),
+    )
+}
+
+/// `Retry-After` when the store cannot answer: about as long as PostgreSQL takes to restart.
+const STORE_RETRY_AFTER_SECS: u64 = 10;
 
 /// An error answered in the envelope.
 #[derive(Debug)]
@@ -46,7 +65,7 @@ impl IntoResponse for ApiError {
         });
         // WBIA's own codes (600–609) are valid HTTP statuses too, and Wildbook expects them.
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, Json(body)).into_response();
+        let mut resp = json_response(status, &body);
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert("retry-after", v);
@@ -67,6 +86,12 @@ impl From<wbia_lightglue_engine::Error> for ApiError {
                 ..ApiError::new(429, e.to_string(), Value::Null)
             },
             E::Config(_) => ApiError::bad_request(e.to_string()),
+            // The store is unreachable or failing (PostgreSQL down, restarting, or out of
+            // connections): worth retrying soon.
+            E::Store(_) => ApiError {
+                retry_after: Some(STORE_RETRY_AFTER_SECS),
+                ..ApiError::new(503, e.to_string(), Value::Null)
+            },
             E::Annotation { .. } | E::Image { .. } => {
                 ApiError::new(422, e.to_string(), Value::Null)
             }

@@ -354,6 +354,10 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
         .text("pipeline_root", "LightGlue");
     let resp = client.post(&url).multipart(form).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"]["success"], true, "{body}");
     assert_eq!(body["status"]["code"], 200);
@@ -600,7 +604,14 @@ async fn errors_come_back_in_the_envelope() {
         ),
     ];
     for (code, fields, needle) in cases {
-        let (status, body) = post_form(&client, &url, &fields).await;
+        let resp = client.post(&url).form(&fields).send().await.unwrap();
+        // As WBIA (Flask) labels its JSON.
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/json; charset=utf-8"
+        );
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
         assert_eq!(status, code, "{fields:?}: {body}");
         assert_eq!(body["status"]["success"], false);
         assert_eq!(body["status"]["code"], code);

@@ -294,7 +294,7 @@ async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, 
     if !state.jobs.end(id, job) {
         return;
     }
-    shared::publish(state, id, status, None, result).await;
+    shared::publish_final(state, id, status, result).await;
     tracing::info!(jobid = %id, status, "job finished");
     if let Some((url, method)) = callback {
         match state.wbia.job_callback(&url, &method, id).await {
@@ -473,7 +473,7 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Value::String(id),
         result.as_deref().unwrap_or("null"),
     );
-    ([("content-type", "application/json; charset=utf-8")], body).into_response()
+    ([("content-type", envelope::JSON_CONTENT_TYPE)], body).into_response()
 }
 
 #[utoipa::path(

@@ -56,6 +56,44 @@ pub async fn publish(
     }
 }
 
+/// How long a job's final state is offered to an unreachable store before this replica
+/// gives up on sharing it (its own answers for the job are unaffected).
+const FINAL_PUBLISH_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Writes a job's final state, retrying while the store cannot be reached (PostgreSQL
+/// restarting): the other replicas would otherwise see the job `working` until its lease
+/// lapses and then report it failed although it completed.
+pub async fn publish_final(state: &AppState, jobid: &str, status: &str, result: Option<Arc<str>>) {
+    let started = std::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let (id, s, r) = (jobid.to_string(), status.to_string(), result.clone());
+        let written = on_store(state, move |store| {
+            store.update_job(&id, &s, None, r.as_deref())
+        })
+        .await;
+        match written {
+            None | Some(Ok(())) => {
+                if failures > 0 {
+                    tracing::info!(jobid, failures, "the job's final state is shared at last");
+                }
+                return;
+            }
+            Some(Err(e)) => {
+                if failures == 0 {
+                    tracing::warn!(jobid, error = %e.message, "could not share the job's final state; retrying");
+                }
+                failures += 1;
+                if started.elapsed() >= FINAL_PUBLISH_PATIENCE {
+                    tracing::error!(jobid, failures, "gave up sharing the job's final state");
+                    return;
+                }
+                tokio::time::sleep(PUBLISH_EVERY).await;
+            }
+        }
+    }
+}
+
 /// Publishes a working job's progress until the job's task ends (the caller aborts this).
 pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc<Progress>) {
     if state.engine.shared_store().is_none() {
