@@ -3,9 +3,10 @@
 //! (64 px, 32 keypoints) so that it runs in minutes on two cores, and the service's own
 //! metrics as the evidence.
 //!
-//! Checked: a cold species-wide engine job (1 vs 1,999) completes with no 429; a 1-vs-1 query
-//! sent meanwhile answers within 20 s; two concurrent species-wide jobs both complete; a
-//! repeat downloads 0 chips and extracts 0 features; a hanging chip endpoint fails only its
+//! Checked: a cold species-wide engine job (1 vs 1,999) completes with no 429, downloading
+//! each chip exactly once; a 1-vs-1 query sent meanwhile answers within 20 s; two concurrent
+//! species-wide jobs both complete, their scores (sampled) equal to a fresh process's; a
+//! repeat downloads 0 chips, extracts 0 features and gives the cold job's scores; a hanging chip endpoint fails only its
 //! own request, by timeout, while another request's chips flow; the process' peak RSS stays
 //! under 1.5 GiB.
 
@@ -46,6 +47,8 @@ fn uuid_of_aid(aid: i64) -> Uuid {
 struct Fake {
     chips: HashMap<i64, Vec<u8>>,
     chip_requests: AtomicUsize,
+    /// Downloads of each annotation's chip.
+    per_chip: std::sync::Mutex<HashMap<i64, usize>>,
 }
 
 fn aids_of(q: &HashMap<String, String>) -> Vec<i64> {
@@ -87,6 +90,7 @@ async fn fake_wbia() -> (SocketAddr, Arc<Fake>) {
     let fake = Arc::new(Fake {
         chips: chips(),
         chip_requests: AtomicUsize::new(0),
+        per_chip: Default::default(),
     });
     let per_annot = |f: fn(i64) -> Value| {
         get(move |Query(q): Query<HashMap<String, String>>| async move {
@@ -140,6 +144,7 @@ async fn fake_wbia() -> (SocketAddr, Arc<Fake>) {
                         std::future::pending::<()>().await;
                     }
                     f.chip_requests.fetch_add(1, Ordering::SeqCst);
+                    *f.per_chip.lock().unwrap().entry(aid).or_default() += 1;
                     ([("content-type", "image/png")], f.chips[&aid].clone()).into_response()
                 },
             ),
@@ -240,6 +245,49 @@ async fn one_vs_one(client: &reqwest::Client, base: &str, q: i64, d: i64) -> (u1
     (resp.status().as_u16(), started.elapsed())
 }
 
+/// A job result's scores by database annotation.
+fn scores_of(result: &Value, query: i64) -> HashMap<Uuid, f64> {
+    let cm = &result["cm_dict"][uuid_of_aid(query).to_string()];
+    cm["dannot_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cm["annot_score_list"].as_array().unwrap())
+        .map(|(u, s)| {
+            (
+                wbia_client::uuid_from_value(u).unwrap(),
+                s.as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The score of one pair, through `chip/best`.
+async fn one_vs_one_score(client: &reqwest::Client, base: &str, q: i64, d: i64) -> f64 {
+    let body: Value = client
+        .post(format!("{base}/api/review/query/chip/best/"))
+        .form(&[
+            (
+                "query_annot_uuid_list",
+                json!([uuid_of_aid(q).to_string()]).to_string(),
+            ),
+            (
+                "database_annot_uuid_list",
+                json!([uuid_of_aid(d).to_string()]).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["response"]["query_results"][0]["ranked"][0]["score"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{body}"))
+}
+
 fn peak_rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -279,14 +327,31 @@ async fn species_of_2000_annotations() {
         metric(&client, &base, "wbia_lightglue_requests_refused_total").await,
         0
     );
-    assert!(downloads >= ANNOTS);
+    // Every chip of the species exactly once: the job's and the concurrent query's requests
+    // for the same annotations share their downloads.
+    {
+        let per_chip = fake.per_chip.lock().unwrap();
+        let twice: Vec<_> = per_chip.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "chips downloaded more than once: {twice:?}"
+        );
+        assert_eq!(per_chip.len(), ANNOTS);
+    }
+    assert_eq!(downloads, ANNOTS);
+    let cold_scores = scores_of(&result, 1);
 
     // 2. Two species-wide jobs at once, for other queries: both complete; the chips are
     //    known by identity, so neither downloads nor extracts anything.
     start_job(&client, &base, 2, "twin-a").await;
     start_job(&client, &base, 3, "twin-b").await;
-    assert_eq!(finished(&client, &base, "twin-a").await.0, "completed");
-    assert_eq!(finished(&client, &base, "twin-b").await.0, "completed");
+    let twins = [
+        (2, finished(&client, &base, "twin-a").await),
+        (3, finished(&client, &base, "twin-b").await),
+    ];
+    for (_, (status, result)) in &twins {
+        assert_eq!(status, "completed", "{result}");
+    }
     assert_eq!(
         fake.chip_requests.load(Ordering::SeqCst),
         downloads,
@@ -296,12 +361,32 @@ async fn species_of_2000_annotations() {
         metric(&client, &base, "wbia_lightglue_extractions_total").await,
         extractions
     );
+    // Each twin's scores, on a sample of its database, equal a fresh process's (its own
+    // store, nothing shared) for the same pairs.
+    let fresh = format!("http://{}", our_server(wbia).await);
+    for (query, (status, result)) in &twins {
+        assert_eq!(status, "completed", "{result}");
+        let scores = scores_of(result, *query);
+        assert_eq!(scores.len(), ANNOTS - 1);
+        for d in (1..=ANNOTS as i64).filter(|d| d != query).step_by(97) {
+            let expected = one_vs_one_score(&client, &fresh, *query, d).await;
+            assert_eq!(scores[&uuid_of_aid(d)], expected, "{query} vs {d}");
+        }
+    }
+    // The fresh process downloaded its own chips.
+    let downloads = fake.chip_requests.load(Ordering::SeqCst);
 
     // 3. The cold job repeated: no download, no extraction, no match (stored scores).
     let started = Instant::now();
     let matched = metric(&client, &base, "wbia_lightglue_pairs_matched_total").await;
     start_job(&client, &base, 1, "repeat").await;
-    assert_eq!(finished(&client, &base, "repeat").await.0, "completed");
+    let (status, repeat) = finished(&client, &base, "repeat").await;
+    assert_eq!(status, "completed");
+    assert_eq!(
+        scores_of(&repeat, 1),
+        cold_scores,
+        "the repeat's scores are the cold job's"
+    );
     println!("repeat: {:?}", started.elapsed());
     // Every stored row read back intact (scores of 0, from pairs without matches, included).
     assert_eq!(
