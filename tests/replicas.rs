@@ -5,16 +5,21 @@
 //! matching.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query};
 use axum::routing::get;
 use serde_json::{json, Value};
 
+mod support;
+
+use support::{fetch, json_of, metric, serve, wait_ready, PrivatePostgres, Replica};
+
 const URL_VAR: &str = "WBIA_LIGHTGLUE_TEST_DATABASE_URL";
+/// Small settings: these tests are about sharing, not about the models.
+const SMALL: &str = r#"{"max_num_keypoints": 128, "image_size": 256}"#;
 /// Annotations the fake WBIA holds (the four turtle chips, repeated).
 const ANNOTS: u128 = 12;
 
@@ -107,100 +112,14 @@ fn fake_wbia_with_chip_delay(runtime: &tokio::runtime::Runtime, delay: Duration)
     format!("http://{addr}")
 }
 
-/// A `serve` process, killed on drop.
-struct Replica {
-    child: Child,
-    base: String,
-    _dir: TempDir,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn replica(name: &str, wbia: &str, database: &str, extra: &[&str]) -> Replica {
-    serve(name, wbia, Some(database), extra)
+    serve(name, wbia, Some(database), extra, SMALL)
 }
 
 /// An independent baseline: one process with its own fresh SQLite store, sharing nothing
 /// with the replicas, so that a wrong shared row cannot agree with itself.
 fn baseline(name: &str, wbia: &str) -> Replica {
-    serve(name, wbia, None, &[])
-}
-
-fn serve(name: &str, wbia: &str, database: Option<&str>, extra: &[&str]) -> Replica {
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("wbia-lg-replica-{name}-{}", std::process::id())),
-    );
-    std::fs::create_dir_all(dir.0.join("config")).unwrap();
-    // Small settings: the test is about sharing, not about the models.
-    std::fs::write(
-        dir.0.join("config/config.json"),
-        r#"{"max_num_keypoints": 128, "image_size": 256}"#,
-    )
-    .unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_wbia-lightglue"))
-        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--wbia-url", wbia])
-        .args(
-            database
-                .map(|d| ["--database-url", d])
-                .into_iter()
-                .flatten(),
-        )
-        .arg("--config-dir")
-        .arg(dir.0.join("config"))
-        .arg("--data-dir")
-        .arg(dir.0.join("data"))
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Replica {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    }
-}
-
-fn fetch(client: &reqwest::blocking::Client, url: &str) -> (u16, String) {
-    match client.get(url).send() {
-        Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-fn json_of(text: &str) -> Value {
-    serde_json::from_str(&text.replace("-Infinity", "null")).unwrap()
-}
-
-fn metric(client: &reqwest::blocking::Client, base: &str, name: &str) -> f64 {
-    let (_, text) = fetch(client, &format!("{base}/metrics"));
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
+    serve(name, wbia, None, &[], SMALL)
 }
 
 #[test]
@@ -352,20 +271,6 @@ fn ranked_by_plain_query(client: &reqwest::blocking::Client, base: &str, n: u128
         .as_array()
         .unwrap()
         .clone()
-}
-
-fn wait_ready(client: &reqwest::blocking::Client, replicas: &[&Replica]) {
-    let started = Instant::now();
-    for r in replicas {
-        while fetch(client, &format!("{}/health", r.base)).0 != 200 {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{} never ready",
-                r.base
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 /// A job of 29 database annotations split in chunks of 3 (10 chunks) over two replicas:
@@ -607,122 +512,6 @@ fn a_job_whose_replica_dies_ends_as_exception_after_its_lease() {
     assert_eq!(result["response"]["status"], "exception", "{result}");
     let reason = result["response"]["json_result"].as_str().unwrap();
     assert!(reason.contains("stopped running this job"), "{reason}");
-}
-
-/// A PostgreSQL server of the test's own (initdb in a temporary folder, as
-/// `scripts/postgres.sh` makes one), which the test stops and starts; removed on drop.
-struct PrivatePostgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PrivatePostgres {
-    fn new(tag: &str) -> Self {
-        let pg_ctl = Command::new("sh")
-            .args([
-                "-c",
-                "command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | tail -1",
-            ])
-            .output()
-            .unwrap();
-        let pg_ctl = String::from_utf8(pg_ctl.stdout).unwrap();
-        assert!(
-            !pg_ctl.trim().is_empty(),
-            "PostgreSQL's server programs (pg_ctl, initdb)"
-        );
-        let bin = PathBuf::from(pg_ctl.trim()).parent().unwrap().to_path_buf();
-        let dir = std::env::temp_dir().join(format!("wbia-lg-pg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pg = Self {
-            bin,
-            dir,
-            port: free_port(),
-        };
-        if pg.as_root() {
-            assert!(Command::new("chown")
-                .arg("postgres")
-                .arg(&pg.dir)
-                .status()
-                .unwrap()
-                .success());
-        }
-        let initdb = pg
-            .command("initdb")
-            .arg("-D")
-            .arg(pg.dir.join("data"))
-            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
-            .output()
-            .unwrap();
-        assert!(initdb.status.success(), "{initdb:?}");
-        pg.start();
-        pg
-    }
-
-    fn as_root(&self) -> bool {
-        let id = Command::new("id").arg("-u").output().unwrap();
-        String::from_utf8_lossy(&id.stdout).trim() == "0"
-    }
-
-    /// One of PostgreSQL's programs, as the `postgres` user when we are root (initdb and
-    /// the server refuse root).
-    fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        if self.as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
-    }
-
-    fn start(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
-        let started = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .arg("-l")
-            .arg(self.dir.join("server.log"))
-            .args(["-w", "-o", &options, "start"])
-            .output()
-            .unwrap();
-        assert!(started.status.success(), "{started:?}");
-    }
-
-    /// As a crash would: no shutdown checkpoint, connections cut.
-    fn stop(&self) {
-        let stopped = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output()
-            .unwrap();
-        assert!(stopped.status.success(), "{stopped:?}");
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// PostgreSQL crashes while a job works and comes back 4 s later. Meanwhile a new job is

@@ -274,6 +274,9 @@ pub struct CacheStats {
     pub jobs_abandoned: AtomicU64,
     /// Requests refused at admission.
     pub requests_refused: AtomicU64,
+    /// Store writes (feature sets or pair-score batches) given up after the store failed
+    /// for longer than the write patience.
+    pub store_writes_dropped: AtomicU64,
 }
 
 pub struct Engine {

@@ -175,9 +175,10 @@ impl PgStore {
     /// A job's shared state. A `working` job whose replica has written nothing for `lease`
     /// (it publishes progress every few seconds while it lives) lost that replica, killed or
     /// cut off from the database: whichever replica reads it first ends it here as
-    /// `exception` with the reason, and drops its unfinished chunks, so that no job stays
-    /// `working` for ever. Should the replica come back, a job it ran whole may still land
-    /// its result; a split job finds its chunks failed and ends as `exception` there too.
+    /// `exception` with the reason, and deletes its chunks, so that no job stays `working`
+    /// for ever and nothing of it is left behind. Should the replica come back, a job it ran
+    /// whole may still land its result; a split job finds its chunks gone and ends as
+    /// `exception` there too.
     pub fn job(&self, jobid: &str, lease: Duration) -> Result<Option<SharedJob>> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db_error)?;
@@ -198,13 +199,8 @@ impl PgStore {
             )
             .map_err(db_error)?;
         if abandoned == 1 {
-            tx.execute(
-                "UPDATE lightglue_chunks SET state = 'failed', owner = NULL, lease_until = NULL,
-                     error = 'the job was abandoned'
-                 WHERE jobid = $1 AND state IN ('pending', 'taken')",
-                &[&jobid],
-            )
-            .map_err(db_error)?;
+            tx.execute("DELETE FROM lightglue_chunks WHERE jobid = $1", &[&jobid])
+                .map_err(db_error)?;
         }
         let row = tx
             .query_opt(

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,7 +19,15 @@ use uuid::Uuid;
 use wbia_lightglue_model::Rotation;
 
 use crate::worker::{Job, MatchWork};
-use crate::{AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSettings, Result};
+use crate::{
+    store, AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSettings, Result,
+};
+
+/// How long a failing store write is retried before it is given up; a PostgreSQL restart
+/// takes a few seconds.
+const STORE_WRITE_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between attempts of a failing store write.
+const STORE_WRITE_RETRY: Duration = Duration::from_secs(1);
 
 /// Chips one request fetches and decodes at once. Below the WBIA client's download slots, so
 /// no single request can hold all of them.
@@ -623,11 +631,47 @@ impl Engine {
         if let Ok(mut cache) = self.cache.lock() {
             cache.put(f.key.clone(), f.clone());
         }
-        if let Some(store) = self.store.clone() {
-            let (key, features) = (f.key.clone(), f.features.clone());
-            let written = tokio::task::spawn_blocking(move || store.put(&key, &features)).await;
-            if let Ok(Err(e)) = written {
-                tracing::warn!(error = %e, "feature store write failed");
+        let (key, features) = (f.key.clone(), f.features.clone());
+        self.write_patiently("feature set", move |store| store.put(&key, &features))
+            .await;
+    }
+
+    /// Runs a store write, retrying it once a second while it fails, for up to
+    /// [`STORE_WRITE_PATIENCE`]: a store that restarts within that loses nothing (the request
+    /// waits for it); one that stays down costs each write that long, fails no request, and
+    /// the write is given up (counted, then recomputed when next needed).
+    async fn write_patiently<F>(&self, what: &'static str, write: F)
+    where
+        F: Fn(&dyn store::Store) -> Result<()> + Send + Sync + 'static,
+    {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let write = Arc::new(write);
+        let started = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            let (s, w) = (store.clone(), write.clone());
+            match tokio::task::spawn_blocking(move || w(s.as_ref())).await {
+                Ok(Ok(())) => {
+                    if failures > 0 {
+                        tracing::info!(what, failures, "store write landed after retries");
+                    }
+                    return;
+                }
+                Ok(Err(e)) if started.elapsed() < STORE_WRITE_PATIENCE => {
+                    if failures == 0 {
+                        tracing::warn!(what, error = %e, "store write failed; retrying");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(STORE_WRITE_RETRY).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(what, error = %e, failures, "store write given up");
+                    Engine::count(&self.cache_stats.store_writes_dropped, 1);
+                    return;
+                }
+                Err(_) => return,
             }
         }
     }
@@ -685,13 +729,10 @@ impl Engine {
         for (&i, s) in todo.iter().zip(fresh) {
             scores[i] = Some(s);
         }
-        if let Some(store) = self.store.clone() {
-            let written =
-                tokio::task::spawn_blocking(move || store.put_scores(&settings, &rows)).await;
-            if let Ok(Err(e)) = written {
-                tracing::warn!(error = %e, "pair score store write failed");
-            }
-        }
+        self.write_patiently("pair scores", move |store| {
+            store.put_scores(&settings, &rows)
+        })
+        .await;
         Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
     }
 }

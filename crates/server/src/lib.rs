@@ -285,7 +285,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (cached, cached_bytes) = state.engine.cached_features();
     let (admitted, pending_pairs) = state.engine.admitted();
     // (name, type, help, value): every counter the service keeps, each exported once.
-    let families: [(&str, &str, &str, u64); 33] = [
+    let families: [(&str, &str, &str, u64); 34] = [
         (
             "wbia_lightglue_queries_total",
             "counter",
@@ -369,6 +369,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "counter",
             "Pair scores read from the persisted store.",
             load(&c.score_store_hits),
+        ),
+        (
+            "wbia_lightglue_store_writes_dropped_total",
+            "counter",
+            "Store writes given up after the store failed for 30 s (recomputed when needed).",
+            load(&c.store_writes_dropped),
         ),
         (
             "wbia_lightglue_pairs_matched_total",

@@ -25,6 +25,10 @@ use crate::{AppState, WbiaChips};
 /// at a split job's chunks.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How long a split job's replica goes on looking at its chunks while the store cannot be
+/// read before it ends the job as failed.
+const STORE_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Counters of the chunk worker, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ChunkMetrics {
@@ -105,9 +109,35 @@ pub async fn score(
         "job split into chunks for the replicas"
     );
     let mut counted = 0usize;
+    let mut unreadable_since = None;
     let merged = loop {
         let id = jobid.to_string();
-        let states = blocking(&store, move |s| s.chunks(&id)).await?;
+        // The store restarting or briefly unreachable does not end the job: the chunks are
+        // still there, and the replicas go on matching them.
+        let states = match blocking(&store, move |s| s.chunks(&id)).await {
+            Ok(states) => {
+                unreadable_since = None;
+                states
+            }
+            Err(e) => {
+                let since = *unreadable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= STORE_PATIENCE {
+                    return Err(e);
+                }
+                tracing::warn!(jobid, error = %e.message, "could not read the job's chunks; retrying");
+                tokio::time::sleep(POLL * 4).await;
+                continue;
+            }
+        };
+        if states.len() != chunks {
+            // Deleted by a replica that found this job silent for longer than its lease.
+            return Err(ApiError::new(
+                500,
+                "the job's chunks are gone: another replica ended the job while this one \
+                 could not reach the store",
+                Value::Null,
+            ));
+        }
         if let Some(failed) = states.iter().find(|c| c.state == "failed") {
             let id = jobid.to_string();
             let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
