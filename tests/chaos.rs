@@ -153,6 +153,14 @@ fn fake_wbia(runtime: &tokio::runtime::Runtime) -> String {
 struct Schedule(u64);
 
 impl Schedule {
+    /// Seeds the state through splitmix64, so that nearby seeds give unrelated schedules.
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)).max(1))
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -307,7 +315,7 @@ fn run_schedule(
     };
     let mut replicas: Vec<Replica> = (0..3).map(|_| start_replica()).collect();
     wait_ready(client, &replicas.iter().collect::<Vec<_>>());
-    let mut schedule = Schedule(seed | 1);
+    let mut schedule = Schedule::new(seed);
     let started = Instant::now();
     let mut log = Vec::new();
     // Replica 0 coordinates; the attempt's job id changes when a coordinator dies with it.

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{fetch, json_of, metric, serve, wait_ready, PrivatePostgres, Replica};
+use support::{
+    fetch, json_of, metric, serve, serve_with_data, wait_ready, PrivatePostgres, Replica,
+};
 
 const URL_VAR: &str = "WBIA_LIGHTGLUE_TEST_DATABASE_URL";
 /// Small settings: these tests are about sharing, not about the models.
@@ -597,4 +599,90 @@ fn postgresql_restarted_mid_job_loses_nothing() {
         )
     };
     assert_eq!(result(&a), result(&b));
+}
+
+/// Without PostgreSQL, engine jobs are kept in the SQLite store: a job that finished before a
+/// restart is answered after it (status, the same result, the job list), its id stays taken;
+/// one cut off by the stop ends as `exception` saying so, instead of being forgotten (WBIA
+/// keeps its jobs across restarts; before, status and result went to WBIA, `jobstatus: null`).
+#[cfg(unix)]
+#[test]
+fn jobs_outlive_a_restart_with_the_sqlite_store() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia_with_chip_delay(&runtime, Duration::from_millis(300));
+    let data = std::env::temp_dir().join(format!("wbia-lg-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let database_list: Vec<Value> = (2..=ANNOTS).map(|n| json!(uuid(n))).collect();
+    let start = |base: &str, jobid: &str| {
+        client
+            .post(format!("{base}/api/engine/query/graph/"))
+            .form(&[
+                ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+                ("database_annot_uuid_list", json!(database_list).to_string()),
+                (
+                    "query_config_dict",
+                    r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+                ),
+                ("jobid", jobid.to_string()),
+            ])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let status = |base: &str, jobid: &str| {
+        let (_, text) = fetch(
+            &client,
+            &format!("{base}/api/engine/job/status/?jobid={jobid}"),
+        );
+        json_of(&text)["response"]["jobstatus"].clone()
+    };
+    let result = |base: &str, jobid: &str| {
+        fetch(
+            &client,
+            &format!("{base}/api/engine/job/result/?jobid={jobid}"),
+        )
+    };
+
+    let mut first = serve_with_data("restart-1", &wbia, None, &[], SMALL, Some(&data));
+    wait_ready(&client, &[&first]);
+    assert_eq!(start(&first.base, "before"), 200);
+    let waited = Instant::now();
+    while status(&first.base, "before") == "working" {
+        assert!(waited.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(&first.base, "before"), "completed");
+    let before = result(&first.base, "before");
+    // A second job, cut off by the stop (each chip takes 300 ms).
+    assert_eq!(start(&first.base, "cut-off"), 200);
+    let stopped = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(first.child.wait().unwrap().success());
+
+    let second = serve_with_data("restart-2", &wbia, None, &[], SMALL, Some(&data));
+    wait_ready(&client, &[&second]);
+    assert_eq!(status(&second.base, "before"), "completed");
+    assert_eq!(result(&second.base, "before"), before);
+    assert_eq!(status(&second.base, "cut-off"), "exception");
+    let (_, text) = result(&second.base, "cut-off");
+    let reason = json_of(&text)["response"]["json_result"].clone();
+    assert!(
+        reason
+            .as_str()
+            .unwrap()
+            .contains("stopped while this job ran"),
+        "{reason}"
+    );
+    let list = json_of(&fetch(&client, &format!("{}/api/engine/job/", second.base)).1);
+    assert_eq!(list["response"], json!(["before", "cut-off"]));
+    assert_eq!(start(&second.base, "before"), 409, "ids are never reused");
+    let _ = std::fs::remove_dir_all(&data);
 }

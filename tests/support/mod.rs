@@ -48,6 +48,19 @@ pub fn serve(
     extra: &[&str],
     config: &str,
 ) -> Replica {
+    serve_with_data(name, wbia, database, extra, config, None)
+}
+
+/// As [`serve`], with the data directory (the SQLite store) at `data` when given, which
+/// outlives the process.
+pub fn serve_with_data(
+    name: &str,
+    wbia: &str,
+    database: Option<&str>,
+    extra: &[&str],
+    config: &str,
+    data: Option<&std::path::Path>,
+) -> Replica {
     let dir = TempDir(
         std::env::temp_dir().join(format!("wbia-lg-replica-{name}-{}", std::process::id())),
     );
@@ -66,7 +79,7 @@ pub fn serve(
         .arg("--config-dir")
         .arg(dir.0.join("config"))
         .arg("--data-dir")
-        .arg(dir.0.join("data"))
+        .arg(data.map_or_else(|| dir.0.join("data"), std::path::Path::to_path_buf))
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

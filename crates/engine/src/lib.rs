@@ -7,6 +7,7 @@ mod cache;
 pub mod calibration;
 pub mod config;
 pub mod evaluate;
+pub mod job_board;
 pub mod metrics;
 mod pairs;
 pub mod pg_store;
@@ -287,6 +288,7 @@ pub struct Engine {
     store: Option<Arc<dyn store::Store>>,
     /// The store when it is PostgreSQL: shared with other replicas, jobs included.
     shared: Option<Arc<pg_store::PgStore>>,
+    job_board: Option<Arc<dyn job_board::JobBoard>>,
     /// Where a corrupt store file was moved at start.
     store_quarantined: Option<PathBuf>,
     /// The store's count of damaged rows (read without its lock).
@@ -329,17 +331,20 @@ impl Engine {
             ));
         }
         let (mut store_quarantined, mut shared) = (None, None);
+        let mut job_board: Option<Arc<dyn job_board::JobBoard>> = None;
         let store: Option<Arc<dyn store::Store>> = match (&options.database_url, &options.data_dir)
         {
             (Some(url), _) => {
                 let pg = Arc::new(pg_store::PgStore::connect(url)?);
                 shared = Some(pg.clone());
+                job_board = Some(pg.clone());
                 Some(pg)
             }
             (None, Some(dir)) => {
-                let sqlite = store::FeatureStore::open(dir)?;
+                let sqlite = Arc::new(store::FeatureStore::open(dir)?);
                 store_quarantined = sqlite.quarantined().map(Path::to_path_buf);
-                Some(Arc::new(sqlite))
+                job_board = Some(sqlite.clone());
+                Some(sqlite)
             }
             (None, None) => None,
         };
@@ -371,6 +376,7 @@ impl Engine {
             )),
             store,
             shared,
+            job_board,
             store_quarantined,
             store_corrupt_rows,
             cache_stats,
@@ -432,6 +438,12 @@ impl Engine {
     /// jobs are shared through it too).
     pub fn shared_store(&self) -> Option<&Arc<pg_store::PgStore>> {
         self.shared.as_ref()
+    }
+
+    /// Where engine jobs are kept beyond this process: the store, SQLite or PostgreSQL;
+    /// `None` without one.
+    pub fn job_board(&self) -> Option<&Arc<dyn job_board::JobBoard>> {
+        self.job_board.as_ref()
     }
 
     /// Where a corrupt feature store found at start was moved (an empty one replaced it).

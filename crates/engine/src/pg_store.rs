@@ -13,6 +13,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use wbia_lightglue_model::Features;
 
+use crate::job_board::{JobBoard, StoredJob};
 use crate::store::{features_checksum, features_of_row, score_checksum, to_bytes, Store};
 use crate::{Error, FeatureKey, Result};
 
@@ -33,19 +34,6 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 fn db_error(e: impl std::fmt::Display) -> Error {
     Error::Store(format!("PostgreSQL: {e}"))
-}
-
-/// An engine job's state as replicas share it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SharedJob {
-    /// The replica that accepted and runs the job.
-    pub replica: String,
-    /// `working`, `completed` or `exception`.
-    pub status: String,
-    /// Progress as JSON, while working.
-    pub progress: Option<String>,
-    /// `json_result` as rendered, once ended.
-    pub result: Option<String>,
 }
 
 /// A chunk of a split job, as a replica takes it.
@@ -138,89 +126,6 @@ impl PgStore {
     fn drop_damaged(&self, what: &str) {
         self.corrupt_rows.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(row = what, "dropped a damaged feature store row");
-    }
-
-    /// Records a new job under `jobid` for `replica`, unless any replica has one by that id
-    /// (then `false`: ids are never reused).
-    pub fn claim_job(&self, jobid: &str, replica: &str) -> Result<bool> {
-        let inserted = self
-            .conn()?
-            .execute(
-                "INSERT INTO lightglue_jobs (jobid, replica, status) VALUES ($1, $2, 'working')
-                 ON CONFLICT (jobid) DO NOTHING",
-                &[&jobid, &replica],
-            )
-            .map_err(db_error)?;
-        Ok(inserted == 1)
-    }
-
-    /// Writes a job's state (by its replica).
-    pub fn update_job(
-        &self,
-        jobid: &str,
-        status: &str,
-        progress: Option<&str>,
-        result: Option<&str>,
-    ) -> Result<()> {
-        self.conn()?
-            .execute(
-                "UPDATE lightglue_jobs SET status = $2, progress = $3, result = $4, updated = now()
-                 WHERE jobid = $1",
-                &[&jobid, &status, &progress, &result],
-            )
-            .map_err(db_error)?;
-        Ok(())
-    }
-
-    /// A job's shared state. A `working` job whose replica has written nothing for `lease`
-    /// (it publishes progress every few seconds while it lives) lost that replica, killed or
-    /// cut off from the database: whichever replica reads it first ends it here as
-    /// `exception` with the reason, and deletes its chunks, so that no job stays `working`
-    /// for ever and nothing of it is left behind. Should the replica come back, a job it ran
-    /// whole may still land its result; a split job finds its chunks gone and ends as
-    /// `exception` there too.
-    pub fn job(&self, jobid: &str, lease: Duration) -> Result<Option<SharedJob>> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db_error)?;
-        let abandoned = tx
-            .execute(
-                "UPDATE lightglue_jobs SET status = 'exception', progress = NULL,
-                     result = to_json('replica ' || replica || ' stopped running this job (no \
-                     word from it for ' || $2 || ' s: it died or lost the database); \
-                     start the job again')::text,
-                     updated = now()
-                 WHERE jobid = $1 AND status = 'working'
-                     AND updated < now() - make_interval(secs => $3)",
-                &[
-                    &jobid,
-                    &format!("{:.0}", lease.as_secs_f64()),
-                    &lease.as_secs_f64(),
-                ],
-            )
-            .map_err(db_error)?;
-        if abandoned == 1 {
-            tx.execute("DELETE FROM lightglue_chunks WHERE jobid = $1", &[&jobid])
-                .map_err(db_error)?;
-        }
-        let row = tx
-            .query_opt(
-                "SELECT replica, status, progress, result FROM lightglue_jobs WHERE jobid = $1",
-                &[&jobid],
-            )
-            .map_err(db_error)?;
-        tx.commit().map_err(db_error)?;
-        if abandoned == 1 {
-            tracing::warn!(
-                jobid,
-                "a job's replica went silent: the job ended as exception"
-            );
-        }
-        Ok(row.map(|r| SharedJob {
-            replica: r.get(0),
-            status: r.get(1),
-            progress: r.get(2),
-            result: r.get(3),
-        }))
     }
 
     /// Queues a job's chunks (`requests[i]` is chunk i).
@@ -351,9 +256,94 @@ impl PgStore {
             .map_err(db_error)?;
         Ok(())
     }
+}
+
+impl JobBoard for PgStore {
+    /// Records a new job under `jobid` for `replica`, unless any replica has one by that id
+    /// (then `false`: ids are never reused).
+    fn claim_job(&self, jobid: &str, replica: &str) -> Result<bool> {
+        let inserted = self
+            .conn()?
+            .execute(
+                "INSERT INTO lightglue_jobs (jobid, replica, status) VALUES ($1, $2, 'working')
+                 ON CONFLICT (jobid) DO NOTHING",
+                &[&jobid, &replica],
+            )
+            .map_err(db_error)?;
+        Ok(inserted == 1)
+    }
+
+    /// Writes a job's state (by its replica).
+    fn update_job(
+        &self,
+        jobid: &str,
+        status: &str,
+        progress: Option<&str>,
+        result: Option<&str>,
+    ) -> Result<()> {
+        self.conn()?
+            .execute(
+                "UPDATE lightglue_jobs SET status = $2, progress = $3, result = $4, updated = now()
+                 WHERE jobid = $1",
+                &[&jobid, &status, &progress, &result],
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// A job's shared state. A `working` job whose replica has written nothing for `lease`
+    /// (it publishes progress every few seconds while it lives) lost that replica, killed or
+    /// cut off from the database: whichever replica reads it first ends it here as
+    /// `exception` with the reason, and deletes its chunks, so that no job stays `working`
+    /// for ever and nothing of it is left behind. Should the replica come back, a job it ran
+    /// whole may still land its result; a split job finds its chunks gone and ends as
+    /// `exception` there too.
+    fn job(&self, jobid: &str, lease: Duration) -> Result<Option<StoredJob>> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_error)?;
+        let abandoned = tx
+            .execute(
+                "UPDATE lightglue_jobs SET status = 'exception', progress = NULL,
+                     result = to_json('replica ' || replica || ' stopped running this job (no \
+                     word from it for ' || $2 || ' s: it died or lost the database); \
+                     start the job again')::text,
+                     updated = now()
+                 WHERE jobid = $1 AND status = 'working'
+                     AND updated < now() - make_interval(secs => $3)",
+                &[
+                    &jobid,
+                    &format!("{:.0}", lease.as_secs_f64()),
+                    &lease.as_secs_f64(),
+                ],
+            )
+            .map_err(db_error)?;
+        if abandoned == 1 {
+            tx.execute("DELETE FROM lightglue_chunks WHERE jobid = $1", &[&jobid])
+                .map_err(db_error)?;
+        }
+        let row = tx
+            .query_opt(
+                "SELECT replica, status, progress, result FROM lightglue_jobs WHERE jobid = $1",
+                &[&jobid],
+            )
+            .map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        if abandoned == 1 {
+            tracing::warn!(
+                jobid,
+                "a job's replica went silent: the job ended as exception"
+            );
+        }
+        Ok(row.map(|r| StoredJob {
+            replica: r.get(0),
+            status: r.get(1),
+            progress: r.get(2),
+            result: r.get(3),
+        }))
+    }
 
     /// Every job id any replica has recorded.
-    pub fn job_ids(&self) -> Result<Vec<String>> {
+    fn job_ids(&self) -> Result<Vec<String>> {
         let rows = self
             .conn()?
             .query("SELECT jobid FROM lightglue_jobs ORDER BY jobid", &[])

@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use sha2::{Digest, Sha256};
 use wbia_lightglue_model::Features;
 
+use crate::job_board::{JobBoard, StoredJob};
 use crate::{Error, FeatureKey, Result};
 
 /// The store's file in the data directory.
@@ -54,7 +55,20 @@ const CREATE_TABLES: &str = "
         checksum BLOB NOT NULL,
         created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
         PRIMARY KEY (query_features, database_features, matcher)
+    );
+    CREATE TABLE IF NOT EXISTS lightglue_jobs (
+        jobid TEXT PRIMARY KEY,
+        replica TEXT NOT NULL,
+        status TEXT NOT NULL,
+        progress TEXT,
+        result TEXT,
+        created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        updated TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
     );";
+
+/// Finished jobs the SQLite store keeps (the oldest are forgotten first), as the server's
+/// own registry bounds them in memory.
+const MAX_STORED_JOBS: i64 = 10_000;
 
 /// Where features and pair scores persist: SQLite in the data directory ([`FeatureStore`],
 /// one process), or PostgreSQL shared by several replicas
@@ -348,6 +362,19 @@ impl FeatureStore {
                 (conn, Some(moved))
             }
         };
+        // Jobs still `working` in the file were running when the last process stopped: they
+        // will never finish, and say so instead of staying `working`.
+        let stopped = crate::job_board::stopped_result(
+            "the service stopped while this job ran; start the job again (what it had \
+             computed is stored and reused)",
+        );
+        conn.execute(
+            "UPDATE lightglue_jobs SET status = 'exception', progress = NULL, result = ?1,
+                 updated = CURRENT_TIMESTAMP
+             WHERE status = 'working'",
+            [&stopped],
+        )
+        .map_err(db_error)?;
         Ok(Self {
             conn: Mutex::new(conn),
             quarantined,
@@ -555,6 +582,78 @@ impl FeatureStore {
 
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+impl JobBoard for FeatureStore {
+    fn claim_job(&self, jobid: &str, replica: &str) -> Result<bool> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM lightglue_jobs WHERE jobid IN (
+                 SELECT jobid FROM lightglue_jobs WHERE status <> 'working'
+                 ORDER BY updated DESC, rowid DESC LIMIT -1 OFFSET ?1)",
+            [MAX_STORED_JOBS],
+        )
+        .map_err(db_error)?;
+        let inserted = conn
+            .execute(
+                "INSERT INTO lightglue_jobs (jobid, replica, status) VALUES (?1, ?2, 'working')
+                 ON CONFLICT (jobid) DO NOTHING",
+                [jobid, replica],
+            )
+            .map_err(db_error)?;
+        Ok(inserted == 1)
+    }
+
+    fn update_job(
+        &self,
+        jobid: &str,
+        status: &str,
+        progress: Option<&str>,
+        result: Option<&str>,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE lightglue_jobs SET status = ?2, progress = ?3, result = ?4,
+                     updated = CURRENT_TIMESTAMP
+                 WHERE jobid = ?1",
+                rusqlite::params![jobid, status, progress, result],
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// One process runs every job of this file, so no lease applies: jobs of a process that
+    /// stopped were ended at open.
+    fn job(&self, jobid: &str, _lease: Duration) -> Result<Option<StoredJob>> {
+        self.conn()
+            .query_row(
+                "SELECT replica, status, progress, result FROM lightglue_jobs WHERE jobid = ?1",
+                [jobid],
+                |r| {
+                    Ok(StoredJob {
+                        replica: r.get(0)?,
+                        status: r.get(1)?,
+                        progress: r.get(2)?,
+                        result: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_error)
+    }
+
+    fn job_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT jobid FROM lightglue_jobs ORDER BY jobid")
+            .map_err(db_error)?;
+        let ids = statement
+            .query_map([], |r| r.get(0))
+            .map_err(db_error)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(db_error)?;
+        Ok(ids)
     }
 }
 

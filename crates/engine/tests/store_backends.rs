@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
+use wbia_lightglue_engine::job_board::JobBoard;
 use wbia_lightglue_engine::pg_store::PgStore;
 use wbia_lightglue_engine::store::{FeatureStore, Store};
 use wbia_lightglue_engine::FeatureKey;
@@ -435,4 +436,55 @@ fn the_store_closes_on_a_runtime_thread() {
         .unwrap();
     let dropped = runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await });
     assert!(dropped.is_ok(), "dropping the store panicked: {dropped:?}");
+}
+
+/// With SQLite the board outlives the process: a finished job is answered after the store is
+/// opened again, one still `working` when its process stopped ends as `exception` saying so,
+/// ids stay taken, and the finished jobs kept are bounded (the newest 10,000).
+#[test]
+fn sqlite_jobs_outlive_the_process() {
+    let dir = Sqlite(std::env::temp_dir().join(format!("wbia-lg-jobs-{}", Uuid::new_v4())));
+    {
+        let store = FeatureStore::open(&dir.0).unwrap();
+        for id in ["done", "running"] {
+            assert!(store.claim_job(id, "one").unwrap());
+        }
+        assert!(!store.claim_job("done", "one").unwrap(), "taken");
+        store
+            .update_job("done", "completed", None, Some(r#"{"cm_dict":{}}"#))
+            .unwrap();
+        store
+            .update_job("running", "working", Some("{}"), None)
+            .unwrap();
+    }
+    let store = FeatureStore::open(&dir.0).unwrap();
+    let done = store.job("done", LEASE).unwrap().unwrap();
+    assert_eq!(
+        (done.status.as_str(), done.result.as_deref()),
+        ("completed", Some(r#"{"cm_dict":{}}"#))
+    );
+    let stopped = store.job("running", LEASE).unwrap().unwrap();
+    assert_eq!(stopped.status, "exception");
+    let reason: String = serde_json::from_str(stopped.result.as_deref().unwrap()).unwrap();
+    assert!(reason.contains("stopped while this job ran"), "{reason}");
+    assert_eq!(stopped.progress, None);
+    assert!(
+        !store.claim_job("done", "two").unwrap(),
+        "ids are never reused"
+    );
+    assert_eq!(store.job_ids().unwrap(), vec!["done", "running"]);
+    assert_eq!(store.job("nope", LEASE).unwrap(), None);
+
+    // 10,010 more finished jobs: the newest 10,000 finished ones are kept.
+    for i in 0..10_010 {
+        let id = format!("j{i:05}");
+        assert!(store.claim_job(&id, "two").unwrap());
+        store
+            .update_job(&id, "completed", None, Some("{}"))
+            .unwrap();
+    }
+    let ids = store.job_ids().unwrap();
+    assert!((10_000..=10_001).contains(&ids.len()), "{}", ids.len());
+    assert!(ids.contains(&"j10009".to_string()));
+    assert!(!ids.contains(&"done".to_string()), "the oldest went first");
 }

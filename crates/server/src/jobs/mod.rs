@@ -359,6 +359,12 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
         )
         .into_response(),
         None => match shared::lookup(&state, &id).await {
+            Some(job) if job.status != JobStatus::Working.as_str() => ApiError::new(
+                409,
+                format!("job {id} is {} and cannot be cancelled", job.status),
+                Value::Null,
+            )
+            .into_response(),
             Some(job) => ApiError::new(
                 409,
                 format!(

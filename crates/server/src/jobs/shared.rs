@@ -1,14 +1,15 @@
-//! Engine jobs shared between replicas through the engine's PostgreSQL store: the replica that
-//! accepts a job claims its id there (ids are unique across replicas), publishes its progress
-//! every [`PUBLISH_EVERY`] while it works and its result when it ends; any other replica
-//! answers status, result and the job list from there. Without PostgreSQL every call here is a
-//! no-op and jobs are this process's own.
+//! Engine jobs on the engine's job board (`wbia_lightglue_engine::job_board`): the process
+//! that accepts a job claims its id there (ids are never reused, across replicas and
+//! restarts) and writes its result when it ends; with PostgreSQL it also publishes its progress
+//! every [`PUBLISH_EVERY`] while it works, and any other replica answers status, result and
+//! the job list from there. With SQLite the board outlives the process: finished jobs are
+//! answered after a restart. Without a store every call here is a no-op.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use wbia_lightglue_engine::pg_store::{PgStore, SharedJob};
+use wbia_lightglue_engine::job_board::{JobBoard, StoredJob};
 use wbia_lightglue_engine::Progress;
 
 use crate::envelope::ApiError;
@@ -17,16 +18,18 @@ use crate::AppState;
 /// How often a working job's progress is written for the other replicas.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 
-/// Runs `f` on the shared store off the async threads; `None` without one.
+/// Runs `f` on the job board off the async threads; `None` without one.
 async fn on_store<T: Send + 'static>(
     state: &AppState,
-    f: impl FnOnce(&PgStore) -> wbia_lightglue_engine::Result<T> + Send + 'static,
+    f: impl FnOnce(&dyn JobBoard) -> wbia_lightglue_engine::Result<T> + Send + 'static,
 ) -> Option<Result<T, ApiError>> {
-    let store = state.engine.shared_store()?.clone();
-    Some(match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(answer) => answer.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(500, e.to_string(), Value::Null)),
-    })
+    let store = state.engine.job_board()?.clone();
+    Some(
+        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+            Ok(answer) => answer.map_err(ApiError::from),
+            Err(e) => Err(ApiError::new(500, e.to_string(), Value::Null)),
+        },
+    )
 }
 
 /// Claims `jobid` for this replica: `Ok(false)` when any replica has a job by that id.
@@ -108,7 +111,7 @@ pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc
 
 /// A job another replica runs, as it last published it; `exception` once that replica has
 /// been silent for [`crate::ServerOptions::job_lease`].
-pub async fn lookup(state: &AppState, jobid: &str) -> Option<SharedJob> {
+pub async fn lookup(state: &AppState, jobid: &str) -> Option<StoredJob> {
     let (id, lease) = (jobid.to_string(), state.options.job_lease);
     match on_store(state, move |s| s.job(&id, lease)).await? {
         Ok(job) => job,
@@ -119,7 +122,7 @@ pub async fn lookup(state: &AppState, jobid: &str) -> Option<SharedJob> {
     }
 }
 
-/// Every replica's job ids; `None` without a shared store.
+/// Every job id on the board (every replica's, and earlier processes'); `None` without one.
 pub async fn ids(state: &AppState) -> Option<Result<Vec<String>, ApiError>> {
     on_store(state, |s| s.job_ids()).await
 }
