@@ -24,6 +24,8 @@ const URL_VAR: &str = "WBIA_LIGHTGLUE_TEST_DATABASE_URL";
 const SMALL: &str = r#"{"max_num_keypoints": 128, "image_size": 256}"#;
 /// Annotations the fake WBIA holds (the four turtle chips, repeated).
 const ANNOTS: u128 = 12;
+/// An annotation whose chip the fake WBIA serves as HTML.
+const BROKEN: u128 = 999;
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -52,7 +54,8 @@ fn fresh_database(tag: &str) -> String {
     format!("{server}/{name}")
 }
 
-/// WBIA's getters over `ANNOTS` annotations (rowid n, chip n mod 4), one envelope each.
+/// WBIA's getters over `ANNOTS` annotations (rowid n, chip n mod 4), one envelope each; the
+/// chip of [`BROKEN`] is not an image.
 fn fake_wbia(runtime: &tokio::runtime::Runtime) -> String {
     fake_wbia_with_chip_delay(runtime, Duration::ZERO)
 }
@@ -103,6 +106,9 @@ fn fake_wbia_with_chip_delay(runtime: &tokio::runtime::Runtime, delay: Duration)
             "/api/annot/src/{aid}/",
             get(move |Path(aid): Path<u128>| async move {
                 tokio::time::sleep(delay).await;
+                if aid == BROKEN {
+                    return b"<html>not a chip</html>".to_vec();
+                }
                 std::fs::read(fixture(&format!("turtles/{}", chips[(aid % 4) as usize]))).unwrap()
             }),
         );
@@ -685,4 +691,76 @@ fn jobs_outlive_a_restart_with_the_sqlite_store() {
     assert_eq!(list["response"], json!(["before", "cut-off"]));
     assert_eq!(start(&second.base, "before"), 409, "ids are never reused");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A chunk that fails (an annotation in it has a chip that is not an image) ends its split
+/// job as `exception` naming the chunk and the annotation, on every replica, with no chunk
+/// left behind; the other replica's worker goes on to later jobs.
+#[test]
+fn a_failed_chunk_ends_its_split_job_with_the_reason() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wbia = fake_wbia(&runtime);
+    let database = fresh_database("failed_chunk");
+    let split = ["--chunk-annotations", "3"];
+    let (a, b) = (
+        replica("failed-chunk-a", &wbia, &database, &split),
+        replica("failed-chunk-b", &wbia, &database, &split),
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_ready(&client, &[&a, &b]);
+    let start = |jobid: &str, database: Vec<String>| {
+        let started = client
+            .post(format!("{}/api/engine/query/graph/", a.base))
+            .form(&[
+                ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+                ("database_annot_uuid_list", json!(database).to_string()),
+                (
+                    "query_config_dict",
+                    r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+                ),
+                ("jobid", jobid.to_string()),
+            ])
+            .send()
+            .unwrap();
+        assert_eq!(started.status(), 200);
+    };
+    let ended = |base: &str, jobid: &str| {
+        let waited = Instant::now();
+        loop {
+            let (_, text) = fetch(
+                &client,
+                &format!("{base}/api/engine/job/result/?jobid={jobid}"),
+            );
+            let result = json_of(&text);
+            if result["response"]["status"] != "working" {
+                return result;
+            }
+            assert!(waited.elapsed() < Duration::from_secs(120), "{jobid}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut with_broken: Vec<String> = (2..=ANNOTS).map(uuid).collect();
+    with_broken.insert(7, uuid(BROKEN));
+    start("with-broken", with_broken);
+    for base in [&a.base, &b.base] {
+        let result = ended(base, "with-broken");
+        assert_eq!(result["response"]["status"], "exception", "{result}");
+        let reason = result["response"]["json_result"].as_str().unwrap();
+        assert!(
+            reason.contains("chunk 2 of the job failed") && reason.contains(&uuid(BROKEN)),
+            "{reason}"
+        );
+    }
+    let mut db = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    let chunks: i64 = db
+        .query_one("SELECT COUNT(*) FROM lightglue_chunks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(chunks, 0, "no chunk left behind");
+    // Both workers still take chunks: the next job completes.
+    start("after", (2..=ANNOTS).map(uuid).collect());
+    assert_eq!(ended(&b.base, "after")["response"]["status"], "completed");
 }
