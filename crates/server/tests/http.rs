@@ -779,6 +779,69 @@ async fn species_wide_engine_query() {
     );
 }
 
+/// A job naming annotations WBIA does not know is refused at its start with 600 and every
+/// unknown UUID once (as WBIA's `web_check_uuids` answers), not accepted to fail later; a
+/// species-wide job for an unknown query likewise. No job is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_naming_unknown_annotations_is_refused_at_its_start() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, state) = our_server(&format!("http://{wbia}")).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/api/engine/query/graph/");
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let config = r#"{"pipeline_root":"LightGlue"}"#.to_string();
+    let (status, body) = post_form(
+        &client,
+        &url,
+        &[
+            ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([
+                    fancy(0xa2),
+                    fancy(0xdead),
+                    fancy(0xb3),
+                    fancy(0xbeef),
+                    fancy(0xdead)
+                ])
+                .to_string(),
+            ),
+            ("query_config_dict", config.clone()),
+            ("jobid", "with-unknowns".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 600, "{body}");
+    assert_eq!(body["status"]["code"], 600);
+    assert_eq!(body["response"]["missing_image_uuid_list"], json!([]));
+    let missing: Vec<u128> = body["response"]["missing_annot_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(uuid_of)
+        .collect();
+    assert_eq!(missing, vec![0xdead, 0xbeef]);
+    assert!(
+        state.jobs.get("with-unknowns").is_none(),
+        "no job was created"
+    );
+
+    let (status, body) = post_form(
+        &client,
+        &url,
+        &[
+            ("query_annot_uuid_list", json!([fancy(0xdead)]).to_string()),
+            ("query_config_dict", config),
+        ],
+    )
+    .await;
+    assert_eq!(status, 600, "{body}");
+    assert_eq!(
+        uuid_of(&body["response"]["missing_annot_uuid_list"][0]),
+        0xdead
+    );
+}
+
 /// Wildbook's flow: start a job form-encoded with a callback, poll its status, get the
 /// callback, read the result; checked field by field against the contract's example.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,6 +150,11 @@ async fn accept(
         }
         None => None,
     };
+    // Unknown annotations are refused now, as WBIA's `web_check_uuids` does (600), not
+    // accepted as a job that can only fail.
+    let mut known = queries.clone();
+    known.extend(database.iter().flatten());
+    check_known(state, &known).await?;
     let mut database = match database {
         Some(list) => list,
         None => same_species(state, queries[0]).await?,
@@ -377,6 +382,27 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
             None => ApiError::new(404, format!("no job {id} here"), Value::Null).into_response(),
         },
     }
+}
+
+/// 600 with every annotation of `uuids` that WBIA does not know, in WBIA's shape
+/// (`missing_annot_uuid_list`, each once, in the order given).
+async fn check_known(state: &AppState, uuids: &[Uuid]) -> Result<(), ApiError> {
+    let aids = state.wbia.annot_aids(uuids).await?;
+    let mut seen = std::collections::HashSet::new();
+    let missing: Vec<Value> = uuids
+        .iter()
+        .zip(aids)
+        .filter(|(u, aid)| aid.is_none() && seen.insert(**u))
+        .map(|(u, _)| wbia_client::fancy_uuid(u))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        600,
+        format!("{} annotation(s) unknown to WBIA", missing.len()),
+        json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": missing}),
+    ))
 }
 
 /// Every annotation WBIA holds of the query's species, the query excluded.
