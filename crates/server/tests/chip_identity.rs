@@ -42,6 +42,10 @@ struct Annot {
     chip: Vec<u8>,
 }
 
+/// What WBIA 4.0.4 sends for a chip it cannot make (its image file gone): HTTP 200,
+/// `text/html`, and an error envelope as the body.
+const MISSING_FILE_CHIP: &str = r#"{"status": {"success": false, "code": 500, "message": "[Errno 2] No such file or directory: image file of annotation 5", "cache": -1}, "response": null}"#;
+
 #[derive(Default)]
 struct Fake {
     annots: Mutex<HashMap<i64, Annot>>,
@@ -76,7 +80,8 @@ fn aids_of(q: &HashMap<String, String>) -> Vec<i64> {
         .collect()
 }
 
-/// Annotations 1–4 hold the four turtle chips (a1, a2, b3, b4), each its own image.
+/// Annotations 1–4 hold the four turtle chips (a1, a2, b3, b4), each its own image; WBIA
+/// cannot make annotation 5's chip.
 async fn fake_wbia() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     for (aid, chip) in [
@@ -84,6 +89,7 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
         (2, "turtle_a2.jpg"),
         (3, "turtle_b3.jpg"),
         (4, "turtle_b4.jpg"),
+        (5, ""),
     ] {
         fake.annots.lock().unwrap().insert(
             aid,
@@ -91,7 +97,11 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
                 image: Uuid::from_u128(0x1_0000 + aid as u128),
                 bbox: [0, 0, 100, 100],
                 theta: 0.0,
-                chip: turtle(chip),
+                chip: if chip.is_empty() {
+                    MISSING_FILE_CHIP.as_bytes().to_vec()
+                } else {
+                    turtle(chip)
+                },
             },
         );
     }
@@ -129,7 +139,12 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
                 |State(fake): State<Arc<Fake>>, Path(aid): Path<i64>| async move {
                     *fake.downloads.lock().unwrap().entry(aid).or_default() += 1;
                     let chip = fake.annots.lock().unwrap()[&aid].chip.clone();
-                    ([("content-type", "image/jpeg")], chip)
+                    let kind = if chip.starts_with(b"{") {
+                        "text/html; charset=utf-8"
+                    } else {
+                        "image/jpeg"
+                    };
+                    ([("content-type", kind)], chip)
                 },
             ),
         )
@@ -282,4 +297,18 @@ async fn a_chip_over_max_chip_bytes_is_refused_naming_the_limit() {
     let message = body["status"]["message"].as_str().unwrap();
     assert!(message.contains("40000"), "{message}");
     assert_eq!(fake.downloads(3), 1, "refused at once, not retried");
+}
+
+/// A chip WBIA cannot make comes back as HTTP 200 `text/html` holding an error envelope: the
+/// answer is 502 with WBIA's reason, not 422 "unsupported image format", and it is not
+/// retried (WBIA said why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chip_wbia_cannot_make_is_502_with_its_reason() {
+    let (wbia, fake) = fake_wbia().await;
+    let base = ours(&wbia, false, 32 << 20).await;
+    let (status, body) = query(&base, 1, 5).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["status"]["message"].as_str().unwrap();
+    assert!(message.contains("No such file or directory"), "{message}");
+    assert_eq!(fake.downloads(5), 1);
 }

@@ -480,14 +480,18 @@ impl WbiaClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
         match self.capped_body(url, resp).await {
-            // Route errors come back as an envelope with HTTP 200 (docs/wbia-api.md).
-            Ok(body) if is_json => match unwrap_envelope(url, &String::from_utf8_lossy(&body)) {
-                Ok(_) => Attempt::Fail(Error::BadReply {
-                    url: url.to_string(),
-                    detail: "JSON instead of image bytes".into(),
-                }),
-                Err(e) => Attempt::Fail(e),
-            },
+            // Route errors come back as an envelope with HTTP 200 (docs/wbia-api.md); WBIA
+            // 4.0.4 labels it `text/html`, so a body that opens like JSON is read as one too
+            // (no image format starts with `{`).
+            Ok(body) if is_json || body.trim_ascii_start().starts_with(b"{") => {
+                match unwrap_envelope(url, &String::from_utf8_lossy(&body)) {
+                    Ok(_) => Attempt::Fail(Error::BadReply {
+                        url: url.to_string(),
+                        detail: "JSON instead of image bytes".into(),
+                    }),
+                    Err(e) => Attempt::Fail(e),
+                }
+            }
             Ok(body) => Attempt::Done(body),
             Err(e @ Error::TooLarge { .. }) => Attempt::Fail(e),
             Err(e) => Attempt::Retry(e),
