@@ -758,6 +758,12 @@ async fn species_wide_engine_query() {
         .collect();
     assert_eq!(scored.len(), 2, "{cm}");
     assert!(!scored.contains(&0xb4) && !scored.contains(&0xa1));
+    // The query's own name, as WBIA reports it (it was always "____").
+    assert_eq!(cm["qname"], "turtle_a", "{cm}");
+    assert_eq!(
+        json_result["inference_dict"]["cluster_dict"]["orig_name_list"],
+        json!(["turtle_a"])
+    );
 
     let (code, refused) = post_form(
         &client,

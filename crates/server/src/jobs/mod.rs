@@ -200,18 +200,21 @@ async fn accept(
             let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
             let name_uuids: Vec<(Uuid, Option<Uuid>)> =
                 annots.into_iter().zip(name_uuids).collect();
-            Ok::<_, ApiError>((computed, name_uuids))
+            // WBIA reports the query's own name (`qname`, `orig_name_list`).
+            let query_name = state.wbia.annot_names(&queries[..1]).await?.pop().flatten();
+            Ok::<_, ApiError>((computed, name_uuids, query_name))
         }
         .await;
         drop(ticket);
         let failed =
             |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
         let job = match outcome {
-            Ok((c, name_uuids)) => {
+            Ok((c, name_uuids, query_name)) => {
                 let document = identification_result(
                     &c,
                     &reference,
                     &name_uuids,
+                    query_name.as_deref(),
                     &queries,
                     &database,
                     &query_config,

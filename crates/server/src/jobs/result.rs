@@ -158,11 +158,13 @@ pub(super) fn identification_result(
     c: &Computed,
     reference: &str,
     name_uuids: &[(Uuid, Option<Uuid>)],
+    query_name: Option<&str>,
     queries: &[Uuid],
     database: &[Uuid],
     query_config: &Value,
 ) -> IdentificationResult {
     let q = queries[0];
+    let query_name = query_name.filter(|n| !n.is_empty()).unwrap_or(UNNAMED);
     let r = &c.results[0];
     let name_uuid: HashMap<Uuid, Uuid> = name_uuids
         .iter()
@@ -229,7 +231,7 @@ pub(super) fn identification_result(
     let chip_match = ChipMatch {
         qannot_uuid: (&q).into(),
         qname_uuid: name_id(&q),
-        qname: UNNAMED.into(),
+        qname: query_name.into(),
         dannot_uuid_list: scored.iter().map(|s| (&s.annot).into()).collect(),
         dname_uuid_list: scored.iter().map(|s| name_id(&s.annot)).collect(),
         dname_list: scored.iter().map(|s| display(&s.name)).collect(),
@@ -252,7 +254,7 @@ pub(super) fn identification_result(
     };
     IdentificationResult {
         cm_dict: BTreeMap::from([(q.to_string(), chip_match)]),
-        inference_dict: inference(q, r),
+        inference_dict: inference(q, r, query_name),
         query_annot_uuid_list: vec![(&q).into()],
         database_annot_uuid_list: database.iter().map(Into::into).collect(),
         query_config_dict: query_config.clone(),
@@ -294,7 +296,7 @@ pub fn render(v: &impl Serialize) -> String {
 /// WBIA's formula expects scores near [0, 1]; LightGlue's raw sums (tens to hundreds) make
 /// nearly every `p_same` 1, so with a calibration in the configuration `p_same` is the
 /// calibrated score instead.
-fn inference(q: Uuid, r: &QueryResult) -> Inference {
+fn inference(q: Uuid, r: &QueryResult, query_name: &str) -> Inference {
     let mut individuals: Vec<(Uuid, f32, Option<f64>)> = r
         .name_scores
         .iter()
@@ -328,7 +330,7 @@ fn inference(q: Uuid, r: &QueryResult) -> Inference {
     Inference {
         cluster_dict: ClusterDict {
             annot_uuid_list: vec![(&q).into()],
-            orig_name_list: vec![UNNAMED.into()],
+            orig_name_list: vec![query_name.into()],
             new_name_list: vec![r
                 .name_scores
                 .first()
