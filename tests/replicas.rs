@@ -259,6 +259,33 @@ fn replicas_share_jobs_features_and_scores() {
     );
 }
 
+/// Starts a LightGlue engine job on `base`: annotation 1 against `database`; the answer.
+fn start_job(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    jobid: &str,
+    database: &[String],
+) -> reqwest::blocking::Response {
+    client
+        .post(format!("{base}/api/engine/query/graph/"))
+        .form(&[
+            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
+            ("database_annot_uuid_list", json!(database).to_string()),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+            ),
+            ("jobid", jobid.to_string()),
+        ])
+        .send()
+        .unwrap()
+}
+
+/// Annotations 2..=`ANNOTS`, as plain UUID strings.
+fn the_rest() -> Vec<String> {
+    (2..=ANNOTS).map(uuid).collect()
+}
+
 /// Annotation 1 against 2..=n through `chip/best` on `base`: the ranked candidates.
 fn ranked_by_plain_query(client: &reqwest::blocking::Client, base: &str, n: u128) -> Vec<Value> {
     let query = client
@@ -470,20 +497,7 @@ fn a_job_whose_replica_dies_ends_as_exception_after_its_lease() {
         .build()
         .unwrap();
     wait_ready(&client, &[&a, &b]);
-    let database_list: Vec<Value> = (2..=ANNOTS).map(|n| json!(uuid(n))).collect();
-    let started = client
-        .post(format!("{}/api/engine/query/graph/", a.base))
-        .form(&[
-            ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
-            ("database_annot_uuid_list", json!(database_list).to_string()),
-            (
-                "query_config_dict",
-                r#"{"pipeline_root":"LightGlue"}"#.to_string(),
-            ),
-            ("jobid", "orphan".to_string()),
-        ])
-        .send()
-        .unwrap();
+    let started = start_job(&client, &a.base, "orphan", &the_rest());
     assert_eq!(started.status(), 200, "{}", started.text().unwrap());
     a.child.kill().unwrap();
     a.child.wait().unwrap();
@@ -538,28 +552,12 @@ fn postgresql_restarted_mid_job_loses_nothing() {
         .build()
         .unwrap();
     wait_ready(&client, &[&a]);
-    let start_job = |jobid: &str| {
-        let database_list: Vec<Value> = (2..=ANNOTS).map(|n| json!(uuid(n))).collect();
-        client
-            .post(format!("{}/api/engine/query/graph/", a.base))
-            .form(&[
-                ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
-                ("database_annot_uuid_list", json!(database_list).to_string()),
-                (
-                    "query_config_dict",
-                    r#"{"pipeline_root":"LightGlue"}"#.to_string(),
-                ),
-                ("jobid", jobid.to_string()),
-            ])
-            .send()
-            .unwrap()
-    };
-    let started = start_job("through-restart");
+    let started = start_job(&client, &a.base, "through-restart", &the_rest());
     assert_eq!(started.status(), 200, "{}", started.text().unwrap());
     pg.stop();
     let down = Instant::now();
 
-    let refused = start_job("while-down");
+    let refused = start_job(&client, &a.base, "while-down", &the_rest());
     let waited = down.elapsed();
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
@@ -622,21 +620,8 @@ fn jobs_outlive_a_restart_with_the_sqlite_store() {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let database_list: Vec<Value> = (2..=ANNOTS).map(|n| json!(uuid(n))).collect();
     let start = |base: &str, jobid: &str| {
-        client
-            .post(format!("{base}/api/engine/query/graph/"))
-            .form(&[
-                ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
-                ("database_annot_uuid_list", json!(database_list).to_string()),
-                (
-                    "query_config_dict",
-                    r#"{"pipeline_root":"LightGlue"}"#.to_string(),
-                ),
-                ("jobid", jobid.to_string()),
-            ])
-            .send()
-            .unwrap()
+        start_job(&client, base, jobid, &the_rest())
             .status()
             .as_u16()
     };
@@ -712,20 +697,7 @@ fn a_failed_chunk_ends_its_split_job_with_the_reason() {
         .unwrap();
     wait_ready(&client, &[&a, &b]);
     let start = |jobid: &str, database: Vec<String>| {
-        let started = client
-            .post(format!("{}/api/engine/query/graph/", a.base))
-            .form(&[
-                ("query_annot_uuid_list", json!([uuid(1)]).to_string()),
-                ("database_annot_uuid_list", json!(database).to_string()),
-                (
-                    "query_config_dict",
-                    r#"{"pipeline_root":"LightGlue"}"#.to_string(),
-                ),
-                ("jobid", jobid.to_string()),
-            ])
-            .send()
-            .unwrap();
-        assert_eq!(started.status(), 200);
+        assert_eq!(start_job(&client, &a.base, jobid, &database).status(), 200);
     };
     let ended = |base: &str, jobid: &str| {
         let waited = Instant::now();
@@ -742,7 +714,7 @@ fn a_failed_chunk_ends_its_split_job_with_the_reason() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let mut with_broken: Vec<String> = (2..=ANNOTS).map(uuid).collect();
+    let mut with_broken = the_rest();
     with_broken.insert(7, uuid(BROKEN));
     start("with-broken", with_broken);
     for base in [&a.base, &b.base] {
@@ -761,6 +733,6 @@ fn a_failed_chunk_ends_its_split_job_with_the_reason() {
         .get(0);
     assert_eq!(chunks, 0, "no chunk left behind");
     // Both workers still take chunks: the next job completes.
-    start("after", (2..=ANNOTS).map(uuid).collect());
+    start("after", the_rest());
     assert_eq!(ended(&b.base, "after")["response"]["status"], "completed");
 }

@@ -224,9 +224,9 @@ async fn finished(client: &reqwest::Client, base: &str, jobid: &str) -> (String,
     (status, result["response"]["json_result"].clone())
 }
 
-async fn one_vs_one(client: &reqwest::Client, base: &str, q: i64, d: i64) -> (u16, Duration) {
-    let started = Instant::now();
-    let resp = client
+/// `chip/best` for the pair (q, d).
+async fn pair_query(client: &reqwest::Client, base: &str, q: i64, d: i64) -> reqwest::Response {
+    client
         .post(format!("{base}/api/review/query/chip/best/"))
         .form(&[
             (
@@ -241,7 +241,12 @@ async fn one_vs_one(client: &reqwest::Client, base: &str, q: i64, d: i64) -> (u1
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn one_vs_one(client: &reqwest::Client, base: &str, q: i64, d: i64) -> (u16, Duration) {
+    let started = Instant::now();
+    let resp = pair_query(client, base, q, d).await;
     (resp.status().as_u16(), started.elapsed())
 }
 
@@ -264,25 +269,7 @@ fn scores_of(result: &Value, query: i64) -> HashMap<Uuid, f64> {
 
 /// The score of one pair, through `chip/best`.
 async fn one_vs_one_score(client: &reqwest::Client, base: &str, q: i64, d: i64) -> f64 {
-    let body: Value = client
-        .post(format!("{base}/api/review/query/chip/best/"))
-        .form(&[
-            (
-                "query_annot_uuid_list",
-                json!([uuid_of_aid(q).to_string()]).to_string(),
-            ),
-            (
-                "database_annot_uuid_list",
-                json!([uuid_of_aid(d).to_string()]).to_string(),
-            ),
-            ("pipeline_root", "LightGlue".to_string()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = pair_query(client, base, q, d).await.json().await.unwrap();
     body["response"]["query_results"][0]["ranked"][0]["score"]
         .as_f64()
         .unwrap_or_else(|| panic!("{body}"))
