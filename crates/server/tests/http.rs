@@ -250,6 +250,8 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
         .route("/api/test/heartbeat/", get(|| async { envelope(json!(true)) }))
         // What only WBIA answers: pass-through targets.
         .route("/api/image/json/", get(|| async { envelope(json!(["from-wbia"])) }))
+        // A job of WBIA's own (another pipeline), as WBIA lists its jobs.
+        .route("/api/engine/job/", get(|| async { envelope(json!(["wbia-own-job"])) }))
         .route(
             "/api/engine/query/graph/",
             axum::routing::post(|body: String| async move { envelope(json!(format!("wbia-job:{}", body.len()))) }),
@@ -1096,8 +1098,9 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     );
     assert_eq!(result["query_config_dict"]["pipeline_root"], "LightGlue");
 
+    // Ours and WBIA's own.
     let jobs = get_json(&client, &format!("{base}/api/engine/job/")).await;
-    assert_eq!(jobs["response"], json!([jobid]));
+    assert_eq!(jobs["response"], json!([jobid, "wbia-own-job"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1484,7 +1487,10 @@ async fn job_ids_and_callbacks_are_guarded() {
         assert_eq!(status, 400, "{bad}: {body}");
     }
     let jobs = get_json(&client, &format!("{base}/api/engine/job/")).await;
-    assert_eq!(jobs["response"], json!(["redirected", "retried"]));
+    assert_eq!(
+        jobs["response"],
+        json!(["redirected", "retried", "wbia-own-job"])
+    );
 
     // Callback hosts restricted: 127.0.0.1 is not wildbook.example.
     let (restricted, _) = our_server_with_options(

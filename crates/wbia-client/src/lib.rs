@@ -267,6 +267,20 @@ impl WbiaClient {
         unwrap_envelope(&url, &text)
     }
 
+    /// WBIA's own engine job ids (`GET /api/engine/job/`): jobs of its other pipelines.
+    pub async fn job_ids(&self) -> Result<Vec<String>> {
+        let url = self.url("/api/engine/job/");
+        let v = self.get_json("/api/engine/job/", &[]).await?;
+        let ids = v.as_array().ok_or_else(|| Error::BadReply {
+            url: url.clone(),
+            detail: format!("not a list of job ids: {}", truncate(&v.to_string())),
+        })?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| id.as_str().map(String::from))
+            .collect())
+    }
+
     /// `GET /api/test/heartbeat/`: true when WBIA answers.
     pub async fn heartbeat(&self) -> bool {
         let url = self.url("/api/test/heartbeat/");

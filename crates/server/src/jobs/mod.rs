@@ -515,9 +515,9 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
     get,
     path = "/api/engine/job/",
     tag = "engine",
-    responses((status = 200, description = "`response`: the job ids", body = crate::openapi::ErrorResponse))
+    responses((status = 200, description = "`response`: the job ids, ours and WBIA's own (sorted)", body = crate::openapi::ErrorResponse))
 )]
-/// `/api/engine/job/`: our job ids.
+/// `/api/engine/job/`: our job ids and WBIA's.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let mut ids = state.jobs.ids();
     // With replicas: every replica's jobs.
@@ -525,6 +525,12 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
         Some(Ok(all)) => ids.extend(all),
         Some(Err(e)) => return e.into_response(),
         None => {}
+    }
+    // WBIA's own jobs (its other pipelines, passed through) are listed too, as WBIA lists
+    // them; without WBIA the list is ours alone.
+    match state.wbia.job_ids().await {
+        Ok(theirs) => ids.extend(theirs),
+        Err(e) => tracing::warn!(error = %e, "WBIA's job list is left out"),
     }
     ids.sort();
     ids.dedup();
