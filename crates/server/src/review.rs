@@ -107,12 +107,15 @@ async fn best_individual(
         .flatten()
         .filter(|&m| m >= 0)
         .min();
+    // The reference our own thumbnail route renders (it was passed to WBIA, which knew it not).
+    let reference = crate::jobs::thumb_reference(&config);
+    state.jobs.remember_reference(&reference, &config);
     Ok(json!({
         "name": best.name,
         "sex": sex,
         "age": age_class(min_age),
         "extern": {
-            "reference": format!("lightglue:{query}"),
+            "reference": reference,
             "qannot_uuid": query.to_string(),
             "dannot_uuid": best.best_annot.to_string(),
         },

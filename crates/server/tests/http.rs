@@ -689,6 +689,29 @@ async fn upstream_get_form_by_aid() {
         r["extern"]["dannot_uuid"],
         Uuid::from_u128(0xa2).to_string()
     );
+    // Its reference is one our thumbnail route renders (WBIA answered 607 for the old one).
+    let thumb = client
+        .get(format!("http://{addr}/api/query/graph/match/thumb/"))
+        .query(&[
+            (
+                "extern_reference",
+                r["extern"]["reference"].as_str().unwrap(),
+            ),
+            (
+                "query_annot_uuid",
+                r["extern"]["qannot_uuid"].as_str().unwrap(),
+            ),
+            (
+                "database_annot_uuid",
+                r["extern"]["dannot_uuid"].as_str().unwrap(),
+            ),
+            ("version", "heatmask"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thumb.status(), 200);
+    assert_eq!(thumb.headers()["content-type"], "image/jpeg");
 
     let (code, body) = get(vec![("aid", "999"), ("query_config_dict", lightglue)]).await;
     assert_eq!(code, 600, "{body}");
