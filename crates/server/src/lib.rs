@@ -573,8 +573,13 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
     let config = state
         .configs
         .load(params.string("config_path").as_deref())?;
-    let queries = params.uuid_list("query_annot_uuid_list")?;
-    let database = params.uuid_list("database_annot_uuid_list")?;
+    let mut lists = params
+        .uuid_lists(&["query_annot_uuid_list", "database_annot_uuid_list"])?
+        .into_iter();
+    let (queries, database) = (
+        lists.next().unwrap_or_default(),
+        lists.next().unwrap_or_default(),
+    );
     let computed = compute(state, None, &queries, &database, &config, None, None).await?;
     Ok(json!({
         "pipeline_root": "LightGlue",
@@ -774,13 +779,21 @@ fn config_json(config: &Config) -> Value {
 }
 
 /// WBIA refuses duplicate UUIDs within a list with code 601 (`web_check_uuids`).
+/// 601 for UUIDs listed more than once, in WBIA's shape: per list, an object from each
+/// repeated UUID to all its positions. (WBIA 4.0.4 fills both maps from the database list;
+/// the engine's query list holds one annotation, so its `qdup_pos_map` is empty here.)
 fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError> {
-    let dups = |list: &[Uuid]| -> Vec<Value> {
-        let mut seen = std::collections::HashSet::with_capacity(list.len());
-        list.iter()
-            .enumerate()
-            .filter(|(_, u)| !seen.insert(**u))
-            .map(|(i, u)| json!([i, fancy_uuid(u)]))
+    let dups = |list: &[Uuid]| -> serde_json::Map<String, Value> {
+        let mut positions: std::collections::HashMap<Uuid, Vec<usize>> = Default::default();
+        for (i, u) in list.iter().enumerate() {
+            positions.entry(*u).or_default().push(i);
+        }
+        let mut repeated: Vec<(Uuid, Vec<usize>)> =
+            positions.into_iter().filter(|(_, p)| p.len() > 1).collect();
+        repeated.sort_by_key(|(_, p)| p[0]);
+        repeated
+            .into_iter()
+            .map(|(u, p)| (u.to_string(), json!(p)))
             .collect()
     };
     let (q, d) = (dups(queries), dups(database));

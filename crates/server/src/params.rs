@@ -115,32 +115,49 @@ impl Params {
 
     /// A list of annotation UUIDs: JSON list of strings or `{"__UUID__"}` objects, or one UUID.
     pub fn uuid_list(&self, key: &str) -> Result<Vec<Uuid>, ApiError> {
-        let value = self
-            .get(key)
-            .ok_or_else(|| ApiError::bad_request(format!("missing parameter {key}")))?;
-        let items = match value {
-            Value::Array(items) => items.clone(),
-            Value::String(s) => s
-                .split(',')
-                .map(|p| Value::String(p.trim().to_string()))
-                .collect(),
-            single => vec![single.clone()],
-        };
-        let mut uuids = Vec::with_capacity(items.len());
+        Ok(self.uuid_lists(&[key])?.remove(0))
+    }
+
+    /// Several UUID lists at once. Entries that are not UUIDs are reported together, as WBIA's
+    /// `web_check_uuids` reports them: 608 with `[position, value]` pairs, positions counted
+    /// over the lists one after the other. (WBIA also refuses plain-string UUIDs with 608;
+    /// they are accepted here.)
+    pub fn uuid_lists(&self, keys: &[&str]) -> Result<Vec<Vec<Uuid>>, ApiError> {
+        let mut lists = Vec::with_capacity(keys.len());
         let mut invalid = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match uuid_from_value(item) {
-                Some(u) => uuids.push(u),
-                None => invalid.push(serde_json::json!([i, item])),
+        let mut position = 0;
+        for key in keys {
+            let value = self
+                .get(key)
+                .ok_or_else(|| ApiError::bad_request(format!("missing parameter {key}")))?;
+            let items = match value {
+                Value::Array(items) => items.clone(),
+                Value::String(s) => s
+                    .split(',')
+                    .map(|p| Value::String(p.trim().to_string()))
+                    .collect(),
+                single => vec![single.clone()],
+            };
+            let mut uuids = Vec::with_capacity(items.len());
+            for item in &items {
+                match uuid_from_value(item) {
+                    Some(u) => uuids.push(u),
+                    None => invalid.push(serde_json::json!([position, item])),
+                }
+                position += 1;
             }
+            lists.push(uuids);
         }
         if !invalid.is_empty() {
             return Err(ApiError::new(
                 608,
-                format!("{key}: invalid UUIDs"),
-                serde_json::json!({ "invalid_annot_uuid_list": invalid }),
+                format!("{}: invalid UUIDs", keys.join(", ")),
+                serde_json::json!({
+                    "invalid_image_uuid_list": [],
+                    "invalid_annot_uuid_list": invalid,
+                }),
             ));
         }
-        Ok(uuids)
+        Ok(lists)
     }
 }

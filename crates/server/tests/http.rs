@@ -83,6 +83,8 @@ struct FakeWbia {
     fail_first: AtomicUsize,
     /// `jobid`s received on the callback URL.
     callbacks: std::sync::Mutex<Vec<String>>,
+    /// Every field of each callback's form.
+    callback_forms: std::sync::Mutex<Vec<HashMap<String, String>>>,
 }
 
 /// Name UUIDs the fake hands out: one per name text, none for "____".
@@ -260,11 +262,11 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
         .route(
             "/ia",
             axum::routing::post(|State(f): State<Arc<FakeWbia>>, body: String| async move {
-                let jobid = form_urlencoded::parse(body.as_bytes())
-                    .find(|(k, _)| k == "jobid")
-                    .map(|(_, v)| v.to_string())
-                    .unwrap_or_default();
-                f.callbacks.lock().unwrap().push(jobid);
+                let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                f.callbacks.lock().unwrap().push(form.get("jobid").cloned().unwrap_or_default());
+                f.callback_forms.lock().unwrap().push(form);
                 "ok"
             }),
         )
@@ -873,6 +875,148 @@ async fn a_job_naming_unknown_annotations_is_refused_at_its_start() {
     );
 }
 
+/// The real WBIA's answers, recorded by `scripts/real-wbia/record.py`
+/// (`tests/data/real-wbia/transcripts.json`): the entry named `name`.
+fn recorded(name: &str) -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/real-wbia/transcripts.json");
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no recorded entry {name}"))
+        .clone()
+}
+
+/// The callbacks the real WBIA made, as recorded (`plain` and `detailed`).
+fn recorded_callbacks() -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/real-wbia/transcripts.json");
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    all["callbacks"].clone()
+}
+
+/// `callback_detailed=true`: the callback's form carries the job's `status` and `json_result`
+/// besides `jobid`, the fields the real WBIA 4.0.4 sent (recorded); `json_result` is the
+/// result document the result endpoint answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detailed_callback_carries_status_and_result() {
+    let (wbia, fake) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let (status, body) = post_form(
+        &client,
+        &format!("{base}/api/engine/query/graph/"),
+        &[
+            ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([fancy(0xa2), fancy(0xb3)]).to_string(),
+            ),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root":"LightGlue"}"#.to_string(),
+            ),
+            ("callback_url", format!("http://{wbia}/ia")),
+            ("callback_detailed", "true".to_string()),
+            ("jobid", "detailed".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(wait_for_job(&client, &base, "detailed").await, "completed");
+    for _ in 0..50 {
+        if !fake.callback_forms.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let form = fake.callback_forms.lock().unwrap()[0].clone();
+    let ours: std::collections::BTreeSet<&str> = form.keys().map(String::as_str).collect();
+    let recorded = recorded_callbacks();
+    let theirs: std::collections::BTreeSet<&str> = recorded["detailed"][0]["form"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ours, theirs);
+    assert_eq!(form["jobid"], "detailed");
+    assert_eq!(form["status"], "completed");
+    let sent = wbia_client::parse_lenient(&form["json_result"]).unwrap();
+    let result = common::job_result(&client, &base, "detailed").await;
+    assert_eq!(sent, result["response"]["json_result"]);
+}
+
+/// 608 and 601 at a job's start, as the real WBIA 4.0.4 answered the same requests (ours use
+/// our fake's UUIDs in the recorded positions): the same code and the same `response`, but for
+/// WBIA's `qdup_pos_map`, which it fills from the database list (ours holds the query list's
+/// duplicates: none, the engine takes one query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uuid_errors_at_a_jobs_start_as_wbia_answers_them() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/api/engine/query/graph/");
+    let fancy = |u: u128| fancy_uuid(&Uuid::from_u128(u));
+    let config = r#"{"pipeline_root":"LightGlue"}"#.to_string();
+
+    // 608: WBIA's request was [Q] and [D1, "not-a-uuid"].
+    let wbia_608 = recorded("engine_608_not_a_uuid");
+    assert_eq!(wbia_608["response"]["status"], 608);
+    let (status, ours) = post_form(
+        &client,
+        &url,
+        &[
+            ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([fancy(0xa2), "not-a-uuid"]).to_string(),
+            ),
+            ("query_config_dict", config.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 608, "{ours}");
+    assert_eq!(ours["status"]["code"], 608);
+    assert_eq!(ours["response"], wbia_608["response"]["json"]["response"]);
+
+    // 601: WBIA's request was [Q] and [D1, D2, D1].
+    let wbia_601 = recorded("engine_601_duplicate_database_uuids");
+    let form = &wbia_601["request"]["form"];
+    let recorded_database: Value =
+        serde_json::from_str(form["database_annot_uuid_list"].as_str().unwrap()).unwrap();
+    let d1 = recorded_database[0]["__UUID__"].as_str().unwrap();
+    let (status, ours) = post_form(
+        &client,
+        &url,
+        &[
+            ("query_annot_uuid_list", json!([fancy(0xa1)]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!([fancy(0xa2), fancy(0xb3), fancy(0xa2)]).to_string(),
+            ),
+            ("query_config_dict", config),
+        ],
+    )
+    .await;
+    assert_eq!(status, 601, "{ours}");
+    let theirs = &wbia_601["response"]["json"]["response"]["ddup_pos_map"];
+    assert_eq!(
+        ours["response"]["ddup_pos_map"][Uuid::from_u128(0xa2).to_string()],
+        theirs[d1]
+    );
+    assert_eq!(
+        ours["response"]["ddup_pos_map"].as_object().unwrap().len(),
+        theirs.as_object().unwrap().len()
+    );
+    assert_eq!(ours["response"]["qdup_pos_map"], json!({}));
+}
+
 /// Wildbook's flow: start a job form-encoded with a callback, poll its status, get the
 /// callback, read the result; checked field by field against the contract's example.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,6 +1086,16 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(*fake.callbacks.lock().unwrap(), vec![jobid.to_string()]);
+    // The fields of a plain callback, as the real WBIA sends them: `jobid` alone.
+    let keys_of = |form: &Value| -> std::collections::BTreeSet<String> {
+        form.as_object().unwrap().keys().cloned().collect()
+    };
+    let recorded_callbacks = recorded_callbacks();
+    let plain: std::collections::BTreeSet<String> = fake.callback_forms.lock().unwrap()[0]
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(plain, keys_of(&recorded_callbacks["plain"][0]["form"]));
 
     // Read as text: WBIA writes bare -Infinity, and so must we.
     let text = client

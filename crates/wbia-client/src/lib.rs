@@ -388,12 +388,23 @@ impl WbiaClient {
     /// a form body for POST and PUT, a query parameter for GET. Redirects are not followed;
     /// 5xx answers, timeouts and connection errors are retried with the client's backoff.
     pub async fn job_callback(&self, url: &str, method: &str, jobid: &str) -> Result<()> {
-        let form = [("jobid", jobid)];
+        self.job_callback_with(url, method, &[("jobid", jobid)])
+            .await
+    }
+
+    /// A job callback with these form fields (WBIA sends `jobid`; with `callback_detailed`
+    /// also `status` and `json_result`).
+    pub async fn job_callback_with(
+        &self,
+        url: &str,
+        method: &str,
+        form: &[(&str, &str)],
+    ) -> Result<()> {
         self.with_retries(|| async {
             let request = match method.to_ascii_uppercase().as_str() {
-                "GET" => self.callbacks.get(url).query(&form),
-                "PUT" => self.callbacks.put(url).form(&form),
-                _ => self.callbacks.post(url).form(&form),
+                "GET" => self.callbacks.get(url).query(form),
+                "PUT" => self.callbacks.put(url).form(form),
+                _ => self.callbacks.post(url).form(form),
             };
             let resp = match request.send().await {
                 Ok(r) => r,

@@ -98,7 +98,18 @@ async fn accept(
     params: &Params,
     query_config: Value,
 ) -> Result<String, ApiError> {
-    let queries = params.uuid_list("query_annot_uuid_list")?;
+    // Both lists read together, so that 608 counts positions over both, as WBIA does.
+    let listed = params
+        .get("database_annot_uuid_list")
+        .is_some_and(|v| !v.is_null());
+    let (queries, database) = if listed {
+        let mut lists = params
+            .uuid_lists(&["query_annot_uuid_list", "database_annot_uuid_list"])?
+            .into_iter();
+        (lists.next().unwrap_or_default(), lists.next())
+    } else {
+        (params.uuid_list("query_annot_uuid_list")?, None)
+    };
     if queries.len() != 1 {
         return Err(ApiError::bad_request(format!(
             "query_annot_uuid_list must hold exactly one annotation, not {}",
@@ -107,9 +118,6 @@ async fn accept(
     }
     // A null or absent list means every annotation of the query's species, as in WBIA
     // (docs/wbia-api.md); resolved before admission, which needs the pair count.
-    let listed = params
-        .get("database_annot_uuid_list")
-        .is_some_and(|v| !v.is_null());
     if !listed
         && params
             .get("database_imgsetid")
@@ -120,11 +128,6 @@ async fn accept(
              to match against every annotation of the query's species",
         ));
     }
-    let database = if listed {
-        Some(params.uuid_list("database_annot_uuid_list")?)
-    } else {
-        None
-    };
     let config_path = query_config.get("config_path").and_then(Value::as_str);
     let config = state.configs.load(config_path)?;
     // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
@@ -146,7 +149,17 @@ async fn accept(
             let method = params
                 .string("callback_method")
                 .unwrap_or_else(|| "POST".into());
-            Some((url, method))
+            // WBIA 4.0.4 adds the job's status and `json_result` to the callback's form.
+            let detailed = match params.get("callback_detailed") {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+                _ => false,
+            };
+            Some(Callback {
+                url,
+                method,
+                detailed,
+            })
         }
         None => None,
     };
@@ -296,16 +309,33 @@ fn check_callback(state: &AppState, url: &str) -> Result<(), ApiError> {
 
 /// Records a job's end, unless it has ended already (cancelled meanwhile), and then posts the
 /// callback, as WBIA's engine does.
-async fn finish(state: &AppState, id: &str, job: Job, callback: Option<(String, String)>) {
+/// Where a job's end is announced.
+struct Callback {
+    url: String,
+    method: String,
+    /// Also send `status` and `json_result` (WBIA's `callback_detailed`).
+    detailed: bool,
+}
+
+async fn finish(state: &AppState, id: &str, job: Job, callback: Option<Callback>) {
     let status = job.status.as_str();
     let result = job.result.clone();
     if !state.jobs.end(id, job) {
         return;
     }
-    shared::publish_final(state, id, status, result).await;
+    shared::publish_final(state, id, status, result.clone()).await;
     tracing::info!(jobid = %id, status, "job finished");
-    if let Some((url, method)) = callback {
-        match state.wbia.job_callback(&url, &method, id).await {
+    if let Some(callback) = callback {
+        let rendered = result.as_deref().unwrap_or("null");
+        let mut form = vec![("jobid", id)];
+        if callback.detailed {
+            form.extend([("status", status), ("json_result", rendered)]);
+        }
+        match state
+            .wbia
+            .job_callback_with(&callback.url, &callback.method, &form)
+            .await
+        {
             Ok(()) => {
                 state.metrics.callbacks_sent.fetch_add(1, Ordering::Relaxed);
             }
