@@ -607,8 +607,8 @@ fn postgresql_restarted_mid_job_loses_nothing() {
 
 /// Without PostgreSQL, engine jobs are kept in the SQLite store: a job that finished before a
 /// restart is answered after it (status, the same result, the job list), its id stays taken;
-/// one cut off by the stop ends as `exception` saying so, instead of being forgotten (WBIA
-/// keeps its jobs across restarts; before, status and result went to WBIA, `jobstatus: null`).
+/// one cut off by the stop ends as `exception` saying so, instead of being forgotten (before,
+/// status and result went to WBIA, which knew nothing of the job).
 #[cfg(unix)]
 #[test]
 fn jobs_outlive_a_restart_with_the_sqlite_store() {
