@@ -1,20 +1,21 @@
-# syntax=docker/dockerfile:1
 # The service on the CPU, for running beside WBIA (docker-compose.yml). Build:
 #   docker build -t wbia-lightglue .
+# No `# syntax=` line (BuildKit would fetch its frontend from a registry) and no
+# `RUN --mount`, so it builds offline and with both BuildKit and the classic builder
+# (docker-compose 1.29, a CLI without buildx). scripts/docker-check.sh builds and runs it.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# Dependencies and incremental artefacts live in BuildKit cache mounts, so a rebuild after a
-# source change recompiles only this workspace's crates.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin wbia-lightglue \
+# No cache mounts (the classic builder has none): a source change rebuilds the dependencies.
+RUN cargo build --release --locked --bin wbia-lightglue \
     && cp target/release/wbia-lightglue /usr/local/bin/wbia-lightglue
 
 FROM debian:bookworm-slim
-# curl for the health check; ca-certificates for https WBIA URLs and callbacks.
+# curl for the health check; ca-certificates for https WBIA URLs and callbacks. Unpinned: the
+# base image's tag is the pin (exact Debian versions vanish from the archive at point releases).
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates=20230311* curl=7.88.* \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data/lightglue lightglue \
     && mkdir -p /v_config/lightglue /data/lightglue \
@@ -35,6 +36,8 @@ EXPOSE 5000
 STOPSIGNAL SIGTERM
 # /health answers from memory (it never waits on WBIA): 200 once the models are loaded and
 # while the model worker runs. The models load in seconds; the start period covers a slow disk.
+# The check follows WBIA_LIGHTGLUE_PORT: set another port with that variable
+# (`-e WBIA_LIGHTGLUE_PORT=8080`), not with `serve --port`, which the check cannot see.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:5000/health"]
+    CMD curl -fsS -o /dev/null "http://127.0.0.1:${WBIA_LIGHTGLUE_PORT:-5000}/health" || exit 1
 ENTRYPOINT ["wbia-lightglue", "serve"]

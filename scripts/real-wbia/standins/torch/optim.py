@@ -1,0 +1,1 @@
+"""torch.optim stand-in (imported, never used, by wbia/algo/detect)."""

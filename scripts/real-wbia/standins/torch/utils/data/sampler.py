@@ -1,0 +1,3 @@
+class Sampler:
+    def __init__(self, data_source=None):
+        pass
