@@ -876,12 +876,16 @@ async fn a_job_naming_unknown_annotations_is_refused_at_its_start() {
 }
 
 /// The real WBIA's answers, recorded by `scripts/real-wbia/record.py`
-/// (`tests/data/real-wbia/transcripts.json`): the entry named `name`.
-fn recorded(name: &str) -> Value {
+/// (`tests/data/real-wbia/transcripts.json`).
+fn transcripts() -> Value {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/real-wbia/transcripts.json");
-    let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    all["entries"]
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The recorded exchange named `name`.
+fn recorded(name: &str) -> Value {
+    transcripts()["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -892,10 +896,7 @@ fn recorded(name: &str) -> Value {
 
 /// The callbacks the real WBIA made, as recorded (`plain` and `detailed`).
 fn recorded_callbacks() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/real-wbia/transcripts.json");
-    let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    all["callbacks"].clone()
+    transcripts()["callbacks"].clone()
 }
 
 /// `callback_detailed=true`: the callback's form carries the job's `status` and `json_result`
