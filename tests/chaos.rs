@@ -207,25 +207,7 @@ fn job_status(client: &reqwest::blocking::Client, base: &str, jobid: &str) -> Op
 }
 
 fn scores(client: &reqwest::blocking::Client, base: &str, jobid: &str) -> HashMap<String, f64> {
-    let (_, text) = fetch(
-        client,
-        &format!("{base}/api/engine/job/result/?jobid={jobid}"),
-    );
-    let result = json_of(&text);
-    assert_eq!(result["response"]["status"], "completed", "{result}");
-    let cm = &result["response"]["json_result"]["cm_dict"][uuid_of(1).to_string()];
-    cm["dannot_uuid_list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(cm["annot_score_list"].as_array().unwrap())
-        .map(|(u, s)| {
-            (
-                u["__UUID__"].as_str().unwrap().to_string(),
-                s.as_f64().unwrap(),
-            )
-        })
-        .collect()
+    support::job_scores(client, base, jobid, &uuid_of(1).to_string())
 }
 
 fn wait_for_end(client: &reqwest::blocking::Client, base: &str, jobid: &str) -> String {

@@ -424,24 +424,9 @@ fn assert_equals_baseline(
     }
 }
 
-/// A job's scores by database annotation, from its result on `base`.
+/// A job's scores by database annotation, from its result on `base` (query: annotation 1).
 fn job_scores(client: &reqwest::blocking::Client, base: &str, jobid: &str) -> HashMap<String, f64> {
-    let result_url = format!("{base}/api/engine/job/result/?jobid={jobid}");
-    let result = json_of(&fetch(client, &result_url).1);
-    assert_eq!(result["response"]["status"], "completed", "{result}");
-    let cm = &result["response"]["json_result"]["cm_dict"][uuid(1)];
-    cm["dannot_uuid_list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(cm["annot_score_list"].as_array().unwrap())
-        .map(|(u, s)| {
-            (
-                u["__UUID__"].as_str().unwrap().to_string(),
-                s.as_f64().unwrap(),
-            )
-        })
-        .collect()
+    support::job_scores(client, base, jobid, &uuid(1))
 }
 
 /// A replica on PostgreSQL stops on SIGTERM (what `docker stop` sends) with exit 0, with

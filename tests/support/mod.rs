@@ -2,6 +2,7 @@
 //! own, and reading their answers.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -239,4 +240,30 @@ impl Drop for PrivatePostgres {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A completed job's scores by database annotation UUID, from its result on `base`, for the
+/// query `query` (a UUID string).
+pub fn job_scores(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    jobid: &str,
+    query: &str,
+) -> HashMap<String, f64> {
+    let result_url = format!("{base}/api/engine/job/result/?jobid={jobid}");
+    let result = json_of(&fetch(client, &result_url).1);
+    assert_eq!(result["response"]["status"], "completed", "{result}");
+    let cm = &result["response"]["json_result"]["cm_dict"][query];
+    cm["dannot_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cm["annot_score_list"].as_array().unwrap())
+        .map(|(u, s)| {
+            (
+                u["__UUID__"].as_str().unwrap().to_string(),
+                s.as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
