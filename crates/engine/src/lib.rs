@@ -238,8 +238,19 @@ pub struct RuntimeInfo {
     pub device: String,
     pub precision: Precision,
     pub match_batch: usize,
-    /// Digest of the weight files: part of every feature and score key.
-    pub model_version: String,
+    /// Per ALIKED variant (`model_name`), the digest of its weights and LightGlue's: part of
+    /// every feature and score key made with that variant.
+    pub model_versions: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl RuntimeInfo {
+    /// The weights' digest for `model_name`; a name that is no variant (refused when a
+    /// configuration is read) gets one that matches no stored row.
+    pub fn model_version(&self, model_name: &str) -> &str {
+        self.model_versions
+            .get(model_name)
+            .map_or("unknown-variant", String::as_str)
+    }
 }
 
 /// An annotation's features with the key they were computed under (what the pair-score store
@@ -300,11 +311,13 @@ pub struct Engine {
     verify_chip_bytes: bool,
 }
 
-/// Short digest of the weight files, so that new weights never meet old features or scores.
-fn model_version(dir: Option<&std::path::Path>) -> String {
+/// Short digest of one ALIKED variant's weights and LightGlue's, so that new weights never
+/// meet old features or scores. For `aliked-n16` it is the digest every earlier release keyed
+/// its store with (the n16 file, then LightGlue's).
+fn model_version(dir: Option<&std::path::Path>, aliked_file: &str) -> String {
     use wbia_lightglue_model::weights;
     let mut h = Sha256::new();
-    for file in [weights::ALIKED_FILE, weights::LIGHTGLUE_FILE] {
+    for file in [aliked_file, weights::LIGHTGLUE_FILE] {
         match weights::find_weights(dir, file).and_then(|p| {
             std::fs::read(&p).map_err(|source| wbia_lightglue_model::Error::ImageIo {
                 path: p.clone(),
@@ -357,7 +370,13 @@ impl Engine {
             device: wbia_lightglue_model::device_name(&options.device),
             precision: options.precision,
             match_batch,
-            model_version: model_version(options.weights_dir.as_deref()),
+            model_versions: wbia_lightglue_model::AlikedConfig::ALL
+                .iter()
+                .map(|v| {
+                    let dir = options.weights_dir.as_deref();
+                    (v.name, model_version(dir, v.weights_file))
+                })
+                .collect(),
         };
         Ok(Self {
             runtime,

@@ -474,7 +474,7 @@ impl Engine {
             annot: annot.uuid,
             settings: config.feature_key(rotation),
             chip,
-            model: self.runtime.model_version.as_str().into(),
+            model: self.runtime.model_version(&config.model_name).into(),
         };
         let mut found: Vec<Option<AnnotFeatures>> = vec![None; rotations.len()];
         let known = match (&annot.chip, self.verify_chip_bytes) {
@@ -687,7 +687,7 @@ impl Engine {
     ) -> Result<Vec<f32>> {
         let settings =
             MatcherSettings::new(config, self.runtime.precision, self.runtime.match_batch)
-                .key(&self.runtime.model_version);
+                .key(self.runtime.model_version(&config.model_name));
         let q = query.key.digest();
         let d: Vec<String> = database.iter().map(|f| f.key.digest()).collect();
         let mut scores: Vec<Option<f32>> = vec![None; database.len()];

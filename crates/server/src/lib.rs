@@ -259,11 +259,14 @@ async fn heartbeat() -> Response {
     responses((status = 200, description = "version, model, device, precision, default configuration")))]
 async fn info(State(state): State<Arc<AppState>>) -> Response {
     let config = state.configs.load(None).ok();
+    // The default configuration's variant (a request's `config_path` may name another).
+    let extractor = config.as_ref().map(|c| c.model_name.clone());
     Json(json!({
         "name": "wbia-lightglue",
         "version": env!("CARGO_PKG_VERSION"),
         "pipeline_root": "LightGlue",
-        "extractor": "aliked-n16",
+        "extractor": extractor,
+        "model_versions": state.engine.runtime.model_versions,
         "matcher": "lightglue (aliked)",
         "device": state.engine.runtime.device,
         "precision": state.engine.runtime.precision,

@@ -1995,3 +1995,36 @@ async fn thumbnail_references_of_any_configuration_survive_the_process() {
     assert_eq!(resp.status(), 200, "rendered here, not passed to WBIA");
     assert_eq!(resp.headers()["content-type"], "image/jpeg");
 }
+
+/// `/info` names the variant the default configuration extracts with (it once always said
+/// `aliked-n16`), read per call like the configuration itself, and each variant's weights
+/// digest.
+#[tokio::test]
+async fn info_reports_the_configured_extractor() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (ours, state) = our_server(&format!("http://{wbia}")).await;
+    let client = reqwest::Client::new();
+    let info = |client: reqwest::Client| async move {
+        let r = client
+            .get(format!("http://{ours}/info"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let before = info(client.clone()).await;
+    assert_eq!(before["extractor"], "aliked-n16", "{before}");
+    let versions = before["model_versions"].as_object().unwrap();
+    assert_eq!(versions.len(), 4, "{before}");
+    assert!(versions["aliked-n16rot"].as_str().unwrap().len() == 16);
+    let dir = state.configs.path().to_path_buf();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_name": "aliked-n16rot"}"#,
+    )
+    .unwrap();
+    let after = info(client).await;
+    assert_eq!(after["extractor"], "aliked-n16rot", "{after}");
+    assert_eq!(after["model_versions"], before["model_versions"]);
+}
