@@ -26,6 +26,8 @@ const SMALL: &str = r#"{"max_num_keypoints": 128, "image_size": 256}"#;
 const ANNOTS: u128 = 12;
 /// An annotation whose chip the fake WBIA serves as HTML.
 const BROKEN: u128 = 999;
+/// An annotation whose chip the fake WBIA answers with HTTP 500 (WBIA failing, not the chip).
+const FAILING: u128 = 998;
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -105,11 +107,18 @@ fn fake_wbia_with_chip_delay(runtime: &tokio::runtime::Runtime, delay: Duration)
         .route(
             "/api/annot/src/{aid}/",
             get(move |Path(aid): Path<u128>| async move {
+                use axum::response::IntoResponse;
                 tokio::time::sleep(delay).await;
                 if aid == BROKEN {
-                    return b"<html>not a chip</html>".to_vec();
+                    return b"<html>not a chip</html>".to_vec().into_response();
                 }
-                std::fs::read(fixture(&format!("turtles/{}", chips[(aid % 4) as usize]))).unwrap()
+                if aid == FAILING {
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "crashed")
+                        .into_response();
+                }
+                std::fs::read(fixture(&format!("turtles/{}", chips[(aid % 4) as usize])))
+                    .unwrap()
+                    .into_response()
             }),
         );
     let listener = runtime
@@ -663,9 +672,11 @@ fn jobs_outlive_a_restart_with_the_sqlite_store() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// A chunk that fails (an annotation in it has a chip that is not an image) ends its split
-/// job as `exception` naming the chunk and the annotation, on every replica, with no chunk
-/// left behind; the other replica's worker goes on to later jobs.
+/// A chunk holding an annotation whose chip is not an image completes without it: the job's
+/// result names it as skipped and scores the rest. A chunk that fails (WBIA answers 500 for
+/// a chip, after retries) ends its split job as `exception` naming the chunk and the
+/// annotation, on every replica, with no chunk left behind; the other replica's worker goes
+/// on to later jobs.
 #[test]
 fn a_failed_chunk_ends_its_split_job_with_the_reason() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -704,10 +715,37 @@ fn a_failed_chunk_ends_its_split_job_with_the_reason() {
     start("with-broken", with_broken);
     for base in [&a.base, &b.base] {
         let result = ended(base, "with-broken");
+        assert_eq!(result["response"]["status"], "completed", "{result}");
+        let document = &result["response"]["json_result"];
+        let skipped = document["skipped_annot_list"].as_array().unwrap();
+        assert_eq!(skipped.len(), 1, "{document}");
+        assert_eq!(skipped[0]["dannot_uuid"]["__UUID__"], uuid(BROKEN));
+        assert!(
+            skipped[0]["reason"].as_str().unwrap().contains("image"),
+            "{skipped:?}"
+        );
+        let matched = &document["cm_dict"][uuid(1)]["dannot_uuid_list"];
+        let matched: Vec<&str> = matched
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["__UUID__"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            matched,
+            the_rest(),
+            "every other annotation scored, in order"
+        );
+    }
+    let mut with_failing = the_rest();
+    with_failing.insert(7, uuid(FAILING));
+    start("with-failing", with_failing);
+    for base in [&a.base, &b.base] {
+        let result = ended(base, "with-failing");
         assert_eq!(result["response"]["status"], "exception", "{result}");
         let reason = result["response"]["json_result"].as_str().unwrap();
         assert!(
-            reason.contains("chunk 2 of the job failed") && reason.contains(&uuid(BROKEN)),
+            reason.contains("chunk 2 of the job failed") && reason.contains(&uuid(FAILING)),
             "{reason}"
         );
     }

@@ -28,8 +28,8 @@ pub use calibration::Calibration;
 pub use config::{Config, ConfigDir};
 pub use pairs::PairMatches;
 pub use pipeline::{
-    Admission, Annot, ChipSource, FileChips, PairScore, Progress, ProgressSnapshot, SourceError,
-    Ticket, WbiaChip, CHIPS_IN_FLIGHT,
+    Admission, Annot, ChipSource, FileChips, Identification, PairScore, Progress, ProgressSnapshot,
+    Skipped, SourceError, Ticket, UnusableChips, WbiaChip, CHIPS_IN_FLIGHT,
 };
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
 use worker::{Job, MatchWork, ModelWorker};

@@ -41,6 +41,54 @@ pub struct PairScore {
     pub rotation: Rotation,
 }
 
+/// A database annotation left out of a request because its chip cannot be used.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub annot: Uuid,
+    /// What went wrong with its chip, for the answer and the log.
+    pub reason: String,
+}
+
+/// Scores of a request whose unusable database chips were left out: `scores[q][i]` follows
+/// the database order with the query left out, `None` where that annotation was skipped.
+#[derive(Clone, Debug, Default)]
+pub struct Identification {
+    pub scores: Vec<Vec<Option<PairScore>>>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Error {
+    /// Whether this error is one annotation's chip being unusable for good (WBIA refused
+    /// it, it is too large, it is not an image we can decode), as opposed to WBIA, the store
+    /// or the service failing: only such a database annotation is skipped.
+    pub fn is_unusable_chip(&self) -> bool {
+        match self {
+            Error::Annotation { .. } => true,
+            Error::Source { cause, .. } => match cause {
+                SourceError::Refused(_) | SourceError::TooLarge(_) => true,
+                SourceError::Status { status, .. } => (400..500).contains(status),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The annotation an error is about, if it is about one.
+    fn annotation(&self) -> Option<Uuid> {
+        match self {
+            Error::Annotation { uuid, .. } | Error::Source { uuid, .. } => Some(*uuid),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a database annotation whose chip is unusable fails the request or is skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnusableChips {
+    Fail,
+    Skip,
+}
+
 /// What defines a WBIA chip besides the chip settings (WBIA's defaults): the image, the
 /// annotation's box in it and its rotation.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +131,10 @@ pub enum SourceError {
     Status { url: String, status: u16 },
     #[error("chip too large: {0}")]
     TooLarge(String),
+    /// WBIA answered with its error envelope instead of the chip (its image file is gone,
+    /// say): this annotation cannot be scored until WBIA's data is fixed.
+    #[error("WBIA could not make it: {0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }
@@ -331,6 +383,39 @@ impl Engine {
         config: &Config,
         progress: &Progress,
     ) -> Result<Vec<Vec<PairScore>>> {
+        let found = self
+            .identify_all(
+                ticket,
+                source,
+                queries,
+                database,
+                config,
+                progress,
+                UnusableChips::Fail,
+            )
+            .await?;
+        // Nothing is skipped when skipping is off: every pair has its score.
+        Ok(found
+            .scores
+            .into_iter()
+            .map(|row| row.into_iter().flatten().collect())
+            .collect())
+    }
+
+    /// [`Engine::identify_with_rotations`] where `unusable` says what a database annotation
+    /// whose chip cannot be used does: fail the request, or be skipped (named in the
+    /// answer). A query's own chip failing always fails.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn identify_all<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        queries: &[Annot],
+        database: &[Annot],
+        config: &Config,
+        progress: &Progress,
+        unusable: UnusableChips,
+    ) -> Result<Identification> {
         let mut distinct: Vec<Uuid> = queries.iter().map(|a| a.uuid).collect();
         distinct.extend(database.iter().map(|a| a.uuid));
         distinct.sort();
@@ -343,7 +428,7 @@ impl Engine {
         Progress::add(&progress.pairs_total, pairs);
 
         let rotations = config.query_rotations();
-        let mut all = Vec::with_capacity(queries.len());
+        let mut found = Identification::default();
         for q in queries {
             let turned = self
                 .features_at(ticket, source, q, config, progress, rotations)
@@ -351,16 +436,22 @@ impl Engine {
             let query: Vec<(Rotation, AnnotFeatures)> =
                 rotations.iter().copied().zip(turned).collect();
             let others: Vec<&Annot> = database.iter().filter(|d| d.uuid != q.uuid).collect();
-            let scores = self
-                .score_against(ticket, source, &query, &others, config, progress)
+            let (scores, skipped) = self
+                .score_against(ticket, source, &query, &others, config, progress, unusable)
                 .await?;
-            all.push(scores);
+            for s in skipped {
+                if !found.skipped.iter().any(|k| k.annot == s.annot) {
+                    found.skipped.push(s);
+                }
+            }
+            found.scores.push(scores);
         }
-        Ok(all)
+        Ok(found)
     }
 
     /// One query (at each of its turns) against a database: features stream in (a few chips
     /// at a time) while earlier chunks are matched.
+    #[allow(clippy::too_many_arguments)]
     async fn score_against<S: ChipSource>(
         &self,
         ticket: &Ticket,
@@ -369,40 +460,67 @@ impl Engine {
         database: &[&Annot],
         config: &Config,
         progress: &Progress,
-    ) -> Result<Vec<PairScore>> {
+        unusable: UnusableChips,
+    ) -> Result<(Vec<Option<PairScore>>, Vec<Skipped>)> {
         let chunk = self.match_chunk();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AnnotFeatures>>(chunk);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<AnnotFeatures>)>(chunk);
         // Indexed, not iterated by reference: a closure that borrows its argument into the
         // future it returns would not be `Send` for every lifetime, which a spawned job needs.
-        let lookup =
-            move |i: usize| self.features_of(ticket, source, database[i], config, progress);
+        let lookup = move |i: usize| async move {
+            let f = self
+                .features_of(ticket, source, database[i], config, progress)
+                .await;
+            (i, f)
+        };
         let produce = async move {
             let mut features = futures::stream::iter(0..database.len())
                 .map(lookup)
                 .buffered(CHIPS_IN_FLIGHT);
-            while let Some(f) = features.next().await {
+            while let Some((i, f)) = features.next().await {
                 let failed = f.is_err();
-                if tx.send(f).await.is_err() || failed {
+                if tx.send((i, f)).await.is_err() || (failed && unusable == UnusableChips::Fail) {
                     break;
                 }
             }
         };
         let consume = async {
-            let mut scores = Vec::with_capacity(database.len());
+            let mut scores: Vec<Option<PairScore>> = vec![None; database.len()];
+            let mut skipped = Vec::new();
             let mut batch = Vec::with_capacity(chunk);
+            let mut positions = Vec::with_capacity(chunk);
             loop {
                 let next = rx.recv().await;
                 let done = next.is_none();
-                if let Some(f) = next {
-                    batch.push(f?);
+                match next {
+                    Some((i, Ok(f))) => {
+                        batch.push(f);
+                        positions.push(i);
+                    }
+                    Some((i, Err(e)))
+                        if unusable == UnusableChips::Skip && e.is_unusable_chip() =>
+                    {
+                        let annot = e.annotation().unwrap_or(database[i].uuid);
+                        tracing::warn!(%annot, error = %e, "skipping a database annotation whose chip is unusable");
+                        skipped.push(Skipped {
+                            annot,
+                            reason: e.to_string(),
+                        });
+                        Progress::add(&progress.pairs_scored, 1);
+                    }
+                    Some((_, Err(e))) => return Err(e),
+                    None => {}
                 }
                 if batch.len() == chunk || (done && !batch.is_empty()) {
-                    scores.extend(self.best_scores(ticket, query, &batch, config).await?);
+                    let best = self.best_scores(ticket, query, &batch, config).await?;
+                    for (&i, score) in positions.iter().zip(best) {
+                        scores[i] = Some(score);
+                    }
                     Progress::add(&progress.pairs_scored, batch.len());
                     batch.clear();
+                    positions.clear();
                 }
                 if done {
-                    return Ok::<_, Error>(scores);
+                    return Ok::<_, Error>((scores, skipped));
                 }
             }
         };

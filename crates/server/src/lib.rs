@@ -33,7 +33,7 @@ use wbia_client::{fancy_uuid, WbiaClient};
 use wbia_lightglue_engine::metrics::Histogram;
 use wbia_lightglue_engine::{
     rank, Annot, ChipSource, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot,
-    SourceError, Ticket, WbiaChip,
+    Skipped, SourceError, Ticket, UnusableChips, WbiaChip,
 };
 
 use envelope::ApiError;
@@ -165,6 +165,8 @@ pub struct Metrics {
     pub callbacks_failed: AtomicU64,
     /// Requests refused for a missing or wrong bearer token.
     pub unauthorized: AtomicU64,
+    /// Database annotations left out of answers because their chips cannot be used.
+    pub annotations_skipped: AtomicU64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -288,7 +290,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (cached, cached_bytes) = state.engine.cached_features();
     let (admitted, pending_pairs) = state.engine.admitted();
     // (name, type, help, value): every counter the service keeps, each exported once.
-    let families: [(&str, &str, &str, u64); 34] = [
+    let families: [(&str, &str, &str, u64); 35] = [
         (
             "wbia_lightglue_queries_total",
             "counter",
@@ -476,6 +478,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             load(&m.unauthorized),
         ),
         (
+            "wbia_lightglue_annotations_skipped_total",
+            "counter",
+            "Database annotations left out of an answer because their chips cannot be used (WBIA refused them, too large, not a readable image).",
+            load(&m.annotations_skipped),
+        ),
+        (
             "wbia_lightglue_worker_alive",
             "gauge",
             "1 while the model worker thread runs.",
@@ -588,6 +596,7 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
         "pipeline_root": "LightGlue",
         "config": config_json(&config),
         "query_results": computed.results.iter().map(query_json).collect::<Vec<_>>(),
+        "skipped": computed.skipped.iter().map(skipped_json).collect::<Vec<_>>(),
     }))
 }
 
@@ -596,6 +605,8 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
 pub struct Computed {
     pub results: Vec<QueryResult>,
     pub aids: Vec<(Uuid, i64)>,
+    /// Database annotations left out because their chips cannot be used.
+    pub skipped: Vec<Skipped>,
 }
 
 /// What WBIA checks of a request's lists before any work: non-empty, not too long, no
@@ -642,6 +653,7 @@ impl ChipSource for WbiaChips<'_> {
                 }
                 wbia_client::Error::TooLarge { .. } => SourceError::TooLarge(e.to_string()),
                 wbia_client::Error::UnknownAnnotation(_) => SourceError::Unknown,
+                wbia_client::Error::Wbia { message, .. } => SourceError::Refused(message),
                 other => SourceError::Other(other.to_string()),
             })
     }
@@ -725,7 +737,7 @@ pub async fn compute(
         [q] => database.iter().filter(|d| *d != q).copied().collect(),
         _ => Vec::new(),
     };
-    let scores = match split_job {
+    let found = match split_job {
         Some(jobid) if queries.len() == 1 && split::splits(state, others.len()) => {
             // In the shared store before the chunks are queued: no replica extracts it again.
             let query = &annots(queries)[0];
@@ -733,33 +745,41 @@ pub async fn compute(
                 .engine
                 .prepare_query(ticket, &source, query, config, progress)
                 .await?;
-            vec![split::score(state, jobid, queries[0], &others, config, progress).await?]
+            split::score(state, jobid, queries[0], &others, config, progress).await?
         }
         _ => {
             state
                 .engine
-                .identify_with_rotations(
+                .identify_all(
                     ticket,
                     &source,
                     &annots(queries),
                     &annots(database),
                     config,
                     progress,
+                    UnusableChips::Skip,
                 )
                 .await?
         }
     };
+    if !found.skipped.is_empty() {
+        state
+            .metrics
+            .annotations_skipped
+            .fetch_add(found.skipped.len() as u64, Ordering::Relaxed);
+    }
     let positions: std::collections::HashMap<Uuid, usize> =
         all.iter().enumerate().map(|(i, u)| (*u, i)).collect();
     let index = |u: &Uuid| positions[u];
     let results = queries
         .iter()
-        .zip(scores)
+        .zip(found.scores)
         .map(|(q, scores)| {
             let scored = database
                 .iter()
                 .filter(|d| *d != q)
                 .zip(scores)
+                .filter_map(|(d, pair)| Some((d, pair?)))
                 .map(|(d, pair)| ScoredAnnot {
                     annot: *d,
                     score: pair.score,
@@ -774,7 +794,11 @@ pub async fn compute(
             rank(*q, scored)
         })
         .collect();
-    Ok(Computed { results, aids })
+    Ok(Computed {
+        results,
+        aids,
+        skipped: found.skipped,
+    })
 }
 
 fn config_json(config: &Config) -> Value {
@@ -808,6 +832,14 @@ fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError>
         "duplicate annotation UUIDs",
         json!({"qdup_pos_map": q, "ddup_pos_map": d}),
     ))
+}
+
+/// A database annotation left out, in the documented shape.
+pub(crate) fn skipped_json(s: &Skipped) -> openapi::SkippedAnnotation {
+    openapi::SkippedAnnotation {
+        dannot_uuid: (&s.annot).into(),
+        reason: s.reason.clone(),
+    }
 }
 
 /// One query's answer, in the documented shape.

@@ -111,6 +111,16 @@ pub struct ChipBestResult {
     #[schema(value_type = Object)]
     pub config: Value,
     pub query_results: Vec<QueryResult>,
+    /// Database annotations left out because WBIA could not make their chips or they are
+    /// not images the service can read; a query's own chip failing fails the request.
+    pub skipped: Vec<SkippedAnnotation>,
+}
+
+/// A database annotation that was not scored, and why.
+#[derive(Serialize, ToSchema)]
+pub struct SkippedAnnotation {
+    pub dannot_uuid: FancyUuid,
+    pub reason: String,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 use wbia_lightglue_engine::pg_store::{PgStore, TakenChunk};
-use wbia_lightglue_engine::{Annot, Config, PairScore, Progress, WbiaChip};
+use wbia_lightglue_engine::{
+    Annot, Config, Identification, PairScore, Progress, Skipped, UnusableChips, WbiaChip,
+};
 use wbia_lightglue_model::Rotation;
 
 use crate::envelope::ApiError;
@@ -50,8 +52,13 @@ struct ChunkRequest {
     config: Config,
 }
 
-/// A chunk's scores, in its database order: (score, clockwise turn of the query).
-type ChunkScores = Vec<(f32, u16)>;
+/// A chunk's answer: its scores in its database order, (score, clockwise turn of the query),
+/// `None` for an annotation whose chip was unusable and was skipped (named in `skipped`).
+#[derive(Serialize, Deserialize)]
+struct ChunkScores {
+    scores: Vec<Option<(f32, u16)>>,
+    skipped: Vec<Skipped>,
+}
 
 /// The shared store, when replicas share one.
 fn shared(state: &AppState) -> Option<Arc<PgStore>> {
@@ -84,7 +91,7 @@ pub async fn score(
     database: &[Uuid],
     config: &Config,
     progress: &Progress,
-) -> Result<Vec<PairScore>, ApiError> {
+) -> Result<Identification, ApiError> {
     let store = shared(state).ok_or_else(|| ApiError::new(500, "no shared store", Value::Null))?;
     let size = state.options.chunk_annotations.max(1);
     let requests: Vec<String> = database
@@ -156,7 +163,7 @@ pub async fn score(
             .filter(|c| c.state == "done")
             .filter_map(|c| serde_json::from_str(c.scores.as_deref()?).ok())
             .collect();
-        let scored: usize = done.iter().map(Vec::len).sum();
+        let scored: usize = done.iter().map(|c| c.scores.len()).sum();
         progress.add_pairs_scored(scored.saturating_sub(counted));
         counted = counted.max(scored);
         if done.len() == chunks && states.len() == chunks {
@@ -166,14 +173,17 @@ pub async fn score(
     };
     let id = jobid.to_string();
     let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
-    let scores: Vec<PairScore> = merged
-        .into_iter()
-        .flatten()
-        .map(|(score, turn)| PairScore {
-            score,
-            rotation: Rotation::from_degrees(turn).unwrap_or_default(),
-        })
-        .collect();
+    let mut found = Identification::default();
+    let mut scores = Vec::with_capacity(database.len());
+    for chunk in merged {
+        scores.extend(chunk.scores.into_iter().map(|s| {
+            s.map(|(score, turn)| PairScore {
+                score,
+                rotation: Rotation::from_degrees(turn).unwrap_or_default(),
+            })
+        }));
+        found.skipped.extend(chunk.skipped);
+    }
     if scores.len() != database.len() {
         return Err(ApiError::new(
             500,
@@ -181,7 +191,8 @@ pub async fn score(
             Value::Null,
         ));
     }
-    Ok(scores)
+    found.scores.push(scores);
+    Ok(found)
 }
 
 /// This replica's chunk worker: takes queued chunks of any replica's split jobs and matches
@@ -293,22 +304,28 @@ async fn match_chunk(state: &AppState, chunk: &TakenChunk) -> Result<ChunkScores
         aids: aids.into_iter().collect(),
     };
     let ticket = state.engine.admit(request.database.len())?;
-    let scores = state
+    let found = state
         .engine
-        .identify_with_rotations(
+        .identify_all(
             &ticket,
             &source,
             &annots[..1],
             &annots[1..],
             &request.config,
             &Progress::default(),
+            UnusableChips::Skip,
         )
         .await?;
-    Ok(scores
+    let scores = found
+        .scores
         .into_iter()
         .next()
         .unwrap_or_default()
         .into_iter()
-        .map(|p| (p.score, p.rotation.degrees()))
-        .collect())
+        .map(|p| p.map(|p| (p.score, p.rotation.degrees())))
+        .collect();
+    Ok(ChunkScores {
+        scores,
+        skipped: found.skipped,
+    })
 }

@@ -42,9 +42,17 @@ struct Annot {
     chip: Vec<u8>,
 }
 
-/// What WBIA 4.0.4 sends for a chip it cannot make (its image file gone): HTTP 200,
-/// `text/html`, and an error envelope as the body.
-const MISSING_FILE_CHIP: &str = r#"{"status": {"success": false, "code": 500, "message": "[Errno 2] No such file or directory: image file of annotation 5", "cache": -1}, "response": null}"#;
+/// What WBIA 4.0.4 sent for a chip it could not make (its image file deleted), as recorded:
+/// HTTP 200, `text/html`, an error envelope as the body.
+fn missing_file_chip() -> (String, Vec<u8>) {
+    let entry = common::recorded("annot_src_aid_14");
+    let response = &entry["response"];
+    assert_eq!(response["status"], 200, "{entry}");
+    (
+        response["content_type"].as_str().unwrap().to_string(),
+        serde_json::to_vec(&response["json"]).unwrap(),
+    )
+}
 
 #[derive(Default)]
 struct Fake {
@@ -98,7 +106,7 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
                 bbox: [0, 0, 100, 100],
                 theta: 0.0,
                 chip: if chip.is_empty() {
-                    MISSING_FILE_CHIP.as_bytes().to_vec()
+                    missing_file_chip().1
                 } else {
                     turtle(chip)
                 },
@@ -140,9 +148,9 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
                     *fake.downloads.lock().unwrap().entry(aid).or_default() += 1;
                     let chip = fake.annots.lock().unwrap()[&aid].chip.clone();
                     let kind = if chip.starts_with(b"{") {
-                        "text/html; charset=utf-8"
+                        missing_file_chip().0
                     } else {
-                        "image/jpeg"
+                        "image/jpeg".to_string()
                     };
                     ([("content-type", kind)], chip)
                 },
@@ -286,29 +294,89 @@ async fn changed_chip_bytes_under_one_identity_need_verification() {
     assert_eq!(fake.downloads(2), 4);
 }
 
+/// The database annotations an answer skipped, and why.
+fn skipped(body: &Value) -> Vec<(Uuid, String)> {
+    body["response"]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                wbia_client::uuid_from_value(&s["dannot_uuid"]).unwrap(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A query chip over the limit fails the request (422, the limit named); a database chip
+/// over it is skipped and named with the same reason. Neither is retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chip_over_max_chip_bytes_is_refused_naming_the_limit() {
     let (wbia, fake) = fake_wbia().await;
     // a1 and a2 are 32,254 and 25,253 bytes; b3 50,589.
     let base = ours(&wbia, false, 40_000).await;
     assert!(score(&base, 1, 2).await > 0.0);
-    let (status, body) = query(&base, 1, 3).await;
+    let (status, body) = query(&base, 3, 1).await;
     assert_eq!(status, 422, "{body}");
     let message = body["status"]["message"].as_str().unwrap();
     assert!(message.contains("40000"), "{message}");
     assert_eq!(fake.downloads(3), 1, "refused at once, not retried");
+    let (status, body) = query(&base, 1, 3).await;
+    assert_eq!(status, 200, "{body}");
+    let skipped = skipped(&body);
+    assert_eq!(skipped.len(), 1, "{body}");
+    assert_eq!(skipped[0].0, uuid_of(3));
+    assert!(skipped[0].1.contains("40000"), "{skipped:?}");
+    assert_eq!(body["response"]["query_results"][0]["ranked"], json!([]));
+    assert_eq!(fake.downloads(3), 2);
 }
 
-/// A chip WBIA cannot make comes back as HTTP 200 `text/html` holding an error envelope: the
-/// answer is 502 with WBIA's reason, not 422 "unsupported image format", and it is not
-/// retried (WBIA said why).
+/// A chip WBIA cannot make comes back as HTTP 200 `text/html` holding an error envelope (the
+/// real WBIA's answer, recorded): as the query's chip, the answer is 502 with WBIA's reason,
+/// not 422 "unsupported image format", and it is not retried (WBIA said why); as a database
+/// annotation it is skipped with that reason while the rest are scored, as without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chip_wbia_cannot_make_is_502_with_its_reason() {
     let (wbia, fake) = fake_wbia().await;
     let base = ours(&wbia, false, 32 << 20).await;
-    let (status, body) = query(&base, 1, 5).await;
+    let (status, body) = query(&base, 5, 1).await;
     assert_eq!(status, 502, "{body}");
     let message = body["status"]["message"].as_str().unwrap();
-    assert!(message.contains("No such file or directory"), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
     assert_eq!(fake.downloads(5), 1);
+
+    let alone = score(&base, 1, 2).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/review/query/chip/best/"))
+        .form(&[
+            (
+                "query_annot_uuid_list",
+                json!([uuid_of(1).to_string()]).to_string(),
+            ),
+            (
+                "database_annot_uuid_list",
+                json!([uuid_of(5).to_string(), uuid_of(2).to_string()]).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let skipped = skipped(&body);
+    assert_eq!(skipped.len(), 1, "{body}");
+    assert_eq!(skipped[0].0, uuid_of(5));
+    assert!(skipped[0].1.contains("does not exist"), "{skipped:?}");
+    let ranked = &body["response"]["query_results"][0]["ranked"];
+    assert_eq!(ranked.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(ranked[0]["score"].as_f64().unwrap(), alone);
+    let skipped_total = common::metric(
+        &reqwest::Client::new(),
+        &base,
+        "wbia_lightglue_annotations_skipped_total",
+    )
+    .await;
+    assert_eq!(skipped_total, 1);
 }

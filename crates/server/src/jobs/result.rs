@@ -38,6 +38,10 @@ pub struct IdentificationResult {
     pub summary_annot: Vec<Summary>,
     /// The best annotation of each of the best 20 individuals.
     pub summary_name: Vec<Summary>,
+    /// Not in WBIA's document, and absent when empty: database annotations left out
+    /// because their chips cannot be used (WBIA would fail the whole job instead).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_annot_list: Vec<crate::openapi::SkippedAnnotation>,
 }
 
 /// One query's chip match (`cm_dict` entry): the database in request order.
@@ -258,6 +262,7 @@ pub(super) fn identification_result(
         query_annot_uuid_list: vec![(&q).into()],
         database_annot_uuid_list: database.iter().map(Into::into).collect(),
         query_config_dict: query_config.clone(),
+        skipped_annot_list: c.skipped.iter().map(crate::skipped_json).collect(),
         summary_annot: r
             .ranked
             .iter()

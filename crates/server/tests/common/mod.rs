@@ -86,3 +86,21 @@ pub async fn job_result(client: &reqwest::Client, base: &str, jobid: &str) -> Va
         .unwrap();
     wbia_client::parse_lenient(&text).unwrap()
 }
+
+/// The real WBIA 4.0.4's answers, recorded by `scripts/real-wbia/record.py`.
+pub fn transcripts() -> Value {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/real-wbia/transcripts.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The recorded exchange named `name`.
+pub fn recorded(name: &str) -> Value {
+    transcripts()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no recorded entry {name}"))
+        .clone()
+}
