@@ -93,12 +93,8 @@ fn fake_wbia(runtime: &tokio::runtime::Runtime) -> String {
             per_annot(|aid| json!(format!("animal_{}", aid / 2))),
         )
         .route(
-            "/api/annot/name/uuid/json/",
-            per_annot(|aid| {
-                json!(wbia_client::fancy_uuid(&Uuid::from_u128(
-                    0xa11 + aid as u128 / 2
-                )))
-            }),
+            "/api/annot/name/rowid/json/",
+            per_annot(|aid| json!(aid / 2 + 1)),
         )
         .route(
             "/api/annot/image/uuid/json/",

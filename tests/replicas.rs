@@ -99,10 +99,8 @@ fn fake_wbia_with_chip_delay(runtime: &tokio::runtime::Runtime, delay: Duration)
             ),
         )
         .route(
-            "/api/annot/name/uuid/json/",
-            get(move |Query(q)| async move {
-                per_annot(q, |n| json!({"__UUID__": uuid(0xf000 + n % 2)}))
-            }),
+            "/api/annot/name/rowid/json/",
+            get(move |Query(q)| async move { per_annot(q, |n| json!(n as i64 % 2 + 1)) }),
         )
         .route(
             "/api/annot/src/{aid}/",

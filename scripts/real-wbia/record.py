@@ -413,6 +413,8 @@ def record_http(rec, manifest, cb, proc, results):
         ("annot_rowid", "/api/annot/rowid/uuid/json/"),
         ("annot_name_text", "/api/annot/name/text/json/"),
         ("annot_name_uuid", "/api/annot/name/uuid/json/"),
+        ("annot_name_rowid", "/api/annot/name/rowid/json/"),
+        ("annot_image_file_path", "/api/annot/image/file/path/json/"),
         ("annot_species", "/api/annot/species/json/"),
         ("annot_sex_text", "/api/annot/sex/text/json/"),
         ("annot_age_months_min", "/api/annot/age/months/min/json/"),
@@ -495,6 +497,13 @@ def record_http(rec, manifest, cb, proc, results):
         rec.call(f"image_src_gid_{a['gid']}", "GET", f"/api/image/src/{a['gid']}/",
                  note=f"image of {a['label']} ({a['fixture']})")
     rec.call("image_src_unknown_gid", "GET", "/api/image/src/9999/", note="no such gid")
+    image_uuids = []
+    for a in annots:
+        if a["image_uuid"] not in image_uuids:
+            image_uuids.append(a["image_uuid"])
+    rec.call("image_orientation_by_uuid", "GET", "/api/image/orientation/json/",
+             query={"image_uuid_list": compact([fancy(u) for u in image_uuids])},
+             note="every image of manifest.json, in the order of its annotations")
     rec.call("image_src_json_by_uuid", "GET",
              f"/api/image/src/json/{named['image_uuid']}/", note="image by UUID")
 

@@ -83,14 +83,25 @@ async fn best_individual(
     let result = &computed.results[0];
     let Some(best) = result.name_scores.first() else {
         // WBIA answers all-null when no database annotation has a name.
-        return Ok(json!({"name": null, "sex": null, "age": null, "extern": null}));
+        return Ok(json!({
+            "name": null,
+            "sex": null,
+            "age": null,
+            "extern": {"reference": null, "qannot_uuid": null, "dannot_uuid": null},
+        }));
     };
-    let name_annots: Vec<_> = result
+    // Every annotation of that individual, the query's own included when it has that name
+    // (WBIA reads the name's annotations, `get_name_aids`).
+    let mut name_annots: Vec<_> = result
         .ranked
         .iter()
         .filter(|s| s.name.as_deref() == Some(best.name.as_str()))
         .map(|s| s.annot)
         .collect();
+    let query_name = state.wbia.annot_names(&[query]).await?.pop().flatten();
+    if query_name.as_deref() == Some(best.name.as_str()) {
+        name_annots.push(query);
+    }
     let sex = state
         .wbia
         .annot_sex_texts(&[best.best_annot])
@@ -98,14 +109,15 @@ async fn best_individual(
         .pop()
         .flatten()
         .map(|s| title_case(&s));
-    // The individual's age: the smallest lower bound over its annotations.
+    // The individual's age: the smallest lower bound over its annotations, WBIA's "unknown"
+    // (-1) included, so one annotation of unknown age makes the age "Unknown" as in WBIA.
+    // (With no age at all WBIA fails on `min([])`; we answer "Unknown".)
     let min_age = state
         .wbia
         .annot_age_months_min(&name_annots)
         .await?
         .into_iter()
         .flatten()
-        .filter(|&m| m >= 0)
         .min();
     // The reference our own thumbnail route renders (it was passed to WBIA, which knew it not).
     let reference = crate::jobs::thumb_reference(&config);
@@ -165,5 +177,6 @@ mod tests {
         assert_eq!(age_class(Some(36)), "Adult");
         assert_eq!(age_class(Some(7)), "Unknown");
         assert_eq!(age_class(None), "Unknown");
+        assert_eq!(age_class(Some(-1)), "Unknown");
     }
 }

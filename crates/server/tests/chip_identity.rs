@@ -130,7 +130,7 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
     let app = Router::new()
         .route("/api/annot/rowid/uuid/json/", getter(|aid, _| json!(aid)))
         .route("/api/annot/name/text/json/", getter(|_, _| json!("____")))
-        .route("/api/annot/name/uuid/json/", getter(|_, _| Value::Null))
+        .route("/api/annot/name/rowid/json/", getter(|aid, _| json!(-aid)))
         .route(
             "/api/annot/species/json/",
             getter(|_, _| json!("turtle_green")),
@@ -159,6 +159,28 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
         .route(
             "/api/test/heartbeat/",
             get(|| async { envelope(json!(true)) }),
+        )
+        // For WBIA's GET form: every annotation, and rowids back to UUIDs.
+        .route(
+            "/api/annot/json/",
+            get(|| async {
+                envelope(
+                    (1..=4)
+                        .map(|aid| json!(fancy_uuid(&uuid_of(aid))))
+                        .collect(),
+                )
+            }),
+        )
+        .route(
+            "/api/annot/uuid/",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                let aids: Vec<i64> = serde_json::from_str(&q["aid_list"]).unwrap();
+                envelope(
+                    aids.iter()
+                        .map(|&aid| json!(fancy_uuid(&uuid_of(aid))))
+                        .collect(),
+                )
+            }),
         )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -379,4 +401,34 @@ async fn a_chip_wbia_cannot_make_is_502_with_its_reason() {
     )
     .await;
     assert_eq!(skipped_total, 1);
+}
+
+/// WBIA's GET form when no candidate has a name (every annotation here is "____"): every
+/// field null and `extern` an object of nulls, as WBIA 4.0.4's `review_query_chips_best`
+/// writes it (it was `extern: null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_get_form_without_named_candidates_answers_nulls_as_wbia() {
+    let (wbia, _) = fake_wbia().await;
+    let base = ours(&wbia, false, 32 << 20).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/api/review/query/chip/best/"))
+        .query(&[
+            ("aid", "1"),
+            ("query_config_dict", r#"{"pipeline_root": "LightGlue"}"#),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["response"],
+        json!({
+            "name": null,
+            "sex": null,
+            "age": null,
+            "extern": {"reference": null, "qannot_uuid": null, "dannot_uuid": null},
+        }),
+        "{body}"
+    );
 }

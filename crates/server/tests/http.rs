@@ -89,12 +89,12 @@ struct FakeWbia {
     callback_forms: std::sync::Mutex<Vec<HashMap<String, String>>>,
 }
 
-/// Name UUIDs the fake hands out: one per name text, none for "____".
-fn name_uuid(name: &str) -> Option<Uuid> {
+/// Name rowids the fake hands out: one per name text; WBIA's `-aid` for "____".
+fn name_rowid(name: &str, aid: i64) -> i64 {
     match name {
-        "turtle_a" => Some(Uuid::from_u128(0x1a)),
-        "turtle_b" => Some(Uuid::from_u128(0x1b)),
-        _ => None,
+        "turtle_a" => 1,
+        "turtle_b" => 2,
+        _ => -aid,
     }
 }
 
@@ -176,12 +176,12 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
             }),
         )
         .route(
-            "/api/annot/name/uuid/json/",
+            "/api/annot/name/rowid/json/",
             get(|State(f): State<Arc<FakeWbia>>, Query(q): Query<HashMap<String, String>>| async move {
                 envelope(
                     uuids_param(&q)
                         .iter()
-                        .map(|u| json!(f.by_uuid.get(u).and_then(|x| name_uuid(&x.1)).map(|n| fancy_uuid(&n))))
+                        .map(|u| json!(f.by_uuid.get(u).map(|(aid, name)| name_rowid(name, *aid))))
                         .collect(),
                 )
             }),
@@ -208,8 +208,10 @@ async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
         )
         .route(
             "/api/annot/age/months/min/json/",
+            // -1 is what WBIA 4.0.4 answers for an age never set (recorded).
             get(|Query(q): Query<HashMap<String, String>>| async move {
-                envelope(uuids_param(&q).iter().map(|_| json!(36)).collect())
+                let age = |u: &Uuid| if *u == Uuid::from_u128(0xa1) { -1 } else { 36 };
+                envelope(uuids_param(&q).iter().map(|u| json!(age(u))).collect())
             }),
         )
         // WBIA's own chip/best answer, for other pipelines.
@@ -684,7 +686,10 @@ async fn upstream_get_form_by_aid() {
     let r = &body["response"];
     assert_eq!(r["name"], "turtle_a", "{body}");
     assert_eq!(r["sex"], "Female");
-    assert_eq!(r["age"], "Adult");
+    // turtle_a's annotations are a2 (36 months) and the query a1 itself (unknown: -1): the
+    // smallest is -1, "Unknown", as WBIA's `min` over the name's ages gives.
+    assert_eq!(r["age"], "Unknown");
+
     assert_eq!(
         r["extern"]["qannot_uuid"],
         Uuid::from_u128(0xa1).to_string()
@@ -879,6 +884,17 @@ async fn a_job_naming_unknown_annotations_is_refused_at_its_start() {
 
 /// The real WBIA's answers, recorded by `scripts/real-wbia/record.py`
 /// (`tests/data/real-wbia/transcripts.json`).
+/// The field names of a recorded callback's form, in the order WBIA sent them (recorded as
+/// `[name, value]` pairs).
+fn recorded_form_fields(callback: &Value) -> Vec<String> {
+    callback["form"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[0].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The callbacks the real WBIA made, as recorded (`plain` and `detailed`).
 fn recorded_callbacks() -> Value {
     transcripts()["callbacks"].clone()
@@ -924,12 +940,8 @@ async fn a_detailed_callback_carries_status_and_result() {
     let form = fake.callback_forms.lock().unwrap()[0].clone();
     let ours: std::collections::BTreeSet<&str> = form.keys().map(String::as_str).collect();
     let recorded = recorded_callbacks();
-    let theirs: std::collections::BTreeSet<&str> = recorded["detailed"][0]["form"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let theirs = recorded_form_fields(&recorded["detailed"][0]);
+    let theirs: std::collections::BTreeSet<&str> = theirs.iter().map(String::as_str).collect();
     assert_eq!(ours, theirs);
     assert_eq!(form["jobid"], "detailed");
     assert_eq!(form["status"], "completed");
@@ -1073,15 +1085,15 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     }
     assert_eq!(*fake.callbacks.lock().unwrap(), vec![jobid.to_string()]);
     // The fields of a plain callback, as the real WBIA sends them: `jobid` alone.
-    let keys_of = |form: &Value| -> std::collections::BTreeSet<String> {
-        form.as_object().unwrap().keys().cloned().collect()
+    let keys_of = |callback: &Value| -> std::collections::BTreeSet<String> {
+        recorded_form_fields(callback).into_iter().collect()
     };
     let recorded_callbacks = recorded_callbacks();
     let plain: std::collections::BTreeSet<String> = fake.callback_forms.lock().unwrap()[0]
         .keys()
         .cloned()
         .collect();
-    assert_eq!(plain, keys_of(&recorded_callbacks["plain"][0]["form"]));
+    assert_eq!(plain, keys_of(&recorded_callbacks["plain"][0]));
 
     // Read as text: WBIA writes bare -Infinity, and so must we.
     let text = client
@@ -1136,6 +1148,18 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     assert_eq!(props("Summary"), keys(&result["summary_annot"][0]));
     let n = cm["dannot_uuid_list"].as_array().unwrap().len();
     assert_eq!(n, 3);
+    // Names as WBIA's `convert_to_uuid` gives them: these texts are not UUIDs, so the name
+    // rowids (a1, a2: turtle_a; b3: turtle_b), and the unnamed query's `-aid`.
+    assert_eq!(cm["qname_uuid"], json!(-14));
+    assert_eq!(cm["dname_uuid_list"], json!([1, 1, 2]));
+    let mut unique: Vec<i64> = cm["unique_name_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    unique.sort();
+    assert_eq!(unique, [1, 2]);
     for k in [
         "dname_uuid_list",
         "dname_list",

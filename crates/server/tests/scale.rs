@@ -104,8 +104,8 @@ async fn fake_wbia() -> (SocketAddr, Arc<Fake>) {
             per_annot(|aid| json!(format!("animal_{}", aid / 2))),
         )
         .route(
-            "/api/annot/name/uuid/json/",
-            per_annot(|aid| json!(fancy_uuid(&Uuid::from_u128(0xa11 + aid as u128 / 2)))),
+            "/api/annot/name/rowid/json/",
+            per_annot(|aid| json!(aid / 2 + 1)),
         )
         .route(
             "/api/annot/image/uuid/json/",

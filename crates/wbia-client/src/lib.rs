@@ -376,12 +376,13 @@ impl WbiaClient {
         Ok(v.iter().map(Value::as_i64).collect())
     }
 
-    /// Name UUIDs of annotations; `None` for unnamed ones or unknown UUIDs.
-    pub async fn annot_name_uuids(&self, uuids: &[Uuid]) -> Result<Vec<Option<Uuid>>> {
+    /// Name rowids of annotations (`/api/annot/name/rowid/json/`): WBIA gives an unnamed
+    /// annotation `-aid`, each its own individual; `None` for unknown UUIDs.
+    pub async fn annot_name_rowids(&self, uuids: &[Uuid]) -> Result<Vec<Option<i64>>> {
         let v = self
-            .annot_getter("/api/annot/name/uuid/json/", uuids)
+            .annot_getter("/api/annot/name/rowid/json/", uuids)
             .await?;
-        Ok(v.iter().map(uuid_from_value).collect())
+        Ok(v.iter().map(Value::as_i64).collect())
     }
 
     /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (docs/wbia-api.md §3.2):

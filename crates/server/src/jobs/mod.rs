@@ -208,25 +208,24 @@ async fn accept(
                 Some(&id),
             )
             .await?;
-            // Only the job result reports name UUIDs; the synchronous endpoint does not need them.
+            // Only the job result reports name ids; the synchronous endpoint does not need them.
             let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
-            let name_uuids = state.wbia.annot_name_uuids(&annots).await?;
-            let name_uuids: Vec<(Uuid, Option<Uuid>)> =
-                annots.into_iter().zip(name_uuids).collect();
+            let nids = state.wbia.annot_name_rowids(&annots).await?;
+            let name_rowids: Vec<(Uuid, Option<i64>)> = annots.into_iter().zip(nids).collect();
             // WBIA reports the query's own name (`qname`, `orig_name_list`).
             let query_name = state.wbia.annot_names(&queries[..1]).await?.pop().flatten();
-            Ok::<_, ApiError>((computed, name_uuids, query_name))
+            Ok::<_, ApiError>((computed, name_rowids, query_name))
         }
         .await;
         drop(ticket);
         let failed =
             |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
         let job = match outcome {
-            Ok((c, name_uuids, query_name)) => {
+            Ok((c, name_rowids, query_name)) => {
                 let document = identification_result(
                     &c,
                     &reference,
-                    &name_uuids,
+                    &name_rowids,
                     query_name.as_deref(),
                     &queries,
                     &database,

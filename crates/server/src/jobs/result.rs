@@ -85,12 +85,39 @@ pub struct ChipMatch {
     pub config_url: Option<String>,
 }
 
-/// A name's UUID, or for an unnamed annotation `-aid` (each its own individual), as WBIA.
+/// How WBIA 4.0.4 identifies a name in a result (`convert_to_uuid` in
+/// `wbia/web/apis_query.py`): the name's *text* read as a UUID when it is one (Wildbook names
+/// its individuals by UUID), else the name's rowid — `-aid` for an unnamed annotation, each
+/// its own individual.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum NameId {
-    Named(FancyUuid),
-    Unnamed(i64),
+    Text(FancyUuid),
+    Rowid(i64),
+}
+
+impl NameId {
+    pub fn new(text: Option<&str>, rowid: i64) -> Self {
+        match text.and_then(uuid_as_python_reads_it) {
+            Some(u) => NameId::Text((&u).into()),
+            None => NameId::Rowid(rowid),
+        }
+    }
+}
+
+/// A UUID as Python's `uuid.UUID(text)` reads it: `urn:` and `uuid:` removed, braces
+/// stripped from both ends, every hyphen dropped, then exactly 32 hex digits.
+fn uuid_as_python_reads_it(text: &str) -> Option<Uuid> {
+    let text = text.replace("urn:", "").replace("uuid:", "");
+    let hex: String = text
+        .trim_matches(|c| c == '{' || c == '}')
+        .chars()
+        .filter(|&c| c != '-')
+        .collect();
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Uuid::parse_str(&hex).ok()
 }
 
 /// A `score_list` entry: a score, or WBIA's bare `-Infinity` (written by [`render`]).
@@ -161,7 +188,7 @@ pub struct PriorMatchingState {
 pub(super) fn identification_result(
     c: &Computed,
     reference: &str,
-    name_uuids: &[(Uuid, Option<Uuid>)],
+    name_rowids: &[(Uuid, Option<i64>)],
     query_name: Option<&str>,
     queries: &[Uuid],
     database: &[Uuid],
@@ -170,15 +197,21 @@ pub(super) fn identification_result(
     let q = queries[0];
     let query_name = query_name.filter(|n| !n.is_empty()).unwrap_or(UNNAMED);
     let r = &c.results[0];
-    let name_uuid: HashMap<Uuid, Uuid> = name_uuids
+    let name_rowid: HashMap<Uuid, i64> = name_rowids
         .iter()
         .filter_map(|(a, n)| n.map(|n| (*a, n)))
         .collect();
     let aids: HashMap<Uuid, i64> = c.aids.iter().copied().collect();
     let aid = |u: &Uuid| aids.get(u).copied().unwrap_or(0);
-    let name_id = |u: &Uuid| match name_uuid.get(u) {
-        Some(n) => NameId::Named(n.into()),
-        None => NameId::Unnamed(-aid(u)),
+    let texts: HashMap<Uuid, Option<&str>> = r
+        .ranked
+        .iter()
+        .map(|s| (s.annot, s.name.as_deref()))
+        .chain([(q, Some(query_name))])
+        .collect();
+    let name_id = |u: &Uuid| {
+        let rowid = name_rowid.get(u).copied().unwrap_or_else(|| -aid(u));
+        NameId::new(texts.get(u).copied().flatten(), rowid)
     };
     let name_key = |u: &Uuid, name: &Option<String>| -> String {
         match name {
@@ -349,5 +382,47 @@ fn inference(q: Uuid, r: &QueryResult, query_name: &str) -> Inference {
             confidence_list,
         },
         internal_state: None,
+    }
+}
+
+#[cfg(test)]
+mod name_ids {
+    use super::*;
+
+    /// Name texts and what Python 3.11's `uuid.UUID(text)` made of them (run on this
+    /// machine; `None` where it raised `ValueError`).
+    #[test]
+    fn name_texts_read_as_python_reads_them() {
+        let u = "6d6a1d26-83f4-4b0c-9d8e-3f1b2b8e9c11";
+        for (text, python) in [
+            (u.to_string(), Some(u)),
+            (format!("{{{u}}}"), Some(u)),
+            (format!("urn:uuid:{u}"), Some(u)),
+            (u.replace('-', ""), Some(u)),
+            (u.to_uppercase(), Some(u)),
+            ("6d-6a1d2683f44b0c9d8e3f1b2b8e9c11".into(), Some(u)),
+            ("{{6d6a1d2683f44b0c9d8e3f1b2b8e9c11}}".into(), Some(u)),
+            ("turtle_a".into(), None),
+            ("____".into(), None),
+            (String::new(), None),
+            (" 6d6a1d2683f44b0c9d8e3f1b2b8e9c11".into(), None),
+            ("6d6a1d2683f44b0c9d8e3f1b2b8e9c1".into(), None),
+        ] {
+            assert_eq!(
+                uuid_as_python_reads_it(&text)
+                    .map(|u| u.to_string())
+                    .as_deref(),
+                python,
+                "{text:?}"
+            );
+        }
+        let named = serde_json::to_value(NameId::new(Some(u), 7)).unwrap();
+        assert_eq!(named, serde_json::json!({"__UUID__": u}));
+        let by_rowid = serde_json::to_value(NameId::new(Some("turtle_a"), 7)).unwrap();
+        assert_eq!(by_rowid, serde_json::json!(7));
+        assert_eq!(
+            serde_json::to_value(NameId::new(None, -3)).unwrap(),
+            serde_json::json!(-3)
+        );
     }
 }
