@@ -332,7 +332,10 @@ impl WbiaClient {
             .collect()
     }
 
-    /// Species of annotations (`/api/annot/species/json/`); `None` for unknown UUIDs.
+    /// Species of annotations (`/api/annot/species/json/`). WBIA 4.0.4 answers `"____"` both
+    /// for an annotation without a species and for an unknown UUID (recorded), and so does
+    /// this: a species-wide search from such a query is over the others without one, as in
+    /// WBIA.
     pub async fn annot_species(&self, uuids: &[Uuid]) -> Result<Vec<Option<String>>> {
         let v = self.annot_getter("/api/annot/species/json/", uuids).await?;
         Ok(v.iter()

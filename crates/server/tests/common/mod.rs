@@ -104,3 +104,4 @@ pub fn recorded(name: &str) -> Value {
         .unwrap_or_else(|| panic!("no recorded entry {name}"))
         .clone()
 }
+pub mod replay;

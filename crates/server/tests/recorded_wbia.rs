@@ -1,0 +1,291 @@
+//! The client and the service against the real WBIA 4.0.4's recorded answers
+//! (`common/replay.rs`): what the getters, chips and job routes of a real WBIA send, read as
+//! the recording's database says they should be; then `chip/best`, a species-wide Wildbook
+//! job and WBIA's GET form answered from those answers, with the database annotation whose
+//! image file was deleted skipped and named.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::replay::{self, Replay};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
+use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
+use wbia_lightglue_server::{router, AppState, ServerOptions};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The recorded database's annotation whose image file was deleted before recording.
+const GONE: i64 = 14;
+
+async fn replayed() -> (WbiaClient, Arc<Replay>, String) {
+    let (url, replay) = replay::serve(Arc::new(Replay::load())).await;
+    let client = WbiaClient::new(&url, ClientOptions::default()).unwrap();
+    (client, replay, url)
+}
+
+#[tokio::test]
+async fn the_client_reads_the_real_wbias_getters() {
+    let (client, r, _) = replayed().await;
+    let all: Vec<Uuid> = r.annots.iter().map(|a| a.uuid).collect();
+    let (first, sixth) = (r.annots[0].clone(), r.annots[5].clone());
+    let mixed = [first.uuid, r.unknown, sixth.uuid];
+    assert!(client.heartbeat().await);
+
+    let aids = client.annot_aids(&all).await.unwrap();
+    assert_eq!(
+        aids,
+        r.annots.iter().map(|a| Some(a.aid)).collect::<Vec<_>>()
+    );
+    let aids = client.annot_aids(&mixed).await.unwrap();
+    assert_eq!(aids, [Some(first.aid), None, Some(sixth.aid)]);
+
+    // "____" is no name, for an unnamed annotation and for an unknown UUID alike.
+    let names = client.annot_names(&all).await.unwrap();
+    let want: Vec<Option<String>> = r
+        .annots
+        .iter()
+        .map(|a| (a.name != "____").then(|| a.name.clone()))
+        .collect();
+    assert_eq!(names, want);
+    assert_eq!(client.annot_names(&[r.unknown]).await.unwrap(), [None]);
+
+    // Name rowids: `-aid` for the unnamed, nothing for an unknown UUID.
+    let nids = client.annot_name_rowids(&all).await.unwrap();
+    assert_eq!(
+        nids,
+        r.annots.iter().map(|a| Some(a.nid)).collect::<Vec<_>>()
+    );
+    assert!(r.annots.iter().any(|a| a.name == "____" && a.nid == -a.aid));
+    let nids = client.annot_name_rowids(&mixed).await.unwrap();
+    assert_eq!(nids, [Some(first.nid), None, Some(sixth.nid)]);
+
+    let species = client.annot_species(&mixed).await.unwrap();
+    assert_eq!(
+        species,
+        [
+            Some(first.species.clone()),
+            Some("____".to_string()),
+            Some(sixth.species.clone())
+        ]
+    );
+
+    let identities = client.annot_chip_identities(&all).await.unwrap();
+    for (a, id) in r.annots.iter().zip(identities) {
+        assert_eq!(id, Some((a.image_uuid, a.bbox, a.theta)), "aid {}", a.aid);
+    }
+    let identities = client.annot_chip_identities(&mixed).await.unwrap();
+    assert_eq!(identities[1], None);
+
+    // Ages never set are WBIA's -1; an unknown UUID has none.
+    let ages = client.annot_age_months_min(&mixed).await.unwrap();
+    assert_eq!(ages, [Some(-1), None, Some(-1)]);
+    let sexes = client.annot_sex_texts(&mixed).await.unwrap();
+    assert_eq!(
+        sexes,
+        [
+            Some("UNKNOWN SEX".to_string()),
+            Some("UNKNOWN NAME".to_string()),
+            Some("UNKNOWN NAME".to_string())
+        ],
+        "WBIA's texts (the unnamed sixth has no individual, hence no sex)"
+    );
+
+    let by_aid = client
+        .annot_uuids_by_aid(&[first.aid, sixth.aid, 9999])
+        .await
+        .unwrap();
+    assert_eq!(by_aid, [Some(first.uuid), Some(sixth.uuid), None]);
+    let mut listed = client.all_annot_uuids().await.unwrap();
+    let mut want = all.clone();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want, "/api/annot/json/ lists every annotation");
+}
+
+#[tokio::test]
+async fn the_client_reads_the_real_wbias_chips_and_their_errors() {
+    let (client, r, _) = replayed().await;
+    let first = &r.annots[0];
+    let chip = client.chip_by_aid(first.uuid, first.aid).await.unwrap();
+    assert!(wbia_lightglue_model::decode_image(&chip).is_ok());
+    for (aid, says) in [(GONE, "does not exist"), (9999, "")] {
+        match client.chip_by_aid(Uuid::nil(), aid).await {
+            Err(wbia_client::Error::Wbia { message, .. }) => {
+                assert!(message.contains(says), "aid {aid}: {message}")
+            }
+            other => panic!("aid {aid}: {other:?}"),
+        }
+    }
+    // WBIA's own jobs, as its job list answered after the recording's jobs started.
+    let jobs = client.job_ids().await.unwrap();
+    assert!(!jobs.is_empty());
+}
+
+/// Our service in front of the replay, at 256 keypoints (quick in debug builds).
+async fn ours(wbia: &str) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "wbia-lg-recorded-{}-{}",
+        std::process::id(),
+        Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
+    let state = Arc::new(AppState::new(
+        Engine::start(EngineOptions {
+            weights_dir: Some(repo().join("weights")),
+            ..EngineOptions::default()
+        })
+        .unwrap(),
+        WbiaClient::new(wbia, ClientOptions::default()).unwrap(),
+        ConfigDir::new(dir),
+        ServerOptions::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn uuid_of(v: &Value) -> Uuid {
+    wbia_client::uuid_from_value(v).unwrap()
+}
+
+/// `chip/best`, a species-wide job and the GET form from the recorded answers: the deleted
+/// image's annotation is skipped and named (WBIA's reason), the others are scored, names are
+/// WBIA's (name rowids: these names are not UUIDs), the GET form's sex and age are WBIA's
+/// texts for individuals whose sex and age were never set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_answers_from_the_real_wbias_answers() {
+    let (_, r, wbia) = replayed().await;
+    let base = ours(&wbia).await;
+    let client = reqwest::Client::new();
+    let query = r.annot(1).clone();
+    let turtles: Vec<_> = r
+        .annots
+        .iter()
+        .filter(|a| a.species == query.species && a.aid != query.aid)
+        .cloned()
+        .collect();
+    assert_eq!(
+        turtles.iter().map(|a| a.aid).collect::<Vec<_>>(),
+        [2, 3, 4, GONE]
+    );
+    let gone = r.annot(GONE).uuid;
+
+    let answer: Value = client
+        .post(format!("{base}/api/review/query/chip/best/"))
+        .form(&[
+            ("query_annot_uuid_list", json!([query.uuid]).to_string()),
+            (
+                "database_annot_uuid_list",
+                json!(turtles.iter().map(|a| a.uuid).collect::<Vec<_>>()).to_string(),
+            ),
+            ("pipeline_root", "LightGlue".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"]["code"], 200, "{answer}");
+    let skipped = answer["response"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{answer}");
+    assert_eq!(uuid_of(&skipped[0]["dannot_uuid"]), gone);
+    assert!(skipped[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("does not exist"));
+    let ranked = answer["response"]["query_results"][0]["ranked"]
+        .as_array()
+        .unwrap();
+    let mut scored: Vec<Uuid> = ranked.iter().map(|s| uuid_of(&s["dannot_uuid"])).collect();
+    scored.sort();
+    let mut want: Vec<Uuid> = turtles[..3].iter().map(|a| a.uuid).collect();
+    want.sort();
+    assert_eq!(scored, want);
+
+    // The species-wide job Wildbook starts (no database list).
+    let jobid = "recorded-species-wide";
+    let started: Value = client
+        .post(format!("{base}/api/engine/query/graph/"))
+        .form(&[
+            (
+                "query_annot_uuid_list",
+                json!([fancy_uuid(&query.uuid)]).to_string(),
+            ),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root": "LightGlue"}"#.to_string(),
+            ),
+            ("jobid", jobid.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started["status"]["code"], 200, "{started}");
+    let (status, _) = common::wait_for_job_progress(&client, &base, jobid, 300).await;
+    assert_eq!(status, "completed");
+    let result = common::job_result(&client, &base, jobid).await;
+    let document = &result["response"]["json_result"];
+    let cm = &document["cm_dict"][query.uuid.to_string()];
+    assert_eq!(cm["qname"], "turtle_a");
+    assert_eq!(cm["qname_uuid"], json!(query.nid));
+    let listed: Vec<Uuid> = cm["dannot_uuid_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(uuid_of)
+        .collect();
+    assert_eq!(
+        listed,
+        turtles[..3].iter().map(|a| a.uuid).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cm["dname_uuid_list"],
+        json!(turtles[..3].iter().map(|a| a.nid).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        cm["dname_list"],
+        json!(turtles[..3]
+            .iter()
+            .map(|a| a.name.clone())
+            .collect::<Vec<_>>())
+    );
+    let skipped = document["skipped_annot_list"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(uuid_of(&skipped[0]["dannot_uuid"]), gone);
+
+    // WBIA's GET form: one rowid against every annotation (zebras too).
+    let answer: Value = client
+        .get(format!("{base}/api/review/query/chip/best/"))
+        .query(&[
+            ("aid", query.aid.to_string()),
+            (
+                "query_config_dict",
+                r#"{"pipeline_root": "LightGlue"}"#.to_string(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"]["code"], 200, "{answer}");
+    let best = &answer["response"];
+    assert_eq!(best["name"], "turtle_a", "{answer}");
+    assert_eq!(best["sex"], "Unknown Sex");
+    assert_eq!(best["age"], "Unknown");
+    assert_eq!(best["extern"]["qannot_uuid"], query.uuid.to_string());
+    assert_eq!(best["extern"]["dannot_uuid"], r.annot(2).uuid.to_string());
+}
