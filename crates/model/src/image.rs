@@ -112,8 +112,20 @@ impl RgbImage {
 /// byte, CMYK and YCCK JPEGs converted with OpenCV's formula. Dimensions are checked from the
 /// header, before any pixel buffer is allocated, so a decompression bomb is refused cheaply.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    match decode_image_unoriented(bytes)? {
+        (rgb, Orientation::NoTransforms) => Ok(rgb),
+        (rgb, o) => oriented(
+            image::RgbImage::from_raw(rgb.width, rgb.height, rgb.data).expect("same dimensions"),
+            o,
+        ),
+    }
+}
+
+/// [`decode_image`] without applying the EXIF orientation, which is returned instead (PIL's
+/// `Image.open`, as WBIA's reader uses it, does not apply it).
+pub(crate) fn decode_image_unoriented(bytes: &[u8]) -> Result<(RgbImage, Orientation)> {
     if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) {
-        return decode_jpeg(bytes);
+        return Ok((decode_jpeg(bytes)?, jpeg_orientation(bytes)));
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -144,7 +156,8 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     } else {
         image.into_rgb8()
     };
-    oriented(rgb, orientation)
+    let (width, height) = rgb.dimensions();
+    Ok((RgbImage::new(width, height, rgb.into_raw())?, orientation))
 }
 
 /// Applies an EXIF orientation (rotation and/or mirror), as OpenCV's `imread` does by default.
@@ -260,14 +273,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
         };
         RgbImage::new(width, height, data)
     });
-    let rgb = decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))?;
-    match jpeg_orientation(bytes) {
-        Orientation::NoTransforms => Ok(rgb),
-        o => oriented(
-            image::RgbImage::from_raw(rgb.width, rgb.height, rgb.data).expect("same dimensions"),
-            o,
-        ),
-    }
+    decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))
 }
 
 /// OpenCV's CMYK → RGB for JPEG (Adobe's inverted CMYK, as libjpeg returns it): each colour
