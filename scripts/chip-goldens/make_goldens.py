@@ -75,6 +75,7 @@ def photo_bboxes(w, h):
 
 
 def sweep_cases(cv2):
+    """(name, fixture, stored orientation, bbox, theta)."""
     cases = []
     for rel in PHOTOS:
         img = cv2.imread(str(FIXTURES / rel))
@@ -106,6 +107,11 @@ def sweep_cases(cv2):
         for orient in [2, 3, 6, 8]:
             cases.append((f"{rel}:o{orient}:whole:0", rel, orient, [0, 0, w, h], 0.0))
             cases.append((f"{rel}:o{orient}:inside:0.25", rel, orient, [w // 4, h // 4, w // 2, h // 3], 0.25))
+    # Degenerate bboxes. WBIA refuses a zero side, but makes a chip of the whole image's size
+    # (cv2.warpAffine's answer to an empty dsize) for a negative side or a chip side that
+    # rounds to 0. Ours refuses all three; the goldens mark them "degenerate".
+    for label, bbox in [("zero_w", [10, 10, 0, 5]), ("neg_h", [10, 10, 5, -3]), ("flat", [0, 0, 2000, 1])]:
+        cases.append((f"wbia/2014_000001.jpg:{label}:0", "wbia/2014_000001.jpg", 0, bbox, 0.0))
     return cases
 
 
@@ -150,6 +156,7 @@ def main():
     import numpy as np
 
     os.environ.setdefault("UTOOL_NO_CNN", "True")
+    import vtool
     import wbia
     from wbia import core_annots
 
@@ -175,6 +182,9 @@ def main():
             "bbox": bbox,
             "theta": theta,
         }
+        w_, h_ = bbox[2], bbox[3]
+        if w_ <= 0 or h_ <= 0 or min(vtool.ScaleStrat.maxwh(700, (w_, h_))) <= 0:
+            entry["degenerate"] = True
         try:
             [(chip, w, h, m)] = list(
                 core_annots.gen_chip_configure_and_compute(

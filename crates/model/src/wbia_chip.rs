@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use crate::image::{decode_image, decode_image_unoriented, RgbImage};
+use crate::image::{decode_image, decode_image_unoriented, Decoder, RgbImage};
 use crate::{Error, Result};
 
 /// WBIA's default `dim_size`: the longer side of a chip.
@@ -154,21 +154,21 @@ pub fn wbia_chip(image: &RgbImage, bbox: [i64; 4], theta: f64) -> Result<RgbImag
 /// - anything else (0 = no EXIF orientation at import; 2, 4, 5, 7 = flips, which vtool ignores):
 ///   `cv2.imread(path, IMREAD_COLOR)`, which is [`decode_image`].
 ///
-/// PIL's decode equals OpenCV's for 8-bit JPEGs (grey or YCbCr) and PNGs of 8 bits, or 16-bit
-/// RGB(A); for CMYK/YCCK JPEGs (off by one here and there) and 16-bit grey PNGs (PIL clips,
-/// OpenCV keeps the high byte) stored orientation 1 gives an error rather than a chip that
-/// differs.
+/// PIL's decode equals OpenCV's for 8-bit JPEGs (grey or YCbCr) and PNGs of up to 8 bits or
+/// 16-bit RGB(A). It differs for CMYK/YCCK JPEGs (its own formula, off by one from OpenCV's)
+/// and 16-bit grey PNGs (clipped to 255, where OpenCV keeps the high byte): both are
+/// reproduced. 16-bit grey+alpha PNGs, untested against PIL, give an error.
 pub fn wbia_read_image(bytes: &[u8], stored_orientation: i64) -> Result<RgbImage> {
     match stored_orientation {
         1 => {
-            if !pil_decodes_like_opencv(bytes) {
+            if !pil_read_supported(bytes) {
                 return Err(Error::InvalidChip(
-                    "stored orientation 1 (read by PIL): PIL's decode of this file differs \
-                     from OpenCV's, not supported"
+                    "stored orientation 1 (read by PIL): PIL's decode of this kind of file \
+                     is not reproduced"
                         .into(),
                 ));
             }
-            let (image, exif) = decode_image_unoriented(bytes)?;
+            let (image, exif) = decode_image_unoriented(bytes, Decoder::Pil)?;
             vtool_fix_orientation(image, exif.to_exif() as i64)
         }
         3 | 6 | 8 => vtool_fix_orientation(decode_image(bytes)?, stored_orientation),
@@ -207,15 +207,16 @@ pub fn vtool_fix_orientation(image: RgbImage, orientation: i64) -> Result<RgbIma
     warp_affine_lanczos4(&image, &m, dw, dh)
 }
 
-/// PIL and OpenCV decode 8-bit JPEGs with libjpeg-turbo's defaults (islow IDCT, fancy
-/// upsampling) and expand 8-bit PNGs alike; they part on CMYK/YCCK JPEGs (different
-/// conversion formulas) and 16-bit grey PNGs (PIL clips to 255, OpenCV keeps the high byte).
-fn pil_decodes_like_opencv(bytes: &[u8]) -> bool {
+/// Files whose PIL decode [`Decoder::Pil`] reproduces: JPEGs of 1, 3 or 4 components
+/// (libjpeg-turbo with its defaults under both), PNGs of up to 8 bits, and 16-bit PNGs that
+/// are grey (colour type 0), RGB (2) or RGBA (6).
+fn pil_read_supported(bytes: &[u8]) -> bool {
     match image::guess_format(bytes) {
-        Ok(image::ImageFormat::Jpeg) => jpeg_components(bytes).is_some_and(|n| n == 1 || n == 3),
-        // Bit depth, then colour type (2 RGB, 6 RGBA) from IHDR.
+        Ok(image::ImageFormat::Jpeg) => {
+            jpeg_components(bytes).is_some_and(|n| matches!(n, 1 | 3 | 4))
+        }
         Ok(image::ImageFormat::Png) => {
-            png_header(bytes).is_some_and(|(depth, kind)| depth <= 8 || matches!(kind, 2 | 6))
+            png_header(bytes).is_some_and(|(depth, kind)| depth <= 8 || matches!(kind, 0 | 2 | 6))
         }
         _ => false,
     }
@@ -271,7 +272,9 @@ pub fn warp_affine_lanczos4(
     }
     let expected = src.width as usize * src.height as usize * 3;
     if src.data.len() != expected {
-        return Err(Error::InvalidChip("source buffer does not match its size".into()));
+        return Err(Error::InvalidChip(
+            "source buffer does not match its size".into(),
+        ));
     }
     let inv = invert_affine(m);
     let (w, h) = (width as usize, height as usize);
@@ -280,8 +283,12 @@ pub fn warp_affine_lanczos4(
     // Per-column steps of the source coordinate, in 1/1024 px, rounded once per column; each
     // row adds its own rounded start. OpenCV does exactly this, so the sum (not the exact
     // product) decides the sub-pixel position.
-    let adelta: Vec<i32> = (0..w).map(|x| sat_round(inv[0] * x as f64 * AB_SCALE)).collect();
-    let bdelta: Vec<i32> = (0..w).map(|x| sat_round(inv[3] * x as f64 * AB_SCALE)).collect();
+    let adelta: Vec<i32> = (0..w)
+        .map(|x| sat_round(inv[0] * x as f64 * AB_SCALE))
+        .collect();
+    let bdelta: Vec<i32> = (0..w)
+        .map(|x| sat_round(inv[3] * x as f64 * AB_SCALE))
+        .collect();
     // Centres the 1/1024 → 1/32 truncation below: +half a kernel step.
     let round_delta = (1 << AB_BITS) / INTER_TAB_SIZE / 2;
 
@@ -299,8 +306,8 @@ pub fn warp_affine_lanczos4(
             // top-left tap. The low 5 bits choose one of 32×32 precomputed kernels.
             let sx = sat_i16(xs >> INTER_BITS) - 3;
             let sy = sat_i16(ys >> INTER_BITS) - 3;
-            let k = &tab[((ys & (INTER_TAB_SIZE - 1)) * INTER_TAB_SIZE + (xs & (INTER_TAB_SIZE - 1)))
-                as usize];
+            let k = &tab[((ys & (INTER_TAB_SIZE - 1)) * INTER_TAB_SIZE
+                + (xs & (INTER_TAB_SIZE - 1))) as usize];
             let mut sum = [0i32; 3];
             if sx >= 0 && sy >= 0 && sx + 8 <= sw && sy + 8 <= sh {
                 for r in 0..8 {

@@ -10,14 +10,17 @@
 //!   upscaled to 700), huge (3× the image, downscaled), exactly 700 px (kept), a 2 px sliver;
 //!   thetas 0, ±0.25, ±π/2, π; and every file of `tests/fixtures/decoding` (EXIF orientations
 //!   1/3/6/8, grey, grey+alpha, palette, RGBA, 16-bit, CMYK, progressive, 4:4:4) read with
-//!   stored orientation 0 (OpenCV) and 1 (PIL).
+//!   stored orientation 0 (OpenCV) and 1 (PIL, which WBIA uses for 1, with vtool's own turn
+//!   for EXIF 3/6/8), and stored orientations 2/3/6/8 of older databases. Degenerate bboxes
+//!   (zero or negative side, a chip side rounding to 0) must give an error: WBIA refuses the
+//!   first and makes a meaningless image-sized chip for the others.
 //! - `db`: `ibs.get_annot_chips` for every annotation of the database built by
 //!   `scripts/real-wbia/make_db.py` (its files rewritten by WBIA at import are under
 //!   `tests/fixtures/wbia_chips/`).
 //!
 //! Each chip must hash equal to WBIA's. The affine is compared too, but only reported: numpy
-//! computes WBIA's sines with SVML on AVX-512 CPUs, a few ulps away from libm's, which has
-//! not changed a chip so far.
+//! computes WBIA's sines with SVML on AVX-512 CPUs (where the goldens were recorded), a few
+//! ulps away from libm's; that has changed no chip of the sweep.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,13 @@ use wbia_lightglue_model::RgbImage;
 
 /// Cases known to differ from WBIA, with the measured difference. Empty: every case matches.
 const KNOWN_DIFFERENT: &[&str] = &[];
+
+/// Chips whose warp is timed (in the output, for information).
+struct Timing {
+    chips: usize,
+    pixels: u64,
+    seconds: f64,
+}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -52,21 +62,29 @@ struct Case {
     samples: Vec<Vec<i64>>,
 }
 
-fn load_cases() -> Vec<Case> {
+/// The chips, and the names of the degenerate cases (or those WBIA refused).
+fn load_cases() -> (Vec<Case>, Vec<(String, [i64; 4], f64)>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/wbia_chips.json");
     let text = std::fs::read_to_string(&path).expect("goldens");
     let json: serde_json::Value = serde_json::from_str(&text).expect("goldens parse");
     let mut cases = Vec::new();
+    let mut refused = Vec::new();
     for c in json["cases"].as_array().expect("cases") {
-        if c.get("error").is_some() {
-            continue;
-        }
         let bbox: Vec<i64> = c["bbox"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_i64().unwrap())
             .collect();
+        if c.get("error").is_some() || c.get("degenerate").is_some() {
+            let name = c["name"].as_str().unwrap().to_string();
+            refused.push((
+                name,
+                [bbox[0], bbox[1], bbox[2], bbox[3]],
+                c["theta"].as_f64().unwrap(),
+            ));
+            continue;
+        }
         let m = c.get("m").map(|m| {
             let v: Vec<f64> = m
                 .as_array()
@@ -90,20 +108,30 @@ fn load_cases() -> Vec<Case> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|s| s.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+                .map(|s| {
+                    s.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_i64().unwrap())
+                        .collect()
+                })
                 .collect(),
         });
     }
-    cases
+    (cases, refused)
 }
 
-/// Max abs difference and count of differing pixels against the golden samples' image is not
-/// available (only its hash), so diagnose against the chip warped with WBIA's own affine.
+/// Max abs difference over channels and count of differing pixels between two chips.
 fn diff(a: &RgbImage, b: &RgbImage) -> (u8, usize) {
     let mut max = 0u8;
     let mut count = 0;
     for (pa, pb) in a.data.chunks_exact(3).zip(b.data.chunks_exact(3)) {
-        let d = pa.iter().zip(pb).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let d = pa
+            .iter()
+            .zip(pb)
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap();
         if d > 0 {
             count += 1;
             max = max.max(d);
@@ -114,8 +142,19 @@ fn diff(a: &RgbImage, b: &RgbImage) -> (u8, usize) {
 
 #[test]
 fn chips_match_wbia() {
-    let cases = load_cases();
+    let (cases, refused) = load_cases();
     assert!(cases.len() >= 60, "only {} cases", cases.len());
+    for (name, bbox, theta) in &refused {
+        assert!(
+            chip_geometry(*bbox, *theta).is_err(),
+            "{name}: degenerate bbox {bbox:?} must be refused"
+        );
+    }
+    let mut timing = Timing {
+        chips: 0,
+        pixels: 0,
+        seconds: 0.0,
+    };
     let root = repo_root();
     let mut failures = Vec::new();
     let mut affine_differs = 0;
@@ -147,8 +186,12 @@ fn chips_match_wbia() {
         if !affine_same {
             affine_differs += 1;
         }
+        let started = std::time::Instant::now();
         let chip = warp_affine_lanczos4(&image, &geometry.m, geometry.width, geometry.height)
             .expect("warp");
+        timing.seconds += started.elapsed().as_secs_f64();
+        timing.chips += 1;
+        timing.pixels += chip.width as u64 * chip.height as u64;
         if sha256_hex(&chip.data) == case.sha256 {
             passed += 1;
             continue;
@@ -183,8 +226,17 @@ fn chips_match_wbia() {
         ));
     }
     eprintln!(
-        "{passed}/{} chips match WBIA; affine differs in last bits for {affine_differs}",
-        cases.len()
+        "{passed}/{} chips match WBIA, {} degenerate bboxes refused; affine differs in last \
+         bits for {affine_differs}; warp: {} chips, {:.1} ms per 700x700-equivalent",
+        cases.len(),
+        refused.len(),
+        timing.chips,
+        timing.seconds * 1e3 / (timing.pixels as f64 / 490_000.0)
     );
-    assert!(failures.is_empty(), "{} chips differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} chips differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
