@@ -15,6 +15,8 @@
 
 use std::sync::OnceLock;
 
+use rayon::prelude::*;
+
 use crate::image::{decode_image, decode_image_unoriented, Decoder, RgbImage};
 use crate::{Error, Result};
 
@@ -138,6 +140,21 @@ pub fn image_to_chip_transform(bbox: [i64; 4], chip: (u32, u32), theta: f64) -> 
 pub fn wbia_chip(image: &RgbImage, bbox: [i64; 4], theta: f64) -> Result<RgbImage> {
     let g = chip_geometry(bbox, theta)?;
     warp_affine_lanczos4(image, &g.m, g.width, g.height)
+}
+
+/// WBIA's chip of an annotation from its image file as WBIA holds it (`_ibsdb/images/`, after
+/// WBIA's rewrite at import), the orientation WBIA stored for the image, and the annotation's
+/// bbox and theta: [`wbia_read_image`] then [`wbia_chip`].
+pub fn wbia_annot_chip(
+    file_bytes: &[u8],
+    stored_orientation: i64,
+    bbox: [i64; 4],
+    theta: f64,
+) -> Result<RgbImage> {
+    // The geometry first: a degenerate bbox fails before any decoding.
+    chip_geometry(bbox, theta)?;
+    let image = wbia_read_image(file_bytes, stored_orientation)?;
+    wbia_chip(&image, bbox, theta)
 }
 
 /// How WBIA reads an image for its chips: `vt.imread(gpath, orient=orient)` with the
@@ -295,61 +312,64 @@ pub fn warp_affine_lanczos4(
     let (sw, sh) = (src.width as i32, src.height as i32);
     let stride = src.width as usize * 3;
     let mut out = vec![0u8; w * h * 3];
-    for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
-        let yf = y as f64;
-        let x0 = sat_round((inv[1] * yf + inv[2]) * AB_SCALE).wrapping_add(round_delta);
-        let y0 = sat_round((inv[4] * yf + inv[5]) * AB_SCALE).wrapping_add(round_delta);
-        for (x, px) in row.chunks_exact_mut(3).enumerate() {
-            let xs = x0.wrapping_add(adelta[x]) >> (AB_BITS - INTER_BITS);
-            let ys = y0.wrapping_add(bdelta[x]) >> (AB_BITS - INTER_BITS);
-            // Integer source pixel (saturated to i16 like OpenCV's map) minus 3: the kernel's
-            // top-left tap. The low 5 bits choose one of 32×32 precomputed kernels.
-            let sx = sat_i16(xs >> INTER_BITS) - 3;
-            let sy = sat_i16(ys >> INTER_BITS) - 3;
-            let k = &tab[((ys & (INTER_TAB_SIZE - 1)) * INTER_TAB_SIZE
-                + (xs & (INTER_TAB_SIZE - 1))) as usize];
-            let mut sum = [0i32; 3];
-            if sx >= 0 && sy >= 0 && sx + 8 <= sw && sy + 8 <= sh {
-                for r in 0..8 {
-                    let base = (sy + r) as usize * stride + sx as usize * 3;
-                    let line = &src.data[base..base + 24];
-                    let kr = &k[r as usize * 8..r as usize * 8 + 8];
-                    for (c, s) in sum.iter_mut().enumerate() {
-                        for t in 0..8 {
-                            *s += line[t * 3 + c] as i32 * kr[t] as i32;
+    // Rows are independent (each rounds its own start), so they can run in parallel.
+    out.par_chunks_exact_mut(w * 3)
+        .enumerate()
+        .for_each(|(y, row)| {
+            let yf = y as f64;
+            let x0 = sat_round((inv[1] * yf + inv[2]) * AB_SCALE).wrapping_add(round_delta);
+            let y0 = sat_round((inv[4] * yf + inv[5]) * AB_SCALE).wrapping_add(round_delta);
+            for (x, px) in row.chunks_exact_mut(3).enumerate() {
+                let xs = x0.wrapping_add(adelta[x]) >> (AB_BITS - INTER_BITS);
+                let ys = y0.wrapping_add(bdelta[x]) >> (AB_BITS - INTER_BITS);
+                // Integer source pixel (saturated to i16 like OpenCV's map) minus 3: the kernel's
+                // top-left tap. The low 5 bits choose one of 32×32 precomputed kernels.
+                let sx = sat_i16(xs >> INTER_BITS) - 3;
+                let sy = sat_i16(ys >> INTER_BITS) - 3;
+                let k = &tab[((ys & (INTER_TAB_SIZE - 1)) * INTER_TAB_SIZE
+                    + (xs & (INTER_TAB_SIZE - 1))) as usize];
+                let mut sum = [0i32; 3];
+                if sx >= 0 && sy >= 0 && sx + 8 <= sw && sy + 8 <= sh {
+                    for r in 0..8 {
+                        let base = (sy + r) as usize * stride + sx as usize * 3;
+                        let line = &src.data[base..base + 24];
+                        let kr = &k[r as usize * 8..r as usize * 8 + 8];
+                        for (c, s) in sum.iter_mut().enumerate() {
+                            for t in 0..8 {
+                                *s += line[t * 3 + c] as i32 * kr[t] as i32;
+                            }
                         }
                     }
-                }
-            } else if sx >= sw || sx + 8 <= 0 || sy >= sh || sy + 8 <= 0 {
-                // Wholly outside: the border value.
-                continue;
-            } else {
-                // Partly outside: taps beyond the image read the border value 0, so they
-                // drop out of the integer sum.
-                for r in 0..8 {
-                    let yy = sy + r;
-                    if yy < 0 || yy >= sh {
-                        continue;
-                    }
-                    for t in 0..8 {
-                        let xx = sx + t;
-                        if xx < 0 || xx >= sw {
+                } else if sx >= sw || sx + 8 <= 0 || sy >= sh || sy + 8 <= 0 {
+                    // Wholly outside: the border value.
+                    continue;
+                } else {
+                    // Partly outside: taps beyond the image read the border value 0, so they
+                    // drop out of the integer sum.
+                    for r in 0..8 {
+                        let yy = sy + r;
+                        if yy < 0 || yy >= sh {
                             continue;
                         }
-                        let wgt = k[(r * 8 + t) as usize] as i32;
-                        let p = yy as usize * stride + xx as usize * 3;
-                        for (c, s) in sum.iter_mut().enumerate() {
-                            *s += src.data[p + c] as i32 * wgt;
+                        for t in 0..8 {
+                            let xx = sx + t;
+                            if xx < 0 || xx >= sw {
+                                continue;
+                            }
+                            let wgt = k[(r * 8 + t) as usize] as i32;
+                            let p = yy as usize * stride + xx as usize * 3;
+                            for (c, s) in sum.iter_mut().enumerate() {
+                                *s += src.data[p + c] as i32 * wgt;
+                            }
                         }
                     }
                 }
+                for (d, s) in px.iter_mut().zip(sum) {
+                    // Round the 1.15 fixed-point sum and saturate to 8 bits.
+                    *d = ((s + (1 << (COEF_BITS - 1))) >> COEF_BITS).clamp(0, 255) as u8;
+                }
             }
-            for (d, s) in px.iter_mut().zip(sum) {
-                // Round the 1.15 fixed-point sum and saturate to 8 bits.
-                *d = ((s + (1 << (COEF_BITS - 1))) >> COEF_BITS).clamp(0, 255) as u8;
-            }
-        }
-    }
+        });
     RgbImage::new(width, height, out)
 }
 

@@ -25,7 +25,9 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wbia_lightglue_model::wbia_chip::{chip_geometry, warp_affine_lanczos4, wbia_read_image};
+use wbia_lightglue_model::wbia_chip::{
+    chip_geometry, warp_affine_lanczos4, wbia_annot_chip, wbia_read_image,
+};
 use wbia_lightglue_model::RgbImage;
 
 /// Cases known to differ from WBIA, with the measured difference. Empty: every case matches.
@@ -50,6 +52,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 struct Case {
+    kind: String,
     name: String,
     source: String,
     orientation: i64,
@@ -62,8 +65,11 @@ struct Case {
     samples: Vec<Vec<i64>>,
 }
 
-/// The chips, and the names of the degenerate cases (or those WBIA refused).
-fn load_cases() -> (Vec<Case>, Vec<(String, [i64; 4], f64)>) {
+/// A degenerate case (or one WBIA refused): name, bbox, theta.
+type Refused = (String, [i64; 4], f64);
+
+/// The chips, and the degenerate cases.
+fn load_cases() -> (Vec<Case>, Vec<Refused>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/wbia_chips.json");
     let text = std::fs::read_to_string(&path).expect("goldens");
     let json: serde_json::Value = serde_json::from_str(&text).expect("goldens parse");
@@ -95,6 +101,7 @@ fn load_cases() -> (Vec<Case>, Vec<(String, [i64; 4], f64)>) {
             [v[0], v[1], v[2], v[3], v[4], v[5]]
         });
         cases.push(Case {
+            kind: c["kind"].as_str().unwrap().to_string(),
             name: c["name"].as_str().unwrap().to_string(),
             source: c["source"].as_str().unwrap().to_string(),
             orientation: c["orientation"].as_i64().unwrap(),
@@ -239,4 +246,18 @@ fn chips_match_wbia() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The one-call entry point on every annotation of the WBIA database.
+#[test]
+fn annot_chip_entry_point_matches_database() {
+    let (cases, _) = load_cases();
+    let root = repo_root();
+    let db: Vec<&Case> = cases.iter().filter(|c| c.kind == "db").collect();
+    assert!(db.len() >= 10, "only {} database annotations", db.len());
+    for case in db {
+        let bytes = std::fs::read(root.join(&case.source)).expect(&case.source);
+        let chip = wbia_annot_chip(&bytes, case.orientation, case.bbox, case.theta).unwrap();
+        assert_eq!(sha256_hex(&chip.data), case.sha256, "{}", case.name);
+    }
 }
