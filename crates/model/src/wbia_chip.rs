@@ -332,12 +332,13 @@ pub fn warp_affine_lanczos4(
                 if sx >= 0 && sy >= 0 && sx + 8 <= sw && sy + 8 <= sh {
                     for r in 0..8 {
                         let base = (sy + r) as usize * stride + sx as usize * 3;
-                        let line = &src.data[base..base + 24];
-                        let kr = &k[r as usize * 8..r as usize * 8 + 8];
-                        for (c, s) in sum.iter_mut().enumerate() {
-                            for t in 0..8 {
-                                *s += line[t * 3 + c] as i32 * kr[t] as i32;
-                            }
+                        let line: &[u8; 24] =
+                            src.data[base..base + 24].try_into().expect("24 bytes");
+                        for (t, &wgt) in k[r as usize * 8..r as usize * 8 + 8].iter().enumerate() {
+                            let wgt = wgt as i32;
+                            sum[0] += line[t * 3] as i32 * wgt;
+                            sum[1] += line[t * 3 + 1] as i32 * wgt;
+                            sum[2] += line[t * 3 + 2] as i32 * wgt;
                         }
                     }
                 } else if sx >= sw || sx + 8 <= 0 || sy >= sh || sy + 8 <= 0 {
