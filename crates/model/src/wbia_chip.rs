@@ -11,7 +11,9 @@
 //!    ([`warp_affine_lanczos4`]).
 //!
 //! How WBIA reads the image first depends on the orientation it stored for it
-//! ([`wbia_read_image`]).
+//! ([`wbia_read_image`]). The file must be the one WBIA holds (`_ibsdb/images/`): at import WBIA
+//! rewrites files with an EXIF orientation other than 0/1 upright (`cv2.imwrite`, JPEG quality
+//! 95) and flattens RGBA images onto white, so those differ from what was uploaded.
 
 use std::sync::OnceLock;
 
@@ -110,7 +112,9 @@ pub fn chip_geometry(bbox: [i64; 4], theta: f64) -> Result<ChipGeometry> {
 /// matrices with `numpy.dot` (`T2·(R·(S·T1))`); with their zeros every entry but two is a
 /// single rounded product or sum. The two translation entries sum two products, which
 /// OpenBLAS's dgemm fuses (`fma(-sin, sy·ty1, cos·sx·tx1)`) on CPUs with FMA; the goldens were
-/// recorded on such a CPU, so the fused form is used here.
+/// recorded on such a CPU, and with numpy's sines this form gives all their affines bit for
+/// bit. The sines here are libm's; numpy on AVX-512 CPUs uses SVML's, a few ulps away, which
+/// moves the last bits of the affine but has changed no chip of the goldens.
 pub fn image_to_chip_transform(bbox: [i64; 4], chip: (u32, u32), theta: f64) -> [f64; 6] {
     let [x, y, w, h] = bbox.map(|v| v as f64);
     let (cw, ch) = (chip.0 as f64, chip.1 as f64);
