@@ -28,6 +28,8 @@ pub enum Error {
     Config(String),
     #[error("weights not found: {0}")]
     WeightsNotFound(String),
+    #[error("cannot make the chip: {0}")]
+    InvalidChip(String),
     #[error("invalid features: {0}")]
     InvalidFeatures(String),
     #[error(transparent)]

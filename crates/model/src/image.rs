@@ -112,8 +112,33 @@ impl RgbImage {
 /// byte, CMYK and YCCK JPEGs converted with OpenCV's formula. Dimensions are checked from the
 /// header, before any pixel buffer is allocated, so a decompression bomb is refused cheaply.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    match decode_image_unoriented(bytes, Decoder::OpenCv)? {
+        (rgb, Orientation::NoTransforms) => Ok(rgb),
+        (rgb, o) => oriented(
+            image::RgbImage::from_raw(rgb.width, rgb.height, rgb.data).expect("same dimensions"),
+            o,
+        ),
+    }
+}
+
+/// Whose conversions [`decode_image_unoriented`] follows where OpenCV and PIL part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decoder {
+    /// `cv2.imread(path, IMREAD_COLOR)`.
+    OpenCv,
+    /// PIL's `Image.open(path).convert('RGB')`: CMYK JPEGs with PIL's formula, 16-bit grey PNGs
+    /// clipped to 255 (PIL holds them as 32-bit ints). The rest decodes as OpenCV does.
+    Pil,
+}
+
+/// [`decode_image`] without applying the EXIF orientation, which is returned instead (PIL's
+/// `Image.open`, as WBIA's reader uses it, does not apply it).
+pub(crate) fn decode_image_unoriented(
+    bytes: &[u8],
+    decoder_kind: Decoder,
+) -> Result<(RgbImage, Orientation)> {
     if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) {
-        return decode_jpeg(bytes);
+        return Ok((decode_jpeg(bytes, decoder_kind)?, jpeg_orientation(bytes)));
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -135,7 +160,17 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         image.color(),
         ColorType::L16 | ColorType::La16 | ColorType::Rgb16 | ColorType::Rgba16
     );
-    let rgb = if sixteen_bit {
+    let rgb = if decoder_kind == Decoder::Pil && image.color() == ColorType::L16 {
+        // PIL's I → RGB conversion clips each 16-bit value to 255.
+        let wide = image.into_luma16();
+        let (w, h) = wide.dimensions();
+        let narrow: Vec<u8> = wide
+            .into_raw()
+            .iter()
+            .flat_map(|&v| [v.min(255) as u8; 3])
+            .collect();
+        image::RgbImage::from_raw(w, h, narrow).expect("same dimensions")
+    } else if sixteen_bit {
         // libpng's strip-16 as OpenCV asks for it: the high byte, not a rounded value.
         let wide = image.into_rgb16();
         let (w, h) = wide.dimensions();
@@ -144,7 +179,8 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     } else {
         image.into_rgb8()
     };
-    oriented(rgb, orientation)
+    let (width, height) = rgb.dimensions();
+    Ok((RgbImage::new(width, height, rgb.into_raw())?, orientation))
 }
 
 /// Applies an EXIF orientation (rotation and/or mirror), as OpenCV's `imread` does by default.
@@ -221,7 +257,7 @@ fn check_dimensions(width: u32, height: u32) -> Result<()> {
 /// JPEG goes through libjpeg-turbo's decoder (via mozjpeg, whose decoder is libjpeg-turbo's),
 /// with its defaults (accurate integer IDCT, fancy upsampling) — the same pixels OpenCV's
 /// `imread` gives the reference. Other decoders round differently and move keypoints.
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
+fn decode_jpeg(bytes: &[u8], decoder_kind: Decoder) -> Result<RgbImage> {
     if !has_end_of_image(bytes) {
         return Err(Error::Decode(
             "truncated JPEG (no end-of-image marker)".into(),
@@ -254,20 +290,16 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
             .finish()
             .map_err(|e| Error::Decode(format!("JPEG trailer: {e}")))?;
         let data = if four_channel {
-            data.chunks_exact(4).flat_map(cmyk_to_rgb).collect()
+            match decoder_kind {
+                Decoder::OpenCv => data.chunks_exact(4).flat_map(cmyk_to_rgb).collect(),
+                Decoder::Pil => data.chunks_exact(4).flat_map(cmyk_to_rgb_pil).collect(),
+            }
         } else {
             data
         };
         RgbImage::new(width, height, data)
     });
-    let rgb = decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))?;
-    match jpeg_orientation(bytes) {
-        Orientation::NoTransforms => Ok(rgb),
-        o => oriented(
-            image::RgbImage::from_raw(rgb.width, rgb.height, rgb.data).expect("same dimensions"),
-            o,
-        ),
-    }
+    decoded.unwrap_or_else(|_| Err(Error::Decode("corrupt JPEG data".into())))
 }
 
 /// OpenCV's CMYK → RGB for JPEG (Adobe's inverted CMYK, as libjpeg returns it): each colour
@@ -276,6 +308,18 @@ fn cmyk_to_rgb(px: &[u8]) -> [u8; 3] {
     let k = px[3] as u32;
     let channel = |c: u8| (k - (((255 - c as u32) * k) >> 8)) as u8;
     [channel(px[0]), channel(px[1]), channel(px[2])]
+}
+
+/// PIL's CMYK → RGB for JPEG: it reads libjpeg's CMYK inverted ("CMYK;I", Adobe's
+/// convention), then each colour is `nk - nk * c / 255` with `nk = 255 - k`, its rounded
+/// division by 255 (`MULDIV255`). In libjpeg's values: `k - (255 - c) * k / 255`.
+fn cmyk_to_rgb_pil(px: &[u8]) -> [u8; 3] {
+    let k = px[3] as u32;
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    [0, 1, 2].map(|i| (k - muldiv255(255 - px[i] as u32, k)) as u8)
 }
 
 /// A complete JPEG has an EOI marker (FF D9) after its last start-of-scan (FF DA); entropy-coded

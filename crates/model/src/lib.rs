@@ -10,6 +10,7 @@ pub mod image;
 pub mod lightglue;
 pub mod ops;
 pub mod render;
+pub mod wbia_chip;
 pub mod weights;
 
 pub use aliked::{Aliked, AlikedConfig, DetectOptions, Features};
@@ -17,3 +18,4 @@ pub use device::{device_name, parse_device};
 pub use error::{Error, Result};
 pub use image::{decode_image, load_image, RgbImage, Rotation};
 pub use lightglue::{LightGlue, MatchOptions, MatchResult, Precision};
+pub use wbia_chip::{wbia_annot_chip, wbia_chip, wbia_read_image};
