@@ -120,8 +120,11 @@ def run_checks(wbia, ours, manifest, cb):
                                       "database_annot_uuid_list": compact(d + [fancy(UNKNOWN_UUID)])},
         "601 duplicate database UUIDs": {"query_annot_uuid_list": compact(q),
                                          "database_annot_uuid_list": compact(d + d[:1])},
+        # As recorded (`engine_608_not_a_uuid`): a plain string that is no UUID among fancy
+        # ones. (A fancy object holding a bad UUID makes WBIA give up on the whole list and
+        # report each comma-separated piece of its text: not mimicked, docs/wbia-api.md.)
         "608 not a UUID": {"query_annot_uuid_list": compact(q),
-                           "database_annot_uuid_list": compact(d + [{"__UUID__": "nope"}])},
+                           "database_annot_uuid_list": compact(d + ["not-a-uuid"])},
     }
     for name, form in cases.items():
         form = dict(form, query_config_dict=lightglue)
