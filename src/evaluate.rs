@@ -17,10 +17,11 @@ use wbia_lightglue_engine::evaluate::{
     ScoreSummary,
 };
 use wbia_lightglue_engine::{
-    Annot, Calibration, ChipSource, Config, Engine, EngineOptions, Error as EngineError, Progress,
-    SourceError, WbiaChip,
+    Annot, Calibration, Chip, ChipSource, Config, Engine, EngineOptions, Error as EngineError,
+    Progress, SourceError, WbiaChip,
 };
-use wbia_lightglue_model::{decode_image, render, weights, Rotation};
+use wbia_lightglue_model::{render, weights, Rotation};
+use wbia_lightglue_service::{Annotations, ChipOptions};
 
 use crate::{MatcherArgs, ModelArgs};
 
@@ -93,34 +94,31 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Where evaluation chips come from: image files (CSV), or WBIA by rowid.
+/// Where evaluation chips come from: image files (CSV), or WBIA (made from its image files
+/// where they can be read here, as the service makes them, else downloaded).
 struct EvalChips {
     files: HashMap<Uuid, PathBuf>,
-    wbia: Option<(wbia_client::WbiaClient, HashMap<Uuid, i64>)>,
-    /// WBIA's chip identities, so that a chip is downloaded once, not once per pair.
+    wbia: Option<wbia_lightglue_service::WbiaChips>,
+    /// WBIA's chip identities, so that a chip is had once, not once per pair.
     identities: HashMap<Uuid, WbiaChip>,
 }
 
 impl ChipSource for EvalChips {
-    async fn chip(&self, annot: Uuid) -> std::result::Result<Bytes, SourceError> {
+    async fn chip(&self, annot: Uuid) -> std::result::Result<Chip, SourceError> {
         if let Some(path) = self.files.get(&annot).cloned() {
             let read = tokio::task::spawn_blocking(move || {
                 std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
             });
             return match read.await {
-                Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                Ok(Ok(bytes)) => Ok(Chip::Encoded(Bytes::from(bytes))),
                 Ok(Err(e)) => Err(SourceError::Other(e)),
                 Err(e) => Err(SourceError::Other(e.to_string())),
             };
         }
-        let Some((client, aids)) = &self.wbia else {
-            return Err(SourceError::Unknown);
-        };
-        let aid = *aids.get(&annot).ok_or(SourceError::Unknown)?;
-        client
-            .chip_by_aid(annot, aid)
-            .await
-            .map_err(|e| SourceError::Other(e.to_string()))
+        match &self.wbia {
+            Some(chips) => chips.chip(annot).await,
+            None => Err(SourceError::Unknown),
+        }
     }
 }
 
@@ -217,39 +215,35 @@ async fn read_wbia(uuids: &Path, url: &str) -> Result<(Vec<Item>, EvalChips)> {
         bail!("{}: annotation {dup} is listed twice", uuids.display());
     }
     let client = wbia_client::WbiaClient::new(url, Default::default())?;
-    let names = client.annot_names(&list).await?;
-    let aids = client.annot_aids(&list).await?;
-    // Without these getters, chips are keyed by their bytes (downloaded per lookup).
-    let identities: HashMap<Uuid, WbiaChip> = match client.annot_chip_identities(&list).await {
-        Ok(ids) => list
-            .iter()
-            .zip(ids)
-            .filter_map(|(u, id)| {
-                id.map(|(image, bbox, theta)| (*u, WbiaChip { image, bbox, theta }))
-            })
-            .collect(),
-        Err(_) => HashMap::new(),
+    let annotations = Annotations::new(client, ChipOptions::default());
+    let resolved = match annotations.resolve(&list).await {
+        Ok(resolved) => resolved,
+        Err(wbia_lightglue_service::Error::UnknownAnnotations(missing)) => {
+            bail!("annotation {} is not known to WBIA at {url}", missing[0])
+        }
+        Err(e) => return Err(e.into()),
     };
     let mut items = Vec::new();
-    let mut known = HashMap::new();
-    for ((uuid, name), aid) in list.iter().zip(names).zip(aids) {
-        let Some(aid) = aid else {
-            bail!("annotation {uuid} is not known to WBIA at {url}");
-        };
+    for a in &resolved {
         // Unnamed annotations have no identity to score against.
-        let Some(identity) = name else { continue };
-        known.insert(*uuid, aid);
+        let Some(identity) = a.name.clone() else {
+            continue;
+        };
         items.push(Item {
-            label: uuid.to_string(),
+            label: a.uuid.to_string(),
             identity,
             group: None,
-            uuid: *uuid,
+            uuid: a.uuid,
         });
     }
     let chips = EvalChips {
         files: HashMap::new(),
-        wbia: Some((client, known)),
-        identities,
+        wbia: Some(annotations.chips(&resolved)),
+        // Without WBIA's identity getters, chips are keyed by their bytes.
+        identities: resolved
+            .iter()
+            .filter_map(|a| Some((a.uuid, a.chip.clone()?)))
+            .collect(),
     };
     Ok((items, chips))
 }
@@ -512,12 +506,12 @@ impl<F: Fn(usize) -> Annot> Pictures<'_, F> {
             .match_pair(self.chips, &q, &d, self.config, turn)
             .await?;
         let image = |uuid| async move {
-            let bytes = self
+            let chip = self
                 .chips
                 .chip(uuid)
                 .await
                 .map_err(|e| anyhow::anyhow!("chip of {uuid}: {e}"))?;
-            Ok::<_, anyhow::Error>(decode_image(&bytes)?)
+            Ok::<_, anyhow::Error>(chip.pixels()?)
         };
         let query = image(q.uuid).await?.rotated(turn)?;
         let candidate = image(d.uuid).await?;

@@ -163,6 +163,17 @@ struct ServeArgs {
     /// naming the silent replica, instead of answering `working` for ever.
     #[arg(long, env = "WBIA_LIGHTGLUE_JOB_LEASE", default_value_t = 60)]
     job_lease_secs: u64,
+    /// Where chips come from. `auto`: made here from WBIA's image files, exactly as WBIA makes
+    /// the chips the plugin scores, where those files can be read (same machine, or WBIA's
+    /// database mounted read-only), else downloaded from WBIA (JPEG re-encodes: scores differ
+    /// from the plugin's; said once in the log, in /info and /metrics). `image-files`: never
+    /// downloaded. `download`: always downloaded.
+    #[arg(long, env = "WBIA_LIGHTGLUE_CHIPS", default_value = "auto")]
+    chips: wbia_lightglue_service::ChipMode,
+    /// WBIA's image paths as seen here, `WBIA_PREFIX=LOCAL_PREFIX`, when WBIA's database is
+    /// mounted elsewhere than where WBIA has it (e.g. `/data/db=/wbia-db`).
+    #[arg(long, env = "WBIA_LIGHTGLUE_WBIA_PATH_MAP")]
+    wbia_path_map: Option<wbia_lightglue_service::PathMap>,
     #[command(flatten)]
     runtime: DeviceArgs,
     /// Database annotations matched in one padded batch (adaptive depth/width off; on the CPU
@@ -365,6 +376,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         chunk_annotations: args.chunk_annotations.max(1),
         chunk_lease: std::time::Duration::from_secs(args.chunk_lease_secs.max(1)),
         job_lease: std::time::Duration::from_secs(args.job_lease_secs.max(3)),
+        chips: wbia_lightglue_service::ChipOptions {
+            mode: args.chips,
+            path_map: args.wbia_path_map.clone(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let state = std::sync::Arc::new(wbia_lightglue_server::AppState::new(

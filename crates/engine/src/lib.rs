@@ -28,8 +28,8 @@ pub use calibration::Calibration;
 pub use config::{Config, ConfigDir};
 pub use pairs::PairMatches;
 pub use pipeline::{
-    Admission, Annot, ChipSource, FileChips, Identification, PairScore, Progress, ProgressSnapshot,
-    Skipped, SourceError, Ticket, UnusableChips, WbiaChip, CHIPS_IN_FLIGHT,
+    Admission, Annot, Chip, ChipPixels, ChipSource, FileChips, Identification, PairScore, Progress,
+    ProgressSnapshot, Skipped, SourceError, Ticket, UnusableChips, WbiaChip, CHIPS_IN_FLIGHT,
 };
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
 use worker::{Job, MatchWork, ModelWorker};
@@ -173,6 +173,10 @@ impl FeatureKey {
                     h.update(v.to_le_bytes());
                 }
                 h.update(c.theta.to_bits().to_le_bytes());
+                // Downloaded chips keep the keys of every earlier release.
+                if c.pixels == ChipPixels::FromImage {
+                    field(h, b"from-image");
+                }
             }
         }
     }

@@ -65,7 +65,9 @@ impl Error {
         match self {
             Error::Annotation { .. } => true,
             Error::Source { cause, .. } => match cause {
-                SourceError::Refused(_) | SourceError::TooLarge(_) => true,
+                SourceError::Refused(_) | SourceError::TooLarge(_) | SourceError::ImageFile(_) => {
+                    true
+                }
                 SourceError::Status { status, .. } => (400..500).contains(status),
                 _ => false,
             },
@@ -90,7 +92,7 @@ pub enum UnusableChips {
 }
 
 /// What defines a WBIA chip besides the chip settings (WBIA's defaults): the image, the
-/// annotation's box in it and its rotation.
+/// annotation's box in it and its rotation, and where its pixels come from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WbiaChip {
     pub image: Uuid,
@@ -98,6 +100,20 @@ pub struct WbiaChip {
     pub bbox: [i64; 4],
     /// Radians.
     pub theta: f64,
+    pub pixels: ChipPixels,
+}
+
+/// Where a WBIA chip's pixels come from. The two differ (WBIA's JPEG re-encode moves scores by
+/// ~8%), so features made from one are never taken for the other's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChipPixels {
+    /// WBIA's `/api/annot/src/`: its lossless chip re-encoded as JPEG (quality 100, 4:2:0).
+    #[default]
+    Downloaded,
+    /// Made here from WBIA's image file exactly as WBIA makes its own chips, bit for bit
+    /// (`wbia_lightglue_model::wbia_chip`): the pixels the plugin scores.
+    FromImage,
 }
 
 impl Eq for WbiaChip {}
@@ -107,6 +123,71 @@ impl std::hash::Hash for WbiaChip {
         self.image.hash(state);
         self.bbox.hash(state);
         self.theta.to_bits().hash(state);
+        self.pixels.hash(state);
+    }
+}
+
+/// A chip as a source hands it over.
+#[derive(Clone, Debug)]
+pub enum Chip {
+    /// Encoded image bytes (JPEG, PNG…), decoded as OpenCV's `imread` decodes them.
+    Encoded(Bytes),
+    /// One of WBIA's image files, to be made into the annotation's chip as WBIA makes it:
+    /// read with the orientation WBIA stored for the image, warped by bbox and theta.
+    FromImage {
+        file: Bytes,
+        orientation: i64,
+        bbox: [i64; 4],
+        theta: f64,
+    },
+}
+
+impl Chip {
+    /// Bytes read or downloaded for it.
+    pub fn len(&self) -> usize {
+        match self {
+            Chip::Encoded(b) | Chip::FromImage { file: b, .. } => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// SHA-256 of everything that makes its pixels (for keying by content).
+    fn digest(&self) -> [u8; 32] {
+        match self {
+            Chip::Encoded(b) => Sha256::digest(b).into(),
+            Chip::FromImage {
+                file,
+                orientation,
+                bbox,
+                theta,
+            } => {
+                let mut h = Sha256::new();
+                h.update(b"wbia-chip-from-image");
+                h.update(orientation.to_le_bytes());
+                for v in bbox {
+                    h.update(v.to_le_bytes());
+                }
+                h.update(theta.to_bits().to_le_bytes());
+                h.update(file);
+                h.finalize().into()
+            }
+        }
+    }
+
+    /// The chip's RGB pixels (blocking: decoding and warping take milliseconds).
+    pub fn pixels(&self) -> wbia_lightglue_model::Result<wbia_lightglue_model::RgbImage> {
+        match self {
+            Chip::Encoded(b) => wbia_lightglue_model::decode_image(b),
+            Chip::FromImage {
+                file,
+                orientation,
+                bbox,
+                theta,
+            } => wbia_lightglue_model::wbia_annot_chip(file, *orientation, *bbox, *theta),
+        }
     }
 }
 
@@ -135,6 +216,9 @@ pub enum SourceError {
     /// say): this annotation cannot be scored until WBIA's data is fixed.
     #[error("WBIA could not make it: {0}")]
     Refused(String),
+    /// WBIA's image file for it cannot be read here.
+    #[error("image file: {0}")]
+    ImageFile(String),
     #[error("{0}")]
     Other(String),
 }
@@ -144,7 +228,7 @@ pub trait ChipSource: Sync {
     fn chip(
         &self,
         annot: Uuid,
-    ) -> impl Future<Output = std::result::Result<Bytes, SourceError>> + Send;
+    ) -> impl Future<Output = std::result::Result<Chip, SourceError>> + Send;
 }
 
 /// Counters of admitted work (requests, and the pairs they score, until they end).
@@ -609,7 +693,7 @@ impl Engine {
             }
         }
         let started = Instant::now();
-        let bytes = source
+        let fetched = source
             .chip(annot.uuid)
             .await
             .map_err(|cause| Error::Source {
@@ -618,12 +702,12 @@ impl Engine {
             })?;
         self.stage_seconds.fetch.since(started);
         Engine::count(&self.cache_stats.chips_downloaded, 1);
-        Engine::count(&self.cache_stats.chip_bytes, bytes.len());
+        Engine::count(&self.cache_stats.chip_bytes, fetched.len());
         Progress::add(&progress.chips_fetched, 1);
         let chip = match known {
             Some(chip) => chip,
             None => {
-                let chip = ChipId::Bytes(Sha256::digest(&bytes).into());
+                let chip = ChipId::Bytes(fetched.digest());
                 if self
                     .recall(&mut found, rotations, |r| key_for(chip.clone(), r))
                     .await
@@ -635,7 +719,7 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let image = tokio::task::spawn_blocking(move || wbia_lightglue_model::decode_image(&bytes))
+        let image = tokio::task::spawn_blocking(move || fetched.pixels())
             .await
             .map_err(|_| Error::WorkerGone)?
             .map_err(|source| Error::Annotation {
@@ -871,7 +955,7 @@ pub(crate) fn chip_specific(e: &wbia_lightglue_model::Error) -> bool {
 pub struct FileChips(pub std::collections::HashMap<Uuid, std::path::PathBuf>);
 
 impl ChipSource for FileChips {
-    async fn chip(&self, annot: Uuid) -> std::result::Result<Bytes, SourceError> {
+    async fn chip(&self, annot: Uuid) -> std::result::Result<Chip, SourceError> {
         let path = self.0.get(&annot).ok_or(SourceError::Unknown)?.clone();
         tokio::task::spawn_blocking({
             let path = path.clone();
@@ -879,7 +963,7 @@ impl ChipSource for FileChips {
         })
         .await
         .map_err(|e| SourceError::Other(e.to_string()))?
-        .map(Bytes::from)
+        .map(|b| Chip::Encoded(Bytes::from(b)))
         .map_err(|e| SourceError::Other(format!("{}: {e}", path.display())))
     }
 }

@@ -720,17 +720,24 @@ mod tests {
             ..key.clone()
         };
         assert!(store.get(&other_chip).unwrap().is_none());
-        let wbia_chip = |theta: f64| FeatureKey {
+        let chip_of = |theta: f64, pixels| FeatureKey {
             chip: ChipId::Wbia(crate::WbiaChip {
                 image: Uuid::from_u128(9),
                 bbox: [1, 2, 30, 40],
                 theta,
+                pixels,
             }),
             ..key.clone()
         };
+        let wbia_chip = |theta: f64| chip_of(theta, crate::ChipPixels::Downloaded);
         store.put(&wbia_chip(0.0), &f).unwrap();
         assert!(store.get(&wbia_chip(0.0)).unwrap().is_some());
         assert!(store.get(&wbia_chip(0.5)).unwrap().is_none());
+        // WBIA's JPEG re-encode and the chip made from its image file: never one key.
+        let made = chip_of(0.0, crate::ChipPixels::FromImage);
+        assert!(store.get(&made).unwrap().is_none());
+        assert_ne!(made.digest(), wbia_chip(0.0).digest());
+        assert_ne!(made.chip_digest(), wbia_chip(0.0).chip_digest());
         let new_weights = FeatureKey {
             model: "m2".into(),
             ..key.clone()

@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use uuid::Uuid;
 use wbia_lightglue_engine::{
-    Annot, ChipSource, Config, Engine, EngineOptions, Error, FileChips, Progress, SourceError,
-    WbiaChip,
+    Annot, Chip, ChipPixels, ChipSource, Config, Engine, EngineOptions, Error, FileChips, Progress,
+    SourceError, WbiaChip,
 };
 
 fn repo() -> PathBuf {
@@ -41,6 +40,7 @@ fn annots(n: usize, first: u128, with_identity: bool) -> (Vec<Annot>, HashMap<Uu
                     image: Uuid::from_u128(0x1000 + (i % 4) as u128),
                     bbox: [0, 0, 500, 400],
                     theta: 0.0,
+                    pixels: ChipPixels::Downloaded,
                 }),
             }
         })
@@ -66,7 +66,7 @@ impl Counting {
 }
 
 impl ChipSource for Counting {
-    async fn chip(&self, annot: Uuid) -> Result<Bytes, SourceError> {
+    async fn chip(&self, annot: Uuid) -> Result<Chip, SourceError> {
         if self.hang.contains(&annot) {
             std::future::pending::<()>().await;
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use uuid::Uuid;
 use wbia_lightglue_engine::{
-    Annot, ChipSource, Config, Engine, EngineOptions, PairScore, Progress, SourceError,
+    Annot, Chip, ChipSource, Config, Engine, EngineOptions, PairScore, Progress, SourceError,
 };
 use wbia_lightglue_model::{load_image, render, Rotation};
 
@@ -22,8 +22,12 @@ fn repo() -> PathBuf {
 struct Chips(HashMap<Uuid, Bytes>);
 
 impl ChipSource for Chips {
-    async fn chip(&self, annot: Uuid) -> Result<Bytes, SourceError> {
-        self.0.get(&annot).cloned().ok_or(SourceError::Unknown)
+    async fn chip(&self, annot: Uuid) -> Result<Chip, SourceError> {
+        self.0
+            .get(&annot)
+            .cloned()
+            .map(Chip::Encoded)
+            .ok_or(SourceError::Unknown)
     }
 }
 

@@ -107,8 +107,31 @@ impl From<wbia_lightglue_engine::Error> for ApiError {
                 cause: S::TooLarge(_),
                 ..
             } => ApiError::new(422, e.to_string(), Value::Null),
+            // In `--chips image-files`: WBIA's file is not where this service looks (its mount
+            // or `--wbia-path-map`), which is this deployment's fault, not WBIA's.
+            E::Source {
+                cause: S::ImageFile(_),
+                ..
+            } => ApiError::new(500, e.to_string(), Value::Null),
             E::Source { .. } => ApiError::new(502, e.to_string(), Value::Null),
             _ => ApiError::new(500, e.to_string(), Value::Null),
+        }
+    }
+}
+
+impl From<wbia_lightglue_service::Error> for ApiError {
+    fn from(e: wbia_lightglue_service::Error) -> Self {
+        use wbia_lightglue_service::Error as E;
+        match e {
+            E::UnknownAnnotations(missing) => ApiError::new(
+                600,
+                "annotations unknown to WBIA",
+                json!({
+                    "missing_image_uuid_list": [],
+                    "missing_annot_uuid_list": missing.iter().map(wbia_client::fancy_uuid).collect::<Vec<_>>(),
+                }),
+            ),
+            E::Wbia(e) => e.into(),
         }
     }
 }

@@ -29,15 +29,16 @@ use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
-use wbia_client::{fancy_uuid, WbiaClient};
+use wbia_client::WbiaClient;
 use wbia_lightglue_engine::metrics::Histogram;
 use wbia_lightglue_engine::{
-    rank, Annot, ChipSource, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot,
-    Skipped, SourceError, Ticket, UnusableChips, WbiaChip,
+    rank, Annot, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot, Skipped, Ticket,
+    UnusableChips,
 };
 
 use envelope::ApiError;
 use params::Params;
+use wbia_lightglue_service::{Annotations, ChipOptions};
 
 /// Most annotations one request may name.
 /// Requests stream their chips (memory does not grow with this), so the bound is on the
@@ -76,6 +77,8 @@ pub struct ServerOptions {
     /// for this long (it publishes every 2 s, `jobs/shared.rs`) ends as `exception` when
     /// any replica reads it.
     pub job_lease: Duration,
+    /// Where chips come from: WBIA's image files (as WBIA makes them) or its downloads.
+    pub chips: ChipOptions,
 }
 
 impl Default for ServerOptions {
@@ -92,6 +95,7 @@ impl Default for ServerOptions {
             chunk_annotations: 64,
             chunk_lease: Duration::from_secs(120),
             job_lease: Duration::from_secs(60),
+            chips: ChipOptions::default(),
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct AppState {
     pub engine: Engine,
     pub jobs: jobs::JobStore,
     pub wbia: WbiaClient,
+    /// Annotations resolved in WBIA, and their chips.
+    pub annotations: Annotations,
     pub configs: ConfigDir,
     pub ready: AtomicBool,
     pub metrics: Metrics,
@@ -124,6 +130,7 @@ impl AppState {
         Self {
             engine,
             jobs: jobs::JobStore::new(options.max_job_result_bytes),
+            annotations: Annotations::new(wbia.clone(), options.chips.clone()),
             wbia,
             configs,
             ready: AtomicBool::new(false),
@@ -276,8 +283,21 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
         "config_dir": state.configs.path(),
         "default_config": config,
         "wbia_url": state.wbia.base_url(),
+        "chips": chips_info(&state.annotations),
     }))
     .into_response()
+}
+
+/// Where chips come from, and whether WBIA's image files could be read here.
+fn chips_info(annotations: &Annotations) -> Value {
+    let stats = annotations.stats();
+    json!({
+        "mode": annotations.options().mode,
+        "wbia_path_map": annotations.options().path_map,
+        "made_from_image_files": stats.from_images.load(Ordering::Relaxed),
+        "image_files_unreadable": stats.unreadable.load(Ordering::Relaxed),
+        "last_unreadable": stats.last_unreadable(),
+    })
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "health",
@@ -290,7 +310,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (cached, cached_bytes) = state.engine.cached_features();
     let (admitted, pending_pairs) = state.engine.admitted();
     // (name, type, help, value): every counter the service keeps, each exported once.
-    let families: [(&str, &str, &str, u64); 35] = [
+    let families: [(&str, &str, &str, u64); 37] = [
         (
             "wbia_lightglue_queries_total",
             "counter",
@@ -478,6 +498,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             load(&m.unauthorized),
         ),
         (
+            "wbia_lightglue_chips_from_image_files_total",
+            "counter",
+            "Annotations whose chip was made here from WBIA's image file, as WBIA makes it (counted when resolved).",
+            state.annotations.stats().from_images.load(Ordering::Relaxed),
+        ),
+        (
+            "wbia_lightglue_chips_image_file_unreadable_total",
+            "counter",
+            "Annotations whose WBIA image file could not be read here: with --chips auto their chips are downloaded (JPEG re-encodes).",
+            state.annotations.stats().unreadable.load(Ordering::Relaxed),
+        ),
+        (
             "wbia_lightglue_annotations_skipped_total",
             "counter",
             "Database annotations left out of an answer because their chips cannot be used (WBIA refused them, too large, not a readable image).",
@@ -633,32 +665,6 @@ pub fn pair_count(queries: &[Uuid], database: &[Uuid]) -> usize {
         .sum()
 }
 
-/// WBIA's chips by rowid, for the engine's pipeline.
-pub(crate) struct WbiaChips<'a> {
-    pub(crate) client: &'a WbiaClient,
-    pub(crate) aids: std::collections::HashMap<Uuid, i64>,
-}
-
-impl ChipSource for WbiaChips<'_> {
-    async fn chip(&self, annot: Uuid) -> Result<bytes::Bytes, SourceError> {
-        let aid = *self.aids.get(&annot).ok_or(SourceError::Unknown)?;
-        self.client
-            .chip_by_aid(annot, aid)
-            .await
-            .map_err(|e| match e {
-                wbia_client::Error::Timeout { .. } => SourceError::Timeout(e.to_string()),
-                wbia_client::Error::Unreachable { .. } => SourceError::Unreachable(e.to_string()),
-                wbia_client::Error::Status { url, status, .. } => {
-                    SourceError::Status { url, status }
-                }
-                wbia_client::Error::TooLarge { .. } => SourceError::TooLarge(e.to_string()),
-                wbia_client::Error::UnknownAnnotation(_) => SourceError::Unknown,
-                wbia_client::Error::Wbia { message, .. } => SourceError::Refused(message),
-                other => SourceError::Other(other.to_string()),
-            })
-    }
-}
-
 /// Validates the lists, admits the request (unless `admitted` already holds its ticket),
 /// resolves the annotations with WBIA, and has the engine score every query against the
 /// database (minus itself): chips stream through fetch → decode → extract → match, those
@@ -688,49 +694,14 @@ pub async fn compute(
     // One lookup for every annotation, so all unknown UUIDs are reported at once (code 600).
     let mut all: Vec<Uuid> = queries.to_vec();
     all.extend(database.iter().filter(|u| !queries.contains(u)));
-    let aids = state.wbia.annot_aids(&all).await?;
-    let missing: Vec<Value> = all
-        .iter()
-        .zip(&aids)
-        .filter(|(_, aid)| aid.is_none())
-        .map(|(u, _)| fancy_uuid(u))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::new(
-            600,
-            "annotations unknown to WBIA",
-            json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": missing}),
-        ));
-    }
-    let aids: Vec<(Uuid, i64)> = all
-        .iter()
-        .copied()
-        .zip(aids.into_iter().flatten())
-        .collect();
-    let names = state.wbia.annot_names(&all).await?;
-    // Without these getters (or with an annotation lacking an image) chips are downloaded
-    // and keyed by their bytes, as with --verify-chip-bytes.
-    let identities = match state.wbia.annot_chip_identities(&all).await {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(error = %e, "WBIA gave no chip identities; keying features by chip bytes");
-            vec![None; all.len()]
-        }
-    };
-    let annot_of: std::collections::HashMap<Uuid, Annot> = all
-        .iter()
-        .zip(identities)
-        .map(|(&uuid, id)| {
-            let chip = id.map(|(image, bbox, theta)| WbiaChip { image, bbox, theta });
-            (uuid, Annot { uuid, chip })
-        })
-        .collect();
+    let resolved = state.annotations.resolve(&all).await?;
+    let aids: Vec<(Uuid, i64)> = resolved.iter().map(|a| (a.uuid, a.aid)).collect();
+    let names: Vec<Option<String>> = resolved.iter().map(|a| a.name.clone()).collect();
+    let annot_of: std::collections::HashMap<Uuid, Annot> =
+        resolved.iter().map(|a| (a.uuid, a.annot())).collect();
     let annots =
         |list: &[Uuid]| -> Vec<Annot> { list.iter().map(|u| annot_of[u].clone()).collect() };
-    let source = WbiaChips {
-        client: &state.wbia,
-        aids: aids.iter().copied().collect(),
-    };
+    let source = state.annotations.chips(&resolved);
     let own_progress = Progress::default();
     let progress = progress.unwrap_or(&own_progress);
     let others: Vec<Uuid> = match queries {

@@ -16,12 +16,12 @@ use serde_json::Value;
 use uuid::Uuid;
 use wbia_lightglue_engine::pg_store::{PgStore, TakenChunk};
 use wbia_lightglue_engine::{
-    Annot, Config, Identification, PairScore, Progress, Skipped, UnusableChips, WbiaChip,
+    Annot, Config, Identification, PairScore, Progress, Skipped, UnusableChips,
 };
 use wbia_lightglue_model::Rotation;
 
 use crate::envelope::ApiError;
-use crate::{AppState, WbiaChips};
+use crate::AppState;
 
 /// How long a replica waits between looks for work when none is queued, and between looks
 /// at a split job's chunks.
@@ -276,33 +276,9 @@ async fn match_chunk(state: &AppState, chunk: &TakenChunk) -> Result<ChunkScores
         .map_err(|e| ApiError::new(500, format!("chunk request: {e}"), Value::Null))?;
     let mut all = vec![request.query];
     all.extend(&request.database);
-    let aids = state.wbia.annot_aids(&all).await?;
-    let aids: Vec<(Uuid, i64)> = all
-        .iter()
-        .zip(aids)
-        .map(|(u, aid)| {
-            aid.map(|a| (*u, a)).ok_or_else(|| {
-                ApiError::new(600, format!("annotation {u} unknown to WBIA"), Value::Null)
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let identities = state
-        .wbia
-        .annot_chip_identities(&all)
-        .await
-        .unwrap_or_else(|_| vec![None; all.len()]);
-    let annots: Vec<Annot> = all
-        .iter()
-        .zip(identities)
-        .map(|(&uuid, id)| Annot {
-            uuid,
-            chip: id.map(|(image, bbox, theta)| WbiaChip { image, bbox, theta }),
-        })
-        .collect();
-    let source = WbiaChips {
-        client: &state.wbia,
-        aids: aids.into_iter().collect(),
-    };
+    let resolved = state.annotations.resolve(&all).await?;
+    let annots: Vec<Annot> = resolved.iter().map(|a| a.annot()).collect();
+    let source = state.annotations.chips(&resolved);
     let ticket = state.engine.admit(request.database.len())?;
     let found = state
         .engine

@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::uuid_from_value;
-use wbia_lightglue_engine::{Annot, ChipSource, Config, SourceError, WbiaChip};
-use wbia_lightglue_model::{decode_image, render};
+use wbia_lightglue_engine::{Chip, ChipSource, Config, SourceError};
+use wbia_lightglue_model::render;
 
 use crate::envelope::ApiError;
 use crate::jobs::thumb_reference;
@@ -74,11 +73,11 @@ pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Re
     }
 }
 
-/// The two chips already downloaded, for the engine (no second download).
-struct Fetched(HashMap<Uuid, Bytes>);
+/// The two chips already had, for the engine (no second download or read).
+struct Fetched(HashMap<Uuid, Chip>);
 
 impl ChipSource for Fetched {
-    async fn chip(&self, annot: Uuid) -> Result<Bytes, SourceError> {
+    async fn chip(&self, annot: Uuid) -> Result<Chip, SourceError> {
         self.0.get(&annot).cloned().ok_or(SourceError::Unknown)
     }
 }
@@ -114,29 +113,25 @@ async fn render_thumb(
             }),
         )
     };
-    let (qchip, dchip) = tokio::try_join!(state.wbia.chip(q), state.wbia.chip(d))
+    // The chips as identification has them (made from WBIA's image files where readable),
+    // keyed as identification keys them: the features of the job that handed out this
+    // reference are found, not recomputed.
+    let resolved = state
+        .annotations
+        .resolve(&[q, d])
+        .await
         .map_err(|e| failed(e.to_string()))?;
+    let chips = state.annotations.chips(&resolved);
+    let (qchip, dchip) =
+        tokio::try_join!(chips.chip(q), chips.chip(d)).map_err(|e| failed(e.to_string()))?;
     let pair = if draws_matches(&version) {
-        // Keyed as identification keys them (WBIA's chip identity when it gives one), the
-        // features of the job that handed out this reference are found, not recomputed.
-        let identities = match state.wbia.annot_chip_identities(&[q, d]).await {
-            Ok(ids) => ids,
-            Err(_) => vec![None, None],
-        };
-        let annot = |uuid: Uuid, id: Option<&Option<(Uuid, [i64; 4], f64)>>| Annot {
-            uuid,
-            chip: id
-                .cloned()
-                .flatten()
-                .map(|(image, bbox, theta)| WbiaChip { image, bbox, theta }),
-        };
         let source = Fetched(HashMap::from([(q, qchip.clone()), (d, dchip.clone())]));
         let matched = state
             .engine
             .match_pair(
                 &source,
-                &annot(q, identities.first()),
-                &annot(d, identities.get(1)),
+                &resolved[0].annot(),
+                &resolved[1].annot(),
                 config,
                 wbia_lightglue_model::Rotation::None,
             )
@@ -150,7 +145,7 @@ async fn render_thumb(
         None
     };
     let rendered = tokio::task::spawn_blocking(move || {
-        let (a, b) = (decode_image(&qchip)?, decode_image(&dchip)?);
+        let (a, b) = (qchip.pixels()?, dchip.pixels()?);
         let picture = match &pair {
             Some(p) => {
                 render::draw_matches(&a, &p.query, &b, &p.database, &p.result, THUMB_HEIGHT)?

@@ -289,3 +289,131 @@ async fn the_service_answers_from_the_real_wbias_answers() {
     assert_eq!(best["extern"]["qannot_uuid"], query.uuid.to_string());
     assert_eq!(best["extern"]["dannot_uuid"], r.annot(2).uuid.to_string());
 }
+
+/// WBIA's `_ibsdb/images/` as the recorded database had it, rebuilt from the repo: the files
+/// WBIA copied unchanged are the fixtures they came from, the three it rewrote at import are
+/// in `tests/fixtures/wbia_chips/`; the deleted one stays missing.
+fn wbia_images(r: &Replay) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "wbia-lg-recorded-images-{}-{}",
+        std::process::id(),
+        Uuid::new_v4()
+    ));
+    let images = dir.join("_ibsdb/images");
+    std::fs::create_dir_all(&images).unwrap();
+    for a in r.annots.iter().filter(|a| a.aid != GONE) {
+        let rewritten = repo().join("tests/fixtures/wbia_chips").join(&a.image_file);
+        let source = if rewritten.exists() {
+            rewritten
+        } else {
+            repo().join("tests/fixtures").join(&a.fixture)
+        };
+        std::fs::copy(source, images.join(&a.image_file)).unwrap();
+    }
+    dir
+}
+
+/// SHA-256 of a chip's pixels in OpenCV's BGR order, as `chips.json` holds WBIA's.
+fn bgr_sha256(image: &wbia_lightglue_model::RgbImage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for px in image.data.chunks_exact(3) {
+        h.update([px[2], px[1], px[0]]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Through the service's own lookup (recorded image paths under WBIA's database folder,
+/// mapped with `--wbia-path-map`; recorded stored orientations, bboxes and thetas), every
+/// chip made from WBIA's image files equals, bit for bit, what the real WBIA's
+/// `ibs.get_annot_chips` returned for it (`chips.json`); the annotation whose file is gone
+/// falls back to WBIA's download (which WBIA refuses). With `download`, nothing is made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chips_made_from_wbias_files_equal_wbias_own() {
+    use wbia_lightglue_engine::{Chip, ChipPixels, ChipSource};
+    use wbia_lightglue_service::{Annotations, ChipMode, ChipOptions};
+    let (client, r, _) = replayed().await;
+    let images = wbia_images(&r);
+    let recorded = common::transcripts();
+    let chips: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("crates/server/tests/data/real-wbia/chips.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let wbia_sha: std::collections::HashMap<i64, String> = chips["chips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c["aid"].as_i64()?,
+                c["pixels"]["sha256"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert!(recorded["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "annot_image_file_path_known"));
+    let options = ChipOptions {
+        mode: ChipMode::Auto,
+        path_map: Some(format!("<DBDIR>={}", images.display()).parse().unwrap()),
+        ..ChipOptions::default()
+    };
+    let annotations = Annotations::new(client.clone(), options);
+    let all: Vec<Uuid> = r.annots.iter().map(|a| a.uuid).collect();
+    let resolved = annotations.resolve(&all).await.unwrap();
+    let source = annotations.chips(&resolved);
+    let mut compared = 0;
+    for (a, recorded) in resolved.iter().zip(&r.annots) {
+        let pixels = a.chip.as_ref().unwrap().pixels;
+        if recorded.aid == GONE {
+            assert_eq!(pixels, ChipPixels::Downloaded, "no file: downloaded");
+            let refused = source.chip(a.uuid).await.unwrap_err();
+            assert!(refused.to_string().contains("does not exist"), "{refused}");
+            continue;
+        }
+        assert_eq!(pixels, ChipPixels::FromImage, "aid {}", recorded.aid);
+        let chip = source.chip(a.uuid).await.unwrap();
+        assert!(matches!(chip, Chip::FromImage { .. }));
+        let made = chip.pixels().unwrap();
+        assert_eq!(
+            bgr_sha256(&made),
+            wbia_sha[&recorded.aid],
+            "aid {} ({})",
+            recorded.aid,
+            recorded.fixture
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, r.annots.len() - 1);
+    let stats = annotations.stats();
+    assert_eq!(
+        stats.from_images.load(std::sync::atomic::Ordering::Relaxed),
+        compared as u64
+    );
+    assert_eq!(
+        stats.unreadable.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(stats
+        .last_unreadable()
+        .unwrap()
+        .contains(&r.annot(GONE).image_file));
+
+    let downloading = Annotations::new(
+        client,
+        ChipOptions {
+            mode: ChipMode::Download,
+            ..ChipOptions::default()
+        },
+    );
+    let resolved = downloading.resolve(&all).await.unwrap();
+    assert!(resolved
+        .iter()
+        .all(|a| a.chip.as_ref().unwrap().pixels == ChipPixels::Downloaded));
+    let chip = downloading.chips(&resolved).chip(all[0]).await.unwrap();
+    assert!(matches!(chip, Chip::Encoded(_)));
+    std::fs::remove_dir_all(images).unwrap();
+}

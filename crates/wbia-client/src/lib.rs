@@ -388,6 +388,25 @@ impl WbiaClient {
         Ok(v.iter().map(Value::as_i64).collect())
     }
 
+    /// Paths of the annotations' image files as WBIA knows them
+    /// (`/api/annot/image/file/path/json/`: `<dbdir>/_ibsdb/images/<image uuid>.<ext>`, WBIA's
+    /// own copy); `None` for unknown UUIDs.
+    pub async fn annot_image_paths(&self, uuids: &[Uuid]) -> Result<Vec<Option<String>>> {
+        let v = self
+            .annot_getter("/api/annot/image/file/path/json/", uuids)
+            .await?;
+        Ok(v.iter().map(|p| p.as_str().map(str::to_string)).collect())
+    }
+
+    /// The orientation WBIA stored for each image (`/api/image/orientation/json/`), which
+    /// decides how it reads the file for chips; `None` for unknown UUIDs.
+    pub async fn image_orientations(&self, images: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        let v = self
+            .getter("/api/image/orientation/json/", "image_uuid_list", images)
+            .await?;
+        Ok(v.iter().map(Value::as_i64).collect())
+    }
+
     /// Posts `jobid=<id>` to a job's callback URL, as WBIA's job engine does (docs/wbia-api.md §3.2):
     /// a form body for POST and PUT, a query parameter for GET. Redirects are not followed;
     /// 5xx answers, timeouts and connection errors are retried with the client's backoff.
@@ -433,11 +452,16 @@ impl WbiaClient {
     }
 
     async fn annot_getter(&self, path: &str, uuids: &[Uuid]) -> Result<Vec<Value>> {
+        self.getter(path, "annot_uuid_list", uuids).await
+    }
+
+    /// A WBIA getter over a list of UUIDs passed as `param`: one value per UUID.
+    async fn getter(&self, path: &str, param: &str, uuids: &[Uuid]) -> Result<Vec<Value>> {
         // The list travels in the query string: chunks keep URLs well under server limits.
         const CHUNK: usize = 200;
         let mut out = Vec::with_capacity(uuids.len());
         for chunk in uuids.chunks(CHUNK) {
-            let query = [("annot_uuid_list", json::uuid_list_param(chunk))];
+            let query = [(param, json::uuid_list_param(chunk))];
             match self.get_json(path, &query).await? {
                 Value::Array(items) if items.len() == chunk.len() => out.extend(items),
                 other => {

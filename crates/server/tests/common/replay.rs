@@ -35,6 +35,8 @@ pub struct RecordedAnnot {
     /// The repo fixture its image was made from (`tests/fixtures/…`).
     pub fixture: String,
     pub image_uuid: Uuid,
+    /// Its image's file name in WBIA's `_ibsdb/images/`.
+    pub image_file: String,
     pub bbox: [i64; 4],
     pub theta: f64,
 }
@@ -46,6 +48,8 @@ pub struct Replay {
     pub unknown: Uuid,
     /// Per getter path: each recorded annotation's value, and the unknown UUID's.
     getters: HashMap<String, (HashMap<Uuid, Value>, Value)>,
+    /// The same for per-image getters (`image_uuid_list`); `null` for images not recorded.
+    image_getters: HashMap<String, (HashMap<Uuid, Value>, Value)>,
 }
 
 fn repo() -> std::path::PathBuf {
@@ -67,6 +71,7 @@ impl Replay {
                 species: a["species"].as_str().unwrap().to_string(),
                 fixture: a["fixture"].as_str().unwrap().to_string(),
                 image_uuid: a["image_uuid"].as_str().unwrap().parse().unwrap(),
+                image_file: a["image_file"].as_str().unwrap().to_string(),
                 bbox: serde_json::from_value(a["bbox"].clone()).unwrap(),
                 theta: a["theta"].as_f64().unwrap(),
             })
@@ -100,11 +105,27 @@ impl Replay {
             "per-annotation getters recorded: {}",
             getters.len()
         );
+        // Per-image getters: recorded once over every image of the database.
+        let mut image_getters = HashMap::new();
+        for entry in entries {
+            let query = &entry["request"]["query"];
+            if entry["request"]["method"] != "GET" || !query["image_uuid_list"].is_string() {
+                continue;
+            }
+            let path = entry["request"]["path"].as_str().unwrap().to_string();
+            let listed = uuid_list(&query["image_uuid_list"]);
+            let answers = entry["response"]["json"]["response"].as_array().unwrap();
+            assert_eq!(listed.len(), answers.len(), "{}", entry["name"]);
+            let table: HashMap<Uuid, Value> =
+                listed.into_iter().zip(answers.iter().cloned()).collect();
+            image_getters.insert(path, (table, Value::Null));
+        }
         Replay {
             transcripts,
             annots,
             unknown,
             getters,
+            image_getters,
         }
     }
 
@@ -135,9 +156,12 @@ impl Replay {
             })
             .unwrap_or_default();
         if req.method() == "GET" {
-            if let (Some((table, unknown)), Some(list)) =
-                (self.getters.get(&path), query.get("annot_uuid_list"))
-            {
+            let by_annot = self.getters.get(&path).zip(query.get("annot_uuid_list"));
+            let by_image = self
+                .image_getters
+                .get(&path)
+                .zip(query.get("image_uuid_list"));
+            if let Some(((table, unknown), list)) = by_annot.or(by_image) {
                 let values: Vec<Value> = uuid_list(&Value::String(list.clone()))
                     .iter()
                     .map(|u| table.get(u).unwrap_or(unknown).clone())
