@@ -45,12 +45,16 @@ def compact(v):
 class Ours:
     """The service as a process, on its own data and configuration directories."""
 
-    def __init__(self, binary, port, wbia_port, work):
+    def __init__(self, binary, port, wbia_port, work, config='{"max_num_keypoints": 256}',
+                 extra=()):
+        """`config`: the default configuration's JSON (`None`: the plugin's defaults)."""
         self.binary, self.port, self.wbia_port = binary, port, wbia_port
+        self.extra = list(extra)
         self.data = work / "ours-data"
         self.config = work / "ours-config"
         self.config.mkdir(exist_ok=True)
-        (self.config / "config.json").write_text('{"max_num_keypoints": 256}')
+        if config is not None:
+            (self.config / "config.json").write_text(config)
         self.logs = work / "ours.log"
         self.proc = None
         self.client = Wbia(port)
@@ -58,7 +62,7 @@ class Ours:
     def start(self):
         cmd = [str(self.binary), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--wbia-url", f"http://127.0.0.1:{self.wbia_port}", "--data-dir", str(self.data),
-               "--config-dir", str(self.config)]
+               "--config-dir", str(self.config)] + self.extra
         self.proc = subprocess.Popen(cmd, stdout=open(self.logs, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
