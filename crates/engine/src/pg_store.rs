@@ -51,10 +51,39 @@ pub struct TakenChunk {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChunkState {
     pub chunk: i32,
-    /// `pending`, `taken`, `done` or `failed`.
-    pub state: String,
-    pub scores: Option<String>,
-    pub error: Option<String>,
+    pub progress: ChunkProgress,
+}
+
+/// Where a chunk is (the `state` column, with `scores` or `error`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChunkProgress {
+    /// Queued, or given back by a busy replica.
+    Pending,
+    /// A replica works on it under a lease.
+    Taken,
+    /// Matched: the chunk's answer as its worker wrote it.
+    Done {
+        scores: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl ChunkProgress {
+    fn from_row(state: &str, scores: Option<String>, error: Option<String>) -> Self {
+        match (state, scores) {
+            ("pending", _) => Self::Pending,
+            ("taken", _) => Self::Taken,
+            ("done", Some(scores)) => Self::Done { scores },
+            ("failed", _) => Self::Failed {
+                error: error.unwrap_or_else(|| "unknown error".into()),
+            },
+            (other, _) => Self::Failed {
+                error: format!("the chunk's row holds an unreadable state {other:?}"),
+            },
+        }
+    }
 }
 
 pub struct PgStore {
@@ -242,9 +271,7 @@ impl PgStore {
             .iter()
             .map(|r| ChunkState {
                 chunk: r.get(0),
-                state: r.get(1),
-                scores: r.get(2),
-                error: r.get(3),
+                progress: ChunkProgress::from_row(r.get(1), r.get(2), r.get(3)),
             })
             .collect())
     }

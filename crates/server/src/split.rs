@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
-use wbia_lightglue_engine::pg_store::{PgStore, TakenChunk};
+use wbia_lightglue_engine::pg_store::{ChunkProgress, PgStore, TakenChunk};
 use wbia_lightglue_engine::{
     Annot, Config, Identification, PairScore, Progress, Skipped, UnusableChips,
 };
@@ -145,23 +145,25 @@ pub async fn score(
                 Value::Null,
             ));
         }
-        if let Some(failed) = states.iter().find(|c| c.state == "failed") {
+        let failed = states.iter().find_map(|c| match &c.progress {
+            ChunkProgress::Failed { error } => Some((c.chunk, error.clone())),
+            _ => None,
+        });
+        if let Some((chunk, error)) = failed {
             let id = jobid.to_string();
             let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
             return Err(ApiError::new(
                 502,
-                format!(
-                    "chunk {} of the job failed: {}",
-                    failed.chunk,
-                    failed.error.as_deref().unwrap_or("unknown error")
-                ),
+                format!("chunk {chunk} of the job failed: {error}"),
                 Value::Null,
             ));
         }
         let done: Vec<ChunkScores> = states
             .iter()
-            .filter(|c| c.state == "done")
-            .filter_map(|c| serde_json::from_str(c.scores.as_deref()?).ok())
+            .filter_map(|c| match &c.progress {
+                ChunkProgress::Done { scores } => serde_json::from_str(scores).ok(),
+                _ => None,
+            })
             .collect();
         let scored: usize = done.iter().map(|c| c.scores.len()).sum();
         progress.add_pairs_scored(scored.saturating_sub(counted));
