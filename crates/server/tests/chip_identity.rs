@@ -21,9 +21,8 @@ use axum::Router;
 use common::envelope;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
-use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
-use wbia_lightglue_server::{router, AppState, ServerOptions};
+use wbia_client::{fancy_uuid, ClientOptions};
+use wbia_lightglue_engine::EngineOptions;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -191,33 +190,22 @@ async fn fake_wbia() -> (String, Arc<Fake>) {
 
 /// The service on its own store, at 256 keypoints.
 async fn ours(wbia: &str, verify_chip_bytes: bool, max_chip_bytes: usize) -> String {
-    let dir = std::env::temp_dir().join(format!("wbia-lg-chip-identity-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
-    let state = Arc::new(AppState::new(
-        Engine::start(EngineOptions {
-            weights_dir: Some(repo().join("weights")),
-            data_dir: Some(dir.join("data")),
+    let data = std::env::temp_dir().join(format!("wbia-lg-chip-identity-{}", Uuid::new_v4()));
+    common::serve_ours(
+        wbia,
+        r#"{"max_num_keypoints": 256}"#,
+        EngineOptions {
+            data_dir: Some(data),
             verify_chip_bytes,
             ..EngineOptions::default()
-        })
-        .unwrap(),
-        WbiaClient::new(
-            wbia,
-            ClientOptions {
-                max_chip_bytes,
-                retries: 0,
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap(),
-        ConfigDir::new(dir),
-        ServerOptions::default(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    format!("http://{addr}")
+        },
+        ClientOptions {
+            max_chip_bytes,
+            retries: 0,
+            ..ClientOptions::default()
+        },
+    )
+    .await
 }
 
 /// `chip/best` for one pair: HTTP status and body.

@@ -13,8 +13,7 @@ use common::replay::{self, Replay};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wbia_client::{fancy_uuid, ClientOptions, WbiaClient};
-use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
-use wbia_lightglue_server::{router, AppState, ServerOptions};
+use wbia_lightglue_engine::EngineOptions;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -129,27 +128,13 @@ async fn the_client_reads_the_real_wbias_chips_and_their_errors() {
 
 /// Our service in front of the replay, at 256 keypoints (quick in debug builds).
 async fn ours(wbia: &str) -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "wbia-lg-recorded-{}-{}",
-        std::process::id(),
-        Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
-    let state = Arc::new(AppState::new(
-        Engine::start(EngineOptions {
-            weights_dir: Some(repo().join("weights")),
-            ..EngineOptions::default()
-        })
-        .unwrap(),
-        WbiaClient::new(wbia, ClientOptions::default()).unwrap(),
-        ConfigDir::new(dir),
-        ServerOptions::default(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    format!("http://{addr}")
+    common::serve_ours(
+        wbia,
+        r#"{"max_num_keypoints": 256}"#,
+        EngineOptions::default(),
+        ClientOptions::default(),
+    )
+    .await
 }
 
 fn uuid_of(v: &Value) -> Uuid {

@@ -105,3 +105,37 @@ pub fn recorded(name: &str) -> Value {
         .clone()
 }
 pub mod replay;
+
+/// Our service in this process in front of `wbia`, with a configuration directory of its own
+/// whose default configuration is `config` (JSON), and `engine`'s options with the repo's
+/// weights: its base URL.
+pub async fn serve_ours(
+    wbia: &str,
+    config: &str,
+    engine: wbia_lightglue_engine::EngineOptions,
+    client: wbia_client::ClientOptions,
+) -> String {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!(
+        "wbia-lg-ours-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let state = std::sync::Arc::new(wbia_lightglue_server::AppState::new(
+        wbia_lightglue_engine::Engine::start(wbia_lightglue_engine::EngineOptions {
+            weights_dir: Some(repo.join("weights")),
+            ..engine
+        })
+        .unwrap(),
+        wbia_client::WbiaClient::new(wbia, client).unwrap(),
+        wbia_lightglue_engine::ConfigDir::new(dir),
+        wbia_lightglue_server::ServerOptions::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = wbia_lightglue_server::router(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
