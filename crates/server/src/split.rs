@@ -232,15 +232,14 @@ pub async fn work_chunks(state: Arc<AppState>) {
                 let text = serde_json::to_string(&scores).unwrap_or_default();
                 blocking(&store, move |s| s.end_chunk(&jobid, n, &owner, Ok(&text))).await
             }
-            Err(e) if e.code == 429 => {
+            Err(ChunkFailure::Busy) => {
                 // Busy here: back to the queue for a replica with room.
                 let released = blocking(&store, move |s| s.release_chunk(&jobid, n, &owner)).await;
                 tokio::time::sleep(POLL * 4).await;
                 released.map(|()| false)
             }
-            Err(e) => {
+            Err(ChunkFailure::Failed(message)) => {
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
-                let message = e.message.clone();
                 blocking(&store, move |s| {
                     s.end_chunk(&jobid, n, &owner, Err(&message))
                 })
@@ -271,11 +270,34 @@ async fn renew(state: Arc<AppState>, store: Arc<PgStore>, chunk: TakenChunk) {
     }
 }
 
+/// Why a chunk was not matched here.
+enum ChunkFailure {
+    /// This replica is full: the chunk goes back to the queue for another.
+    Busy,
+    /// The chunk fails, and with it the job, with this reason.
+    Failed(String),
+}
+
+impl From<wbia_lightglue_engine::Error> for ChunkFailure {
+    fn from(e: wbia_lightglue_engine::Error) -> Self {
+        match e {
+            wbia_lightglue_engine::Error::Busy { .. } => Self::Busy,
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<wbia_lightglue_service::Error> for ChunkFailure {
+    fn from(e: wbia_lightglue_service::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
 /// One chunk, matched here: chips from WBIA, features and pair scores through the engine and
 /// the shared store.
-async fn match_chunk(state: &AppState, chunk: &TakenChunk) -> Result<ChunkScores, ApiError> {
+async fn match_chunk(state: &AppState, chunk: &TakenChunk) -> Result<ChunkScores, ChunkFailure> {
     let request: ChunkRequest = serde_json::from_str(&chunk.request)
-        .map_err(|e| ApiError::new(500, format!("chunk request: {e}"), Value::Null))?;
+        .map_err(|e| ChunkFailure::Failed(format!("chunk request: {e}")))?;
     let mut all = vec![request.query];
     all.extend(&request.database);
     let resolved = state.annotations.resolve(&all).await?;

@@ -13,10 +13,19 @@ pub use chips::{ChipMode, ChipOptions, ChipStats, PathMap, WbiaChips};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// UUIDs WBIA does not know (WBIA's code 600), each once, in request order.
-    #[error("annotations unknown to WBIA: {}", .0.len())]
+    #[error("{} annotation(s) unknown to WBIA: {}", .0.len(), first_few(.0))]
     UnknownAnnotations(Vec<uuid::Uuid>),
     #[error(transparent)]
     Wbia(#[from] wbia_client::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The first few UUIDs of a list, for a message.
+fn first_few(uuids: &[uuid::Uuid]) -> String {
+    let mut text: Vec<String> = uuids.iter().take(5).map(ToString::to_string).collect();
+    if uuids.len() > 5 {
+        text.push(format!("and {} more", uuids.len() - 5));
+    }
+    text.join(", ")
+}
