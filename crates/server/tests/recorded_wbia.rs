@@ -273,6 +273,41 @@ async fn the_service_answers_from_the_real_wbias_answers() {
     assert_eq!(best["age"], "Unknown");
     assert_eq!(best["extern"]["qannot_uuid"], query.uuid.to_string());
     assert_eq!(best["extern"]["dannot_uuid"], r.annot(2).uuid.to_string());
+
+    // WBIA's image paths (under its database folder, not here) cannot be read by this
+    // service: its chips were downloaded, and it says so in /info and /metrics.
+    let info: Value = client
+        .get(format!("{base}/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chips = &info["chips"];
+    assert_eq!(chips["mode"], "auto", "{info}");
+    assert_eq!(chips["made_from_image_files"], 0, "{info}");
+    assert!(
+        chips["image_files_unreadable"].as_u64().unwrap() > 0,
+        "{info}"
+    );
+    assert!(
+        chips["last_unreadable"]
+            .as_str()
+            .unwrap()
+            .contains("<DBDIR>"),
+        "{info}"
+    );
+    let unreadable = common::metric(
+        &client,
+        &base,
+        "wbia_lightglue_chips_image_file_unreadable_total",
+    )
+    .await;
+    assert_eq!(
+        unreadable,
+        chips["image_files_unreadable"].as_u64().unwrap()
+    );
 }
 
 /// WBIA's `_ibsdb/images/` as the recorded database had it, rebuilt from the repo: the files
