@@ -33,8 +33,8 @@ use uuid::Uuid;
 use wbia_client::WbiaClient;
 use wbia_lightglue_engine::metrics::Histogram;
 use wbia_lightglue_engine::{
-    rank, Annot, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot, Skipped, Ticket,
-    UnusableChips,
+    rank, Annot, Config, ConfigDir, Engine, PairScore, Progress, QueryResult, ScoredAnnot, Skipped,
+    Ticket, UnusableChips,
 };
 
 use envelope::ApiError;
@@ -442,7 +442,6 @@ pub async fn compute(
     all.extend(database.iter().filter(|u| !queries.contains(u)));
     let resolved = state.annotations.resolve(&all).await?;
     let aids: Vec<(Uuid, i64)> = resolved.iter().map(|a| (a.uuid, a.aid)).collect();
-    let names: Vec<Option<String>> = resolved.iter().map(|a| a.name.clone()).collect();
     let annot_of: std::collections::HashMap<Uuid, Annot> =
         resolved.iter().map(|a| (a.uuid, a.annot())).collect();
     let annots =
@@ -485,12 +484,28 @@ pub async fn compute(
             .annotations_skipped
             .fetch_add(found.skipped.len() as u64, Ordering::Relaxed);
     }
-    let positions: std::collections::HashMap<Uuid, usize> =
-        all.iter().enumerate().map(|(i, u)| (*u, i)).collect();
-    let index = |u: &Uuid| positions[u];
-    let results = queries
+    let names: std::collections::HashMap<Uuid, Option<String>> =
+        resolved.into_iter().map(|a| (a.uuid, a.name)).collect();
+    let results = ranked(queries, database, found.scores, &names, config);
+    Ok(Computed {
+        results,
+        aids,
+        skipped: found.skipped,
+    })
+}
+
+/// Each query's scores (database order, the query left out, `None` for skipped annotations)
+/// calibrated when the configuration has a calibration, and ranked with names.
+fn ranked(
+    queries: &[Uuid],
+    database: &[Uuid],
+    scores: Vec<Vec<Option<PairScore>>>,
+    names: &std::collections::HashMap<Uuid, Option<String>>,
+    config: &Config,
+) -> Vec<QueryResult> {
+    queries
         .iter()
-        .zip(found.scores)
+        .zip(scores)
         .map(|(q, scores)| {
             let scored = database
                 .iter()
@@ -500,7 +515,7 @@ pub async fn compute(
                 .map(|(d, pair)| ScoredAnnot {
                     annot: *d,
                     score: pair.score,
-                    name: names[index(d)].clone(),
+                    name: names.get(d).cloned().flatten(),
                     rotation: pair.rotation,
                     calibrated: config
                         .calibration
@@ -510,12 +525,7 @@ pub async fn compute(
                 .collect();
             rank(*q, scored)
         })
-        .collect();
-    Ok(Computed {
-        results,
-        aids,
-        skipped: found.skipped,
-    })
+        .collect()
 }
 
 fn config_json(config: &Config) -> Value {

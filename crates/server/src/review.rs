@@ -8,6 +8,8 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use uuid::Uuid;
+use wbia_lightglue_engine::{NameScore, QueryResult};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
@@ -90,8 +92,33 @@ async fn best_individual(
             "extern": {"reference": null, "qannot_uuid": null, "dannot_uuid": null},
         }));
     };
-    // Every annotation of that individual, the query's own included when it has that name
-    // (WBIA reads the name's annotations, `get_name_aids`).
+    let (sex, min_age) = sex_and_age(state, query, result, best).await?;
+    // The reference our own thumbnail route renders (it was passed to WBIA, which knew it not).
+    let reference = crate::jobs::thumb_reference(&config);
+    state.jobs.remember_reference(&reference, &config);
+    Ok(json!({
+        "name": best.name,
+        "sex": sex,
+        "age": age_class(min_age),
+        "extern": {
+            "reference": reference,
+            "qannot_uuid": query.to_string(),
+            "dannot_uuid": best.best_annot.to_string(),
+        },
+    }))
+}
+
+/// The individual's sex (as WBIA writes it for its best annotation) and its smallest age
+/// lower bound over its annotations — the query's own included when it has that name (WBIA
+/// reads the name's annotations, `get_name_aids`), WBIA's "unknown" (-1) included, so one
+/// annotation of unknown age makes the age "Unknown" as in WBIA. (With no age at all WBIA
+/// fails on `min([])`; we answer "Unknown".)
+async fn sex_and_age(
+    state: &AppState,
+    query: Uuid,
+    result: &QueryResult,
+    best: &NameScore,
+) -> Result<(Option<String>, Option<i64>), ApiError> {
     let mut name_annots: Vec<_> = result
         .ranked
         .iter()
@@ -109,9 +136,6 @@ async fn best_individual(
         .pop()
         .flatten()
         .map(|s| title_case(&s));
-    // The individual's age: the smallest lower bound over its annotations, WBIA's "unknown"
-    // (-1) included, so one annotation of unknown age makes the age "Unknown" as in WBIA.
-    // (With no age at all WBIA fails on `min([])`; we answer "Unknown".)
     let min_age = state
         .wbia
         .annot_age_months_min(&name_annots)
@@ -119,19 +143,7 @@ async fn best_individual(
         .into_iter()
         .flatten()
         .min();
-    // The reference our own thumbnail route renders (it was passed to WBIA, which knew it not).
-    let reference = crate::jobs::thumb_reference(&config);
-    state.jobs.remember_reference(&reference, &config);
-    Ok(json!({
-        "name": best.name,
-        "sex": sex,
-        "age": age_class(min_age),
-        "extern": {
-            "reference": reference,
-            "qannot_uuid": query.to_string(),
-            "dannot_uuid": best.best_annot.to_string(),
-        },
-    }))
+    Ok((sex, min_age))
 }
 
 /// WBIA's age classes from an estimated minimum age in months.
