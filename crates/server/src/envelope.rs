@@ -140,11 +140,6 @@ impl From<wbia_client::Error> for ApiError {
     fn from(e: wbia_client::Error) -> Self {
         use wbia_client::Error as E;
         match &e {
-            E::UnknownAnnotation(u) => ApiError::new(
-                600,
-                e.to_string(),
-                json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": [wbia_client::fancy_uuid(u)]}),
-            ),
             E::Timeout { .. } => ApiError::new(504, e.to_string(), Value::Null),
             _ => ApiError::new(502, e.to_string(), Value::Null),
         }

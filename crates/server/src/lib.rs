@@ -385,6 +385,8 @@ pub struct Computed {
     pub aids: Vec<(Uuid, i64)>,
     /// Database annotations left out because their chips cannot be used.
     pub skipped: Vec<Skipped>,
+    /// Every annotation's name as WBIA gave it (`None`: unnamed), queries included.
+    pub names: std::collections::HashMap<Uuid, Option<String>>,
 }
 
 /// What WBIA checks of a request's lists before any work: non-empty, not too long, no
@@ -491,6 +493,7 @@ pub async fn compute(
         results,
         aids,
         skipped: found.skipped,
+        names,
     })
 }
 

@@ -92,7 +92,8 @@ async fn best_individual(
             "extern": {"reference": null, "qannot_uuid": null, "dannot_uuid": null},
         }));
     };
-    let (sex, min_age) = sex_and_age(state, query, result, best).await?;
+    let query_name = computed.names.get(&query).cloned().flatten();
+    let (sex, min_age) = sex_and_age(state, query, query_name, result, best).await?;
     // The reference our own thumbnail route renders (it was passed to WBIA, which knew it not).
     let reference = crate::jobs::thumb_reference(&config);
     state.jobs.remember_reference(&reference, &config);
@@ -116,6 +117,7 @@ async fn best_individual(
 async fn sex_and_age(
     state: &AppState,
     query: Uuid,
+    query_name: Option<String>,
     result: &QueryResult,
     best: &NameScore,
 ) -> Result<(Option<String>, Option<i64>), ApiError> {
@@ -125,7 +127,6 @@ async fn sex_and_age(
         .filter(|s| s.name.as_deref() == Some(best.name.as_str()))
         .map(|s| s.annot)
         .collect();
-    let query_name = state.wbia.annot_names(&[query]).await?.pop().flatten();
     if query_name.as_deref() == Some(best.name.as_str()) {
         name_annots.push(query);
     }

@@ -69,12 +69,13 @@ impl Annotations {
     /// downloaded and keyed by its bytes.
     pub async fn resolve(&self, uuids: &[Uuid]) -> Result<Vec<Annotation>> {
         let aids = self.client.annot_aids(uuids).await?;
-        let mut missing: Vec<Uuid> = Vec::new();
-        for (u, aid) in uuids.iter().zip(&aids) {
-            if aid.is_none() && !missing.contains(u) {
-                missing.push(*u);
-            }
-        }
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<Uuid> = uuids
+            .iter()
+            .zip(&aids)
+            .filter(|(u, aid)| aid.is_none() && seen.insert(**u))
+            .map(|(u, _)| *u)
+            .collect();
         if !missing.is_empty() {
             return Err(Error::UnknownAnnotations(missing));
         }

@@ -225,7 +225,6 @@ fn source_error(e: wbia_client::Error) -> SourceError {
         E::Unreachable { .. } => SourceError::Unreachable(e.to_string()),
         E::Status { url, status, .. } => SourceError::Status { url, status },
         E::TooLarge { .. } => SourceError::TooLarge(e.to_string()),
-        E::UnknownAnnotation(_) => SourceError::Unknown,
         E::Wbia { message, .. } => SourceError::Refused(message),
         other => SourceError::Other(other.to_string()),
     }

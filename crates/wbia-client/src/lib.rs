@@ -46,10 +46,6 @@ pub enum Error {
         code: i64,
         message: String,
     },
-    #[error("annotation {0} is not known to WBIA")]
-    UnknownAnnotation(Uuid),
-    #[error("chip of annotation {uuid}: {cause}")]
-    Chip { uuid: Uuid, cause: Box<Error> },
     #[error("unexpected reply from {url}: {detail}")]
     BadReply { url: String, detail: String },
     #[error("TLS setup: {detail}")]
@@ -477,18 +473,6 @@ impl WbiaClient {
             }
         }
         Ok(out)
-    }
-
-    /// Chip bytes (`GET /api/annot/src/<aid>/`, JPEG) of an annotation, by UUID.
-    pub async fn chip(&self, uuid: Uuid) -> Result<Bytes> {
-        let aid = match self.annot_aids(&[uuid]).await?.first() {
-            Some(Some(aid)) => *aid,
-            _ => return Err(Error::UnknownAnnotation(uuid)),
-        };
-        self.chip_by_aid(uuid, aid).await.map_err(|e| Error::Chip {
-            uuid,
-            cause: Box::new(e),
-        })
     }
 
     /// Chip bytes for an annotation whose rowid is already known. Each attempt holds one of

@@ -212,16 +212,16 @@ async fn accept(
             let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
             let nids = state.wbia.annot_name_rowids(&annots).await?;
             let name_rowids: Vec<(Uuid, Option<i64>)> = annots.into_iter().zip(nids).collect();
-            // WBIA reports the query's own name (`qname`, `orig_name_list`).
-            let query_name = state.wbia.annot_names(&queries[..1]).await?.pop().flatten();
-            Ok::<_, ApiError>((computed, name_rowids, query_name))
+            Ok::<_, ApiError>((computed, name_rowids))
         }
         .await;
         drop(ticket);
         let failed =
             |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
         let job = match outcome {
-            Ok((c, name_rowids, query_name)) => {
+            Ok((c, name_rowids)) => {
+                // WBIA reports the query's own name (`qname`, `orig_name_list`).
+                let query_name = c.names.get(&queries[0]).cloned().flatten();
                 let document = identification_result(
                     &c,
                     &reference,
