@@ -273,7 +273,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         None => {
             let lg = args.matcher.options();
             Config {
-                model_name: args.model.model_name.clone(),
+                model_name: args.model.model_name.as_str().into(),
                 max_num_keypoints: args.model.max_keypoints,
                 detection_threshold: as_written(args.model.detection_threshold),
                 image_size: args.model.image_size,
@@ -287,8 +287,12 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     config.rotation_sweep |= args.rotation_sweep;
     config.validate()?;
     // Weights are looked for now, so that a missing file is named before any work.
-    let arch = config.aliked_variant()?;
-    weights::find_weights(args.model.weights.as_deref(), arch.weights_file)?;
+    let mut descriptor_dims = 0;
+    for member in config.members() {
+        let arch = member.aliked_variant()?;
+        weights::find_weights(args.model.weights.as_deref(), arch.weights_file)?;
+        descriptor_dims += arch.dim;
+    }
     weights::find_weights(args.model.weights.as_deref(), weights::LIGHTGLUE_FILE)?;
     if let Some(dir) = &args.png {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -296,8 +300,9 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     let device = args.model.runtime.open()?;
     let n = items.len();
     // Every feature set stays in memory (each is needed against every later item): ~1.1 MB
-    // at 2,048 keypoints.
-    let per_keypoint = (2 + 1 + arch.dim) * 4;
+    // at 2,048 keypoints, per ensemble member.
+    let members = config.model_name.names().len();
+    let per_keypoint = (2 + 1) * 4 * members + descriptor_dims * 4;
     let keypoints = usize::try_from(config.max_num_keypoints).unwrap_or(20_000);
     let engine = Engine::start(EngineOptions {
         weights_dir: args.model.weights.clone(),
@@ -305,8 +310,8 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         device,
         precision: args.model.runtime.precision,
         max_pending_pairs: usize::MAX,
-        cache_capacity: n.max(1),
-        cache_bytes: (n * (keypoints * per_keypoint + 256)).max(1 << 20),
+        cache_capacity: (n * members).max(1),
+        cache_bytes: (n * (keypoints * per_keypoint + 256 * members)).max(1 << 20),
         ..EngineOptions::default()
     })?;
 

@@ -15,7 +15,10 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.json";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub model_name: String,
+    /// One ALIKED variant, as in the plugin, or a list of them: an ensemble (not in the
+    /// plugin), each member extracted, stored and matched under its own keys as that single
+    /// variant would be, and each pair's member scores fused by `fusion`.
+    pub model_name: ModelName,
     pub max_num_keypoints: i64,
     pub detection_threshold: f64,
     pub image_size: usize,
@@ -34,6 +37,108 @@ pub struct Config {
     /// from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// Not in the plugin: how an ensemble's member scores become the pair's score (the one
+    /// that ranks, and that `calibration` maps). Ignored for a single model.
+    #[serde(skip_serializing_if = "Fusion::is_default")]
+    pub fusion: Fusion,
+}
+
+/// The most members an ensemble has: the variants LightGlue can match, each at most once.
+pub const MAX_ENSEMBLE: usize = 3;
+
+/// `model_name`: one variant (a string, the plugin's form) or an ensemble (a list).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ModelName {
+    One(String),
+    Ensemble(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for ModelName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = ModelName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("model_name as a variant's name, or a list of names (an ensemble)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<ModelName, E> {
+                Ok(ModelName::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<ModelName, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(ModelName::Ensemble(names))
+            }
+        }
+        d.deserialize_any(Names)
+    }
+}
+
+impl ModelName {
+    /// The variants, in the configuration's order.
+    pub fn names(&self) -> &[String] {
+        match self {
+            ModelName::One(name) => std::slice::from_ref(name),
+            ModelName::Ensemble(names) => names,
+        }
+    }
+
+    pub fn is_ensemble(&self) -> bool {
+        matches!(self, ModelName::Ensemble(_))
+    }
+}
+
+impl From<&str> for ModelName {
+    fn from(name: &str) -> Self {
+        ModelName::One(name.to_string())
+    }
+}
+
+impl PartialEq<&str> for ModelName {
+    fn eq(&self, other: &&str) -> bool {
+        matches!(self, ModelName::One(name) if name == other)
+    }
+}
+
+/// `aliked-n16`, or an ensemble's names joined by `+`.
+impl std::fmt::Display for ModelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.names().join("+"))
+    }
+}
+
+/// How an ensemble's member scores (each a sum of match confidences) become one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    /// Σ sᵢ: members with more matches weigh more.
+    #[default]
+    Sum,
+    /// Σ ln(1 + sᵢ): one member's many matches count less than agreement between members.
+    LogSum,
+    /// maxᵢ sᵢ: the member that sees the pair best decides.
+    Max,
+}
+
+impl Fusion {
+    fn is_default(&self) -> bool {
+        *self == Fusion::default()
+    }
+
+    /// The pair's score from its members' scores.
+    pub fn fuse(self, scores: &[f32]) -> f32 {
+        match self {
+            Fusion::Sum => scores.iter().sum(),
+            Fusion::LogSum => scores.iter().map(|s| s.max(0.0).ln_1p()).sum(),
+            Fusion::Max => scores.iter().copied().fold(0.0, f32::max),
+        }
+    }
 }
 
 /// The plugin's `DEFAULT_CONFIG` (kept in f64 so it prints as written).
@@ -50,6 +155,7 @@ impl Default for Config {
             feature_cache_max_size: 10_000,
             rotation_sweep: false,
             calibration: None,
+            fusion: Fusion::default(),
         }
     }
 }
@@ -66,16 +172,39 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        let names = self.model_name.names();
+        if self.model_name.is_ensemble() {
+            if names.len() < 2 {
+                return Err(Error::Config(
+                    "an ensemble (model_name as a list) needs at least two variants; give a \
+                     single model as a string"
+                        .into(),
+                ));
+            }
+            if names.len() > MAX_ENSEMBLE {
+                return Err(Error::Config(format!(
+                    "an ensemble has at most {MAX_ENSEMBLE} variants, got {}",
+                    names.len()
+                )));
+            }
+            for (i, name) in names.iter().enumerate() {
+                if names[..i].contains(name) {
+                    return Err(Error::Config(format!("model_name lists {name:?} twice")));
+                }
+            }
+        }
         // The service matches what it extracts: a variant LightGlue cannot take is refused
         // here, at load, not on the first request.
-        let variant = self.aliked_variant()?;
-        if !variant.matchable() {
-            return Err(Error::Config(format!(
-                "model_name {:?} gives {}-d descriptors and no LightGlue weights take them \
-                 (it is for `wbia-lightglue extract` only); use aliked-n16, aliked-n16rot or \
-                 aliked-n32",
-                self.model_name, variant.dim
-            )));
+        for name in names {
+            let variant = AlikedConfig::from_name(name)?;
+            if !variant.matchable() {
+                return Err(Error::Config(format!(
+                    "model_name {name:?} gives {}-d descriptors and no LightGlue weights take \
+                     them (it is for `wbia-lightglue extract` only); use aliked-n16, \
+                     aliked-n16rot or aliked-n32",
+                    variant.dim
+                )));
+            }
         }
         if self.feature_cache_max_size == 0 {
             return Err(Error::Config(
@@ -90,9 +219,33 @@ impl Config {
         Ok(())
     }
 
-    /// The ALIKED architecture `model_name` names.
+    /// The ALIKED architecture `model_name` names; an ensemble has none (its members do).
     pub fn aliked_variant(&self) -> Result<AlikedConfig> {
-        Ok(AlikedConfig::from_name(&self.model_name)?)
+        match &self.model_name {
+            ModelName::One(name) => Ok(AlikedConfig::from_name(name)?),
+            ModelName::Ensemble(_) => Err(Error::Config(format!(
+                "{} is an ensemble: its members have variants, it has none",
+                self.model_name
+            ))),
+        }
+    }
+
+    /// Each variant's own configuration: this one for a single model; for an ensemble, one
+    /// per member with everything but the variant as here (no calibration: that maps the
+    /// fused score), so a member's features and scores are those of that single model.
+    pub fn members(&self) -> Vec<Config> {
+        match &self.model_name {
+            ModelName::One(_) => vec![self.clone()],
+            ModelName::Ensemble(names) => names
+                .iter()
+                .map(|name| Config {
+                    model_name: ModelName::One(name.clone()),
+                    calibration: None,
+                    fusion: Fusion::default(),
+                    ..self.clone()
+                })
+                .collect(),
+        }
     }
 
     pub fn aliked(&self) -> DetectOptions {

@@ -11,6 +11,43 @@ use crate::Calibration;
 
 pub const CMC_RANKS: [usize; 4] = [1, 5, 10, 20];
 
+/// Resamplings behind every interval `evaluate` reports.
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// SplitMix64: a seeded, dependency-free generator, good enough to draw resampled queries.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// The 2.5th and 97.5th percentiles of `statistic` over resamplings of `n` queries.
+fn bootstrap(n: usize, statistic: impl Fn(&[usize]) -> f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let mut rng = SplitMix(0x5EED);
+    let mut sample = vec![0usize; n];
+    let mut values: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            for s in sample.iter_mut() {
+                *s = rng.below(n);
+            }
+            statistic(&sample)
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((q * values.len() as f64) as usize).min(values.len() - 1)];
+    (at(0.025), at(0.975))
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Evaluation {
     pub queries: usize,
@@ -19,6 +56,14 @@ pub struct Evaluation {
     /// (rank, fraction of queries with a hit within it).
     pub cmc: Vec<(usize, f64)>,
     pub mean_average_precision: f64,
+    /// 95% intervals of `cmc` (rank, low, high) and of `mean_average_precision`, from
+    /// [`BOOTSTRAP_RESAMPLES`] resamplings of the queries with replacement (percentile
+    /// method, fixed seed): on sets of a few dozen queries they span tens of points.
+    pub cmc_interval: Vec<(usize, f64, f64)>,
+    pub mean_average_precision_interval: (f64, f64),
+    /// Per query (input order), the 0-based rank of its first same-identity candidate
+    /// (`None`: no such candidate): what paired comparisons between models need.
+    pub first_hit: Vec<Option<usize>>,
     /// Raw scores of the comparable same-identity pairs (each pair once).
     pub genuine_scores: Option<ScoreSummary>,
     /// Raw scores of the comparable different-identity pairs.
@@ -135,45 +180,63 @@ pub fn evaluate(
     let pairs = labelled_pairs(scores, identities, groups);
     let split =
         |same: bool| -> Vec<f32> { pairs.iter().filter(|p| p.1 == same).map(|p| p.0).collect() };
-    let mut hits = [0usize; CMC_RANKS.len()];
-    let (mut ap_sum, mut with_match) = (0.0f64, 0usize);
+    // Per query: the rank of its first true match and its average precision.
+    let mut first_hit = Vec::with_capacity(n);
+    let mut average_precision = Vec::with_capacity(n);
     for i in 0..n {
         let candidates = ranking(scores, i, groups);
         let relevant: Vec<bool> = candidates
             .iter()
             .map(|&j| identities[j] == identities[i])
             .collect();
-        if let Some(first) = relevant.iter().position(|&r| r) {
-            for (h, &r) in hits.iter_mut().zip(&CMC_RANKS) {
-                if first < r {
-                    *h += 1;
-                }
+        first_hit.push(relevant.iter().position(|&r| r));
+        let mut found = 0usize;
+        let mut precision_sum = 0.0;
+        for (k, &r) in relevant.iter().enumerate() {
+            if r {
+                found += 1;
+                precision_sum += found as f64 / (k + 1) as f64;
             }
-            with_match += 1;
-            let mut found = 0usize;
-            let mut precision_sum = 0.0;
-            for (k, &r) in relevant.iter().enumerate() {
-                if r {
-                    found += 1;
-                    precision_sum += found as f64 / (k + 1) as f64;
-                }
-            }
-            ap_sum += precision_sum / found as f64;
         }
+        average_precision.push((found > 0).then(|| precision_sum / found as f64));
     }
-    Evaluation {
-        queries: n,
-        queries_with_match: with_match,
-        cmc: CMC_RANKS
+    let cmc_of = |rank: usize, queries: &[usize]| -> f64 {
+        let hits = queries
             .iter()
-            .zip(hits)
-            .map(|(&r, h)| (r, if n == 0 { 0.0 } else { h as f64 / n as f64 }))
-            .collect(),
-        mean_average_precision: if with_match == 0 {
+            .filter(|&&q| first_hit[q].is_some_and(|f| f < rank))
+            .count();
+        if queries.is_empty() {
             0.0
         } else {
-            ap_sum / with_match as f64
-        },
+            hits as f64 / queries.len() as f64
+        }
+    };
+    let map_of = |queries: &[usize]| -> f64 {
+        let aps: Vec<f64> = queries
+            .iter()
+            .filter_map(|&q| average_precision[q])
+            .collect();
+        if aps.is_empty() {
+            0.0
+        } else {
+            aps.iter().sum::<f64>() / aps.len() as f64
+        }
+    };
+    let all: Vec<usize> = (0..n).collect();
+    Evaluation {
+        queries: n,
+        queries_with_match: first_hit.iter().flatten().count(),
+        cmc: CMC_RANKS.iter().map(|&r| (r, cmc_of(r, &all))).collect(),
+        mean_average_precision: map_of(&all),
+        cmc_interval: CMC_RANKS
+            .iter()
+            .map(|&r| {
+                let (low, high) = bootstrap(n, |sample| cmc_of(r, sample));
+                (r, low, high)
+            })
+            .collect(),
+        mean_average_precision_interval: bootstrap(n, map_of),
+        first_hit,
         genuine_scores: ScoreSummary::of(&split(true)),
         impostor_scores: ScoreSummary::of(&split(false)),
     }
@@ -228,6 +291,47 @@ mod tests {
         let e = evaluate(&scores, &ids(&["a", "a", "c"]), Some(&groups));
         assert_eq!(e.cmc[0].1, 2.0 / 3.0);
         assert_eq!(e.mean_average_precision, 1.0);
+    }
+
+    #[test]
+    fn intervals_contain_the_estimate_and_narrow_with_more_queries() {
+        // Identities in pairs; query i finds its partner first unless i % 3 == 0 (rank 2).
+        let set = |pairs: usize| {
+            let n = 2 * pairs;
+            let ids: Vec<String> = (0..n).map(|i| format!("id{}", i / 2)).collect();
+            let mut scores = vec![vec![0.0f32; n]; n];
+            for i in 0..n {
+                for j in 0..n {
+                    scores[i][j] = if i / 2 == j / 2 { 5.0 } else { 1.0 };
+                }
+                if i % 3 == 0 {
+                    let other = (i + 2) % n;
+                    scores[i][other] = 9.0;
+                }
+            }
+            evaluate(&scores, &ids, None)
+        };
+        let (small, large) = (set(15), set(300));
+        for e in [&small, &large] {
+            let (_, rank1) = e.cmc[0];
+            let (_, low, high) = e.cmc_interval[0];
+            assert!(low <= rank1 && rank1 <= high, "{low} {rank1} {high}");
+            assert!(low < high);
+            assert_eq!(e.first_hit.len(), e.queries);
+            let (low, high) = e.mean_average_precision_interval;
+            assert!(low <= e.mean_average_precision && e.mean_average_precision <= high);
+        }
+        let width = |e: &Evaluation| e.cmc_interval[0].2 - e.cmc_interval[0].1;
+        assert!(
+            width(&large) < width(&small) / 2.0,
+            "{} {}",
+            width(&large),
+            width(&small)
+        );
+        // Every query has its partner by rank 2: rank 5's interval is exactly 1.
+        assert_eq!(small.cmc_interval[1], (5, 1.0, 1.0));
+        assert_eq!(small.first_hit[0], Some(1));
+        assert_eq!(small.first_hit[1], Some(0));
     }
 
     #[test]

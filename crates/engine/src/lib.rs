@@ -25,11 +25,12 @@ use uuid::Uuid;
 use wbia_lightglue_model::{Features, Precision};
 
 pub use calibration::Calibration;
-pub use config::{Config, ConfigDir};
+pub use config::{Config, ConfigDir, Fusion, ModelName, MAX_ENSEMBLE};
 pub use pairs::PairMatches;
 pub use pipeline::{
-    Admission, Annot, Chip, ChipPixels, ChipSource, FileChips, Identification, PairScore, Progress,
-    ProgressSnapshot, Skipped, SourceError, Ticket, UnusableChips, WbiaChip, CHIPS_IN_FLIGHT,
+    Admission, Annot, Chip, ChipPixels, ChipSource, FileChips, Identification, MemberScores,
+    PairScore, Progress, ProgressSnapshot, Skipped, SourceError, Ticket, UnusableChips, WbiaChip,
+    CHIPS_IN_FLIGHT,
 };
 pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
 use worker::{Job, MatchWork, ModelWorker};
@@ -249,11 +250,16 @@ pub struct RuntimeInfo {
 
 impl RuntimeInfo {
     /// The weights' digest for `model_name`; a name that is no variant (refused when a
-    /// configuration is read) gets one that matches no stored row.
-    pub fn model_version(&self, model_name: &str) -> &str {
-        self.model_versions
-            .get(model_name)
-            .map_or("unknown-variant", String::as_str)
+    /// configuration is read), or an ensemble (whose members are keyed each as itself), gets
+    /// one that matches no stored row.
+    pub fn model_version(&self, model_name: &ModelName) -> &str {
+        match model_name {
+            ModelName::One(name) => self
+                .model_versions
+                .get(name.as_str())
+                .map_or("unknown-variant", String::as_str),
+            ModelName::Ensemble(_) => "ensemble",
+        }
     }
 }
 
@@ -414,27 +420,29 @@ impl Engine {
 
     /// Loads the models of `config` and runs them once, so the first request is not slow.
     pub async fn warm_up(&self, config: &Config) -> Result<()> {
-        let image = wbia_lightglue_model::RgbImage::new(64, 48, vec![128; 64 * 48 * 3])?;
-        let lane = pipeline::next_lane();
-        let f = Arc::new(
+        for member in config.members() {
+            let image = wbia_lightglue_model::RgbImage::new(64, 48, vec![128; 64 * 48 * 3])?;
+            let lane = pipeline::next_lane();
+            let f = Arc::new(
+                self.worker
+                    .call(lane, |reply| Job::Extract {
+                        image,
+                        config: member.clone(),
+                        reply,
+                    })
+                    .await??,
+            );
             self.worker
-                .call(lane, |reply| Job::Extract {
-                    image,
-                    config: config.clone(),
-                    reply,
+                .call(lane, |reply| {
+                    Job::Match(MatchWork {
+                        query: f.clone(),
+                        database: vec![f],
+                        config: member.clone(),
+                        reply,
+                    })
                 })
-                .await??,
-        );
-        self.worker
-            .call(lane, |reply| {
-                Job::Match(MatchWork {
-                    query: f.clone(),
-                    database: vec![f],
-                    config: config.clone(),
-                    reply,
-                })
-            })
-            .await??;
+                .await??;
+        }
         Ok(())
     }
 

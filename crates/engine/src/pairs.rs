@@ -43,6 +43,9 @@ impl Engine {
         config: &Config,
         rotation: Rotation,
     ) -> Result<PairMatches> {
+        // An ensemble's pictures show its first member's matches.
+        let first_member = config.members().swap_remove(0);
+        let config = &first_member;
         let ticket = self.admit(1)?;
         let progress = Progress::default();
         let turn = [rotation];

@@ -20,7 +20,8 @@ use wbia_lightglue_model::Rotation;
 
 use crate::worker::{Job, MatchWork};
 use crate::{
-    store, AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSettings, Result,
+    store, AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, Fusion, MatcherSettings,
+    Result, MAX_ENSEMBLE,
 };
 
 /// How long a failing store write is retried before it is given up; a PostgreSQL restart
@@ -39,6 +40,49 @@ pub const CHIPS_IN_FLIGHT: usize = 4;
 pub struct PairScore {
     pub score: f32,
     pub rotation: Rotation,
+    /// An ensemble's member scores, fused into `score` (empty for a single model).
+    pub members: MemberScores,
+}
+
+impl PairScore {
+    /// A single model's score.
+    pub fn single(score: f32, rotation: Rotation) -> Self {
+        Self {
+            score,
+            rotation,
+            members: MemberScores::default(),
+        }
+    }
+}
+
+/// Each ensemble member's score for one pair, in the configuration's order: a fixed-size
+/// array, so that a pair's score stays `Copy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MemberScores {
+    len: u8,
+    scores: [f32; MAX_ENSEMBLE],
+}
+
+impl MemberScores {
+    /// At most [`MAX_ENSEMBLE`] scores (a configuration never has more members).
+    fn new(scores: &[f32]) -> Self {
+        let mut m = Self::default();
+        for (slot, s) in m.scores.iter_mut().zip(scores) {
+            *slot = *s;
+        }
+        m.len = scores.len().min(MAX_ENSEMBLE) as u8;
+        m
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.scores[..self.len as usize]
+    }
+}
+
+impl serde::Serialize for MemberScores {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
 }
 
 /// A database annotation left out of a request because its chip cannot be used.
@@ -444,16 +488,18 @@ impl Engine {
         config: &Config,
         progress: &Progress,
     ) -> Result<()> {
-        self.features_at(
-            ticket,
-            source,
-            query,
-            config,
-            progress,
-            config.query_rotations(),
-        )
-        .await
-        .map(drop)
+        for member in config.members() {
+            self.features_at(
+                ticket,
+                source,
+                query,
+                &member,
+                progress,
+                member.query_rotations(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// [`Engine::identify`] with the query turn that gave each score (always
@@ -488,9 +534,42 @@ impl Engine {
 
     /// [`Engine::identify_with_rotations`] where `unusable` says what a database annotation
     /// whose chip cannot be used does: fail the request, or be skipped (named in the
-    /// answer). A query's own chip failing always fails.
+    /// answer). A query's own chip failing always fails. An ensemble runs each member as that
+    /// single model would run (its own keys, cache entries and stored scores), one after the
+    /// other, and fuses each pair's member scores ([`Fusion`]); the turn reported is the
+    /// first member's.
     #[allow(clippy::too_many_arguments)]
     pub async fn identify_all<S: ChipSource>(
+        &self,
+        ticket: &Ticket,
+        source: &S,
+        queries: &[Annot],
+        database: &[Annot],
+        config: &Config,
+        progress: &Progress,
+        unusable: UnusableChips,
+    ) -> Result<Identification> {
+        if !config.model_name.is_ensemble() {
+            return self
+                .identify_one_model(
+                    ticket, source, queries, database, config, progress, unusable,
+                )
+                .await;
+        }
+        let mut runs = Vec::new();
+        for member in config.members() {
+            runs.push(
+                self.identify_one_model(
+                    ticket, source, queries, database, &member, progress, unusable,
+                )
+                .await?,
+            );
+        }
+        Ok(fuse(runs, config.fusion))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn identify_one_model<S: ChipSource>(
         &self,
         ticket: &Ticket,
         source: &S,
@@ -625,19 +704,13 @@ impl Engine {
         database: &[AnnotFeatures],
         config: &Config,
     ) -> Result<Vec<PairScore>> {
-        let mut best = vec![
-            PairScore {
-                score: f32::NEG_INFINITY,
-                rotation: Rotation::None,
-            };
-            database.len()
-        ];
+        let mut best = vec![PairScore::single(f32::NEG_INFINITY, Rotation::None); database.len()];
         for (rotation, turned) in query {
             let rotation = *rotation;
             let scores = self.scores(ticket, turned, database, config).await?;
             for (b, score) in best.iter_mut().zip(scores) {
                 if score > b.score {
-                    *b = PairScore { score, rotation };
+                    *b = PairScore::single(score, rotation);
                 }
             }
         }
@@ -949,6 +1022,42 @@ pub(crate) fn chip_specific(e: &wbia_lightglue_model::Error) -> bool {
             | M::ImageTooSmall { .. }
             | M::InvalidFeatures(_)
     )
+}
+
+/// One identification from an ensemble's member runs (same queries and database, in the
+/// configuration's order): a pair has a score when every member has one; an annotation
+/// skipped by any member is skipped (all members read the same chip, so they skip alike).
+fn fuse(runs: Vec<Identification>, fusion: Fusion) -> Identification {
+    let mut fused = Identification::default();
+    for run in &runs {
+        for s in &run.skipped {
+            if !fused.skipped.iter().any(|k| k.annot == s.annot) {
+                fused.skipped.push(s.clone());
+            }
+        }
+    }
+    let Some(first) = runs.first() else {
+        return fused;
+    };
+    for (q, row) in first.scores.iter().enumerate() {
+        let fused_row = (0..row.len())
+            .map(|i| {
+                let pairs: Option<Vec<PairScore>> = runs
+                    .iter()
+                    .map(|run| run.scores.get(q)?.get(i).copied().flatten())
+                    .collect();
+                let pairs = pairs?;
+                let members: Vec<f32> = pairs.iter().map(|p| p.score).collect();
+                Some(PairScore {
+                    score: fusion.fuse(&members),
+                    rotation: pairs[0].rotation,
+                    members: MemberScores::new(&members),
+                })
+            })
+            .collect();
+        fused.scores.push(fused_row);
+    }
+    fused
 }
 
 /// Chips from files (for `evaluate` and tests): annotation UUID → path.

@@ -5,6 +5,8 @@ use serde::Serialize;
 use uuid::Uuid;
 use wbia_lightglue_model::Rotation;
 
+use crate::MemberScores;
+
 /// One database annotation's score against the query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ScoredAnnot {
@@ -16,6 +18,8 @@ pub struct ScoredAnnot {
     pub rotation: Rotation,
     /// P(same individual) from the configuration's calibration, when it has one.
     pub calibrated: Option<f64>,
+    /// An ensemble's member scores, fused into `score` (empty for a single model).
+    pub members: MemberScores,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -83,6 +87,7 @@ mod tests {
             name,
             rotation: Rotation::None,
             calibrated: None,
+            members: Default::default(),
         }
     }
 

@@ -373,7 +373,11 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
     Ok(json!({
         "pipeline_root": "LightGlue",
         "config": config_json(&config),
-        "query_results": computed.results.iter().map(query_json).collect::<Vec<_>>(),
+        "query_results": computed
+            .results
+            .iter()
+            .map(|r| query_json(r, &config))
+            .collect::<Vec<_>>(),
         "skipped": computed.skipped.iter().map(skipped_json).collect::<Vec<_>>(),
     }))
 }
@@ -524,6 +528,7 @@ fn ranked(
                         .calibration
                         .as_ref()
                         .map(|c| c.probability(pair.score)),
+                    members: pair.members,
                 })
                 .collect();
             rank(*q, scored)
@@ -573,13 +578,25 @@ pub(crate) fn skipped_json(s: &Skipped) -> openapi::SkippedAnnotation {
 }
 
 /// One query's answer, in the documented shape.
-fn query_json(r: &QueryResult) -> openapi::QueryResult {
+fn query_json(r: &QueryResult, config: &Config) -> openapi::QueryResult {
+    let members = |s: &ScoredAnnot| -> Option<std::collections::BTreeMap<String, f32>> {
+        config.model_name.is_ensemble().then(|| {
+            config
+                .model_name
+                .names()
+                .iter()
+                .cloned()
+                .zip(s.members.as_slice().iter().copied())
+                .collect()
+        })
+    };
     let annot = |s: &ScoredAnnot| openapi::ScoredAnnotation {
         dannot_uuid: (&s.annot).into(),
         score: s.score,
         calibrated_score: s.calibrated,
         rotation: s.rotation.degrees(),
         dname: s.name.clone(),
+        member_scores: members(s),
     };
     openapi::QueryResult {
         qannot_uuid: (&r.query).into(),

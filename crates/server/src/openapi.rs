@@ -81,6 +81,10 @@ pub struct ScoredAnnotation {
     pub rotation: u16,
     /// The individual's name, when WBIA knows it.
     pub dname: Option<String>,
+    /// With an ensemble (`model_name` a list), each member's own score, by variant; `score`
+    /// is their fusion. Absent for a single model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_scores: Option<std::collections::BTreeMap<String, f32>>,
 }
 
 #[derive(Serialize, ToSchema)]

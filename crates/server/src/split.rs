@@ -179,9 +179,8 @@ pub async fn score(
     let mut scores = Vec::with_capacity(database.len());
     for chunk in merged {
         scores.extend(chunk.scores.into_iter().map(|s| {
-            s.map(|(score, turn)| PairScore {
-                score,
-                rotation: Rotation::from_degrees(turn).unwrap_or_default(),
+            s.map(|(score, turn)| {
+                PairScore::single(score, Rotation::from_degrees(turn).unwrap_or_default())
             })
         }));
         found.skipped.extend(chunk.skipped);
