@@ -336,6 +336,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         }
     };
     let progress = bar(pairs, "match");
+    let started = std::time::Instant::now();
     let mut scores = vec![vec![0f32; n]; n];
     // The query turn that gave each score, as seen from the row's item.
     let mut turns = vec![vec![Rotation::None; n]; n];
@@ -371,6 +372,16 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         progress.inc(others.len() as u64);
     }
     progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let timing = Timing {
+        pairs,
+        matched: engine
+            .cache_stats
+            .pairs_matched
+            .load(std::sync::atomic::Ordering::Relaxed),
+        seconds,
+        ms_per_pair: seconds * 1000.0 / pairs.max(1) as f64,
+    };
 
     let identities: Vec<String> = items.iter().map(|i| i.identity.clone()).collect();
     let groups: Option<Vec<String>> = args.group_column.as_ref().map(|_| {
@@ -417,6 +428,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         calibration_check: checked.as_ref(),
         fitted_calibration: fitted.as_ref().map(|f| &f.0),
         fitted_calibration_check: fitted.as_ref().map(|f| &f.1),
+        timing,
     };
     print(&report, args.json)
 }
@@ -434,6 +446,18 @@ struct Report<'a> {
     fitted_calibration: Option<&'a Calibration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fitted_calibration_check: Option<&'a CalibrationCheck>,
+    timing: Timing,
+}
+
+/// How long scoring took (extraction included), for time per pair: only meaningful when
+/// `matched` equals `pairs` (nothing came from the store).
+#[derive(serde::Serialize)]
+struct Timing {
+    pairs: usize,
+    /// Pairs run through LightGlue in this run (an ensemble counts each member's).
+    matched: u64,
+    seconds: f64,
+    ms_per_pair: f64,
 }
 
 /// What `--png` needs to draw a query's candidates.
@@ -564,10 +588,19 @@ fn print(report: &Report, json: bool) -> Result<()> {
         "queries: {} ({} with a same-identity candidate)",
         e.queries, e.queries_with_match
     );
-    for (rank, value) in &e.cmc {
-        println!("CMC@{rank:<2} {:.4}", value);
+    for ((rank, value), (_, low, high)) in e.cmc.iter().zip(&e.cmc_interval) {
+        println!("CMC@{rank:<2} {value:.4}  (95% interval {low:.4} – {high:.4})");
     }
-    println!("mAP    {:.4}", e.mean_average_precision);
+    let (low, high) = e.mean_average_precision_interval;
+    println!(
+        "mAP    {:.4}  (95% interval {low:.4} – {high:.4})",
+        e.mean_average_precision
+    );
+    let t = &report.timing;
+    println!(
+        "{} pairs scored in {:.1} s: {:.1} ms per pair, {} matched here",
+        t.pairs, t.seconds, t.ms_per_pair, t.matched
+    );
     let range = |what: &str, s: &Option<ScoreSummary>| {
         if let Some(s) = s {
             println!(

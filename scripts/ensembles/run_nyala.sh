@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs `wbia-lightglue evaluate` on Nyala subsets for single models and ensembles (see
+# scripts/ensembles/README.md). Usage:
+#   run_nyala.sh NYALA_ROOT OUT_DIR [BIN]
+# NYALA_ROOT holds Nyala_Data_Zero/ (a local copy; nothing is fetched). Writes CSVs and
+# configurations into OUT_DIR, one JSON result per run, and keeps features and pair scores in
+# OUT_DIR/store so that an ensemble reuses its members' scores (and a rerun scores nothing).
+# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (defaults 24 and 30).
+set -euo pipefail
+root=$1 out=$2 bin=${3:-target/release/wbia-lightglue}
+here=$(cd "$(dirname "$0")" && pwd)
+weights=$(cd "$here/../.." && pwd)/weights
+mkdir -p "$out"
+python3 "$here/nyala_csv.py" "$root" --split train --photos "${TRAIN_PHOTOS:-24}" --out "$out/train.csv"
+python3 "$here/nyala_csv.py" "$root" --split test --photos "${TEST_PHOTOS:-30}" --out "$out/test.csv"
+run() { # NAME SPLIT PRECISION CONFIG_JSON
+  local name=$1 split=$2 precision=$3
+  echo "$4" > "$out/$name.config.json"
+  if [ -s "$out/$name.json" ]; then echo "$name: done before"; return; fi
+  echo "$name: $(date -u +%H:%M:%S) start"
+  RAYON_NUM_THREADS=${THREADS:-2} "$bin" evaluate --csv "$out/$split.csv" --group-column side \
+    --data-dir "$out/store" --precision "$precision" --weights "$weights" \
+    --config "$out/$name.config.json" --json > "$out/$name.json.part"
+  mv "$out/$name.json.part" "$out/$name.json"
+  echo "$name: $(date -u +%H:%M:%S) done"
+}
+n16='{"model_name": "aliked-n16"}'
+rot='{"model_name": "aliked-n16rot"}'
+ens() { echo "{\"model_name\": [\"aliked-n16\", \"aliked-n16rot\"], \"fusion\": \"$1\"}"; }
+# Train: the members in bf16, then every fusion rule from their stored scores.
+run train-n16-bf16 train bf16 "$n16"
+run train-n16rot-bf16 train bf16 "$rot"
+for f in sum log_sum max; do run "train-ens-$f-bf16" train bf16 "$(ens $f)"; done
+# Test: the plugin's model in f32 (its precision), the members in bf16, then the ensembles.
+run test-n16-f32 test f32 "$n16"
+run test-n16-bf16 test bf16 "$n16"
+run test-n16rot-bf16 test bf16 "$rot"
+for f in sum log_sum max; do run "test-ens-$f-bf16" test bf16 "$(ens $f)"; done
