@@ -579,14 +579,16 @@ pub(crate) fn skipped_json(s: &Skipped) -> openapi::SkippedAnnotation {
 
 /// One query's answer, in the documented shape.
 fn query_json(r: &QueryResult, config: &Config) -> openapi::QueryResult {
-    let members = |s: &ScoredAnnot| -> Option<std::collections::BTreeMap<String, f32>> {
+    // Written as `score` is: the shortest decimal that reads back as the same f32.
+    let shortest = |v: f32| v.to_string().parse::<f64>().unwrap_or(f64::from(v));
+    let members = |s: &ScoredAnnot| -> Option<std::collections::BTreeMap<String, f64>> {
         config.model_name.is_ensemble().then(|| {
             config
                 .model_name
                 .names()
                 .iter()
                 .cloned()
-                .zip(s.members.as_slice().iter().copied())
+                .zip(s.members.as_slice().iter().map(|&v| shortest(v)))
                 .collect()
         })
     };

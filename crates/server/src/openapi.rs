@@ -84,7 +84,7 @@ pub struct ScoredAnnotation {
     /// With an ensemble (`model_name` a list), each member's own score, by variant; `score`
     /// is their fusion. Absent for a single model.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub member_scores: Option<std::collections::BTreeMap<String, f32>>,
+    pub member_scores: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 #[derive(Serialize, ToSchema)]

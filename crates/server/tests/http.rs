@@ -2040,3 +2040,71 @@ async fn info_reports_the_configured_extractor() {
     assert_eq!(after["extractor"], "aliked-n16rot", "{after}");
     assert_eq!(after["model_versions"], before["model_versions"]);
 }
+
+/// An ensemble configuration (`model_name` a list) answers chip/best with each member's score
+/// beside the fused one (here their sum), still ranking the genuine turtle first; a single
+/// model's answer has no member scores. 256 keypoints, 1 query × 3 candidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ensemble_reports_member_scores_and_ranks_by_their_fusion() {
+    let (wbia, _) = fake_wbia(0).await;
+    let (addr, state) = our_server(&format!("http://{wbia}")).await;
+    let dir = state.configs.path().to_path_buf();
+    std::fs::write(
+        dir.join("ensemble.json"),
+        r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "max_num_keypoints": 256}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("single.json"), r#"{"max_num_keypoints": 256}"#).unwrap();
+    let client = reqwest::Client::new();
+    let query = |config: &'static str| {
+        let client = client.clone();
+        async move {
+            let body: Value = client
+                .post(format!("http://{addr}/api/review/query/chip/best/"))
+                .form(&[
+                    ("query_annot_uuid_list", list(&[0xa1])),
+                    ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
+                    ("pipeline_root", "LightGlue".into()),
+                    ("config_path", config.into()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(body["status"]["code"], 200, "{body}");
+            body["response"].clone()
+        }
+    };
+    let single = query("single.json").await;
+    let ranked = single["query_results"][0]["ranked"].as_array().unwrap();
+    assert!(ranked.iter().all(|r| r.get("member_scores").is_none()));
+    let single_n16: HashMap<u128, f64> = ranked
+        .iter()
+        .map(|r| (uuid_of(&r["dannot_uuid"]), r["score"].as_f64().unwrap()))
+        .collect();
+
+    let ensemble = query("ensemble.json").await;
+    assert_eq!(
+        ensemble["config"]["model_name"],
+        json!(["aliked-n16", "aliked-n16rot"])
+    );
+    let ranked = ensemble["query_results"][0]["ranked"].as_array().unwrap();
+    assert_eq!(ranked.len(), 3);
+    assert_eq!(uuid_of(&ranked[0]["dannot_uuid"]), 0xa2, "{ensemble}");
+    for r in ranked {
+        let members = r["member_scores"].as_object().unwrap();
+        let (n16, rot) = (
+            members["aliked-n16"].as_f64().unwrap(),
+            members["aliked-n16rot"].as_f64().unwrap(),
+        );
+        // The n16 member is the single model's score, bit for bit.
+        assert_eq!(n16, single_n16[&uuid_of(&r["dannot_uuid"])], "{r}");
+        assert_eq!(
+            r["score"].as_f64().unwrap() as f32,
+            n16 as f32 + rot as f32,
+            "{r}"
+        );
+    }
+}
