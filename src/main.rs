@@ -11,6 +11,10 @@ use wbia_lightglue_model::{
     MatchOptions, Precision,
 };
 
+use wbia_client::ClientOptions;
+use wbia_lightglue_engine::EngineOptions;
+use wbia_lightglue_server::ServerOptions;
+
 mod bench;
 mod cli;
 mod evaluate;
@@ -152,16 +156,16 @@ struct ServeArgs {
     database_url: Option<String>,
     /// With --database-url: engine jobs of more database annotations than this are split
     /// into chunks of this many, which every replica's model worker takes.
-    #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_ANNOTATIONS", default_value_t = 64)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_ANNOTATIONS", default_value_t = ServerOptions::default().chunk_annotations)]
     chunk_annotations: usize,
     /// Seconds a replica may hold a chunk without renewing its lease (renewed every third of
     /// it while working); a replica that dies loses its chunk to another after at most this.
-    #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_LEASE", default_value_t = 120)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_CHUNK_LEASE", default_value_t = ServerOptions::default().chunk_lease.as_secs())]
     chunk_lease_secs: u64,
     /// With --database-url: seconds a job's replica may go without publishing its progress
     /// (every 2 s while it lives) before any replica reading the job ends it as `exception`,
     /// naming the silent replica, instead of answering `working` for ever.
-    #[arg(long, env = "WBIA_LIGHTGLUE_JOB_LEASE", default_value_t = 60)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_JOB_LEASE", default_value_t = ServerOptions::default().job_lease.as_secs())]
     job_lease_secs: u64,
     /// Where chips come from. `auto`: made here from WBIA's image files, exactly as WBIA makes
     /// the chips the plugin scores, where those files can be read (same machine, or WBIA's
@@ -186,7 +190,7 @@ struct ServeArgs {
         long,
         alias = "queue-capacity",
         env = "WBIA_LIGHTGLUE_MAX_REQUESTS",
-        default_value_t = 64
+        default_value_t = EngineOptions::default().max_requests
     )]
     max_requests: usize,
     /// Pairs of all admitted requests (each counted until it ends) above which new requests
@@ -194,14 +198,14 @@ struct ServeArgs {
     #[arg(
         long,
         env = "WBIA_LIGHTGLUE_MAX_PENDING_PAIRS",
-        default_value_t = 1_000_000
+        default_value_t = EngineOptions::default().max_pending_pairs
     )]
     max_pending_pairs: usize,
     /// Bytes of features kept in memory (a 2,048-keypoint set is ~1.1 MB).
-    #[arg(long, env = "WBIA_LIGHTGLUE_CACHE_BYTES", default_value_t = 2 << 30)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_CACHE_BYTES", default_value_t = EngineOptions::default().cache_bytes)]
     cache_bytes: usize,
     /// Largest chip accepted from WBIA, in bytes.
-    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_CHIP_BYTES", default_value_t = 32 << 20)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_CHIP_BYTES", default_value_t = ClientOptions::default().max_chip_bytes)]
     max_chip_bytes: usize,
     /// Download every chip and key features by its bytes, instead of trusting WBIA's image
     /// UUID, bbox and theta to identify it.
@@ -219,20 +223,20 @@ struct ServeArgs {
     #[arg(long, env = "WBIA_LIGHTGLUE_CALLBACK_HOSTS", value_delimiter = ',')]
     callback_hosts: Option<Vec<String>>,
     /// Requests passed through to WBIA at once; more get 503 with Retry-After.
-    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_PROXIED", default_value_t = 64)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_PROXIED", default_value_t = ServerOptions::default().max_proxied)]
     max_proxied: usize,
     /// Client connections open at once; more wait in the listen backlog.
-    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_CONNECTIONS", default_value_t = ServerOptions::default().max_connections)]
     max_connections: usize,
     /// Seconds a connection may take to send a request head (new or idle keep-alive).
-    #[arg(long, env = "WBIA_LIGHTGLUE_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_HEADER_READ_TIMEOUT", default_value_t = ServerOptions::default().header_read_timeout.as_secs())]
     header_read_timeout: u64,
     /// Longest pause, in seconds, within a request body (client to us) or a forwarded answer
     /// (WBIA to us).
-    #[arg(long, env = "WBIA_LIGHTGLUE_BODY_IDLE_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_BODY_IDLE_TIMEOUT", default_value_t = ServerOptions::default().body_idle_timeout.as_secs())]
     body_idle_timeout: u64,
     /// Bytes of finished job results kept for /api/engine/job/result/.
-    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_JOB_RESULT_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "WBIA_LIGHTGLUE_MAX_JOB_RESULT_BYTES", default_value_t = ServerOptions::default().max_job_result_bytes)]
     max_job_result_bytes: usize,
     /// Log lines as text (coloured only on a terminal, and not with NO_COLOR set) or as one
     /// JSON object per line, for log shippers.
@@ -320,7 +324,7 @@ impl ModelArgs {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    use wbia_lightglue_engine::{ConfigDir, Engine, EngineOptions};
+    use wbia_lightglue_engine::{ConfigDir, Engine};
     init_logging(args.log_format);
     let device = args.runtime.open()?;
     let match_batch = match (args.match_batch, device.is_cuda()) {
