@@ -13,7 +13,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use wbia_lightglue_model::Features;
 
-use crate::job_board::{JobBoard, StoredJob};
+use crate::job_board::{JobBoard, JobStatus, StoredJob};
 use crate::store::{features_checksum, features_of_row, score_checksum, to_bytes, Store};
 use crate::{Error, FeatureKey, Result};
 
@@ -304,7 +304,7 @@ impl JobBoard for PgStore {
     fn update_job(
         &self,
         jobid: &str,
-        status: &str,
+        status: JobStatus,
         progress: Option<&str>,
         result: Option<&str>,
     ) -> Result<()> {
@@ -312,7 +312,7 @@ impl JobBoard for PgStore {
             .execute(
                 "UPDATE lightglue_jobs SET status = $2, progress = $3, result = $4, updated = now()
                  WHERE jobid = $1",
-                &[&jobid, &status, &progress, &result],
+                &[&jobid, &status.as_str(), &progress, &result],
             )
             .map_err(db_error)?;
         Ok(())
@@ -361,12 +361,15 @@ impl JobBoard for PgStore {
                 "a job's replica went silent: the job ended as exception"
             );
         }
-        Ok(row.map(|r| StoredJob {
-            replica: r.get(0),
-            status: r.get(1),
-            progress: r.get(2),
-            result: r.get(3),
-        }))
+        row.map(|r| {
+            Ok(StoredJob {
+                replica: r.get(0),
+                status: JobStatus::parse(r.get(1))?,
+                progress: r.get(2),
+                result: r.get(3),
+            })
+        })
+        .transpose()
     }
 
     /// Every job id any replica has recorded.

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use sha2::{Digest, Sha256};
 use wbia_lightglue_model::Features;
 
-use crate::job_board::{JobBoard, StoredJob};
+use crate::job_board::{JobBoard, JobStatus, StoredJob};
 use crate::{Error, FeatureKey, Result};
 
 /// The store's file in the data directory.
@@ -608,7 +608,7 @@ impl JobBoard for FeatureStore {
     fn update_job(
         &self,
         jobid: &str,
-        status: &str,
+        status: JobStatus,
         progress: Option<&str>,
         result: Option<&str>,
     ) -> Result<()> {
@@ -617,7 +617,7 @@ impl JobBoard for FeatureStore {
                 "UPDATE lightglue_jobs SET status = ?2, progress = ?3, result = ?4,
                      updated = CURRENT_TIMESTAMP
                  WHERE jobid = ?1",
-                rusqlite::params![jobid, status, progress, result],
+                rusqlite::params![jobid, status.as_str(), progress, result],
             )
             .map_err(db_error)?;
         Ok(())
@@ -626,21 +626,31 @@ impl JobBoard for FeatureStore {
     /// One process runs every job of this file, so no lease applies: jobs of a process that
     /// stopped were ended at open.
     fn job(&self, jobid: &str, _lease: Duration) -> Result<Option<StoredJob>> {
-        self.conn()
+        let row = self
+            .conn()
             .query_row(
                 "SELECT replica, status, progress, result FROM lightglue_jobs WHERE jobid = ?1",
                 [jobid],
                 |r| {
-                    Ok(StoredJob {
-                        replica: r.get(0)?,
-                        status: r.get(1)?,
-                        progress: r.get(2)?,
-                        result: r.get(3)?,
-                    })
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
                 },
             )
             .optional()
-            .map_err(db_error)
+            .map_err(db_error)?;
+        row.map(|(replica, status, progress, result)| {
+            Ok(StoredJob {
+                replica,
+                status: JobStatus::parse(&status)?,
+                progress,
+                result,
+            })
+        })
+        .transpose()
     }
 
     fn job_ids(&self) -> Result<Vec<String>> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
-use wbia_lightglue_engine::job_board::JobBoard;
+use wbia_lightglue_engine::job_board::{JobBoard, JobStatus};
 use wbia_lightglue_engine::pg_store::PgStore;
 use wbia_lightglue_engine::store::{FeatureStore, Store};
 use wbia_lightglue_engine::FeatureKey;
@@ -318,16 +318,26 @@ fn shared_jobs_are_claimed_once() {
         ("replica-a", "working")
     );
     assert_eq!((seen.progress, seen.result), (None, None));
-    a.update_job("job-1", "working", Some(r#"{"pairs_scored":3}"#), None)
-        .unwrap();
+    a.update_job(
+        "job-1",
+        JobStatus::Working,
+        Some(r#"{"pairs_scored":3}"#),
+        None,
+    )
+    .unwrap();
     assert_eq!(
         b.job("job-1", LEASE).unwrap().unwrap().progress.as_deref(),
         Some(r#"{"pairs_scored":3}"#)
     );
-    a.update_job("job-1", "completed", None, Some(r#"{"cm_dict":{}}"#))
-        .unwrap();
+    a.update_job(
+        "job-1",
+        JobStatus::Completed,
+        None,
+        Some(r#"{"cm_dict":{}}"#),
+    )
+    .unwrap();
     let done = b.job("job-1", LEASE).unwrap().unwrap();
-    assert_eq!(done.status, "completed");
+    assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(done.result.as_deref(), Some(r#"{"cm_dict":{}}"#));
     assert_eq!(a.job_ids().unwrap(), vec!["job-1", "job-2"]);
     assert_eq!(a.job("nope", LEASE).unwrap(), None);
@@ -354,15 +364,19 @@ fn a_silent_replicas_job_ends_as_exception_after_its_lease() {
     for id in ["alive", "silent"] {
         assert_eq!(
             b.job(id, Duration::from_secs(60)).unwrap().unwrap().status,
-            "working"
+            JobStatus::Working
         );
     }
     std::thread::sleep(Duration::from_millis(2_200));
-    a.update_job("alive", "working", Some("{}"), None).unwrap();
+    a.update_job("alive", JobStatus::Working, Some("{}"), None)
+        .unwrap();
     let lease = Duration::from_secs(2);
-    assert_eq!(b.job("alive", lease).unwrap().unwrap().status, "working");
+    assert_eq!(
+        b.job("alive", lease).unwrap().unwrap().status,
+        JobStatus::Working
+    );
     let ended = b.job("silent", lease).unwrap().unwrap();
-    assert_eq!(ended.status, "exception");
+    assert_eq!(ended.status, JobStatus::Exception);
     let reason: String = serde_json::from_str(ended.result.as_deref().unwrap()).unwrap();
     assert!(
         reason.contains("replica-a") && reason.contains("2 s"),
@@ -377,9 +391,12 @@ fn a_silent_replicas_job_ends_as_exception_after_its_lease() {
     // Read again: the same ending, not a second one.
     assert_eq!(a.job("silent", lease).unwrap().unwrap(), ended);
     // The replica came back and finished after all: its result stands.
-    a.update_job("silent", "completed", None, Some("{}"))
+    a.update_job("silent", JobStatus::Completed, None, Some("{}"))
         .unwrap();
-    assert_eq!(b.job("silent", lease).unwrap().unwrap().status, "completed");
+    assert_eq!(
+        b.job("silent", lease).unwrap().unwrap().status,
+        JobStatus::Completed
+    );
 }
 
 /// Replicas starting together migrate the schema once between them (an advisory lock).
@@ -451,10 +468,15 @@ fn sqlite_jobs_outlive_the_process() {
         }
         assert!(!store.claim_job("done", "one").unwrap(), "taken");
         store
-            .update_job("done", "completed", None, Some(r#"{"cm_dict":{}}"#))
+            .update_job(
+                "done",
+                JobStatus::Completed,
+                None,
+                Some(r#"{"cm_dict":{}}"#),
+            )
             .unwrap();
         store
-            .update_job("running", "working", Some("{}"), None)
+            .update_job("running", JobStatus::Working, Some("{}"), None)
             .unwrap();
     }
     let store = FeatureStore::open(&dir.0).unwrap();
@@ -464,7 +486,7 @@ fn sqlite_jobs_outlive_the_process() {
         ("completed", Some(r#"{"cm_dict":{}}"#))
     );
     let stopped = store.job("running", LEASE).unwrap().unwrap();
-    assert_eq!(stopped.status, "exception");
+    assert_eq!(stopped.status, JobStatus::Exception);
     let reason: String = serde_json::from_str(stopped.result.as_deref().unwrap()).unwrap();
     assert!(reason.contains("stopped while this job ran"), "{reason}");
     assert_eq!(stopped.progress, None);
@@ -480,7 +502,7 @@ fn sqlite_jobs_outlive_the_process() {
         let id = format!("j{i:05}");
         assert!(store.claim_job(&id, "two").unwrap());
         store
-            .update_job(&id, "completed", None, Some("{}"))
+            .update_job(&id, JobStatus::Completed, None, Some("{}"))
             .unwrap();
     }
     let ids = store.job_ids().unwrap();

@@ -317,18 +317,18 @@ struct Callback {
 }
 
 async fn finish(state: &AppState, id: &str, job: Job, callback: Option<Callback>) {
-    let status = job.status.as_str();
+    let status = job.status;
     let result = job.result.clone();
     if !state.jobs.end(id, job) {
         return;
     }
     shared::publish_final(state, id, status, result.clone()).await;
-    tracing::info!(jobid = %id, status, "job finished");
+    tracing::info!(jobid = %id, status = status.as_str(), "job finished");
     if let Some(callback) = callback {
         let rendered = result.as_deref().unwrap_or("null");
         let mut form = vec![("jobid", id)];
         if callback.detailed {
-            form.extend([("status", status), ("json_result", rendered)]);
+            form.extend([("status", status.as_str()), ("json_result", rendered)]);
         }
         match state
             .wbia
@@ -381,7 +381,7 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
         if let Some(abort) = abort {
             abort.abort();
         }
-        shared::publish(&state, &id, "exception", None, result).await;
+        shared::publish(&state, &id, JobStatus::Exception, None, result).await;
         tracing::info!(jobid = %id, "job cancelled");
         return envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}));
     }
@@ -396,7 +396,7 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
         )
         .into_response(),
         None => match shared::lookup(&state, &id).await {
-            Some(job) if job.status != JobStatus::Working.as_str() => ApiError::new(
+            Some(job) if job.status != JobStatus::Working => ApiError::new(
                 409,
                 format!("job {id} is {} and cannot be cancelled", job.status),
                 Value::Null,
@@ -492,7 +492,8 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
         None => match shared::lookup(&state, &id).await {
             // Another replica's job, as it last published it.
             Some(job) => {
-                let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status});
+                let mut status =
+                    json!({"status": "ok", "jobid": id, "jobstatus": job.status.as_str()});
                 if let Some(p) = job
                     .progress
                     .and_then(|p| serde_json::from_str::<Value>(&p).ok())
@@ -522,8 +523,8 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let Some(id) = jobid_of(&params) else {
         return proxy::forward(&state, &parts, body).await;
     };
-    let (status, result): (String, Option<Arc<str>>) = match state.jobs.get(&id) {
-        Some(job) => (job.status.as_str().into(), job.result),
+    let (status, result): (JobStatus, Option<Arc<str>>) = match state.jobs.get(&id) {
+        Some(job) => (job.status, job.result),
         None => match shared::lookup(&state, &id).await {
             Some(job) => (job.status, job.result.map(Into::into)),
             None => return proxy::forward(&state, &parts, body).await,
@@ -533,7 +534,7 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
     // (docs/wbia-api.md); the result is spliced in as rendered when the job ended.
     let body = format!(
         r#"{{"status":{{"success":true,"code":200,"message":"","cache":-1}},"response":{{"status":{},"jobid":{},"json_result":{}}}}}"#,
-        Value::String(status),
+        Value::String(status.as_str().into()),
         Value::String(id),
         result.as_deref().unwrap_or("null"),
     );

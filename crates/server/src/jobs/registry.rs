@@ -12,23 +12,7 @@ pub const MAX_JOBS: usize = 10_000;
 /// Longest client-chosen job id.
 pub const MAX_JOBID_LEN: usize = 128;
 
-/// WBIA's job states (`received` is never observable here: jobs are working when accepted).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobStatus {
-    Working,
-    Completed,
-    Exception,
-}
-
-impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Working => "working",
-            JobStatus::Completed => "completed",
-            JobStatus::Exception => "exception",
-        }
-    }
-}
+pub use wbia_lightglue_engine::job_board::JobStatus;
 
 #[derive(Clone, Debug)]
 pub struct Job {

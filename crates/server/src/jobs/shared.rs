@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use wbia_lightglue_engine::job_board::{JobBoard, StoredJob};
+use wbia_lightglue_engine::job_board::{JobBoard, JobStatus, StoredJob};
 use wbia_lightglue_engine::Progress;
 
 use crate::envelope::ApiError;
@@ -45,13 +45,13 @@ pub async fn claim(state: &AppState, jobid: &str) -> Result<bool, ApiError> {
 pub async fn publish(
     state: &AppState,
     jobid: &str,
-    status: &str,
+    status: JobStatus,
     progress: Option<String>,
     result: Option<Arc<str>>,
 ) {
-    let (id, status) = (jobid.to_string(), status.to_string());
+    let id = jobid.to_string();
     let written = on_store(state, move |s| {
-        s.update_job(&id, &status, progress.as_deref(), result.as_deref())
+        s.update_job(&id, status, progress.as_deref(), result.as_deref())
     })
     .await;
     if let Some(Err(e)) = written {
@@ -66,13 +66,18 @@ const FINAL_PUBLISH_PATIENCE: Duration = Duration::from_secs(300);
 /// Writes a job's final state, retrying while the store cannot be reached (PostgreSQL
 /// restarting): the other replicas would otherwise see the job `working` until its lease
 /// lapses and then report it failed although it completed.
-pub async fn publish_final(state: &AppState, jobid: &str, status: &str, result: Option<Arc<str>>) {
+pub async fn publish_final(
+    state: &AppState,
+    jobid: &str,
+    status: JobStatus,
+    result: Option<Arc<str>>,
+) {
     let started = std::time::Instant::now();
     let mut failures = 0u32;
     loop {
-        let (id, s, r) = (jobid.to_string(), status.to_string(), result.clone());
+        let (id, r) = (jobid.to_string(), result.clone());
         let written = on_store(state, move |store| {
-            store.update_job(&id, &s, None, r.as_deref())
+            store.update_job(&id, status, None, r.as_deref())
         })
         .await;
         match written {
@@ -105,7 +110,7 @@ pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc
     loop {
         tokio::time::sleep(PUBLISH_EVERY).await;
         let snapshot = serde_json::to_string(&progress.snapshot()).ok();
-        publish(&state, &jobid, "working", snapshot, None).await;
+        publish(&state, &jobid, JobStatus::Working, snapshot, None).await;
     }
 }
 
