@@ -47,6 +47,28 @@ DESC_DIM = 128
         re.compile(r"^( +)sentry_dsn = 'https://[^']+'\n", re.M),
         r"\1sentry_dsn = None  # real-wbia patch: no error reports sent out\n",
     ),
+    (
+        # WBIA 4.0.4 loads a plugin only when its module is in AUTOLOAD_PLUGIN_MODNAMES, most
+        # behind a command-line flag; wbia-plugin-lightglue came later and is not listed. Add
+        # it the way the others are, behind `--lightglue` (install_plugin.sh, then
+        # `python -m wbia ... --lightglue`); without the flag nothing changes.
+        "wbia/control/IBEISControl.py",
+        """if ut.get_argflag('--lca'):
+    AUTOLOAD_PLUGIN_MODNAMES += [
+        (('--no-lca', '--nolca'), 'wbia_lca._plugin'),
+    ]
+""",
+        """if ut.get_argflag('--lca'):
+    AUTOLOAD_PLUGIN_MODNAMES += [
+        (('--no-lca', '--nolca'), 'wbia_lca._plugin'),
+    ]
+
+if ut.get_argflag('--lightglue'):  # real-wbia patch
+    AUTOLOAD_PLUGIN_MODNAMES += [
+        (('--no-lightglue', '--nolightglue'), 'wbia_lightglue._plugin'),
+    ]
+""",
+    ),
 ]
 
 

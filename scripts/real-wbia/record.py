@@ -267,17 +267,20 @@ class CallbackServer:
 
 
 class WbiaProcess:
-    def __init__(self, dbdir, port, logdir):
+    def __init__(self, dbdir, port, logdir, extra_args=(), extra_env=None):
+        """`extra_args` follow WBIA's own (`--lightglue`), `extra_env` is added to its
+        environment."""
         self.dbdir, self.port, self.logdir = dbdir, port, logdir
+        self.extra_args, self.extra_env = list(extra_args), dict(extra_env or {})
         self.proc = None
         self.starts = 0
 
     def start(self):
         self.starts += 1
         logf = open(self.logdir / f"wbia-{self.starts}.log", "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         cmd = [sys.executable, "-m", "wbia", "--dbdir", str(self.dbdir), "--web",
-               "--port", str(self.port)]
+               "--port", str(self.port)] + self.extra_args
         log("starting:", " ".join(cmd[1:]))
         t0 = time.monotonic()
         # Own process group: WBIA forks job-engine processes; stop() ends that group only.
