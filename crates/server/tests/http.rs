@@ -426,7 +426,11 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
     assert_eq!(props("ChipBestResponse"), keys(&body));
     assert_eq!(props("ChipBestResult"), keys(&body["response"]));
     assert_eq!(props("QueryResult"), keys(result));
-    assert_eq!(props("ScoredAnnotation"), keys(&ranked[0]));
+    // `member_scores` is there only for an ensemble (checked in
+    // `an_ensemble_reports_member_scores_and_ranks_by_their_fusion`).
+    let mut single_model = props("ScoredAnnotation");
+    assert!(single_model.remove("member_scores"));
+    assert_eq!(single_model, keys(&ranked[0]));
     assert_eq!(props("NameScore"), keys(&names[0]));
     assert_eq!(props("Status"), keys(&body["status"]));
     let ui = client
@@ -2100,6 +2104,10 @@ async fn an_ensemble_reports_member_scores_and_ranks_by_their_fusion() {
     );
     let ranked = ensemble["query_results"][0]["ranked"].as_array().unwrap();
     assert_eq!(ranked.len(), 3);
+    // The OpenAPI document describes exactly an ensemble's fields.
+    let doc = get_json(&client, &format!("http://{addr}/api-docs/openapi.json")).await;
+    let described = keys(&doc["components"]["schemas"]["ScoredAnnotation"]["properties"]);
+    assert_eq!(described, keys(&ranked[0]));
     assert_eq!(uuid_of(&ranked[0]["dannot_uuid"]), 0xa2, "{ensemble}");
     for r in ranked {
         let members = r["member_scores"].as_object().unwrap();
