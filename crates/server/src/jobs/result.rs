@@ -81,8 +81,6 @@ pub struct ChipMatch {
     pub dannot_extern_reference: String,
     /// True for the 20 best candidates, which have thumbnails.
     pub dannot_extern_list: Vec<bool>,
-    pub model_url: Option<String>,
-    pub config_url: Option<String>,
 }
 
 /// How WBIA 4.0.4 identifies a name in a result (`convert_to_uuid` in
@@ -250,7 +248,9 @@ pub(super) fn identification_result(
         .into_iter()
         .map(|(k, (u, s))| (k, u, s))
         .collect();
-    names.sort_by(|a, b| a.0.cmp(&b.0));
+    // WBIA lists individuals by name rowid (`-aid` for an unnamed annotation's own "name").
+    let nid = |u: &Uuid| name_rowid.get(u).copied().unwrap_or_else(|| -aid(u));
+    names.sort_by_key(|n| (nid(&n.1), n.0.clone()));
     let display = |name: &Option<String>| name.clone().unwrap_or_else(|| UNNAMED.into());
     let display_of = |u: &Uuid| {
         ranked
@@ -264,6 +264,10 @@ pub(super) fn identification_result(
         .take(THUMBS_PER_RESULT)
         .map(|s| s.annot)
         .collect();
+
+    // WBIA echoes the annotations it searched by rowid (`sorted(daid_list + qaid_list)`).
+    let mut echoed = database.to_vec();
+    echoed.sort_by_key(aid);
 
     let chip_match = ChipMatch {
         qannot_uuid: (&q).into(),
@@ -286,14 +290,12 @@ pub(super) fn identification_result(
         filtnorm_fxs: None,
         dannot_extern_reference: reference.to_string(),
         dannot_extern_list: scored.iter().map(|s| top.contains(&s.annot)).collect(),
-        model_url: None,
-        config_url: None,
     };
     IdentificationResult {
         cm_dict: BTreeMap::from([(q.to_string(), chip_match)]),
         inference_dict: inference(q, r, query_name),
         query_annot_uuid_list: vec![(&q).into()],
-        database_annot_uuid_list: database.iter().map(Into::into).collect(),
+        database_annot_uuid_list: echoed.iter().map(Into::into).collect(),
         query_config_dict: query_config.clone(),
         skipped_annot_list: c.skipped.iter().map(crate::skipped_json).collect(),
         summary_annot: r
