@@ -121,11 +121,14 @@ pub mod detected {
 }
 
 /// For a test whose subject (`what`) this machine cannot run: panics, unless
-/// `WBIA_LIGHTGLUE_ALLOW_SKIP=1` says to skip, in which case it prints why and returns (the
-/// test then returns too). A test must not pass silently for want of an instruction.
+/// `WBIA_LIGHTGLUE_ALLOW_SKIP=1` says to skip, in which case it prints why (uncaptured, so
+/// it shows beside the test's `ok`) and returns (the test then returns too). A test must not pass silently for want of an instruction.
 pub fn skip_or_fail(what: &str) {
     if std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v.trim() == "1") {
-        eprintln!("SKIPPED ({ALLOW_SKIP_ENV}=1): {what}");
+        // Straight to the process's stderr: the test harness would swallow `eprintln!` of a
+        // passing test, and a skip must show.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED ({ALLOW_SKIP_ENV}=1): {what}");
     } else {
         panic!(
             "{what}; set {ALLOW_SKIP_ENV}=1 to skip this deliberately \

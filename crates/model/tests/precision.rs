@@ -98,7 +98,10 @@ fn bf16_on_cpu_keeps_scores_and_top1() {
     if !wbia_lightglue_model::ops::matmul::bf16_available() {
         check_fallback_to_f32(&bf16);
         if cpu::paths() < cpu::Paths::Native {
-            println!(
+            use std::io::Write;
+            // Uncaptured, so that the log says what this pass did not test.
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}={}: bf16 runs f32 (checked, identical); the AVX-512 BF16 kernels are \
                  the native pass's subject",
                 cpu::ENV,
