@@ -4,6 +4,7 @@
 //! [`Features`] and pairs of features into matches and a score, on any candle device.
 
 pub mod aliked;
+pub mod cpu;
 pub mod device;
 mod error;
 pub mod image;

@@ -625,6 +625,17 @@ impl LightGlue {
                 },
             ),
         };
+        Self::load_with_kernels(vb, precision, dtype, kernels)
+    }
+
+    /// The matcher with `kernels` chosen by the caller ([`LightGlue::load_with_precision`]
+    /// chooses them from the CPU; the tests force the host layers on any CPU).
+    fn load_with_kernels(
+        vb: VarBuilder,
+        precision: Precision,
+        dtype: DType,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let vb = vb.set_dtype(DType::F32);
         let mut layers = Vec::with_capacity(LAYERS);
         let mut assignment = Vec::with_capacity(LAYERS);
@@ -983,10 +994,25 @@ fn filter_matches(
 mod tests {
     use super::*;
 
+    /// The matcher with its single-pair layers on host matrices ([`host`]) whatever the CPU:
+    /// the packed kernels where dispatch allows them, their twins (the `gemm` crate, the plain
+    /// bf16 loops) elsewhere, e.g. under `WBIA_LIGHTGLUE_CPU=portable`.
     fn matcher(precision: Precision) -> LightGlue {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../weights/aliked-lightglue.safetensors");
-        LightGlue::from_file_with_precision(path, &Device::Cpu, precision).unwrap()
+        let vb = crate::weights::var_builder(&path, &Device::Cpu).unwrap();
+        let kernel = match precision {
+            Precision::F32 => Kernel::F32,
+            Precision::Bf16 => Kernel::Bf16,
+            p => panic!("host layers run f32 or bf16, not {p}"),
+        };
+        let kernels = Kernels {
+            attention: kernel,
+            linear: Some(kernel),
+        };
+        let lg = LightGlue::load_with_kernels(vb, precision, DType::F32, kernels).unwrap();
+        assert!(lg.host_layers);
+        lg
     }
 
     /// Projected descriptors and rotary tables of `len` random points.
@@ -1029,9 +1055,6 @@ mod tests {
     #[test]
     fn host_assignment_equals_candle_assignment() {
         let lg = matcher(Precision::F32);
-        if !lg.host_layers {
-            return;
-        }
         let mut compared = 0;
         for (m, n) in [(13usize, 100usize), (100, 177), (512, 300)] {
             let (d0, e0) = side(&lg, m, 3);
@@ -1058,20 +1081,15 @@ mod tests {
     /// The host layers against candle's with real weights: each of the nine layers from the
     /// same input (candle's output of the layer before), at sizes off the kernels' tiles (13
     /// and 100 points, 100 and 177, 512 and 300), pruned to every third point after layer 4;
-    /// f32 and, where the CPU has it, bf16. Both run the same kernels on the same blocks, so
-    /// they agree to the bit (measured); the bound, 1e-6 of the largest value, leaves room for
-    /// a change of summation order. Pruning must select exactly.
+    /// f32 and bf16, on the AVX-512 kernels where dispatch allows them, else on their twins
+    /// (the `gemm` crate, the plain bf16 loops: `WBIA_LIGHTGLUE_CPU=portable`). Both run the
+    /// same kernels on the same blocks, so they agree to the bit (measured); the bound, 1e-6
+    /// of the largest value, leaves room for a change of summation order. Pruning must select
+    /// exactly.
     #[test]
     fn host_layers_equal_candle_layers() {
-        let mut precisions = vec![Precision::F32];
-        if bf16_available() {
-            precisions.push(Precision::Bf16);
-        }
-        for precision in precisions {
+        for precision in [Precision::F32, Precision::Bf16] {
             let lg = matcher(precision);
-            if !lg.host_layers {
-                return;
-            }
             for (m, n) in [(13usize, 100usize), (100, 177), (512, 300)] {
                 let (mut d0, mut e0) = side(&lg, m, 1);
                 let (mut d1, mut e1) = side(&lg, n, 2);

@@ -27,31 +27,16 @@ pub enum Kernel {
 }
 
 /// Whether this CPU has the instructions of the bf16 kernel (AVX-512 F, BW and BF16: Intel
-/// since Cooper Lake / Sapphire Rapids, AMD since Zen 4). Checked once.
+/// since Cooper Lake / Sapphire Rapids, AMD since Zen 4) and `WBIA_LIGHTGLUE_CPU` allows
+/// them ([`crate::cpu`]).
 pub fn bf16_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512bf16")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::cpu::avx512_bf16()
 }
 
 /// Whether this CPU runs the f32 packed kernel (AVX-512 F); elsewhere f32 products go through
-/// the `gemm` crate.
+/// the `gemm` crate. `WBIA_LIGHTGLUE_CPU=portable` turns it off ([`crate::cpu`]).
 pub fn f32_kernel_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::cpu::avx512f()
 }
 
 /// A matrix view into a slice: element (r, c) is `data[r * rs + c * cs]`.
@@ -1209,9 +1194,6 @@ mod tests {
         let bias = values(outputs, 6);
         let before = values(rows * out_width, 7);
         for kernel in [Kernel::F32, Kernel::Bf16] {
-            if kernel == Kernel::Bf16 && !bf16_available() {
-                continue;
-            }
             let lin = PackedLinear::new(kernel, &w, outputs, inputs, Some(bias.clone()));
             let mut product = vec![0f32; rows * outputs];
             lin.forward_into(x, &mut product, outputs, false);
