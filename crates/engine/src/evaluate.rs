@@ -299,16 +299,17 @@ mod tests {
         let set = |pairs: usize| {
             let n = 2 * pairs;
             let ids: Vec<String> = (0..n).map(|i| format!("id{}", i / 2)).collect();
-            let mut scores = vec![vec![0.0f32; n]; n];
-            for i in 0..n {
-                for j in 0..n {
-                    scores[i][j] = if i / 2 == j / 2 { 5.0 } else { 1.0 };
-                }
-                if i % 3 == 0 {
-                    let other = (i + 2) % n;
-                    scores[i][other] = 9.0;
-                }
-            }
+            let scores: Vec<Vec<f32>> = (0..n)
+                .map(|i| {
+                    (0..n)
+                        .map(|j| match () {
+                            _ if i % 3 == 0 && j == (i + 2) % n => 9.0,
+                            _ if i / 2 == j / 2 => 5.0,
+                            _ => 1.0,
+                        })
+                        .collect()
+                })
+                .collect();
             evaluate(&scores, &ids, None)
         };
         let (small, large) = (set(15), set(300));
