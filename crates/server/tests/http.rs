@@ -2069,20 +2069,17 @@ async fn an_ensemble_reports_member_scores_and_ranks_by_their_fusion() {
     let query = |config: &'static str| {
         let client = client.clone();
         async move {
-            let body: Value = client
-                .post(format!("http://{addr}/api/review/query/chip/best/"))
-                .form(&[
+            let body = common::post_form(
+                &client,
+                &format!("http://{addr}/api/review/query/chip/best/"),
+                &[
                     ("query_annot_uuid_list", list(&[0xa1])),
                     ("database_annot_uuid_list", list(&[0xa2, 0xb3, 0xb4])),
                     ("pipeline_root", "LightGlue".into()),
                     ("config_path", config.into()),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                ],
+            )
+            .await;
             assert_eq!(body["status"]["code"], 200, "{body}");
             body["response"].clone()
         }

@@ -470,15 +470,8 @@ async fn a_lightglue_job_answers_as_the_real_plugins() {
             .map(|f| (*f, form[*f].as_str().unwrap().to_string()))
             .collect();
         body.push(("jobid", jobid.clone()));
-        let started: Value = client
-            .post(format!("{base}/api/engine/query/graph/"))
-            .form(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let started =
+            common::post_form(&client, &format!("{base}/api/engine/query/graph/"), &body).await;
         assert_eq!(started["status"]["code"], 200, "{key}: {started}");
         let (status, _) = common::wait_for_job_progress(&client, &base, &jobid, 600).await;
         assert_eq!(status, "completed", "{key}");

@@ -16,6 +16,23 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// A urlencoded form POSTed, answered with JSON (any status), parsed.
+pub async fn post_form<K: serde::Serialize, V: serde::Serialize>(
+    client: &reqwest::Client,
+    url: &str,
+    fields: &[(K, V)],
+) -> Value {
+    client
+        .post(url)
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// One unlabelled series of our `/metrics`.
 pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
     let text = client
