@@ -5,14 +5,14 @@
 # NYALA_ROOT holds Nyala_Data_Zero/ (a local copy; nothing is fetched). Writes CSVs and
 # configurations into OUT_DIR, one JSON result per run, and keeps features and pair scores in
 # OUT_DIR/store so that an ensemble reuses its members' scores (and a rerun scores nothing).
-# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (defaults 24 and 30).
+# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (default 24 each).
 set -euo pipefail
 root=$1 out=$2 bin=${3:-target/release/wbia-lightglue}
 here=$(cd "$(dirname "$0")" && pwd)
 weights=$(cd "$here/../.." && pwd)/weights
 mkdir -p "$out"
 python3 "$here/nyala_csv.py" "$root" --split train --photos "${TRAIN_PHOTOS:-24}" --out "$out/train.csv"
-python3 "$here/nyala_csv.py" "$root" --split test --photos "${TEST_PHOTOS:-30}" --out "$out/test.csv"
+python3 "$here/nyala_csv.py" "$root" --split test --photos "${TEST_PHOTOS:-24}" --out "$out/test.csv"
 run() { # NAME SPLIT PRECISION CONFIG_JSON
   local name=$1 split=$2 precision=$3
   echo "$4" > "$out/$name.config.json"
