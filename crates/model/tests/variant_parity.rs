@@ -1,12 +1,13 @@
 //! The ALIKED variants beside `aliked-n16` against the PyTorch reference
 //! (`scripts/reference/make_variant_goldens.py`): `aliked-n16rot`, `aliked-n32` and
-//! `aliked-t16` on five fixture photographs at the plugin's settings (2048 keypoints,
-//! threshold 0, long edge 512), and LightGlue on the features of the two variants it takes.
+//! `aliked-t16` on six fixture photographs at the plugin's settings (2048 keypoints,
+//! threshold 0, long edge 512), and LightGlue on the features of the two variants it takes
+//! (3 pairs, adaptive and full: matches, each match's confidence, score, stop layer).
 //!
 //! Tolerances are n16's (issue #3): ≥99% of reference keypoints have one of ours within
-//! 0.01 px, descriptor cosine ≥ 0.9999, keypoint scores within 1e-4; matches IoU ≥ 0.99 and
-//! pair score within 0.5%. The golden descriptors are stored in float16 (to keep the files
-//! small), which alone costs up to ~2e-7 of cosine.
+//! 0.01 px, descriptor cosine ≥ 0.9999, keypoint scores within 1e-4; matches IoU ≥ 0.99,
+//! pair score within 0.5%, the same stop layer. The golden descriptors are stored in float16
+//! (to keep the files small), which alone costs up to ~2e-7 of cosine.
 
 mod common;
 
@@ -15,12 +16,13 @@ use wbia_lightglue_model::{
     load_image, weights, Aliked, AlikedConfig, DetectOptions, Features, MatchOptions,
 };
 
-const IMAGES: [(&str, &str); 5] = [
+const IMAGES: [(&str, &str); 6] = [
     ("sacre_coeur1", "lightglue/sacre_coeur1.jpg"),
     ("sacre_coeur2", "lightglue/sacre_coeur2.jpg"),
     ("turtle_a1", "turtles/turtle_a1.jpg"),
     ("turtle_a2", "turtles/turtle_a2.jpg"),
     ("graf1", "opencv/graf1.png"),
+    ("graf3", "opencv/graf3.png"),
 ];
 
 fn model(arch: AlikedConfig) -> Aliked {
@@ -74,44 +76,59 @@ fn golden_features_at(rel: &str) -> Features {
 }
 
 /// LightGlue on the reference's features of this variant (float16 descriptors, as stored)
-/// against the reference's matches of the same.
+/// against the reference's matches of the same: 3 pairs (sacre_coeur, the genuine turtle
+/// pair, graf1 → graf3) × adaptive and full. Each: IoU, pair score, the stop layer exactly,
+/// and every common match's confidence. graf gives each variant a pair with hundreds of
+/// matches (n16rot 967/978, n32 828/854 adaptive/full); n32's sacre_coeur has 2 adaptive and
+/// none at full depth, which must come out empty here too.
 fn check_matching(arch: AlikedConfig) {
     let matcher = lightglue();
+    let mut most = 0;
     for (pair, a, b) in [
         ("sacre_coeur", "sacre_coeur1", "sacre_coeur2"),
         ("turtle_genuine", "turtle_a1", "turtle_a2"),
+        ("graf", "graf1", "graf3"),
     ] {
         let f0 = golden_features_at(&format!("variants/{}_{a}", arch.name));
         let f1 = golden_features_at(&format!("variants/{}_{b}", arch.name));
-        let ours = matcher
-            .match_pair(&f0, &f1, &MatchOptions::default())
-            .unwrap();
-        let g = golden(&format!("variants/{}_{pair}.safetensors", arch.name));
-        let reference = golden_matches(&g);
-        let ours_pairs = our_matches(&ours);
-        let p = match_parity(&ours_pairs, &reference);
-        println!(
-            "{} {pair}: score {:.4} (reference {:.4}), IoU {:.4}, rel {:.1e}",
-            arch.name,
-            ours.score(),
-            vec1(&g["score"])[0],
-            p.iou,
-            p.rel_score
-        );
-        assert!(p.iou >= 0.99, "{} {pair}: IoU {}", arch.name, p.iou);
-        assert!(
-            p.rel_score <= 5e-3,
-            "{} {pair}: score {}",
-            arch.name,
-            p.rel_score
-        );
-        // Measured: IoU 1.0, pair scores within 1.9e-5 relative.
-        assert!(
-            p.iou >= 0.995 && p.rel_score <= 2e-4,
-            "{} {pair}: outside the tight bounds",
-            arch.name
-        );
+        for (mode, options) in [
+            ("adaptive", MatchOptions::default()),
+            ("full", MatchOptions::full()),
+        ] {
+            let label = format!("{} {pair} {mode}", arch.name);
+            let ours = matcher.match_pair(&f0, &f1, &options).unwrap();
+            let g = golden(&format!("variants/{}_{pair}_{mode}.safetensors", arch.name));
+            let reference = golden_matches(&g);
+            let stop = g["stop"].to_vec1::<i64>().unwrap()[0] as usize;
+            most = most.max(reference.len());
+            let p = match_parity(&our_matches(&ours), &reference);
+            println!(
+                "{label}: {} matches (reference {}), score {:.4} (reference {:.4}), IoU {:.4}, \
+                 rel {:.1e}, max per-match {:.1e}, stop {} (reference {stop})",
+                ours.matches.len(),
+                reference.len(),
+                ours.score(),
+                vec1(&g["score"])[0],
+                p.iou,
+                p.rel_score,
+                p.max_match_score_diff,
+                ours.stop_layer
+            );
+            assert!(p.iou >= 0.99, "{label}: IoU {}", p.iou);
+            assert!(p.rel_score <= 5e-3, "{label}: score {}", p.rel_score);
+            assert_eq!(ours.stop_layer, stop, "{label}: stop layer");
+            // Tight bounds as n16's (lightglue_parity.rs): IoU, pair score, each match.
+            assert!(
+                p.iou >= 0.995 && p.rel_score <= 2e-4 && p.max_match_score_diff <= 3e-4,
+                "{label}: outside the tight bounds"
+            );
+        }
     }
+    assert!(
+        most >= 500,
+        "{}: no pair with real overlap ({most})",
+        arch.name
+    );
 }
 
 #[test]
