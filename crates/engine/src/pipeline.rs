@@ -101,6 +101,15 @@ pub struct Identification {
     pub skipped: Vec<Skipped>,
 }
 
+impl Identification {
+    /// Names a skipped annotation once, however many queries or members skipped it.
+    fn skip(&mut self, skipped: Skipped) {
+        if !self.skipped.iter().any(|k| k.annot == skipped.annot) {
+            self.skipped.push(skipped);
+        }
+    }
+}
+
 impl Error {
     /// Whether this error is one annotation's chip being unusable for good (WBIA refused
     /// it, it is too large, it is not an image we can decode), as opposed to WBIA, the store
@@ -549,13 +558,6 @@ impl Engine {
         progress: &Progress,
         unusable: UnusableChips,
     ) -> Result<Identification> {
-        if !config.model_name.is_ensemble() {
-            return self
-                .identify_one_model(
-                    ticket, source, queries, database, config, progress, unusable,
-                )
-                .await;
-        }
         let mut runs = Vec::new();
         for member in config.members() {
             runs.push(
@@ -564,6 +566,12 @@ impl Engine {
                 )
                 .await?,
             );
+        }
+        // A single model's run is the answer as it is (no member scores).
+        if !config.model_name.is_ensemble() {
+            if let Some(single) = runs.pop() {
+                return Ok(single);
+            }
         }
         Ok(fuse(runs, config.fusion))
     }
@@ -603,9 +611,7 @@ impl Engine {
                 .score_against(ticket, source, &query, &others, config, progress, unusable)
                 .await?;
             for s in skipped {
-                if !found.skipped.iter().any(|k| k.annot == s.annot) {
-                    found.skipped.push(s);
-                }
+                found.skip(s);
             }
             found.scores.push(scores);
         }
@@ -1031,9 +1037,7 @@ fn fuse(runs: Vec<Identification>, fusion: Fusion) -> Identification {
     let mut fused = Identification::default();
     for run in &runs {
         for s in &run.skipped {
-            if !fused.skipped.iter().any(|k| k.annot == s.annot) {
-                fused.skipped.push(s.clone());
-            }
+            fused.skip(s.clone());
         }
     }
     let Some(first) = runs.first() else {

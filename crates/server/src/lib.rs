@@ -580,7 +580,7 @@ pub(crate) fn skipped_json(s: &Skipped) -> openapi::SkippedAnnotation {
 /// One query's answer, in the documented shape.
 fn query_json(r: &QueryResult, config: &Config) -> openapi::QueryResult {
     // Written as `score` is: the shortest decimal that reads back as the same f32.
-    let shortest = |v: f32| v.to_string().parse::<f64>().unwrap_or(f64::from(v));
+    let shortest = |v: f32| openapi::shortest_decimal(v).unwrap_or(f64::from(v));
     let members = |s: &ScoredAnnot| -> Option<std::collections::BTreeMap<String, f64>> {
         config.model_name.is_ensemble().then(|| {
             config

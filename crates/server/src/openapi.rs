@@ -15,10 +15,15 @@ use utoipa::{OpenApi, ToSchema};
 /// (566.7218017578125) when the answer is built as a `serde_json::Value`, as job results
 /// write it.
 pub(crate) fn shortest<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
-    match v.to_string().parse::<f64>() {
-        Ok(x) if v.is_finite() => s.serialize_f64(x),
-        _ => s.serialize_f32(*v),
+    match shortest_decimal(*v) {
+        Some(x) => s.serialize_f64(x),
+        None => s.serialize_f32(*v),
     }
+}
+
+/// `v` as the f64 of its shortest decimal (what [`shortest`] writes); `None` when not finite.
+pub(crate) fn shortest_decimal(v: f32) -> Option<f64> {
+    v.to_string().parse::<f64>().ok().filter(|_| v.is_finite())
 }
 
 /// WBIA's `{"__UUID__": "..."}` form; plain UUID strings are accepted too.

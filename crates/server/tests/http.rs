@@ -1100,14 +1100,7 @@ async fn engine_job_flow_gives_what_wildbook_parses() {
     assert_eq!(plain, keys_of(&recorded_callbacks["plain"][0]));
 
     // Read as text: WBIA writes bare -Infinity, and so must we.
-    let text = client
-        .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::job_result_text(&client, &base, jobid).await;
     let ours = wbia_client::parse_lenient(&text).unwrap();
     // The real WBIA 4.0.4's result of a LightGlue job run by the real plugin (recorded by
     // scripts/real-wbia/plugin_job.py: a turtle query against three turtles, two of them one

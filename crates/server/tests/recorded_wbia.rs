@@ -475,14 +475,7 @@ async fn a_lightglue_job_answers_as_the_real_plugins() {
         assert_eq!(started["status"]["code"], 200, "{key}: {started}");
         let (status, _) = common::wait_for_job_progress(&client, &base, &jobid, 600).await;
         assert_eq!(status, "completed", "{key}");
-        let text = client
-            .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::job_result_text(&client, &base, &jobid).await;
         let ours = common::parse_marking_nonfinite(&text);
         let mut theirs = common::recorded_lightglue_result(key);
         let want = &theirs["response"]["json_result"];

@@ -207,10 +207,9 @@ pub(super) fn identification_result(
         .map(|s| (s.annot, s.name.as_deref()))
         .chain([(q, Some(query_name))])
         .collect();
-    let name_id = |u: &Uuid| {
-        let rowid = name_rowid.get(u).copied().unwrap_or_else(|| -aid(u));
-        NameId::new(texts.get(u).copied().flatten(), rowid)
-    };
+    // WBIA's name rowid; `-aid` for an unnamed annotation's own "name".
+    let nid = |u: &Uuid| name_rowid.get(u).copied().unwrap_or_else(|| -aid(u));
+    let name_id = |u: &Uuid| NameId::new(texts.get(u).copied().flatten(), nid(u));
     let name_key = |u: &Uuid, name: &Option<String>| -> String {
         match name {
             Some(n) => format!("name:{n}"),
@@ -248,9 +247,8 @@ pub(super) fn identification_result(
         .into_iter()
         .map(|(k, (u, s))| (k, u, s))
         .collect();
-    // WBIA lists individuals by name rowid (`-aid` for an unnamed annotation's own "name").
-    let nid = |u: &Uuid| name_rowid.get(u).copied().unwrap_or_else(|| -aid(u));
-    names.sort_by_key(|n| (nid(&n.1), n.0.clone()));
+    // WBIA lists individuals by name rowid.
+    names.sort_by_cached_key(|n| (nid(&n.1), n.0.clone()));
     let display = |name: &Option<String>| name.clone().unwrap_or_else(|| UNNAMED.into());
     let display_of = |u: &Uuid| {
         ranked

@@ -93,15 +93,19 @@ pub async fn wait_for_job_progress(
 
 /// A job's result, whole (envelope included), parsed as WBIA writes it (bare `-Infinity`).
 pub async fn job_result(client: &reqwest::Client, base: &str, jobid: &str) -> Value {
-    let text = client
+    wbia_client::parse_lenient(&job_result_text(client, base, jobid).await).unwrap()
+}
+
+/// A job's result as sent, unparsed.
+pub async fn job_result_text(client: &reqwest::Client, base: &str, jobid: &str) -> String {
+    client
         .get(format!("{base}/api/engine/job/result/?jobid={jobid}"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    wbia_client::parse_lenient(&text).unwrap()
+        .unwrap()
 }
 
 /// The real WBIA 4.0.4's answers, recorded by `scripts/real-wbia/record.py`.
