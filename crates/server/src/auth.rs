@@ -31,10 +31,8 @@ pub async fn require_token(
         return next.run(req).await;
     }
     state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-    let mut response = ApiError::new(
-        401,
+    let mut response = ApiError::unauthorized(
         "this endpoint needs Authorization: Bearer <token> (the service's --api-token)",
-        serde_json::Value::Null,
     )
     .into_response();
     response.headers_mut().insert(

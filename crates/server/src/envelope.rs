@@ -55,6 +55,68 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, message, Value::Null)
     }
+
+    /// A failure of this service itself.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message, Value::Null)
+    }
+
+    /// `--api-token` is set and the request did not carry it.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, message, Value::Null)
+    }
+
+    /// Too many requests are being passed through to WBIA; worth retrying in a second.
+    pub fn proxy_busy(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(503, message, Value::Null)
+        }
+    }
+
+    /// WBIA's 608: entries of the UUID lists that are not UUIDs, as `[position, entry]`.
+    pub fn invalid_uuids(message: impl Into<String>, invalid: Vec<Value>) -> Self {
+        Self::new(
+            WBIA_INVALID_UUIDS,
+            message,
+            json!({"invalid_image_uuid_list": [], "invalid_annot_uuid_list": invalid}),
+        )
+    }
+
+    /// WBIA's 601: UUIDs listed more than once, per list a map from UUID to its positions.
+    pub fn duplicate_uuids(
+        queries: serde_json::Map<String, Value>,
+        database: serde_json::Map<String, Value>,
+    ) -> Self {
+        Self::new(
+            WBIA_DUPLICATE_UUIDS,
+            "duplicate annotation UUIDs",
+            json!({"qdup_pos_map": queries, "ddup_pos_map": database}),
+        )
+    }
+
+    /// WBIA's 607: a match thumbnail that cannot be made, with the request echoed.
+    pub fn thumbnail_failed(message: impl Into<String>, request: Value) -> Self {
+        Self::new(WBIA_THUMBNAIL_FAILED, message, request)
+    }
+}
+
+/// WBIA's codes (`wbia/web/routes_ajax.py` and `web_check_uuids`, docs/wbia-api.md §1).
+const WBIA_UNKNOWN_UUIDS: u16 = 600;
+const WBIA_DUPLICATE_UUIDS: u16 = 601;
+const WBIA_THUMBNAIL_FAILED: u16 = 607;
+const WBIA_INVALID_UUIDS: u16 = 608;
+
+/// WBIA's 600 for annotation UUIDs it does not know, each once, in request order.
+fn unknown_annotations(message: String, missing: &[uuid::Uuid]) -> ApiError {
+    ApiError::new(
+        WBIA_UNKNOWN_UUIDS,
+        message,
+        json!({
+            "missing_image_uuid_list": [],
+            "missing_annot_uuid_list": missing.iter().map(wbia_client::fancy_uuid).collect::<Vec<_>>(),
+        }),
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -98,11 +160,7 @@ impl From<wbia_lightglue_engine::Error> for ApiError {
             E::Source {
                 uuid,
                 cause: S::Unknown,
-            } => ApiError::new(
-                600,
-                e.to_string(),
-                json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": [wbia_client::fancy_uuid(uuid)]}),
-            ),
+            } => unknown_annotations(e.to_string(), &[*uuid]),
             E::Source {
                 cause: S::TooLarge(_),
                 ..
@@ -123,14 +181,9 @@ impl From<wbia_lightglue_service::Error> for ApiError {
     fn from(e: wbia_lightglue_service::Error) -> Self {
         use wbia_lightglue_service::Error as E;
         match e {
-            E::UnknownAnnotations(missing) => ApiError::new(
-                600,
-                "annotations unknown to WBIA",
-                json!({
-                    "missing_image_uuid_list": [],
-                    "missing_annot_uuid_list": missing.iter().map(wbia_client::fancy_uuid).collect::<Vec<_>>(),
-                }),
-            ),
+            E::UnknownAnnotations(ref missing) => unknown_annotations(e.to_string(), missing),
+            E::UnknownRowid(_) => ApiError::new(WBIA_UNKNOWN_UUIDS, e.to_string(), Value::Null),
+            E::NoSpecies(_) => ApiError::bad_request(e.to_string()),
             E::Wbia(e) => e.into(),
         }
     }
@@ -142,6 +195,70 @@ impl From<wbia_client::Error> for ApiError {
         match &e {
             E::Timeout { .. } => ApiError::new(504, e.to_string(), Value::Null),
             _ => ApiError::new(502, e.to_string(), Value::Null),
+        }
+    }
+}
+
+/// A blocking task that panicked or was cancelled: this service's fault.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// 413 for a multipart body over the limit, 400 for a malformed one (axum's choice).
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        ApiError::new(
+            e.status().as_u16(),
+            format!("multipart body: {}", e.body_text()),
+            Value::Null,
+        )
+    }
+}
+
+impl From<crate::jobs::JobIdRefused> for ApiError {
+    fn from(refused: crate::jobs::JobIdRefused) -> Self {
+        use crate::jobs::JobIdError as E;
+        match refused.error {
+            E::Invalid => ApiError::bad_request(refused.to_string()),
+            E::Taken => ApiError::new(409, refused.to_string(), Value::Null),
+        }
+    }
+}
+
+impl From<crate::jobs::CallbackRefused> for ApiError {
+    fn from(refused: crate::jobs::CallbackRefused) -> Self {
+        use crate::jobs::CallbackRefused as E;
+        match refused {
+            E::NotAUrl { .. } | E::NotHttp { .. } => ApiError::bad_request(refused.to_string()),
+            E::HostNotAllowed { .. } => ApiError::new(403, refused.to_string(), Value::Null),
+        }
+    }
+}
+
+impl From<crate::jobs::CancelRefused> for ApiError {
+    fn from(refused: crate::jobs::CancelRefused) -> Self {
+        use crate::jobs::CancelRefused as E;
+        match refused {
+            E::Ended { .. } | E::Elsewhere { .. } => {
+                ApiError::new(409, refused.to_string(), Value::Null)
+            }
+            E::Unknown { .. } => ApiError::new(404, refused.to_string(), Value::Null),
+        }
+    }
+}
+
+impl From<crate::split::SplitError> for ApiError {
+    fn from(e: crate::split::SplitError) -> Self {
+        use crate::split::SplitError as E;
+        match e {
+            E::Engine(e) => e.into(),
+            E::Task(e) => e.into(),
+            E::ChunkFailed { .. } => ApiError::new(502, e.to_string(), Value::Null),
+            E::NoSharedStore | E::ChunksGone | E::Incomplete { .. } => {
+                ApiError::internal(e.to_string())
+            }
         }
     }
 }

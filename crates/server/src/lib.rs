@@ -39,7 +39,7 @@ use wbia_lightglue_engine::{
 
 use envelope::ApiError;
 use params::Params;
-use wbia_lightglue_service::{Annotations, ChipOptions};
+use wbia_lightglue_service::{Annotations, ChipOptions, WbiaJobs};
 
 /// Most annotations one request may name.
 /// Requests stream their chips (memory does not grow with this), so the bound is on the
@@ -104,7 +104,10 @@ impl Default for ServerOptions {
 pub struct AppState {
     pub engine: Engine,
     pub jobs: jobs::JobStore,
+    /// WBIA as the pass-through reaches it (requests forwarded, its health).
     pub wbia: WbiaClient,
+    /// WBIA's own engine jobs, and the callbacks of ours.
+    pub wbia_jobs: WbiaJobs,
     /// Annotations resolved in WBIA, and their chips.
     pub annotations: Annotations,
     pub configs: ConfigDir,
@@ -132,6 +135,7 @@ impl AppState {
             engine,
             jobs: jobs::JobStore::new(options.max_job_result_bytes),
             annotations: Annotations::new(wbia.clone(), options.chips.clone()),
+            wbia_jobs: WbiaJobs::new(wbia.clone()),
             wbia,
             configs,
             ready: AtomicBool::new(false),
@@ -562,11 +566,7 @@ fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError>
     if q.is_empty() && d.is_empty() {
         return Ok(());
     }
-    Err(ApiError::new(
-        601,
-        "duplicate annotation UUIDs",
-        json!({"qdup_pos_map": q, "ddup_pos_map": d}),
-    ))
+    Err(ApiError::duplicate_uuids(q, d))
 }
 
 /// A database annotation left out, in the documented shape.

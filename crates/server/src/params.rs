@@ -149,13 +149,9 @@ impl Params {
             lists.push(uuids);
         }
         if !invalid.is_empty() {
-            return Err(ApiError::new(
-                608,
+            return Err(ApiError::invalid_uuids(
                 format!("{}: invalid UUIDs", keys.join(", ")),
-                serde_json::json!({
-                    "invalid_image_uuid_list": [],
-                    "invalid_annot_uuid_list": invalid,
-                }),
+                invalid,
             ));
         }
         Ok(lists)

@@ -33,16 +33,11 @@ pub async fn pass_through(State(state): State<Arc<AppState>>, req: Request) -> R
 pub async fn forward(state: &AppState, parts: &Parts, body: impl Into<ForwardBody>) -> Response {
     let Ok(permit) = state.proxy_slots.clone().try_acquire_owned() else {
         state.metrics.proxy_refused.fetch_add(1, Ordering::Relaxed);
-        let mut busy = ApiError::new(
-            503,
-            format!(
-                "{} requests are being passed through to WBIA already; retry shortly",
-                state.options.max_proxied
-            ),
-            serde_json::Value::Null,
-        );
-        busy.retry_after = Some(1);
-        return busy.into_response();
+        return ApiError::proxy_busy(format!(
+            "{} requests are being passed through to WBIA already; retry shortly",
+            state.options.max_proxied
+        ))
+        .into_response();
     };
     let path = parts
         .uri

@@ -59,23 +59,8 @@ async fn best_individual(
     let config = state
         .configs
         .load(query_config.get("config_path").and_then(Value::as_str))?;
-    let query = match state.wbia.annot_uuids_by_aid(&[aid]).await?.pop().flatten() {
-        Some(u) => u,
-        None => {
-            return Err(ApiError::new(
-                600,
-                format!("annotation rowid {aid} is unknown to WBIA"),
-                Value::Null,
-            ))
-        }
-    };
-    let database: Vec<_> = state
-        .wbia
-        .all_annot_uuids()
-        .await?
-        .into_iter()
-        .filter(|u| *u != query)
-        .collect();
+    let query = state.annotations.by_rowid(aid).await?;
+    let database = state.annotations.all_but(query).await?;
     if database.is_empty() {
         return Err(ApiError::bad_request(
             "WBIA holds no other annotation to compare with",
@@ -131,19 +116,11 @@ async fn sex_and_age(
         name_annots.push(query);
     }
     let sex = state
-        .wbia
-        .annot_sex_texts(&[best.best_annot])
+        .annotations
+        .sex(best.best_annot)
         .await?
-        .pop()
-        .flatten()
         .map(|s| title_case(&s));
-    let min_age = state
-        .wbia
-        .annot_age_months_min(&name_annots)
-        .await?
-        .into_iter()
-        .flatten()
-        .min();
+    let min_age = state.annotations.min_age_months(&name_annots).await?;
     Ok((sex, min_age))
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 use wbia_lightglue_engine::pg_store::{ChunkProgress, PgStore, TakenChunk};
 use wbia_lightglue_engine::{
@@ -20,7 +19,6 @@ use wbia_lightglue_engine::{
 };
 use wbia_lightglue_model::Rotation;
 
-use crate::envelope::ApiError;
 use crate::AppState;
 
 /// How long a replica waits between looks for work when none is queued, and between looks
@@ -60,6 +58,26 @@ struct ChunkScores {
     skipped: Vec<Skipped>,
 }
 
+/// Why a split job could not be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitError {
+    #[error("no shared store: a job is split only among replicas sharing PostgreSQL")]
+    NoSharedStore,
+    #[error(
+        "the job's chunks are gone: another replica ended the job while this one could not \
+         reach the store"
+    )]
+    ChunksGone,
+    #[error("chunk {chunk} of the job failed: {error}")]
+    ChunkFailed { chunk: i64, error: String },
+    #[error("{scores} scores for {annotations} annotations")]
+    Incomplete { scores: usize, annotations: usize },
+    #[error(transparent)]
+    Engine(#[from] wbia_lightglue_engine::Error),
+    #[error("the store's task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The shared store, when replicas share one.
 fn shared(state: &AppState) -> Option<Arc<PgStore>> {
     state.engine.shared_store().cloned()
@@ -68,12 +86,9 @@ fn shared(state: &AppState) -> Option<Arc<PgStore>> {
 async fn blocking<T: Send + 'static>(
     store: &Arc<PgStore>,
     f: impl FnOnce(&PgStore) -> wbia_lightglue_engine::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, SplitError> {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(answer) => answer.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(500, e.to_string(), Value::Null)),
-    }
+    Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
 }
 
 /// Whether a job of `database` annotations (the query excluded) is split.
@@ -91,8 +106,8 @@ pub async fn score(
     database: &[Uuid],
     config: &Config,
     progress: &Progress,
-) -> Result<Identification, ApiError> {
-    let store = shared(state).ok_or_else(|| ApiError::new(500, "no shared store", Value::Null))?;
+) -> Result<Identification, SplitError> {
+    let store = shared(state).ok_or(SplitError::NoSharedStore)?;
     let size = state.options.chunk_annotations.max(1);
     let requests: Vec<String> = database
         .chunks(size)
@@ -115,13 +130,27 @@ pub async fn score(
         size,
         "job split into chunks for the replicas"
     );
+    let merged = wait_for_chunks(&store, jobid, chunks, progress).await;
+    let id = jobid.to_string();
+    let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
+    merge(merged?, database.len())
+}
+
+/// Watches a split job's chunks until every one is done (their answers, in chunk order) or
+/// one failed, counting finished pairs into `progress`. The store restarting or briefly
+/// unreachable does not end the job (the chunks are still there, and the replicas go on
+/// matching them) unless it lasts [`STORE_PATIENCE`].
+async fn wait_for_chunks(
+    store: &Arc<PgStore>,
+    jobid: &str,
+    chunks: usize,
+    progress: &Progress,
+) -> Result<Vec<ChunkScores>, SplitError> {
     let mut counted = 0usize;
     let mut unreadable_since = None;
-    let merged = loop {
+    loop {
         let id = jobid.to_string();
-        // The store restarting or briefly unreachable does not end the job: the chunks are
-        // still there, and the replicas go on matching them.
-        let states = match blocking(&store, move |s| s.chunks(&id)).await {
+        let states = match blocking(store, move |s| s.chunks(&id)).await {
             Ok(states) => {
                 unreadable_since = None;
                 states
@@ -131,32 +160,22 @@ pub async fn score(
                 if since.elapsed() >= STORE_PATIENCE {
                     return Err(e);
                 }
-                tracing::warn!(jobid, error = %e.message, "could not read the job's chunks; retrying");
+                tracing::warn!(jobid, error = %e, "could not read the job's chunks; retrying");
                 tokio::time::sleep(POLL * 4).await;
                 continue;
             }
         };
         if states.len() != chunks {
             // Deleted by a replica that found this job silent for longer than its lease.
-            return Err(ApiError::new(
-                500,
-                "the job's chunks are gone: another replica ended the job while this one \
-                 could not reach the store",
-                Value::Null,
-            ));
+            return Err(SplitError::ChunksGone);
         }
-        let failed = states.iter().find_map(|c| match &c.progress {
-            ChunkProgress::Failed { error } => Some((c.chunk, error.clone())),
-            _ => None,
-        });
-        if let Some((chunk, error)) = failed {
-            let id = jobid.to_string();
-            let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
-            return Err(ApiError::new(
-                502,
-                format!("chunk {chunk} of the job failed: {error}"),
-                Value::Null,
-            ));
+        for c in &states {
+            if let ChunkProgress::Failed { error } = &c.progress {
+                return Err(SplitError::ChunkFailed {
+                    chunk: c.chunk.into(),
+                    error: error.clone(),
+                });
+            }
         }
         let done: Vec<ChunkScores> = states
             .iter()
@@ -168,16 +187,18 @@ pub async fn score(
         let scored: usize = done.iter().map(|c| c.scores.len()).sum();
         progress.add_pairs_scored(scored.saturating_sub(counted));
         counted = counted.max(scored);
-        if done.len() == chunks && states.len() == chunks {
-            break done;
+        if done.len() == chunks {
+            return Ok(done);
         }
         tokio::time::sleep(POLL).await;
-    };
-    let id = jobid.to_string();
-    let _ = blocking(&store, move |s| s.drop_chunks(&id)).await;
+    }
+}
+
+/// The chunks' answers as one identification, in database order.
+fn merge(chunks: Vec<ChunkScores>, annotations: usize) -> Result<Identification, SplitError> {
     let mut found = Identification::default();
-    let mut scores = Vec::with_capacity(database.len());
-    for chunk in merged {
+    let mut scores = Vec::with_capacity(annotations);
+    for chunk in chunks {
         scores.extend(chunk.scores.into_iter().map(|s| {
             s.map(|(score, turn)| {
                 PairScore::single(score, Rotation::from_degrees(turn).unwrap_or_default())
@@ -185,12 +206,11 @@ pub async fn score(
         }));
         found.skipped.extend(chunk.skipped);
     }
-    if scores.len() != database.len() {
-        return Err(ApiError::new(
-            500,
-            format!("{} scores for {} annotations", scores.len(), database.len()),
-            Value::Null,
-        ));
+    if scores.len() != annotations {
+        return Err(SplitError::Incomplete {
+            scores: scores.len(),
+            annotations,
+        });
     }
     found.scores.push(scores);
     Ok(found)
@@ -211,7 +231,7 @@ pub async fn work_chunks(state: Arc<AppState>) {
                 continue;
             }
             Err(e) => {
-                tracing::warn!(error = %e.message, "could not look for chunks");
+                tracing::warn!(error = %e, "could not look for chunks");
                 tokio::time::sleep(POLL * 4).await;
                 continue;
             }
@@ -250,7 +270,7 @@ pub async fn work_chunks(state: Arc<AppState>) {
                 metrics.done.fetch_add(1, Ordering::Relaxed);
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e.message, "could not record a chunk"),
+            Err(e) => tracing::warn!(error = %e, "could not record a chunk"),
         }
     }
 }

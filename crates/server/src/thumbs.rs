@@ -102,8 +102,7 @@ async fn render_thumb(
     let (q, d) = (uuid("query_annot_uuid")?, uuid("database_annot_uuid")?);
     // WBIA's code for a thumbnail it cannot make, with the request echoed.
     let failed = |cause: String| {
-        ApiError::new(
-            607,
+        ApiError::thumbnail_failed(
             format!("cannot render the match thumbnail: {cause}"),
             json!({
                 "reference": params.get("extern_reference").cloned().unwrap_or(Value::Null),

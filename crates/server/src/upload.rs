@@ -49,12 +49,7 @@ struct Upload {
 
 async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
     let mut upload = Upload::default();
-    // 413 for an upload over the limit, 400 for a malformed body.
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        let message = format!("multipart body: {}", e.body_text());
-        ApiError::new(e.status().as_u16(), message, serde_json::Value::Null)
-    };
-    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+    while let Some(field) = multipart.next_field().await? {
         let name = field.name().unwrap_or_default().to_string();
         match name.as_str() {
             "image0" | "image1" => {
@@ -62,10 +57,10 @@ async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
                 if slot.is_some() {
                     return Err(ApiError::bad_request(format!("{name} given twice")));
                 }
-                *slot = Some(field.bytes().await.map_err(bad)?);
+                *slot = Some(field.bytes().await?);
             }
-            "config_path" => upload.config_path = Some(field.text().await.map_err(bad)?),
-            "format" => upload.format = Some(field.text().await.map_err(bad)?),
+            "config_path" => upload.config_path = Some(field.text().await?),
+            "format" => upload.format = Some(field.text().await?),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown field {other:?} (expected image0, image1, config_path, format)"
@@ -160,9 +155,8 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
         )?;
         render::encode_png(&picture)
     })
-    .await
-    .map_err(|e| ApiError::new(500, e.to_string(), serde_json::Value::Null))?
-    .map_err(|e| ApiError::new(500, e.to_string(), serde_json::Value::Null))?;
+    .await?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((
         [
             ("content-type", "image/png".to_string()),

@@ -68,17 +68,7 @@ impl Annotations {
     /// Without the identity getters (or for an annotation lacking an image) a chip is
     /// downloaded and keyed by its bytes.
     pub async fn resolve(&self, uuids: &[Uuid]) -> Result<Vec<Annotation>> {
-        let aids = self.client.annot_aids(uuids).await?;
-        let mut seen = std::collections::HashSet::new();
-        let missing: Vec<Uuid> = uuids
-            .iter()
-            .zip(&aids)
-            .filter(|(u, aid)| aid.is_none() && seen.insert(**u))
-            .map(|(u, _)| *u)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::UnknownAnnotations(missing));
-        }
+        let aids = self.known_aids(uuids).await?;
         let names = self.client.annot_names(uuids).await?;
         let identities = match self.client.annot_chip_identities(uuids).await {
             Ok(ids) => ids,
@@ -192,6 +182,82 @@ impl Annotations {
         }
         files.resize_with(uuids.len(), || None);
         files
+    }
+
+    /// Refuses `uuids` before any work when WBIA does not know some of them, as WBIA's
+    /// `web_check_uuids` does ([`Error::UnknownAnnotations`]).
+    pub async fn check_known(&self, uuids: &[Uuid]) -> Result<()> {
+        self.known_aids(uuids).await.map(drop)
+    }
+
+    /// The rowid of each of `uuids`, or every unknown one at once, each once, in order.
+    async fn known_aids(&self, uuids: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        let aids = self.client.annot_aids(uuids).await?;
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<Uuid> = uuids
+            .iter()
+            .zip(&aids)
+            .filter(|(u, aid)| aid.is_none() && seen.insert(**u))
+            .map(|(u, _)| *u)
+            .collect();
+        if missing.is_empty() {
+            Ok(aids)
+        } else {
+            Err(Error::UnknownAnnotations(missing))
+        }
+    }
+
+    /// The annotation whose rowid is `aid` (WBIA's GET form of chip/best names its query so).
+    pub async fn by_rowid(&self, aid: i64) -> Result<Uuid> {
+        let found = self
+            .client
+            .annot_uuids_by_aid(&[aid])
+            .await?
+            .pop()
+            .flatten();
+        found.ok_or(Error::UnknownRowid(aid))
+    }
+
+    /// Every annotation WBIA holds but `query`.
+    pub async fn all_but(&self, query: Uuid) -> Result<Vec<Uuid>> {
+        let mut all = self.client.all_annot_uuids().await?;
+        all.retain(|u| *u != query);
+        Ok(all)
+    }
+
+    /// Every annotation WBIA holds of `query`'s species, `query` excluded: an engine job's
+    /// database when it names none, as in WBIA.
+    pub async fn same_species(&self, query: Uuid) -> Result<Vec<Uuid>> {
+        let species = self.client.annot_species(&[query]).await?.pop().flatten();
+        let species = species.ok_or(Error::NoSpecies(query))?;
+        let all = self.client.all_annot_uuids().await?;
+        let species_of = self.client.annot_species(&all).await?;
+        let database: Vec<Uuid> = all
+            .into_iter()
+            .zip(species_of)
+            .filter(|(u, s)| *u != query && s.as_deref() == Some(species.as_str()))
+            .map(|(u, _)| u)
+            .collect();
+        tracing::info!(%query, %species, annotations = database.len(), "species-wide database");
+        Ok(database)
+    }
+
+    /// WBIA's name rowid of each annotation (a job result's name ids); `None` where WBIA
+    /// gives none.
+    pub async fn name_rowids(&self, uuids: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        Ok(self.client.annot_name_rowids(uuids).await?)
+    }
+
+    /// WBIA's sex text of one annotation (`None` when it has none).
+    pub async fn sex(&self, uuid: Uuid) -> Result<Option<String>> {
+        Ok(self.client.annot_sex_texts(&[uuid]).await?.pop().flatten())
+    }
+
+    /// The smallest lower bound of age in months over `uuids`, WBIA's "unknown" (-1)
+    /// included; `None` when none has one.
+    pub async fn min_age_months(&self, uuids: &[Uuid]) -> Result<Option<i64>> {
+        let ages = self.client.annot_age_months_min(uuids).await?;
+        Ok(ages.into_iter().flatten().min())
     }
 
     /// A chip source for the engine over `annots`.

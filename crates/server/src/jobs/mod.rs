@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use wbia_lightglue_engine::{Config, Progress};
+use wbia_lightglue_engine::{Config, Progress, Ticket};
+use wbia_lightglue_service::Callback;
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
@@ -91,6 +92,86 @@ pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response
     }
 }
 
+/// What a job request asks for, as read from its parameters.
+struct JobRequest {
+    query: Uuid,
+    /// `None`: every annotation of the query's species.
+    database: Option<Vec<Uuid>>,
+    /// Echo the query in the database (WBIA's `include_qaid_in_daids`, default true); it is
+    /// never scored against itself.
+    include_query: bool,
+    jobid: String,
+    callback: Option<Callback>,
+}
+
+impl JobRequest {
+    fn read(params: &Params) -> Result<Self, ApiError> {
+        // Both lists read together, so that 608 counts positions over both, as WBIA does.
+        let listed = params
+            .get("database_annot_uuid_list")
+            .is_some_and(|v| !v.is_null());
+        let (queries, database) = if listed {
+            let mut lists = params
+                .uuid_lists(&["query_annot_uuid_list", "database_annot_uuid_list"])?
+                .into_iter();
+            (lists.next().unwrap_or_default(), lists.next())
+        } else {
+            (params.uuid_list("query_annot_uuid_list")?, None)
+        };
+        let [query] = queries[..] else {
+            return Err(ApiError::bad_request(format!(
+                "query_annot_uuid_list must hold exactly one annotation, not {}",
+                queries.len()
+            )));
+        };
+        if !listed
+            && params
+                .get("database_imgsetid")
+                .is_some_and(|v| !v.is_null())
+        {
+            return Err(ApiError::bad_request(
+                "database_imgsetid is not supported here: send database_annot_uuid_list, or \
+                 neither to match against every annotation of the query's species",
+            ));
+        }
+        let callback = params.string("callback_url").map(|url| Callback {
+            url,
+            method: params
+                .string("callback_method")
+                .unwrap_or_else(|| "POST".into()),
+            detailed: match params.get("callback_detailed") {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+                _ => false,
+            },
+        });
+        Ok(Self {
+            query,
+            database,
+            include_query: params
+                .get("include_qaid_in_daids")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            jobid: params
+                .string("jobid")
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| Uuid::new_v4().to_string()),
+            callback,
+        })
+    }
+}
+
+/// One accepted job: what it matches and how, and what its result echoes.
+struct Run {
+    jobid: String,
+    queries: Vec<Uuid>,
+    database: Vec<Uuid>,
+    config: Config,
+    reference: String,
+    query_config: Value,
+    callback: Option<Callback>,
+}
+
 /// Validates the request, resolves its database, admits it (or answers 429 now, never later
 /// as a failed job), records the job and runs it in the background.
 async fn accept(
@@ -98,156 +179,70 @@ async fn accept(
     params: &Params,
     query_config: Value,
 ) -> Result<String, ApiError> {
-    // Both lists read together, so that 608 counts positions over both, as WBIA does.
-    let listed = params
-        .get("database_annot_uuid_list")
-        .is_some_and(|v| !v.is_null());
-    let (queries, database) = if listed {
-        let mut lists = params
-            .uuid_lists(&["query_annot_uuid_list", "database_annot_uuid_list"])?
-            .into_iter();
-        (lists.next().unwrap_or_default(), lists.next())
-    } else {
-        (params.uuid_list("query_annot_uuid_list")?, None)
-    };
-    if queries.len() != 1 {
-        return Err(ApiError::bad_request(format!(
-            "query_annot_uuid_list must hold exactly one annotation, not {}",
-            queries.len()
-        )));
-    }
-    // A null or absent list means every annotation of the query's species, as in WBIA
-    // (docs/wbia-api.md); resolved before admission, which needs the pair count.
-    if !listed
-        && params
-            .get("database_imgsetid")
-            .is_some_and(|v| !v.is_null())
-    {
-        return Err(ApiError::bad_request(
-            "database_imgsetid is not supported here: send database_annot_uuid_list, or neither \
-             to match against every annotation of the query's species",
-        ));
-    }
+    let request = JobRequest::read(params)?;
     let config_path = query_config.get("config_path").and_then(Value::as_str);
     let config = state.configs.load(config_path)?;
-    // WBIA appends the query to the database by default (include_qaid_in_daids); it is echoed
-    // in database_annot_uuid_list but never scored against itself.
     let reference = thumb_reference(&config);
     state.jobs.remember_reference(&reference, &config);
-    let include_query = params
-        .get("include_qaid_in_daids")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let jobid = params
-        .string("jobid")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    jobid_usable(state, &jobid)?;
-    let callback = match params.string("callback_url") {
-        Some(url) => {
-            check_callback(state, &url)?;
-            let method = params
-                .string("callback_method")
-                .unwrap_or_else(|| "POST".into());
-            // WBIA 4.0.4 adds the job's status and `json_result` to the callback's form.
-            let detailed = match params.get("callback_detailed") {
-                Some(Value::Bool(b)) => *b,
-                Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-                _ => false,
-            };
-            Some(Callback {
-                url,
-                method,
-                detailed,
-            })
-        }
-        None => None,
-    };
+    jobid_usable(state, &request.jobid)?;
+    if let Some(callback) = &request.callback {
+        check_callback(state, &callback.url)?;
+    }
     // Unknown annotations are refused now, as WBIA's `web_check_uuids` does (600), not
     // accepted as a job that can only fail.
-    let mut known = queries.clone();
-    known.extend(database.iter().flatten());
-    check_known(state, &known).await?;
-    let mut database = match database {
+    let mut known = vec![request.query];
+    known.extend(request.database.iter().flatten());
+    state.annotations.check_known(&known).await?;
+    // A null or absent list means every annotation of the query's species, as in WBIA
+    // (docs/wbia-api.md); resolved before admission, which needs the pair count.
+    let mut database = match request.database {
         Some(list) => list,
-        None => same_species(state, queries[0]).await?,
+        None => state.annotations.same_species(request.query).await?,
     };
-    if include_query && !database.contains(&queries[0]) {
-        database.push(queries[0]);
+    if request.include_query && !database.contains(&request.query) {
+        database.push(request.query);
     }
+    let queries = vec![request.query];
     check_lists(&queries, &database)?;
     let ticket = state.engine.admit(pair_count(&queries, &database))?;
     // Unique across replicas too (a no-op without a shared store).
-    if !shared::claim(state, &jobid).await? {
-        return Err(jobid_error(&jobid, JobIdError::Taken));
+    if !shared::claim(state, &request.jobid).await? {
+        return Err(JobIdRefused::new(&request.jobid, JobIdError::Taken).into());
     }
-    let accepted = std::time::Instant::now();
+    let run = Run {
+        jobid: request.jobid,
+        queries,
+        database,
+        config,
+        reference,
+        query_config,
+        callback: request.callback,
+    };
+    spawn(state, run, ticket)
+}
+
+/// Registers the job as working and runs it in the background.
+fn spawn(state: &Arc<AppState>, run: Run, ticket: Ticket) -> Result<String, ApiError> {
+    let jobid = run.jobid.clone();
     let progress = Arc::new(Progress::default());
     let task_state = state.clone();
-    let id = jobid.clone();
     let task_progress = progress.clone();
     // Registered before it can finish, so that its final state is never overwritten.
     let slot = Arc::new(tokio::sync::Notify::new());
     let registered = slot.clone();
     let task = tokio::spawn(async move {
         registered.notified().await;
+        let accepted = std::time::Instant::now();
         let state = task_state;
         let publisher = tokio::spawn(shared::publish_progress(
             state.clone(),
-            id.clone(),
+            run.jobid.clone(),
             task_progress.clone(),
         ));
-        let outcome = async {
-            let computed = compute(
-                &state,
-                Some(&ticket),
-                &queries,
-                &database,
-                &config,
-                Some(&task_progress),
-                Some(&id),
-            )
-            .await?;
-            // Only the job result reports name ids; the synchronous endpoint does not need them.
-            let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
-            let nids = state.wbia.annot_name_rowids(&annots).await?;
-            let name_rowids: Vec<(Uuid, Option<i64>)> = annots.into_iter().zip(nids).collect();
-            Ok::<_, ApiError>((computed, name_rowids))
-        }
-        .await;
-        drop(ticket);
-        let failed =
-            |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
-        let job = match outcome {
-            Ok((c, name_rowids)) => {
-                // WBIA reports the query's own name (`qname`, `orig_name_list`).
-                let query_name = c.names.get(&queries[0]).cloned().flatten();
-                let document = identification_result(
-                    &c,
-                    &reference,
-                    &name_rowids,
-                    query_name.as_deref(),
-                    &queries,
-                    &database,
-                    &query_config,
-                );
-                let rendered = render(&document);
-                let limit = state.jobs.max_result_bytes();
-                if rendered.len() > limit {
-                    failed(format!(
-                        "the result takes {} bytes, more than this service keeps for one job \
-                         ({limit}, --max-job-result-bytes); send a smaller database",
-                        rendered.len()
-                    ))
-                } else {
-                    Job::ended(JobStatus::Completed, rendered)
-                }
-            }
-            Err(e) => failed(format!("{} (code {})", e.message, e.code)),
-        };
+        let job = execute(&state, &run, ticket, &task_progress).await;
         state.metrics.job_seconds.since(accepted);
         publisher.abort();
-        finish(&state, &id, job, callback).await;
+        finish(&state, &run.jobid, job, run.callback.as_ref()).await;
     });
     if let Err(e) = state
         .jobs
@@ -255,52 +250,120 @@ async fn accept(
     {
         // Taken since the check above by a request racing this one.
         task.abort();
-        return Err(jobid_error(&jobid, e));
+        return Err(JobIdRefused::new(&jobid, e).into());
     }
     slot.notify_one();
     Ok(jobid)
 }
 
-fn jobid_error(jobid: &str, e: JobIdError) -> ApiError {
-    match e {
-        JobIdError::Invalid => ApiError::bad_request(format!(
-            "jobid must be 1 to {MAX_JOBID_LEN} letters, digits or '._:-' (a UUID fits); \
-             got {} characters",
-            jobid.chars().count()
-        )),
-        JobIdError::Taken => ApiError::new(
-            409,
-            format!("job {jobid} exists already; choose another jobid, or send none"),
-            Value::Null,
-        ),
+/// Runs one job to its end: its scores, its result document, or the error it ended with.
+async fn execute(state: &AppState, run: &Run, ticket: Ticket, progress: &Progress) -> Job {
+    let outcome = async {
+        let computed = compute(
+            state,
+            Some(&ticket),
+            &run.queries,
+            &run.database,
+            &run.config,
+            Some(progress),
+            Some(&run.jobid),
+        )
+        .await?;
+        // Only the job result reports name ids; the synchronous endpoint does not need them.
+        let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
+        let nids = state.annotations.name_rowids(&annots).await?;
+        let name_rowids: Vec<(Uuid, Option<i64>)> = annots.into_iter().zip(nids).collect();
+        Ok::<_, ApiError>((computed, name_rowids))
+    }
+    .await;
+    drop(ticket);
+    let failed = |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
+    let (computed, name_rowids) = match outcome {
+        Ok(found) => found,
+        Err(e) => return failed(format!("{} (code {})", e.message, e.code)),
+    };
+    // WBIA reports the query's own name (`qname`, `orig_name_list`).
+    let query_name = computed.names.get(&run.queries[0]).cloned().flatten();
+    let document = identification_result(
+        &computed,
+        &run.reference,
+        &name_rowids,
+        query_name.as_deref(),
+        &run.queries,
+        &run.database,
+        &run.query_config,
+    );
+    let rendered = render(&document);
+    let limit = state.jobs.max_result_bytes();
+    if rendered.len() > limit {
+        return failed(format!(
+            "the result takes {} bytes, more than this service keeps for one job ({limit}, \
+             --max-job-result-bytes); send a smaller database",
+            rendered.len()
+        ));
+    }
+    Job::ended(JobStatus::Completed, rendered)
+}
+
+/// A job id that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", match .error {
+    JobIdError::Invalid => format!(
+        "jobid must be 1 to {MAX_JOBID_LEN} letters, digits or '._:-' (a UUID fits); got {} characters",
+        .jobid.chars().count()
+    ),
+    JobIdError::Taken => format!("job {} exists already; choose another jobid, or send none", .jobid),
+})]
+pub struct JobIdRefused {
+    pub jobid: String,
+    pub error: JobIdError,
+}
+
+impl JobIdRefused {
+    fn new(jobid: &str, error: JobIdError) -> Self {
+        Self {
+            jobid: jobid.to_string(),
+            error,
+        }
     }
 }
 
 /// Refuses an unusable or taken job id before any work.
-fn jobid_usable(state: &AppState, jobid: &str) -> Result<(), ApiError> {
+fn jobid_usable(state: &AppState, jobid: &str) -> Result<(), JobIdRefused> {
     state
         .jobs
         .check_new(jobid)
-        .map_err(|e| jobid_error(jobid, e))
+        .map_err(|e| JobIdRefused::new(jobid, e))
+}
+
+/// Why a `callback_url` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackRefused {
+    #[error("callback_url {url:?}: {reason}")]
+    NotAUrl { url: String, reason: String },
+    #[error("callback_url {url:?}: only http and https callbacks are made")]
+    NotHttp { url: String },
+    #[error("callback_url host {host:?} is not among this service's --callback-hosts")]
+    HostNotAllowed { host: String },
 }
 
 /// A callback must be an http(s) URL and, when `--callback-hosts` is set, name one of them.
-fn check_callback(state: &AppState, url: &str) -> Result<(), ApiError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ApiError::bad_request(format!("callback_url {url:?}: {e}")))?;
+fn check_callback(state: &AppState, url: &str) -> Result<(), CallbackRefused> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| CallbackRefused::NotAUrl {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ApiError::bad_request(format!(
-            "callback_url {url:?}: only http and https callbacks are made"
-        )));
+        return Err(CallbackRefused::NotHttp {
+            url: url.to_string(),
+        });
     }
     if let Some(allowed) = &state.options.callback_hosts {
         let host = parsed.host_str().unwrap_or_default();
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
-            return Err(ApiError::new(
-                403,
-                format!("callback_url host {host:?} is not among this service's --callback-hosts"),
-                Value::Null,
-            ));
+            return Err(CallbackRefused::HostNotAllowed {
+                host: host.to_string(),
+            });
         }
     }
     Ok(())
@@ -308,15 +371,7 @@ fn check_callback(state: &AppState, url: &str) -> Result<(), ApiError> {
 
 /// Records a job's end, unless it has ended already (cancelled meanwhile), and then posts the
 /// callback, as WBIA's engine does.
-/// Where a job's end is announced.
-struct Callback {
-    url: String,
-    method: String,
-    /// Also send `status` and `json_result` (WBIA's `callback_detailed`).
-    detailed: bool,
-}
-
-async fn finish(state: &AppState, id: &str, job: Job, callback: Option<Callback>) {
+async fn finish(state: &AppState, id: &str, job: Job, callback: Option<&Callback>) {
     let status = job.status;
     let result = job.result.clone();
     if !state.jobs.end(id, job) {
@@ -324,29 +379,39 @@ async fn finish(state: &AppState, id: &str, job: Job, callback: Option<Callback>
     }
     shared::publish_final(state, id, status, result.clone()).await;
     tracing::info!(jobid = %id, status = status.as_str(), "job finished");
-    if let Some(callback) = callback {
-        let rendered = result.as_deref().unwrap_or("null");
-        let mut form = vec![("jobid", id)];
-        if callback.detailed {
-            form.extend([("status", status.as_str()), ("json_result", rendered)]);
+    let Some(callback) = callback else { return };
+    let rendered = result.as_deref().unwrap_or("null");
+    match state
+        .wbia_jobs
+        .announce(callback, id, status.as_str(), rendered)
+        .await
+    {
+        Ok(()) => {
+            state.metrics.callbacks_sent.fetch_add(1, Ordering::Relaxed);
         }
-        match state
-            .wbia
-            .job_callback_with(&callback.url, &callback.method, &form)
-            .await
-        {
-            Ok(()) => {
-                state.metrics.callbacks_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                state
-                    .metrics
-                    .callbacks_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(jobid = %id, error = %e, "callback failed after retries");
-            }
+        Err(e) => {
+            state
+                .metrics
+                .callbacks_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(jobid = %id, error = %e, "callback failed after retries");
         }
     }
+}
+
+/// Why a job cannot be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelRefused {
+    #[error("job {jobid} is {status} and cannot be cancelled")]
+    Ended { jobid: String, status: JobStatus },
+    #[error("job {jobid} runs on replica {replica} ({status}): cancel it there")]
+    Elsewhere {
+        jobid: String,
+        replica: String,
+        status: JobStatus,
+    },
+    #[error("no job {jobid} here")]
+    Unknown { jobid: String },
 }
 
 #[utoipa::path(
@@ -371,93 +436,47 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let Some(id) = jobid_of(&params) else {
         return ApiError::bad_request("missing parameter jobid").into_response();
     };
+    match cancel_job(&state, &id).await {
+        Ok(()) => envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true})),
+        Err(refused) => ApiError::from(refused).into_response(),
+    }
+}
+
+/// Ends working job `id` as cancelled, or says why it cannot be.
+async fn cancel_job(state: &AppState, id: &str) -> Result<(), CancelRefused> {
     let cancelled = Job::ended(
         JobStatus::Exception,
         Value::String("cancelled by request".into()).to_string(),
     );
-    let abort = state.jobs.get(&id).and_then(|j| j.abort);
+    let abort = state.jobs.get(id).and_then(|j| j.abort);
     let result = cancelled.result.clone();
-    if state.jobs.end(&id, cancelled) {
+    if state.jobs.end(id, cancelled) {
         if let Some(abort) = abort {
             abort.abort();
         }
-        shared::publish(&state, &id, JobStatus::Exception, None, result).await;
+        shared::publish(state, id, JobStatus::Exception, None, result).await;
         tracing::info!(jobid = %id, "job cancelled");
-        return envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true}));
-    }
-    match state.jobs.get(&id) {
-        Some(job) => ApiError::new(
-            409,
-            format!(
-                "job {id} is {} and cannot be cancelled",
-                job.status.as_str()
-            ),
-            Value::Null,
-        )
-        .into_response(),
-        None => match shared::lookup(&state, &id).await {
-            Some(job) if job.status != JobStatus::Working => ApiError::new(
-                409,
-                format!("job {id} is {} and cannot be cancelled", job.status),
-                Value::Null,
-            )
-            .into_response(),
-            Some(job) => ApiError::new(
-                409,
-                format!(
-                    "job {id} runs on replica {} ({}): cancel it there",
-                    job.replica, job.status
-                ),
-                Value::Null,
-            )
-            .into_response(),
-            None => ApiError::new(404, format!("no job {id} here"), Value::Null).into_response(),
-        },
-    }
-}
-
-/// 600 with every annotation of `uuids` that WBIA does not know, in WBIA's shape
-/// (`missing_annot_uuid_list`, each once, in the order given).
-async fn check_known(state: &AppState, uuids: &[Uuid]) -> Result<(), ApiError> {
-    let aids = state.wbia.annot_aids(uuids).await?;
-    let mut seen = std::collections::HashSet::new();
-    let missing: Vec<Value> = uuids
-        .iter()
-        .zip(aids)
-        .filter(|(u, aid)| aid.is_none() && seen.insert(**u))
-        .map(|(u, _)| wbia_client::fancy_uuid(u))
-        .collect();
-    if missing.is_empty() {
         return Ok(());
     }
-    Err(ApiError::new(
-        600,
-        format!("{} annotation(s) unknown to WBIA", missing.len()),
-        json!({"missing_image_uuid_list": [], "missing_annot_uuid_list": missing}),
-    ))
-}
-
-/// Every annotation WBIA holds of the query's species, the query excluded.
-async fn same_species(state: &AppState, query: Uuid) -> Result<Vec<Uuid>, ApiError> {
-    let species = match state.wbia.annot_species(&[query]).await?.pop().flatten() {
-        Some(s) => s,
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "annotation {query} has no species, so there is no species-wide database; \
-                 send database_annot_uuid_list"
-            )))
-        }
-    };
-    let all = state.wbia.all_annot_uuids().await?;
-    let species_of = state.wbia.annot_species(&all).await?;
-    let database: Vec<Uuid> = all
-        .into_iter()
-        .zip(species_of)
-        .filter(|(u, s)| *u != query && s.as_deref() == Some(species.as_str()))
-        .map(|(u, _)| u)
-        .collect();
-    tracing::info!(%query, %species, annotations = database.len(), "species-wide database");
-    Ok(database)
+    let jobid = id.to_string();
+    if let Some(job) = state.jobs.get(id) {
+        return Err(CancelRefused::Ended {
+            jobid,
+            status: job.status,
+        });
+    }
+    Err(match shared::lookup(state, id).await {
+        Some(job) if job.status != JobStatus::Working => CancelRefused::Ended {
+            jobid,
+            status: job.status,
+        },
+        Some(job) => CancelRefused::Elsewhere {
+            jobid,
+            replica: job.replica,
+            status: job.status,
+        },
+        None => CancelRefused::Unknown { jobid },
+    })
 }
 
 fn jobid_of(params: &Params) -> Option<String> {
@@ -558,7 +577,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     }
     // WBIA's own jobs (its other pipelines, passed through) are listed too, as WBIA lists
     // them; without WBIA the list is ours alone.
-    match state.wbia.job_ids().await {
+    match state.wbia_jobs.ids().await {
         Ok(theirs) => ids.extend(theirs),
         Err(e) => tracing::warn!(error = %e, "WBIA's job list is left out"),
     }

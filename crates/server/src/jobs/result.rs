@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use wbia_lightglue_engine::QueryResult;
+use wbia_lightglue_engine::{QueryResult, ScoredAnnot};
 
 use crate::openapi::FancyUuid;
 use crate::Computed;
@@ -195,60 +195,89 @@ pub(super) fn identification_result(
     let q = queries[0];
     let query_name = query_name.filter(|n| !n.is_empty()).unwrap_or(UNNAMED);
     let r = &c.results[0];
-    let name_rowid: HashMap<Uuid, i64> = name_rowids
-        .iter()
-        .filter_map(|(a, n)| n.map(|n| (*a, n)))
-        .collect();
-    let aids: HashMap<Uuid, i64> = c.aids.iter().copied().collect();
-    let aid = |u: &Uuid| aids.get(u).copied().unwrap_or(0);
-    let texts: HashMap<Uuid, Option<&str>> = r
-        .ranked
-        .iter()
-        .map(|s| (s.annot, s.name.as_deref()))
-        .chain([(q, Some(query_name))])
-        .collect();
-    // WBIA's name rowid; `-aid` for an unnamed annotation's own "name".
-    let nid = |u: &Uuid| name_rowid.get(u).copied().unwrap_or_else(|| -aid(u));
-    let name_id = |u: &Uuid| NameId::new(texts.get(u).copied().flatten(), nid(u));
-    let name_key = |u: &Uuid, name: &Option<String>| -> String {
-        match name {
-            Some(n) => format!("name:{n}"),
-            None => format!("annot:{u}"),
-        }
+    let ids = Ids::new(c, name_rowids, q, query_name);
+    // WBIA echoes the annotations it searched by rowid (`sorted(daid_list + qaid_list)`).
+    let mut echoed = database.to_vec();
+    echoed.sort_by_key(|u| ids.aid(u));
+    let summary = |entries: &mut dyn Iterator<Item = (f32, Uuid)>| -> Vec<Summary> {
+        entries
+            .take(SUMMARY_LEN)
+            .map(|(score, annot)| Summary {
+                score,
+                duuid: (&annot).into(),
+                daid: ids.aid(&annot),
+            })
+            .collect()
     };
+    IdentificationResult {
+        cm_dict: BTreeMap::from([(q.to_string(), chip_match(r, database, &ids, reference))]),
+        inference_dict: inference(q, r, query_name),
+        query_annot_uuid_list: vec![(&q).into()],
+        database_annot_uuid_list: echoed.iter().map(Into::into).collect(),
+        query_config_dict: query_config.clone(),
+        skipped_annot_list: c.skipped.iter().map(crate::skipped_json).collect(),
+        summary_annot: summary(&mut r.ranked.iter().map(|s| (s.score, s.annot))),
+        summary_name: summary(&mut r.name_scores.iter().map(|n| (n.score, n.best_annot))),
+    }
+}
 
-    // cm_dict lists the database in request order (not by score), like WBIA's daid_list.
-    let ranked: HashMap<Uuid, _> = r.ranked.iter().map(|s| (s.annot, s)).collect();
-    let scored: Vec<_> = database
-        .iter()
-        .filter(|d| **d != q)
-        .filter_map(|d| ranked.get(d).copied())
-        .collect();
-    let mut best_of_name: HashMap<String, (Uuid, f32)> = HashMap::new();
-    for s in &scored {
-        let key = name_key(&s.annot, &s.name);
-        let entry = best_of_name.entry(key).or_insert((s.annot, s.score));
-        if s.score > entry.1 {
-            *entry = (s.annot, s.score);
+/// How a result names annotations and individuals: WBIA's rowids and name texts.
+struct Ids<'a> {
+    aids: HashMap<Uuid, i64>,
+    name_rowids: HashMap<Uuid, i64>,
+    /// Name texts of the query and of every ranked annotation (`None`: unnamed).
+    names: HashMap<Uuid, Option<&'a str>>,
+}
+
+impl<'a> Ids<'a> {
+    fn new(
+        c: &'a Computed,
+        name_rowids: &[(Uuid, Option<i64>)],
+        query: Uuid,
+        query_name: &'a str,
+    ) -> Self {
+        Self {
+            aids: c.aids.iter().copied().collect(),
+            name_rowids: name_rowids
+                .iter()
+                .filter_map(|(a, n)| n.map(|n| (*a, n)))
+                .collect(),
+            names: c.results[0]
+                .ranked
+                .iter()
+                .map(|s| (s.annot, s.name.as_deref()))
+                .chain([(query, Some(query_name))])
+                .collect(),
         }
     }
-    let score_list = scored
+
+    fn aid(&self, u: &Uuid) -> i64 {
+        self.aids.get(u).copied().unwrap_or(0)
+    }
+
+    /// WBIA's name rowid; `-aid` for an unnamed annotation's own "name".
+    fn nid(&self, u: &Uuid) -> i64 {
+        self.name_rowids
+            .get(u)
+            .copied()
+            .unwrap_or_else(|| -self.aid(u))
+    }
+
+    fn name_id(&self, u: &Uuid) -> NameId {
+        NameId::new(self.names.get(u).copied().flatten(), self.nid(u))
+    }
+}
+
+/// The query's `cm_dict` entry. It lists the database in request order (not by score), like
+/// WBIA's `daid_list`.
+fn chip_match(r: &QueryResult, database: &[Uuid], ids: &Ids, reference: &str) -> ChipMatch {
+    let ranked: HashMap<Uuid, _> = r.ranked.iter().map(|s| (s.annot, s)).collect();
+    let scored: Vec<&ScoredAnnot> = database
         .iter()
-        .map(|s| {
-            let (best, score) = best_of_name[&name_key(&s.annot, &s.name)];
-            if best == s.annot {
-                NameScoreCell::Score(score)
-            } else {
-                NameScoreCell::NegativeInfinity
-            }
-        })
+        .filter(|d| **d != r.query)
+        .filter_map(|d| ranked.get(d).copied())
         .collect();
-    let mut names: Vec<(String, Uuid, f32)> = best_of_name
-        .into_iter()
-        .map(|(k, (u, s))| (k, u, s))
-        .collect();
-    // WBIA lists individuals by name rowid.
-    names.sort_by_cached_key(|n| (nid(&n.1), n.0.clone()));
+    let (score_list, names) = individuals(&scored, ids);
     let display = |name: &Option<String>| name.clone().unwrap_or_else(|| UNNAMED.into());
     let display_of = |u: &Uuid| {
         ranked
@@ -262,23 +291,18 @@ pub(super) fn identification_result(
         .take(THUMBS_PER_RESULT)
         .map(|s| s.annot)
         .collect();
-
-    // WBIA echoes the annotations it searched by rowid (`sorted(daid_list + qaid_list)`).
-    let mut echoed = database.to_vec();
-    echoed.sort_by_key(aid);
-
-    let chip_match = ChipMatch {
-        qannot_uuid: (&q).into(),
-        qname_uuid: name_id(&q),
-        qname: query_name.into(),
+    ChipMatch {
+        qannot_uuid: (&r.query).into(),
+        qname_uuid: ids.name_id(&r.query),
+        qname: ids.names[&r.query].unwrap_or(UNNAMED).into(),
         dannot_uuid_list: scored.iter().map(|s| (&s.annot).into()).collect(),
-        dname_uuid_list: scored.iter().map(|s| name_id(&s.annot)).collect(),
+        dname_uuid_list: scored.iter().map(|s| ids.name_id(&s.annot)).collect(),
         dname_list: scored.iter().map(|s| display(&s.name)).collect(),
         score_list,
         annot_score_list: scored.iter().map(|s| s.score).collect(),
-        unique_name_uuid_list: names.iter().map(|n| name_id(&n.1)).collect(),
-        unique_name_list: names.iter().map(|n| display_of(&n.1)).collect(),
-        name_score_list: names.iter().map(|n| n.2).collect(),
+        unique_name_uuid_list: names.iter().map(|n| ids.name_id(&n.annot)).collect(),
+        unique_name_list: names.iter().map(|n| display_of(&n.annot)).collect(),
+        name_score_list: names.iter().map(|n| n.score).collect(),
         fm_list: None,
         fsv_list: None,
         fk_list: None,
@@ -288,35 +312,52 @@ pub(super) fn identification_result(
         filtnorm_fxs: None,
         dannot_extern_reference: reference.to_string(),
         dannot_extern_list: scored.iter().map(|s| top.contains(&s.annot)).collect(),
-    };
-    IdentificationResult {
-        cm_dict: BTreeMap::from([(q.to_string(), chip_match)]),
-        inference_dict: inference(q, r, query_name),
-        query_annot_uuid_list: vec![(&q).into()],
-        database_annot_uuid_list: echoed.iter().map(Into::into).collect(),
-        query_config_dict: query_config.clone(),
-        skipped_annot_list: c.skipped.iter().map(crate::skipped_json).collect(),
-        summary_annot: r
-            .ranked
-            .iter()
-            .take(SUMMARY_LEN)
-            .map(|s| Summary {
-                score: s.score,
-                duuid: (&s.annot).into(),
-                daid: aid(&s.annot),
-            })
-            .collect(),
-        summary_name: r
-            .name_scores
-            .iter()
-            .take(SUMMARY_LEN)
-            .map(|n| Summary {
-                score: n.score,
-                duuid: (&n.best_annot).into(),
-                daid: aid(&n.best_annot),
-            })
-            .collect(),
     }
+}
+
+/// An individual's best annotation among the scored ones, and its score.
+struct BestOfName {
+    key: String,
+    annot: Uuid,
+    score: f32,
+}
+
+/// Every individual (an unnamed annotation is one of its own) with its best annotation, by
+/// name rowid as WBIA lists them; and for each scored annotation its `score_list` cell: its
+/// individual's score on the best annotation, `-Infinity` on the others.
+fn individuals(scored: &[&ScoredAnnot], ids: &Ids) -> (Vec<NameScoreCell>, Vec<BestOfName>) {
+    let name_key = |s: &ScoredAnnot| -> String {
+        match &s.name {
+            Some(n) => format!("name:{n}"),
+            None => format!("annot:{}", s.annot),
+        }
+    };
+    let mut best_of_name: HashMap<String, (Uuid, f32)> = HashMap::new();
+    for s in scored {
+        let entry = best_of_name
+            .entry(name_key(s))
+            .or_insert((s.annot, s.score));
+        if s.score > entry.1 {
+            *entry = (s.annot, s.score);
+        }
+    }
+    let cells = scored
+        .iter()
+        .map(|s| {
+            let (best, score) = best_of_name[&name_key(s)];
+            if best == s.annot {
+                NameScoreCell::Score(score)
+            } else {
+                NameScoreCell::NegativeInfinity
+            }
+        })
+        .collect();
+    let mut names: Vec<BestOfName> = best_of_name
+        .into_iter()
+        .map(|(key, (annot, score))| BestOfName { key, annot, score })
+        .collect();
+    names.sort_by_cached_key(|n| (ids.nid(&n.annot), n.key.clone()));
+    (cells, names)
 }
 
 /// Marker for WBIA's bare `-Infinity`, which JSON values cannot hold; [`render`] writes it.

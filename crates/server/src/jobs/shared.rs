@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use wbia_lightglue_engine::job_board::{JobBoard, JobStatus, StoredJob};
 use wbia_lightglue_engine::Progress;
 
@@ -27,7 +26,7 @@ async fn on_store<T: Send + 'static>(
     Some(
         match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
             Ok(answer) => answer.map_err(ApiError::from),
-            Err(e) => Err(ApiError::new(500, e.to_string(), Value::Null)),
+            Err(e) => Err(ApiError::from(e)),
         },
     )
 }
