@@ -78,6 +78,73 @@ pub trait JobBoard: Send + Sync {
     fn job_ids(&self) -> Result<Vec<String>>;
 }
 
+/// A chunk of a split job, as a replica takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TakenChunk {
+    pub jobid: String,
+    pub chunk: i32,
+    /// What to match (the job's own encoding).
+    pub request: String,
+    /// 1 the first time; more when a replica died holding it (its lease expired).
+    pub attempts: i32,
+}
+
+/// A chunk's state, as the job's replica polls it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkState {
+    pub chunk: i32,
+    pub progress: ChunkProgress,
+}
+
+/// Where a chunk is (the `state` column, with `scores` or `error`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChunkProgress {
+    /// Queued, or given back by a busy replica.
+    Pending,
+    /// A replica works on it under a lease.
+    Taken,
+    /// Matched: the chunk's answer as its worker wrote it.
+    Done {
+        scores: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// A split job's chunks, queued for every replica sharing the store (PostgreSQL): the accepting
+/// replica queues them and watches them, any replica takes one under a lease, renews it while
+/// it works and records the outcome; a chunk whose lease expires is taken again.
+pub trait ChunkQueue: Send + Sync {
+    /// Queues a job's chunks (`requests[i]` is chunk i).
+    fn add_chunks(&self, jobid: &str, requests: &[String]) -> Result<()>;
+
+    /// Takes the oldest chunk that is pending or whose lease has expired, for `owner`, for
+    /// `lease`; no two replicas get the same one. Chunks of jobs that have ended are left.
+    fn take_chunk(&self, owner: &str, lease: Duration) -> Result<Option<TakenChunk>>;
+
+    /// Extends `owner`'s lease on a chunk; `false` when it is no longer its own.
+    fn renew_chunk(&self, jobid: &str, chunk: i32, owner: &str, lease: Duration) -> Result<bool>;
+
+    /// Records a chunk's outcome (`scores`, or `error`) if `owner` still holds it.
+    fn end_chunk(
+        &self,
+        jobid: &str,
+        chunk: i32,
+        owner: &str,
+        outcome: std::result::Result<&str, &str>,
+    ) -> Result<bool>;
+
+    /// Gives a taken chunk back untouched (its replica is busy): pending again, at once.
+    fn release_chunk(&self, jobid: &str, chunk: i32, owner: &str) -> Result<()>;
+
+    /// Every chunk of a job, in order.
+    fn chunks(&self, jobid: &str) -> Result<Vec<ChunkState>>;
+
+    /// Forgets a job's chunks (merged, or the job ended).
+    fn drop_chunks(&self, jobid: &str) -> Result<()>;
+}
+
 /// The `json_result` of a job that ended because the process running it stopped.
 pub(crate) fn stopped_result(why: &str) -> String {
     serde_json::Value::String(why.to_string()).to_string()

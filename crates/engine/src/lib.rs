@@ -307,8 +307,8 @@ pub struct Engine {
     pub runtime: RuntimeInfo,
     cache: Mutex<cache::FeatureCache>,
     store: Option<Arc<dyn store::Store>>,
-    /// The store when it is PostgreSQL: shared with other replicas, jobs included.
-    shared: Option<Arc<pg_store::PgStore>>,
+    /// Split jobs' chunks, when the store is PostgreSQL and shared with other replicas.
+    chunk_queue: Option<Arc<dyn job_board::ChunkQueue>>,
     job_board: Option<Arc<dyn job_board::JobBoard>>,
     /// Where a corrupt store file was moved at start.
     store_quarantined: Option<PathBuf>,
@@ -353,13 +353,13 @@ impl Engine {
                 "the feature cache must hold something".into(),
             ));
         }
-        let (mut store_quarantined, mut shared) = (None, None);
+        let (mut store_quarantined, mut chunk_queue) = (None, None);
         let mut job_board: Option<Arc<dyn job_board::JobBoard>> = None;
         let store: Option<Arc<dyn store::Store>> = match (&options.database_url, &options.data_dir)
         {
             (Some(url), _) => {
                 let pg = Arc::new(pg_store::PgStore::connect(url)?);
-                shared = Some(pg.clone());
+                chunk_queue = Some(pg.clone() as Arc<dyn job_board::ChunkQueue>);
                 job_board = Some(pg.clone());
                 Some(pg)
             }
@@ -404,7 +404,7 @@ impl Engine {
                 options.cache_bytes,
             )),
             store,
-            shared,
+            chunk_queue,
             job_board,
             store_quarantined,
             store_corrupt_rows,
@@ -465,10 +465,9 @@ impl Engine {
         self.worker.alive()
     }
 
-    /// The PostgreSQL store shared with other replicas, when the engine uses one (engine
-    /// jobs are shared through it too).
-    pub fn shared_store(&self) -> Option<&Arc<pg_store::PgStore>> {
-        self.shared.as_ref()
+    /// The queue of split jobs' chunks, when replicas share the store (PostgreSQL).
+    pub fn chunk_queue(&self) -> Option<&Arc<dyn job_board::ChunkQueue>> {
+        self.chunk_queue.as_ref()
     }
 
     /// Where engine jobs are kept beyond this process: the store, SQLite or PostgreSQL;

@@ -13,7 +13,9 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use wbia_lightglue_model::Features;
 
-use crate::job_board::{JobBoard, JobStatus, StoredJob};
+use crate::job_board::{
+    ChunkProgress, ChunkQueue, ChunkState, JobBoard, JobStatus, StoredJob, TakenChunk,
+};
 use crate::store::{features_checksum, features_of_row, score_checksum, to_bytes, Store};
 use crate::{Error, FeatureKey, Result};
 
@@ -34,40 +36,6 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 fn db_error(e: impl std::fmt::Display) -> Error {
     Error::Store(format!("PostgreSQL: {e}"))
-}
-
-/// A chunk of a split job, as a replica takes it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TakenChunk {
-    pub jobid: String,
-    pub chunk: i32,
-    /// What to match (the job's own encoding).
-    pub request: String,
-    /// 1 the first time; more when a replica died holding it (its lease expired).
-    pub attempts: i32,
-}
-
-/// A chunk's state, as the job's replica polls it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChunkState {
-    pub chunk: i32,
-    pub progress: ChunkProgress,
-}
-
-/// Where a chunk is (the `state` column, with `scores` or `error`).
-#[derive(Clone, Debug, PartialEq)]
-pub enum ChunkProgress {
-    /// Queued, or given back by a busy replica.
-    Pending,
-    /// A replica works on it under a lease.
-    Taken,
-    /// Matched: the chunk's answer as its worker wrote it.
-    Done {
-        scores: String,
-    },
-    Failed {
-        error: String,
-    },
 }
 
 impl ChunkProgress {
@@ -156,9 +124,11 @@ impl PgStore {
         self.corrupt_rows.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(row = what, "dropped a damaged feature store row");
     }
+}
 
+impl ChunkQueue for PgStore {
     /// Queues a job's chunks (`requests[i]` is chunk i).
-    pub fn add_chunks(&self, jobid: &str, requests: &[String]) -> Result<()> {
+    fn add_chunks(&self, jobid: &str, requests: &[String]) -> Result<()> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db_error)?;
         for (i, request) in requests.iter().enumerate() {
@@ -174,7 +144,7 @@ impl PgStore {
     /// Takes the oldest chunk that is pending or whose lease has expired, for `owner`, for
     /// `lease` (others skip the row while it is being taken: no two replicas get it). Chunks
     /// of jobs that have ended (cancelled, failed) are left alone.
-    pub fn take_chunk(&self, owner: &str, lease: Duration) -> Result<Option<TakenChunk>> {
+    fn take_chunk(&self, owner: &str, lease: Duration) -> Result<Option<TakenChunk>> {
         let row = self
             .conn()?
             .query_opt(
@@ -203,13 +173,7 @@ impl PgStore {
 
     /// Extends `owner`'s lease on a chunk it is still working on; `false` when it is no
     /// longer its own (its lease expired and another replica took it).
-    pub fn renew_chunk(
-        &self,
-        jobid: &str,
-        chunk: i32,
-        owner: &str,
-        lease: Duration,
-    ) -> Result<bool> {
+    fn renew_chunk(&self, jobid: &str, chunk: i32, owner: &str, lease: Duration) -> Result<bool> {
         let n = self
             .conn()?
             .execute(
@@ -222,7 +186,7 @@ impl PgStore {
     }
 
     /// Records a chunk's outcome (`scores`, or `error`) if `owner` still holds it.
-    pub fn end_chunk(
+    fn end_chunk(
         &self,
         jobid: &str,
         chunk: i32,
@@ -245,7 +209,7 @@ impl PgStore {
     }
 
     /// Gives a taken chunk back untouched (its replica is busy): pending again, at once.
-    pub fn release_chunk(&self, jobid: &str, chunk: i32, owner: &str) -> Result<()> {
+    fn release_chunk(&self, jobid: &str, chunk: i32, owner: &str) -> Result<()> {
         self.conn()?
             .execute(
                 "UPDATE lightglue_chunks SET state = 'pending', owner = NULL, lease_until = NULL,
@@ -258,7 +222,7 @@ impl PgStore {
     }
 
     /// Every chunk of a job, in order.
-    pub fn chunks(&self, jobid: &str) -> Result<Vec<ChunkState>> {
+    fn chunks(&self, jobid: &str) -> Result<Vec<ChunkState>> {
         let rows = self
             .conn()?
             .query(
@@ -277,7 +241,7 @@ impl PgStore {
     }
 
     /// Forgets a job's chunks (merged, or the job ended).
-    pub fn drop_chunks(&self, jobid: &str) -> Result<()> {
+    fn drop_chunks(&self, jobid: &str) -> Result<()> {
         self.conn()?
             .execute("DELETE FROM lightglue_chunks WHERE jobid = $1", &[&jobid])
             .map_err(db_error)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
-use wbia_lightglue_engine::job_board::{JobBoard, JobStatus};
+use wbia_lightglue_engine::job_board::{ChunkQueue, JobBoard, JobStatus};
 use wbia_lightglue_engine::pg_store::PgStore;
 use wbia_lightglue_engine::store::{FeatureStore, Store};
 use wbia_lightglue_engine::FeatureKey;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use wbia_lightglue_engine::pg_store::{ChunkProgress, PgStore, TakenChunk};
+use wbia_lightglue_engine::job_board::{ChunkProgress, ChunkQueue, TakenChunk};
 use wbia_lightglue_engine::{
     Annot, Config, Identification, PairScore, Progress, Skipped, UnusableChips,
 };
@@ -78,17 +78,17 @@ pub enum SplitError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The shared store, when replicas share one.
-fn shared(state: &AppState) -> Option<Arc<PgStore>> {
-    state.engine.shared_store().cloned()
+/// The chunk queue, when replicas share a store.
+fn shared(state: &AppState) -> Option<Arc<dyn ChunkQueue>> {
+    state.engine.chunk_queue().cloned()
 }
 
 async fn blocking<T: Send + 'static>(
-    store: &Arc<PgStore>,
-    f: impl FnOnce(&PgStore) -> wbia_lightglue_engine::Result<T> + Send + 'static,
+    store: &Arc<dyn ChunkQueue>,
+    f: impl FnOnce(&dyn ChunkQueue) -> wbia_lightglue_engine::Result<T> + Send + 'static,
 ) -> Result<T, SplitError> {
     let store = store.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+    Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
 }
 
 /// Whether a job of `database` annotations (the query excluded) is split.
@@ -141,7 +141,7 @@ pub async fn score(
 /// unreachable does not end the job (the chunks are still there, and the replicas go on
 /// matching them) unless it lasts [`STORE_PATIENCE`].
 async fn wait_for_chunks(
-    store: &Arc<PgStore>,
+    store: &Arc<dyn ChunkQueue>,
     jobid: &str,
     chunks: usize,
     progress: &Progress,
@@ -276,7 +276,7 @@ pub async fn work_chunks(state: Arc<AppState>) {
 }
 
 /// Renews a chunk's lease at a third of its length while it is worked on.
-async fn renew(state: Arc<AppState>, store: Arc<PgStore>, chunk: TakenChunk) {
+async fn renew(state: Arc<AppState>, store: Arc<dyn ChunkQueue>, chunk: TakenChunk) {
     let lease = state.options.chunk_lease;
     loop {
         tokio::time::sleep(lease / 3).await;

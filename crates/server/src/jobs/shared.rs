@@ -103,7 +103,7 @@ pub async fn publish_final(
 
 /// Publishes a working job's progress until the job's task ends (the caller aborts this).
 pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc<Progress>) {
-    if state.engine.shared_store().is_none() {
+    if state.engine.chunk_queue().is_none() {
         return;
     }
     loop {
