@@ -238,13 +238,28 @@ impl Config {
             ModelName::One(_) => vec![self.clone()],
             ModelName::Ensemble(names) => names
                 .iter()
-                .map(|name| Config {
-                    model_name: ModelName::One(name.clone()),
-                    calibration: None,
-                    fusion: Fusion::default(),
-                    ..self.clone()
-                })
+                .map(|name| self.as_member(name))
                 .collect(),
+        }
+    }
+
+    /// The single model that stands for this configuration where only one can (a match
+    /// picture, a thumbnail): itself, or an ensemble's first member.
+    pub fn first_member(&self) -> Config {
+        match &self.model_name {
+            ModelName::One(_) => self.clone(),
+            ModelName::Ensemble(names) => self.as_member(&names[0]),
+        }
+    }
+
+    /// This configuration for one member model: its keys and stored scores are that single
+    /// model's (no calibration or fusion of the ensemble's).
+    fn as_member(&self, name: &str) -> Config {
+        Config {
+            model_name: ModelName::One(name.to_string()),
+            calibration: None,
+            fusion: Fusion::default(),
+            ..self.clone()
         }
     }
 

@@ -6,19 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use wbia_lightglue_model::{Features, MatchResult, RgbImage, Rotation};
 
-use crate::worker::Job;
+use crate::worker::{Job, PairWork};
 use crate::{Annot, ChipSource, Config, Engine, Error, Progress, Result};
-
-/// A pair for the worker to match, answered with the matches.
-pub(crate) struct PairWork {
-    pub query: Arc<Features>,
-    pub database: Arc<Features>,
-    pub config: Config,
-    pub reply: oneshot::Sender<Result<MatchResult>>,
-}
 
 /// What a match picture needs: both feature sets and the matches between them.
 #[derive(Clone, Debug)]
@@ -44,7 +35,7 @@ impl Engine {
         rotation: Rotation,
     ) -> Result<PairMatches> {
         // An ensemble's pictures show its first member's matches.
-        let first_member = config.members().swap_remove(0);
+        let first_member = config.first_member();
         let config = &first_member;
         let ticket = self.admit(1)?;
         let progress = Progress::default();

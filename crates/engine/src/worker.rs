@@ -18,6 +18,14 @@ use wbia_lightglue_model::{
 
 use crate::{CacheStats, Config, Error, MatcherSettings, Result};
 
+/// A pair for the worker to match, answered with the matches.
+pub(crate) struct PairWork {
+    pub query: Arc<Features>,
+    pub database: Arc<Features>,
+    pub config: Config,
+    pub reply: oneshot::Sender<Result<MatchResult>>,
+}
+
 pub(crate) enum Job {
     Extract {
         image: RgbImage,
@@ -26,7 +34,7 @@ pub(crate) enum Job {
     },
     Match(MatchWork),
     /// One pair with its matches, not only its score (for match pictures).
-    Pair(crate::pairs::PairWork),
+    Pair(PairWork),
 }
 
 impl Job {

@@ -102,7 +102,7 @@ impl AlikedConfig {
 
     /// Whether LightGlue's ALIKED weights take this variant's descriptors.
     pub fn matchable(&self) -> bool {
-        self.dim == crate::lightglue::INPUT_DIM
+        self.dim == LIGHTGLUE_INPUT_DIM
     }
 }
 
@@ -159,6 +159,9 @@ impl DetectOptions {
         Ok(())
     }
 }
+
+/// The descriptor width LightGlue's ALIKED weights take.
+pub(crate) const LIGHTGLUE_INPUT_DIM: usize = 128;
 
 /// Keypoints and descriptors of one image, in original image pixels.
 #[derive(Clone, Debug, Default, PartialEq)]

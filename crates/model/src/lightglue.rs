@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, T
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::aliked::Features;
+use crate::aliked::{Features, LIGHTGLUE_INPUT_DIM};
 use crate::ops::fused::{gelu_erf, layer_norm_gelu, rotary};
 use crate::ops::matmul::{bf16_available, f32_kernel_available, Kernel, PackedLinear};
 use crate::ops::{attention, attention_reference, cross_attention};
@@ -23,7 +23,7 @@ mod host;
 use host::HostPair;
 
 /// Descriptor width LightGlue's ALIKED weights take.
-pub(crate) const INPUT_DIM: usize = 128;
+const INPUT_DIM: usize = LIGHTGLUE_INPUT_DIM;
 const DIM: usize = 256;
 const HEADS: usize = 4;
 const HEAD_DIM: usize = DIM / HEADS;

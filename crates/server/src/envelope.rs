@@ -217,9 +217,9 @@ impl From<axum::extract::multipart::MultipartError> for ApiError {
     }
 }
 
-impl From<crate::jobs::JobIdRefused> for ApiError {
-    fn from(refused: crate::jobs::JobIdRefused) -> Self {
-        use crate::jobs::JobIdError as E;
+impl From<crate::job_refusals::JobIdRefused> for ApiError {
+    fn from(refused: crate::job_refusals::JobIdRefused) -> Self {
+        use crate::job_refusals::JobIdError as E;
         match refused.error {
             E::Invalid => ApiError::bad_request(refused.to_string()),
             E::Taken => ApiError::new(409, refused.to_string(), Value::Null),
@@ -227,9 +227,9 @@ impl From<crate::jobs::JobIdRefused> for ApiError {
     }
 }
 
-impl From<crate::jobs::CallbackRefused> for ApiError {
-    fn from(refused: crate::jobs::CallbackRefused) -> Self {
-        use crate::jobs::CallbackRefused as E;
+impl From<crate::job_refusals::CallbackRefused> for ApiError {
+    fn from(refused: crate::job_refusals::CallbackRefused) -> Self {
+        use crate::job_refusals::CallbackRefused as E;
         match refused {
             E::NotAUrl { .. } | E::NotHttp { .. } => ApiError::bad_request(refused.to_string()),
             E::HostNotAllowed { .. } => ApiError::new(403, refused.to_string(), Value::Null),
@@ -237,9 +237,9 @@ impl From<crate::jobs::CallbackRefused> for ApiError {
     }
 }
 
-impl From<crate::jobs::CancelRefused> for ApiError {
-    fn from(refused: crate::jobs::CancelRefused) -> Self {
-        use crate::jobs::CancelRefused as E;
+impl From<crate::job_refusals::CancelRefused> for ApiError {
+    fn from(refused: crate::job_refusals::CancelRefused) -> Self {
+        use crate::job_refusals::CancelRefused as E;
         match refused {
             E::Ended { .. } | E::Elsewhere { .. } => {
                 ApiError::new(409, refused.to_string(), Value::Null)

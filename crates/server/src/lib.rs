@@ -3,6 +3,7 @@
 mod auth;
 pub mod envelope;
 mod health;
+pub mod job_refusals;
 pub mod jobs;
 pub mod lenient_uri;
 mod listen;
@@ -11,6 +12,7 @@ pub mod openapi;
 pub mod params;
 mod proxy;
 mod review;
+pub mod schema;
 mod split;
 mod thumbs;
 mod upload;
@@ -319,14 +321,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     post,
     path = "/api/review/query/chip/best/",
     tag = "query",
-    request_body(content = crate::openapi::ChipBestRequest, content_type = "multipart/form-data",
+    request_body(content = crate::schema::ChipBestRequest, content_type = "multipart/form-data",
         description = "also application/x-www-form-urlencoded or application/json"),
     responses(
-        (status = 200, description = "ranked database annotations per query", body = crate::openapi::ChipBestResponse),
-        (status = 400, description = "bad parameter", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "busy (too many admitted requests or pending pairs); retry after the Retry-After header", body = crate::openapi::ErrorResponse),
-        (status = 502, description = "WBIA unreachable, failing or too slow for a chip", body = crate::openapi::ErrorResponse),
-        (status = 600, description = "annotation UUIDs unknown to WBIA", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "ranked database annotations per query", body = crate::schema::ChipBestResponse),
+        (status = 400, description = "bad parameter", body = crate::schema::ErrorResponse),
+        (status = 429, description = "busy (too many admitted requests or pending pairs); retry after the Retry-After header", body = crate::schema::ErrorResponse),
+        (status = 502, description = "WBIA unreachable, failing or too slow for a chip", body = crate::schema::ErrorResponse),
+        (status = 600, description = "annotation UUIDs unknown to WBIA", body = crate::schema::ErrorResponse),
     )
 )]
 /// `POST /api/review/query/chip/best/` — the plugin README's form (docs/wbia-api.md §2 notes that
@@ -570,17 +572,17 @@ fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError>
 }
 
 /// A database annotation left out, in the documented shape.
-pub(crate) fn skipped_json(s: &Skipped) -> openapi::SkippedAnnotation {
-    openapi::SkippedAnnotation {
+pub(crate) fn skipped_json(s: &Skipped) -> schema::SkippedAnnotation {
+    schema::SkippedAnnotation {
         dannot_uuid: (&s.annot).into(),
         reason: s.reason.clone(),
     }
 }
 
 /// One query's answer, in the documented shape.
-fn query_json(r: &QueryResult, config: &Config) -> openapi::QueryResult {
+fn query_json(r: &QueryResult, config: &Config) -> schema::QueryResult {
     // Written as `score` is: the shortest decimal that reads back as the same f32.
-    let shortest = |v: f32| openapi::shortest_decimal(v).unwrap_or(f64::from(v));
+    let shortest = |v: f32| schema::shortest_decimal(v).unwrap_or(f64::from(v));
     let members = |s: &ScoredAnnot| -> Option<std::collections::BTreeMap<String, f64>> {
         config.model_name.is_ensemble().then(|| {
             config
@@ -592,7 +594,7 @@ fn query_json(r: &QueryResult, config: &Config) -> openapi::QueryResult {
                 .collect()
         })
     };
-    let annot = |s: &ScoredAnnot| openapi::ScoredAnnotation {
+    let annot = |s: &ScoredAnnot| schema::ScoredAnnotation {
         dannot_uuid: (&s.annot).into(),
         score: s.score,
         calibrated_score: s.calibrated,
@@ -600,14 +602,14 @@ fn query_json(r: &QueryResult, config: &Config) -> openapi::QueryResult {
         dname: s.name.clone(),
         member_scores: members(s),
     };
-    openapi::QueryResult {
+    schema::QueryResult {
         qannot_uuid: (&r.query).into(),
         best: r.best().map(annot),
         ranked: r.ranked.iter().map(annot).collect(),
         name_scores: r
             .name_scores
             .iter()
-            .map(|n| openapi::NameScore {
+            .map(|n| schema::NameScore {
                 name: n.name.clone(),
                 score: n.score,
                 calibrated_score: n.calibrated,

@@ -24,8 +24,8 @@ use crate::{compute, jobs, AppState};
         ("query_config_dict" = String, Query, description = r#"`{"pipeline_root": "LightGlue"}` (optionally `config_path`); other pipelines are WBIA's"#),
     ),
     responses(
-        (status = 200, description = "`response`: {name, sex, age, extern: {reference, qannot_uuid, dannot_uuid}} of the best individual among every valid annotation (all null when none is named)", body = crate::openapi::ErrorResponse),
-        (status = 600, description = "unknown aid", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "`response`: {name, sex, age, extern: {reference, qannot_uuid, dannot_uuid}} of the best individual among every valid annotation (all null when none is named)", body = crate::schema::ErrorResponse),
+        (status = 600, description = "unknown aid", body = crate::schema::ErrorResponse),
     )
 )]
 pub async fn chip_best_by_aid(State(state): State<Arc<AppState>>, req: Request) -> Response {

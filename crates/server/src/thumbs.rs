@@ -44,8 +44,8 @@ fn draws_matches(version: &str) -> bool {
     ),
     responses(
         (status = 200, description = "JPEG", content_type = "image/jpeg"),
-        (status = 429, description = "busy: the pair could not be admitted for matching", body = crate::openapi::ErrorResponse),
-        (status = 607, description = "cannot render (e.g. unknown annotation)", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "busy: the pair could not be admitted for matching", body = crate::schema::ErrorResponse),
+        (status = 607, description = "cannot render (e.g. unknown annotation)", body = crate::schema::ErrorResponse),
     )
 )]
 pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Response {

@@ -25,7 +25,7 @@ const PICTURE_HEIGHT: usize = 720;
 #[derive(Serialize, ToSchema)]
 pub struct UploadMatch {
     /// Sum of match confidences, as identification scores a pair.
-    #[serde(serialize_with = "crate::openapi::shortest")]
+    #[serde(serialize_with = "crate::schema::shortest")]
     pub score: f32,
     /// P(same individual) from the configuration's calibration; null without one.
     pub calibrated_score: Option<f64>,
@@ -81,10 +81,10 @@ async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
     ),
     responses(
         (status = 200, description = "`png`: image0 and image1 side by side (at most 720 px high), a line per match coloured by confidence (red 0, yellow 0.5, green 1), the score written on it; headers `x-lightglue-score` and `x-lightglue-matches`. `json`: the matches in the envelope", content_type = "image/png"),
-        (status = 400, description = "a missing image, an unknown field or format, a bad config_path", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "a missing image, an unknown field or format, a bad config_path", body = crate::schema::ErrorResponse),
         (status = 413, description = "upload larger than 64 MiB"),
-        (status = 422, description = "an image that cannot be decoded (named)", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "busy", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "an image that cannot be decoded (named)", body = crate::schema::ErrorResponse),
+        (status = 429, description = "busy", body = crate::schema::ErrorResponse),
     )
 )]
 pub async fn match_upload(

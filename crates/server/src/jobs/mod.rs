@@ -21,11 +21,14 @@ use crate::envelope::{self, ApiError};
 use crate::params::Params;
 use crate::{check_lists, compute, pair_count, proxy, AppState};
 
-pub use registry::{valid_jobid, Job, JobIdError, JobStatus, JobStore, MAX_JOBID_LEN, MAX_JOBS};
+pub use crate::job_refusals::{
+    valid_jobid, CallbackRefused, CancelRefused, JobIdError, JobIdRefused, MAX_JOBID_LEN,
+};
+pub use registry::{Job, JobStatus, JobStore, MAX_JOBS};
 use result::identification_result;
 pub use result::{
-    render, AnnotPairDict, ChipMatch, ClusterDict, IdentificationResult, Inference, NameId,
-    NameScoreCell, PriorMatchingState, ReviewPair, Summary, NEG_INF,
+    render, AnnotPairDict, ChipMatch, ClusterDict, IdentificationResult, Inference, JobResult,
+    JobResultResponse, NameId, NameScoreCell, PriorMatchingState, ReviewPair, Summary, NEG_INF,
 };
 
 /// The `dannot_extern_reference` of our results, in WBIA's form (16 lowercase letters),
@@ -71,13 +74,13 @@ pub(crate) async fn lightglue_or_forward(
     post,
     path = "/api/engine/query/graph/",
     tag = "engine",
-    request_body(content = crate::openapi::EngineQueryRequest, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::schema::EngineQueryRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "`response` is the job id", body = crate::openapi::ErrorResponse),
-        (status = 400, description = "bad parameter, or a jobid that is not 1-128 letters, digits or `._:-`", body = crate::openapi::ErrorResponse),
-        (status = 403, description = "callback_url names a host outside --callback-hosts", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "a job with this jobid exists (ids are never reused)", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "busy; the job was not accepted (retry after the Retry-After header)", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "`response` is the job id", body = crate::schema::ErrorResponse),
+        (status = 400, description = "bad parameter, or a jobid that is not 1-128 letters, digits or `._:-`", body = crate::schema::ErrorResponse),
+        (status = 403, description = "callback_url names a host outside --callback-hosts", body = crate::schema::ErrorResponse),
+        (status = 409, description = "a job with this jobid exists (ids are never reused)", body = crate::schema::ErrorResponse),
+        (status = 429, description = "busy; the job was not accepted (retry after the Retry-After header)", body = crate::schema::ErrorResponse),
     )
 )]
 /// `POST|GET /api/engine/query/graph/` (`start_identify_annots_query`).
@@ -305,46 +308,12 @@ async fn execute(state: &AppState, run: &Run, ticket: Ticket, progress: &Progres
     Job::ended(JobStatus::Completed, rendered)
 }
 
-/// A job id that cannot be used, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", match .error {
-    JobIdError::Invalid => format!(
-        "jobid must be 1 to {MAX_JOBID_LEN} letters, digits or '._:-' (a UUID fits); got {} characters",
-        .jobid.chars().count()
-    ),
-    JobIdError::Taken => format!("job {} exists already; choose another jobid, or send none", .jobid),
-})]
-pub struct JobIdRefused {
-    pub jobid: String,
-    pub error: JobIdError,
-}
-
-impl JobIdRefused {
-    fn new(jobid: &str, error: JobIdError) -> Self {
-        Self {
-            jobid: jobid.to_string(),
-            error,
-        }
-    }
-}
-
 /// Refuses an unusable or taken job id before any work.
 fn jobid_usable(state: &AppState, jobid: &str) -> Result<(), JobIdRefused> {
     state
         .jobs
         .check_new(jobid)
         .map_err(|e| JobIdRefused::new(jobid, e))
-}
-
-/// Why a `callback_url` is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum CallbackRefused {
-    #[error("callback_url {url:?}: {reason}")]
-    NotAUrl { url: String, reason: String },
-    #[error("callback_url {url:?}: only http and https callbacks are made")]
-    NotHttp { url: String },
-    #[error("callback_url host {host:?} is not among this service's --callback-hosts")]
-    HostNotAllowed { host: String },
 }
 
 /// A callback must be an http(s) URL and, when `--callback-hosts` is set, name one of them.
@@ -399,30 +368,15 @@ async fn finish(state: &AppState, id: &str, job: Job, callback: Option<&Callback
     }
 }
 
-/// Why a job cannot be cancelled.
-#[derive(Debug, thiserror::Error)]
-pub enum CancelRefused {
-    #[error("job {jobid} is {status} and cannot be cancelled")]
-    Ended { jobid: String, status: JobStatus },
-    #[error("job {jobid} runs on replica {replica} ({status}): cancel it there")]
-    Elsewhere {
-        jobid: String,
-        replica: String,
-        status: JobStatus,
-    },
-    #[error("no job {jobid} here")]
-    Unknown { jobid: String },
-}
-
 #[utoipa::path(
     post,
     path = "/api/engine/job/cancel/",
     tag = "engine",
     params(("jobid" = String, Query, description = "job id")),
     responses(
-        (status = 200, description = "`response`: {jobid, jobstatus: \"exception\", cancelled: true}", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "no such job here", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "the job has already ended", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "`response`: {jobid, jobstatus: \"exception\", cancelled: true}", body = crate::schema::ErrorResponse),
+        (status = 404, description = "no such job here", body = crate::schema::ErrorResponse),
+        (status = 409, description = "the job has already ended", body = crate::schema::ErrorResponse),
     )
 )]
 /// `/api/engine/job/cancel/?jobid=` (ours; WBIA has no such call): stops a working job. Its
@@ -488,7 +442,7 @@ fn jobid_of(params: &Params) -> Option<String> {
     path = "/api/engine/job/status/",
     tag = "engine",
     params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: lookup|features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = crate::openapi::ErrorResponse))
+    responses((status = 200, description = "`response`: {status: \"ok\", jobid, jobstatus: received|working|completed|exception, progress (while working): {stage: lookup|features|match, chips_total, chips_fetched, chips_cached, extracted, pairs_total, pairs_scored, elapsed_secs, eta_secs}}", body = crate::schema::ErrorResponse))
 )]
 /// `/api/engine/job/status/`.
 pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -531,7 +485,7 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
     path = "/api/engine/job/result/",
     tag = "engine",
     params(("jobid" = String, Query, description = "job id")),
-    responses((status = 200, description = "the job's state and result; `score_list` holds bare `-Infinity` as WBIA writes it", body = crate::openapi::JobResultResponse))
+    responses((status = 200, description = "the job's state and result; `score_list` holds bare `-Infinity` as WBIA writes it", body = crate::jobs::JobResultResponse))
 )]
 /// `/api/engine/job/result/`.
 pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -564,7 +518,7 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
     get,
     path = "/api/engine/job/",
     tag = "engine",
-    responses((status = 200, description = "`response`: the job ids, ours and WBIA's own (sorted)", body = crate::openapi::ErrorResponse))
+    responses((status = 200, description = "`response`: the job ids, ours and WBIA's own (sorted)", body = crate::schema::ErrorResponse))
 )]
 /// `/api/engine/job/`: our job ids and WBIA's.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {

@@ -9,10 +9,9 @@ use wbia_lightglue_engine::{Config, Progress};
 
 /// Jobs remembered for status/result queries; the oldest finished ones are forgotten first.
 pub const MAX_JOBS: usize = 10_000;
-/// Longest client-chosen job id.
-pub const MAX_JOBID_LEN: usize = 128;
-
 pub use wbia_lightglue_engine::job_board::JobStatus;
+
+use crate::job_refusals::{valid_jobid, JobIdError};
 
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -48,23 +47,6 @@ impl Job {
     fn bytes(&self) -> usize {
         self.result.as_ref().map_or(0, |r| r.len())
     }
-}
-
-/// Why a job id cannot be used.
-#[derive(Debug, PartialEq, Eq)]
-pub enum JobIdError {
-    Invalid,
-    Taken,
-}
-
-/// A client-chosen job id: a UUID fits; so does any token of letters, digits and `._:-`, at
-/// most [`MAX_JOBID_LEN`] long.
-pub fn valid_jobid(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_JOBID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[derive(Default)]
@@ -230,17 +212,6 @@ mod tests {
 
     fn done(text: &str) -> Job {
         Job::ended(JobStatus::Completed, text.to_string())
-    }
-
-    #[test]
-    fn job_ids_are_tokens_of_bounded_length() {
-        assert!(valid_jobid("0d9ee0f5-6a5e-4f2b-9c89-1b8a1d5b63c1"));
-        assert!(valid_jobid("jobid-0001_a.b:c"));
-        assert!(valid_jobid(&"a".repeat(MAX_JOBID_LEN)));
-        assert!(!valid_jobid(&"a".repeat(MAX_JOBID_LEN + 1)));
-        for bad in ["", "a b", "a/b", "a\"b", "é", "a\nb", "a?b"] {
-            assert!(!valid_jobid(bad), "{bad:?}");
-        }
     }
 
     #[test]

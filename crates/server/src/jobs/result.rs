@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use wbia_lightglue_engine::{QueryResult, ScoredAnnot};
 
-use crate::openapi::FancyUuid;
+use crate::schema::FancyUuid;
 use crate::Computed;
 
 /// Annotations per result marked as having a match thumbnail (WBIA renders its top 20).
@@ -41,7 +41,7 @@ pub struct IdentificationResult {
     /// Not in WBIA's document, and absent when empty: database annotations left out
     /// because their chips cannot be used (WBIA would fail the whole job instead).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped_annot_list: Vec<crate::openapi::SkippedAnnotation>,
+    pub skipped_annot_list: Vec<crate::schema::SkippedAnnotation>,
 }
 
 /// One query's chip match (`cm_dict` entry): the database in request order.
@@ -179,6 +179,22 @@ pub struct PriorMatchingState {
     pub p_match: f64,
     pub p_nomatch: f64,
     pub p_notcomp: f64,
+}
+
+/// `/api/engine/job/result/`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct JobResultResponse {
+    pub status: crate::schema::Status,
+    pub response: JobResult,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobResult {
+    /// `completed` or `exception` (WBIA puts the execution state here, not "ok").
+    pub status: String,
+    pub jobid: String,
+    /// The identification result when completed; the error text (a string) on exception.
+    pub json_result: IdentificationResult,
 }
 
 /// The result document of `query_chips_graph` (docs/wbia-api.md), for the one query. Lookups
