@@ -236,10 +236,7 @@ impl Config {
     pub fn members(&self) -> Vec<Config> {
         match &self.model_name {
             ModelName::One(_) => vec![self.clone()],
-            ModelName::Ensemble(names) => names
-                .iter()
-                .map(|name| self.as_member(name))
-                .collect(),
+            ModelName::Ensemble(names) => names.iter().map(|name| self.as_member(name)).collect(),
         }
     }
 

@@ -32,7 +32,7 @@ pub use pipeline::{
     PairScore, Progress, ProgressSnapshot, Skipped, SourceError, Ticket, UnusableChips, WbiaChip,
     CHIPS_IN_FLIGHT,
 };
-pub use scoring::{rank, NameScore, QueryResult, ScoredAnnot};
+pub use scoring::{rank, rank_all, NameScore, QueryResult, ScoredAnnot};
 use worker::{Job, MatchWork, ModelWorker};
 
 #[derive(Debug, thiserror::Error)]

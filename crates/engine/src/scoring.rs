@@ -1,11 +1,13 @@
 //! Ranking of database annotations for one query, and name scores as the plugin computes them
 //! (`get_match_results`: the score of a name is the **max** over its annotations).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use uuid::Uuid;
 use wbia_lightglue_model::Rotation;
 
-use crate::MemberScores;
+use crate::{Config, MemberScores, PairScore};
 
 /// One database annotation's score against the query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -46,6 +48,41 @@ impl QueryResult {
     pub fn best(&self) -> Option<&ScoredAnnot> {
         self.ranked.first()
     }
+}
+
+/// Each query's scores (database order, the query left out, `None` for skipped annotations)
+/// calibrated when the configuration has a calibration, and ranked with names.
+pub fn rank_all(
+    queries: &[Uuid],
+    database: &[Uuid],
+    scores: Vec<Vec<Option<PairScore>>>,
+    names: &HashMap<Uuid, Option<String>>,
+    config: &Config,
+) -> Vec<QueryResult> {
+    queries
+        .iter()
+        .zip(scores)
+        .map(|(q, scores)| {
+            let scored = database
+                .iter()
+                .filter(|d| *d != q)
+                .zip(scores)
+                .filter_map(|(d, pair)| Some((d, pair?)))
+                .map(|(d, pair)| ScoredAnnot {
+                    annot: *d,
+                    score: pair.score,
+                    name: names.get(d).cloned().flatten(),
+                    rotation: pair.rotation,
+                    calibrated: config
+                        .calibration
+                        .as_ref()
+                        .map(|c| c.probability(pair.score)),
+                    members: pair.members,
+                })
+                .collect();
+            rank(*q, scored)
+        })
+        .collect()
 }
 
 /// Ranks scored annotations for `query`, dropping self-matches.

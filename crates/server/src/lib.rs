@@ -35,7 +35,7 @@ use uuid::Uuid;
 use wbia_client::WbiaClient;
 use wbia_lightglue_engine::metrics::Histogram;
 use wbia_lightglue_engine::{
-    rank, Annot, Config, ConfigDir, Engine, PairScore, Progress, QueryResult, ScoredAnnot, Skipped,
+    rank_all, Annot, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot, Skipped,
     Ticket, UnusableChips,
 };
 
@@ -498,48 +498,13 @@ pub async fn compute(
     }
     let names: std::collections::HashMap<Uuid, Option<String>> =
         resolved.into_iter().map(|a| (a.uuid, a.name)).collect();
-    let results = ranked(queries, database, found.scores, &names, config);
+    let results = rank_all(queries, database, found.scores, &names, config);
     Ok(Computed {
         results,
         aids,
         skipped: found.skipped,
         names,
     })
-}
-
-/// Each query's scores (database order, the query left out, `None` for skipped annotations)
-/// calibrated when the configuration has a calibration, and ranked with names.
-fn ranked(
-    queries: &[Uuid],
-    database: &[Uuid],
-    scores: Vec<Vec<Option<PairScore>>>,
-    names: &std::collections::HashMap<Uuid, Option<String>>,
-    config: &Config,
-) -> Vec<QueryResult> {
-    queries
-        .iter()
-        .zip(scores)
-        .map(|(q, scores)| {
-            let scored = database
-                .iter()
-                .filter(|d| *d != q)
-                .zip(scores)
-                .filter_map(|(d, pair)| Some((d, pair?)))
-                .map(|(d, pair)| ScoredAnnot {
-                    annot: *d,
-                    score: pair.score,
-                    name: names.get(d).cloned().flatten(),
-                    rotation: pair.rotation,
-                    calibrated: config
-                        .calibration
-                        .as_ref()
-                        .map(|c| c.probability(pair.score)),
-                    members: pair.members,
-                })
-                .collect();
-            rank(*q, scored)
-        })
-        .collect()
 }
 
 fn config_json(config: &Config) -> Value {
