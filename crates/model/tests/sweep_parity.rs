@@ -4,7 +4,8 @@
 //! Range covered: aspect ratios 1:4 to 4:1 with eight inputs in the band 0.94–1.07 (squares
 //! of 64, 256, 400, 512, 518, 700, 1000, 1024 and 4096 px); long sides from 24 px (upsampled)
 //! and 31 px (not resized) to 4,096 px; odd sides, multiples of 32; `image_size` 0, 320, 512
-//! and 1024; `max_num_keypoints` -1, 128, 256, 512 and 2048; `detection_threshold` 0 and 0.2.
+//! and 1024; `max_num_keypoints` -1, 128, 256, 512 and 2048 (the plugin's 2,048 on 14 of the 35,
+//! squares and the 4,096 px inputs among them); `detection_threshold` 0 and 0.2.
 //! LightGlue on pairs of those features with unequal keypoint counts in both orders, adaptive
 //! and full; two image-to-image pairs through our whole pipeline; chips in every encoding a
 //! camera or WBIA may produce.
@@ -23,14 +24,16 @@ use wbia_lightglue_model::{load_image, DetectOptions, Features, MatchOptions, Rg
 
 /// Tight bounds: the worst value measured on this sweep (README, "Parity") with headroom for
 /// other thread counts and CPUs.
-/// Measured on this machine: every keypoint matched, cosine ≥ 0.9999993, keypoint scores
-/// within 1.6e-5; match IoU 1.0, pair scores within 2.7e-5 relative, single matches within 7.9e-5.
+/// Measured (AMD EPYC Zen 4, packed and portable paths): every keypoint matched, cosine
+/// ≥ 0.9999993, keypoint scores within 1.8e-5; match IoU 1.0, pair scores within 2.4e-5
+/// relative, single matches within 3.0e-4 (the 2,048 × 2,048 pair in full mode, nine layers
+/// deep; 4.4e-5 on every other pair).
 const TIGHT_MIN_MATCHED: f64 = 0.995;
 const TIGHT_MIN_COSINE: f32 = 0.999995;
 const TIGHT_MAX_SCORE_DIFF: f32 = 5e-5;
 const TIGHT_MIN_IOU: f64 = 0.995;
 const TIGHT_MAX_REL_SCORE: f32 = 2e-4;
-const TIGHT_MAX_MATCH_SCORE_DIFF: f32 = 3e-4;
+const TIGHT_MAX_MATCH_SCORE_DIFF: f32 = 5e-4;
 
 fn manifest() -> Value {
     let path = repo_root().join("tests/goldens/sweep_manifest.json");
@@ -132,7 +135,7 @@ fn aliked_sweep() {
 
 fn check_match(label: &str, p: &MatchParity, failures: &mut Vec<String>) {
     println!(
-        "{label:44} IoU {:.4}, score rel err {:.1e}, max per-match diff {:.1e}",
+        "{label:44} IoU {:.4}, score rel err {:.1e}, max per-match diff {:.2e}",
         p.iou, p.rel_score, p.max_match_score_diff
     );
     if p.iou < 0.99 || p.rel_score > 5e-3 {
