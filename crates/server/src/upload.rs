@@ -35,6 +35,8 @@ pub struct UploadMatch {
     pub matches: Vec<[usize; 2]>,
     /// Confidence of each match.
     pub match_scores: Vec<f32>,
+    /// Each match's two keypoints, `[[x0, y0], [x1, y1]]` in the uploaded images' pixels.
+    pub match_keypoints: Vec<[[f32; 2]; 2]>,
     /// Transformer layers run (adaptive depth).
     pub stop_layer: usize,
 }
@@ -138,6 +140,12 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
                 num_keypoints: [pair.query.len(), pair.database.len()],
                 matches: pair.result.matches.iter().map(|&[i, j]| [i, j]).collect(),
                 match_scores: pair.result.scores.clone(),
+                match_keypoints: pair
+                    .result
+                    .matches
+                    .iter()
+                    .map(|&[i, j]| [pair.query.keypoints[i], pair.database.keypoints[j]])
+                    .collect(),
                 stop_layer: pair.result.stop_layer,
             })
             .unwrap_or_default(),

@@ -2112,3 +2112,143 @@ async fn an_ensemble_reports_member_scores_and_ranks_by_their_fusion() {
         );
     }
 }
+
+/// The sweep's image-to-image pairs (`tests/goldens/sweep_manifest.json`, `image_to_image`:
+/// square and non-square crops of the Sacré-Cœur and turtle photos at 512 px, 512
+/// keypoints), uploaded as PNG and matched over HTTP, against the PyTorch reference's whole
+/// pipeline match by match: matches paired by the positions of their two keypoints (0.01 px),
+/// IoU ≥ 0.99 and each paired match's confidence within 5e-4 (the sweep's tight bound),
+/// the score within 0.5% (tight: 2e-4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_pairs_match_the_reference_match_by_match() {
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/goldens/sweep_manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let pairs = manifest["image_to_image"].as_object().unwrap();
+    assert!(pairs.len() >= 2, "{pairs:?}");
+    let (wbia, _fake) = fake_wbia(0).await;
+    let (addr, _) = our_server(&format!("http://{wbia}")).await;
+    let url = format!("http://{addr}/api/lightglue/match/");
+    let client = reqwest::Client::new();
+    type Key = [[i64; 2]; 2];
+    let key = |m: &[[f32; 2]; 2]| m.map(|p| p.map(|v| (v * 100.0).round() as i64));
+    for (name, pair) in pairs {
+        // config.json holds the recipe's settings.
+        assert_eq!(
+            (
+                pair["image_size"].as_u64(),
+                pair["max_num_keypoints"].as_i64()
+            ),
+            (Some(512), Some(512))
+        );
+        let sides: Vec<Vec<u8>> = pair["sides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|side| {
+                let crop: Vec<u32> = side["crop"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect();
+                assert_eq!(side["repeat"], 1, "{name}: only plain crops are uploaded");
+                let photo = wbia_lightglue_model::load_image(
+                    repo()
+                        .join("tests/fixtures")
+                        .join(side["fixture"].as_str().unwrap()),
+                )
+                .unwrap();
+                let whole =
+                    image::RgbImage::from_raw(photo.width, photo.height, photo.data).unwrap();
+                let part = image::imageops::crop_imm(&whole, crop[0], crop[1], crop[2], crop[3])
+                    .to_image();
+                let mut png = std::io::Cursor::new(Vec::new());
+                part.write_to(&mut png, image::ImageFormat::Png).unwrap();
+                png.into_inner()
+            })
+            .collect();
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "image0",
+                reqwest::multipart::Part::bytes(sides[0].clone()).file_name("0.png"),
+            )
+            .part(
+                "image1",
+                reqwest::multipart::Part::bytes(sides[1].clone()).file_name("1.png"),
+            )
+            .text("format", "json");
+        let resp = client.post(&url).multipart(form).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        let body: Value = resp.json().await.unwrap();
+        let r = &body["response"];
+        let ours: HashMap<Key, f32> = r["match_keypoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(r["match_scores"].as_array().unwrap())
+            .map(|(m, s)| {
+                let m: [[f32; 2]; 2] = serde_json::from_value(m.clone()).unwrap();
+                (key(&m), s.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let golden =
+            safetensors_f32(&repo().join(format!("tests/goldens/sweep/i2i_{name}.safetensors")));
+        let (k0, k1, scores) = (
+            &golden["keypoints0"],
+            &golden["keypoints1"],
+            &golden["scores"],
+        );
+        let reference: HashMap<Key, f32> = k0
+            .chunks_exact(2)
+            .zip(k1.chunks_exact(2))
+            .zip(scores)
+            .map(|((a, b), s)| (key(&[[a[0], a[1]], [b[0], b[1]]]), *s))
+            .collect();
+        let shared: Vec<&Key> = ours.keys().filter(|k| reference.contains_key(*k)).collect();
+        let iou = shared.len() as f64 / (ours.len() + reference.len() - shared.len()) as f64;
+        let worst = shared
+            .iter()
+            .map(|k| (ours[*k] - reference[*k]).abs())
+            .fold(0f32, f32::max);
+        let want = golden["score"][0];
+        let score = r["score"].as_f64().unwrap() as f32;
+        let rel = (score - want).abs() / want;
+        println!(
+            "{name}: {} matches (reference {}), IoU {iou:.4}, worst match {worst:.2e}, score rel {rel:.1e}",
+            ours.len(),
+            reference.len()
+        );
+        assert_eq!(
+            manifest["image_to_image"][name]["num_matches"],
+            reference.len()
+        );
+        assert!(iou >= 0.99 && rel <= 5e-3, "{name}: outside the promise");
+        assert!(
+            iou >= 0.995 && rel <= 2e-4 && worst <= 5e-4,
+            "{name}: outside the tight bounds"
+        );
+    }
+}
+
+/// Every tensor of a safetensors file of f32 tensors (the image-to-image goldens).
+fn safetensors_f32(path: &std::path::Path) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let values = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name, values)
+        })
+        .collect()
+}
