@@ -1,5 +1,5 @@
-//! CUDA against CPU: our kernels against their CPU twins, and the whole pipeline on a real
-//! pair. Built only with the `cuda` feature; each test prints why it skipped when no CUDA
+//! CUDA against CPU: our kernels against their CPU twins, extraction against the CPU and the
+//! PyTorch goldens on the sweep's extremes, and matching on real pairs. Built only with the `cuda` feature; each test prints why it skipped when no CUDA
 //! device is present, unless `WBIA_LIGHTGLUE_REQUIRE_CUDA` is set (the binary itself needs the
 //! NVIDIA driver's libcuda to start).
 #![cfg(feature = "cuda")]
@@ -7,7 +7,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, golden_features, max_abs_diff, repo_root, vec1};
+use common::{
+    aliked, compare_features, fixture, golden_features, max_abs_diff, repo_root, sweep_features,
+    sweep_input, sweep_manifest, sweep_options, vec1,
+};
 use wbia_lightglue_model::ops::{deform_conv2d, grid_sample};
 use wbia_lightglue_model::{
     load_image, weights, Aliked, DetectOptions, Features, LightGlue, MatchOptions, Precision,
@@ -72,38 +75,80 @@ fn matcher(dev: &Device, precision: Precision) -> LightGlue {
     LightGlue::from_file_with_precision(path, dev, precision).unwrap()
 }
 
-fn extractor(dev: &Device) -> Aliked {
+fn extractor(dev: &Device, options: DetectOptions) -> Aliked {
     let path =
         weights::find_weights(Some(&repo_root().join("weights")), weights::ALIKED_FILE).unwrap();
-    Aliked::from_file(path, DetectOptions::default(), dev).unwrap()
+    Aliked::from_file(path, options, dev).unwrap()
 }
 
 fn rel(a: f32, b: f32) -> f32 {
     (a - b).abs() / b.abs().max(1.0)
 }
 
-/// Extraction on CUDA keeps the CPU's keypoints and descriptors.
+/// Extraction on CUDA against the CPU and the PyTorch goldens, keypoints compared as sets
+/// (`compare_features`): a whole non-square photo at the plugin's defaults, and sweep cases
+/// at their extremes (a 512 × 512 square and a 4,096 px square at 2,048 keypoints, 1:4 and
+/// 4:1, 24 × 20 px upsampled, 31 × 17 px not resized). Held to the CPU's promise (issue 15):
+/// ≥ 99% of keypoints within 0.01 px, descriptor cosine ≥ 0.9999, keypoint scores within
+/// 1e-4 — on CUDA the convolutions are cuBLAS products and candle's kernels, which add in
+/// another order than the CPU's; no tighter bound is set before a GPU has been measured.
 #[test]
-fn extraction_equals_cpu() {
+fn extraction_equals_cpu_and_goldens() {
     let Some(dev) = gpu() else { return };
-    let image = load_image(fixture("turtles/turtle_a1.jpg")).unwrap();
-    let cpu = extractor(&Device::Cpu).extract(&image).unwrap();
-    let gpu = extractor(&dev).extract(&image).unwrap();
-    let close = gpu
-        .keypoints
-        .iter()
-        .filter(|k| {
-            cpu.keypoints
-                .iter()
-                .any(|c| (c[0] - k[0]).abs() <= 0.01 && (c[1] - k[1]).abs() <= 0.01)
-        })
-        .count();
-    println!(
-        "CUDA keypoints within 0.01 px of CPU: {close}/{}",
-        gpu.len()
-    );
-    assert!(close as f32 >= 0.99 * cpu.len() as f32);
-    assert!((gpu.len() as i64 - cpu.len() as i64).abs() <= cpu.len() as i64 / 100);
+    let photo = load_image(fixture("turtles/turtle_a1.jpg")).unwrap();
+    let mut inputs = vec![(
+        "turtle_a1 (518 x 631)".to_string(),
+        photo,
+        DetectOptions::default(),
+        None,
+    )];
+    let manifest = sweep_manifest();
+    for case in [
+        "ar_1_512",
+        "big_square_4096",
+        "ar_1to4",
+        "ar_4to1",
+        "tiny_24x20",
+        "raw_31x17",
+    ] {
+        let entry = &manifest["cases"][case];
+        inputs.push((
+            case.to_string(),
+            sweep_input(entry),
+            sweep_options(entry),
+            Some(sweep_features(case)),
+        ));
+    }
+    let mut failures = Vec::new();
+    for (name, image, options, golden) in inputs {
+        let cpu = aliked(options.clone()).extract(&image).unwrap();
+        let on_gpu = extractor(&dev, options).extract(&image).unwrap();
+        let mut against = vec![("CPU", compare_features(&on_gpu, &cpu))];
+        if let Some(g) = &golden {
+            against.push(("PyTorch", compare_features(&on_gpu, g)));
+        }
+        for (what, p) in against {
+            println!(
+                "{name:24} CUDA vs {what:7} {:>4} kp: {:.4} within 0.01 px, min cosine {:.7}, \
+                 max score diff {:.1e}",
+                on_gpu.len(),
+                p.matched_fraction,
+                p.min_cosine,
+                p.max_score_diff
+            );
+            if p.matched_fraction < 0.99 || p.min_cosine < 0.9999 || p.max_score_diff > 1e-4 {
+                failures.push(format!("{name} vs {what}"));
+            }
+        }
+        if on_gpu.len() != cpu.len() || on_gpu.image_size != cpu.image_size {
+            failures.push(format!(
+                "{name}: {} keypoints on CUDA, {} on CPU",
+                on_gpu.len(),
+                cpu.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 /// Matching on CUDA: f32 pair scores within 1e-3 of CPU; f16 and bf16 within 2% of f32;

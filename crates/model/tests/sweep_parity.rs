@@ -18,9 +18,8 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wbia_lightglue_model::{load_image, DetectOptions, Features, MatchOptions, RgbImage};
+use wbia_lightglue_model::{load_image, DetectOptions, Features, MatchOptions};
 
 /// Tight bounds: the worst value measured on this sweep (README, "Parity") with headroom for
 /// other thread counts and CPUs.
@@ -35,64 +34,16 @@ const TIGHT_MIN_IOU: f64 = 0.995;
 const TIGHT_MAX_REL_SCORE: f32 = 2e-4;
 const TIGHT_MAX_MATCH_SCORE_DIFF: f32 = 5e-4;
 
-fn manifest() -> Value {
-    let path = repo_root().join("tests/goldens/sweep_manifest.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn usize_at(v: &Value, key: &str) -> usize {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key}")) as usize
-}
-
-/// The recipe's input: a crop of the decoded fixture, each pixel repeated `repeat` times.
-fn make_input(fixture: &str, crop: &Value, repeat: usize) -> RgbImage {
-    let src = load_image(fixture_path(fixture)).unwrap();
-    let c: Vec<usize> = crop
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    let (x0, y0, w, h) = (c[0], c[1], c[2], c[3]);
-    let (ow, oh) = (w * repeat, h * repeat);
-    let mut data = Vec::with_capacity(ow * oh * 3);
-    for y in 0..oh {
-        for x in 0..ow {
-            let at = ((y0 + y / repeat) * src.width as usize + x0 + x / repeat) * 3;
-            data.extend_from_slice(&src.data[at..at + 3]);
-        }
-    }
-    RgbImage::new(ow as u32, oh as u32, data).unwrap()
-}
-
-fn fixture_path(rel: &str) -> std::path::PathBuf {
-    fixture(rel)
-}
-
-fn sweep_features(case: &str) -> Features {
-    features_from(&golden(&format!("sweep/{case}.safetensors")))
-}
-
 #[test]
 fn aliked_sweep() {
-    let m = manifest();
+    let m = sweep_manifest();
     let cases = m["cases"].as_object().unwrap();
     assert!(cases.len() >= 30, "the sweep lost cases");
     let mut failures = Vec::new();
     let (mut worst_matched, mut worst_cos, mut worst_score) = (1f64, 1f32, 0f32);
     for (name, case) in cases {
-        let config = DetectOptions {
-            max_num_keypoints: case["max_num_keypoints"].as_i64().unwrap(),
-            detection_threshold: case["detection_threshold"].as_f64().unwrap() as f32,
-            image_size: usize_at(case, "image_size"),
-            ..DetectOptions::default()
-        };
-        let input = make_input(
-            case["fixture"].as_str().unwrap(),
-            &case["crop"],
-            usize_at(case, "repeat"),
-        );
-        let ours = aliked(config).extract(&input).unwrap();
+        let input = sweep_input(case);
+        let ours = aliked(sweep_options(case)).extract(&input).unwrap();
         let reference = sweep_features(name);
         let p = compare_features(&ours, &reference);
         println!(
@@ -150,7 +101,7 @@ fn check_match(label: &str, p: &MatchParity, failures: &mut Vec<String>) {
 
 #[test]
 fn lightglue_sweep() {
-    let m = manifest();
+    let m = sweep_manifest();
     let pairs = m["pairs"].as_object().unwrap();
     let mut failures = Vec::new();
     let mut unequal = 0;
@@ -193,7 +144,7 @@ fn lightglue_sweep() {
 /// compared by their keypoints' positions (to 0.01 px), since indices depend on keypoint order.
 #[test]
 fn image_to_image_sweep() {
-    let m = manifest();
+    let m = sweep_manifest();
     let pairs = m["image_to_image"].as_object().unwrap();
     let mut failures = Vec::new();
     let key = |a: [f32; 2], b: [f32; 2]| [a, b].map(|p| p.map(|v| (v * 100.0).round() as i64));
@@ -247,7 +198,7 @@ fn image_to_image_sweep() {
 /// Each encoding decodes to OpenCV's RGB bytes (`imread(IMREAD_COLOR)`, BGR → RGB).
 #[test]
 fn decoding_sweep() {
-    let m = manifest();
+    let m = sweep_manifest();
     let cases = m["decoding"].as_object().unwrap();
     assert!(cases.len() >= 14);
     let mut failures = Vec::new();

@@ -177,3 +177,66 @@ pub fn our_matches(r: &wbia_lightglue_model::MatchResult) -> Vec<([usize; 2], f3
         .zip(r.scores.iter().copied())
         .collect()
 }
+
+/// The sweep's recipes (`tests/goldens/sweep_manifest.json`).
+pub fn sweep_manifest() -> serde_json::Value {
+    let path = repo_root().join("tests/goldens/sweep_manifest.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+pub fn usize_at(v: &serde_json::Value, key: &str) -> usize {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key}")) as usize
+}
+
+/// The recipe's input: a crop of the decoded fixture, each pixel repeated `repeat` times.
+pub fn make_input(
+    fixture: &str,
+    crop: &serde_json::Value,
+    repeat: usize,
+) -> wbia_lightglue_model::RgbImage {
+    let src = wbia_lightglue_model::load_image(fixture_path(fixture)).unwrap();
+    let c: Vec<usize> = crop
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let (x0, y0, w, h) = (c[0], c[1], c[2], c[3]);
+    let (ow, oh) = (w * repeat, h * repeat);
+    let mut data = Vec::with_capacity(ow * oh * 3);
+    for y in 0..oh {
+        for x in 0..ow {
+            let at = ((y0 + y / repeat) * src.width as usize + x0 + x / repeat) * 3;
+            data.extend_from_slice(&src.data[at..at + 3]);
+        }
+    }
+    wbia_lightglue_model::RgbImage::new(ow as u32, oh as u32, data).unwrap()
+}
+
+pub fn fixture_path(rel: &str) -> std::path::PathBuf {
+    fixture(rel)
+}
+
+/// A sweep case's golden features.
+pub fn sweep_features(case: &str) -> Features {
+    features_from(&golden(&format!("sweep/{case}.safetensors")))
+}
+
+/// A sweep case's extraction settings.
+pub fn sweep_options(case: &serde_json::Value) -> DetectOptions {
+    DetectOptions {
+        max_num_keypoints: case["max_num_keypoints"].as_i64().unwrap(),
+        detection_threshold: case["detection_threshold"].as_f64().unwrap() as f32,
+        image_size: usize_at(case, "image_size"),
+        ..DetectOptions::default()
+    }
+}
+
+/// A sweep case's input, rebuilt from its fixture.
+pub fn sweep_input(case: &serde_json::Value) -> wbia_lightglue_model::RgbImage {
+    make_input(
+        case["fixture"].as_str().unwrap(),
+        &case["crop"],
+        usize_at(case, "repeat"),
+    )
+}
