@@ -1,7 +1,8 @@
 //! CUDA against CPU: our kernels against their CPU twins, extraction against the CPU and the
-//! PyTorch goldens on the sweep's extremes, and matching on real pairs. Built only with the `cuda` feature; each test prints why it skipped when no CUDA
-//! device is present, unless `WBIA_LIGHTGLUE_REQUIRE_CUDA` is set (the binary itself needs the
-//! NVIDIA driver's libcuda to start).
+//! PyTorch goldens on the sweep's extremes, and matching on real pairs. Built only with the
+//! `cuda` feature; each test prints why it skipped when no CUDA device is present, unless
+//! `WBIA_LIGHTGLUE_REQUIRE_CUDA` is set (the binary itself needs the NVIDIA driver's libcuda
+//! to start).
 #![cfg(feature = "cuda")]
 
 mod common;

@@ -69,7 +69,7 @@ pub enum SplitError {
     )]
     ChunksGone,
     #[error("chunk {chunk} of the job failed: {error}")]
-    ChunkFailed { chunk: i64, error: String },
+    ChunkFailed { chunk: i32, error: String },
     #[error("{scores} scores for {annotations} annotations")]
     Incomplete { scores: usize, annotations: usize },
     #[error(transparent)]
@@ -172,7 +172,7 @@ async fn wait_for_chunks(
         for c in &states {
             if let ChunkProgress::Failed { error } = &c.progress {
                 return Err(SplitError::ChunkFailed {
-                    chunk: c.chunk.into(),
+                    chunk: c.chunk,
                     error: error.clone(),
                 });
             }

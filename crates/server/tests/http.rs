@@ -14,7 +14,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use common::{
-    admissions_given_back, envelope, get_json, metric, recorded, transcripts, wait_for_job_progress,
+    admissions_given_back, envelope, get_json, metric, post_form, recorded, transcripts,
+    wait_for_job_progress, NO_FIELDS,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -505,12 +506,6 @@ async fn readme_queries_rank_the_genuine_turtle_first() {
     let info = get_json(&client, &format!("{base}/info")).await;
     assert_eq!(info["pipeline_root"], "LightGlue");
     assert_eq!(info["default_config"]["max_num_keypoints"], 512);
-}
-
-async fn post_form(client: &reqwest::Client, url: &str, fields: &[(&str, String)]) -> (u16, Value) {
-    let resp = client.post(url).form(fields).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1516,7 +1511,7 @@ async fn a_working_job_can_be_cancelled() {
         1
     );
     let cancel = format!("{base}/api/engine/job/cancel/?jobid=to-cancel");
-    let (status, body) = post_form(&client, &cancel, &[]).await;
+    let (status, body) = post_form(&client, &cancel, NO_FIELDS).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["response"]["cancelled"], true);
     assert_eq!(wait_for_job(&client, &base, "to-cancel").await, "exception");
@@ -1526,12 +1521,12 @@ async fn a_working_job_can_be_cancelled() {
     )
     .await;
     assert_eq!(result["response"]["json_result"], "cancelled by request");
-    let (status, _) = post_form(&client, &cancel, &[]).await;
+    let (status, _) = post_form(&client, &cancel, NO_FIELDS).await;
     assert_eq!(status, 409);
     let (status, _) = post_form(
         &client,
         &format!("{base}/api/engine/job/cancel/?jobid=nope"),
-        &[],
+        NO_FIELDS,
     )
     .await;
     assert_eq!(status, 404);
@@ -2062,7 +2057,7 @@ async fn an_ensemble_reports_member_scores_and_ranks_by_their_fusion() {
     let query = |config: &'static str| {
         let client = client.clone();
         async move {
-            let body = common::post_form(
+            let (_, body) = common::post_form(
                 &client,
                 &format!("http://{addr}/api/review/query/chip/best/"),
                 &[

@@ -470,7 +470,7 @@ async fn a_lightglue_job_answers_as_the_real_plugins() {
             .map(|f| (*f, form[*f].as_str().unwrap().to_string()))
             .collect();
         body.push(("jobid", jobid.clone()));
-        let started =
+        let (_, started) =
             common::post_form(&client, &format!("{base}/api/engine/query/graph/"), &body).await;
         assert_eq!(started["status"]["code"], 200, "{key}: {started}");
         let (status, _) = common::wait_for_job_progress(&client, &base, &jobid, 600).await;

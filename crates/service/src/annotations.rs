@@ -230,12 +230,12 @@ impl Annotations {
     pub async fn same_species(&self, query: Uuid) -> Result<Vec<Uuid>> {
         let species = self.client.annot_species(&[query]).await?.pop().flatten();
         let species = species.ok_or(Error::NoSpecies(query))?;
-        let all = self.client.all_annot_uuids().await?;
-        let species_of = self.client.annot_species(&all).await?;
-        let database: Vec<Uuid> = all
+        let others = self.all_but(query).await?;
+        let species_of = self.client.annot_species(&others).await?;
+        let database: Vec<Uuid> = others
             .into_iter()
             .zip(species_of)
-            .filter(|(u, s)| *u != query && s.as_deref() == Some(species.as_str()))
+            .filter(|(_, s)| s.as_deref() == Some(species.as_str()))
             .map(|(u, _)| u)
             .collect();
         tracing::info!(%query, %species, annotations = database.len(), "species-wide database");

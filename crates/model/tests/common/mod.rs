@@ -190,11 +190,11 @@ pub fn usize_at(v: &serde_json::Value, key: &str) -> usize {
 
 /// The recipe's input: a crop of the decoded fixture, each pixel repeated `repeat` times.
 pub fn make_input(
-    fixture: &str,
+    rel: &str,
     crop: &serde_json::Value,
     repeat: usize,
 ) -> wbia_lightglue_model::RgbImage {
-    let src = wbia_lightglue_model::load_image(fixture_path(fixture)).unwrap();
+    let src = wbia_lightglue_model::load_image(fixture(rel)).unwrap();
     let c: Vec<usize> = crop
         .as_array()
         .unwrap()
@@ -211,10 +211,6 @@ pub fn make_input(
         }
     }
     wbia_lightglue_model::RgbImage::new(ow as u32, oh as u32, data).unwrap()
-}
-
-pub fn fixture_path(rel: &str) -> std::path::PathBuf {
-    fixture(rel)
 }
 
 /// A sweep case's golden features.

@@ -16,21 +16,18 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
-/// A urlencoded form POSTed, answered with JSON (any status), parsed.
+/// An empty form, for [`post_form`].
+pub const NO_FIELDS: &[(&str, &str)] = &[];
+
+/// A urlencoded form POSTed, answered with JSON (any status): the status and the body.
 pub async fn post_form<K: serde::Serialize, V: serde::Serialize>(
     client: &reqwest::Client,
     url: &str,
     fields: &[(K, V)],
-) -> Value {
-    client
-        .post(url)
-        .form(fields)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+) -> (u16, Value) {
+    let resp = client.post(url).form(fields).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
 }
 
 /// One unlabelled series of our `/metrics`.
