@@ -5,7 +5,8 @@
 # NYALA_ROOT holds Nyala_Data_Zero/ (a local copy; nothing is fetched). Writes CSVs and
 # configurations into OUT_DIR, one JSON result per run, and keeps features and pair scores in
 # OUT_DIR/store so that an ensemble reuses its members' scores (and a rerun scores nothing).
-# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (default 24 each).
+# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (default 24 each). SPLITS: which splits to run
+# (default "train test"; "test" alone once the choice on train is fixed).
 set -euo pipefail
 root=$1 out=$2 bin=${3:-target/release/wbia-lightglue}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,12 +28,17 @@ run() { # NAME SPLIT PRECISION CONFIG_JSON
 n16='{"model_name": "aliked-n16"}'
 rot='{"model_name": "aliked-n16rot"}'
 ens() { echo "{\"model_name\": [\"aliked-n16\", \"aliked-n16rot\"], \"fusion\": \"$1\"}"; }
+splits=" ${SPLITS:-train test} "
 # Train: the members in bf16, then every fusion rule from their stored scores.
-run train-n16-bf16 train bf16 "$n16"
-run train-n16rot-bf16 train bf16 "$rot"
-for f in sum log_sum max; do run "train-ens-$f-bf16" train bf16 "$(ens $f)"; done
-# Test: the plugin's model in f32 (its precision), the members in bf16, then the ensembles.
-run test-n16-f32 test f32 "$n16"
-run test-n16-bf16 test bf16 "$n16"
-run test-n16rot-bf16 test bf16 "$rot"
-for f in sum log_sum max; do run "test-ens-$f-bf16" test bf16 "$(ens $f)"; done
+if [[ $splits == *" train "* ]]; then
+  run train-n16-bf16 train bf16 "$n16"
+  run train-n16rot-bf16 train bf16 "$rot"
+  for f in sum log_sum max; do run "train-ens-$f-bf16" train bf16 "$(ens $f)"; done
+fi
+# Test: the members in bf16, the ensembles, then the plugin's model in f32 (its precision).
+if [[ $splits == *" test "* ]]; then
+  run test-n16-bf16 test bf16 "$n16"
+  run test-n16rot-bf16 test bf16 "$rot"
+  for f in sum log_sum max; do run "test-ens-$f-bf16" test bf16 "$(ens $f)"; done
+  run test-n16-f32 test f32 "$n16"
+fi

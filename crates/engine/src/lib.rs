@@ -33,6 +33,7 @@ pub use pipeline::{
     CHIPS_IN_FLIGHT,
 };
 pub use scoring::{rank, rank_all, NameScore, QueryResult, ScoredAnnot};
+pub use wbia_lightglue_model::Rotation;
 use worker::{Job, MatchWork, ModelWorker};
 
 #[derive(Debug, thiserror::Error)]

@@ -183,8 +183,20 @@ impl From<wbia_lightglue_service::Error> for ApiError {
         match e {
             E::UnknownAnnotations(ref missing) => unknown_annotations(e.to_string(), missing),
             E::UnknownRowid(_) => ApiError::new(WBIA_UNKNOWN_UUIDS, e.to_string(), Value::Null),
-            E::NoSpecies(_) => ApiError::bad_request(e.to_string()),
+            E::NoSpecies(_) | E::EmptyList | E::TooManyAnnotations { .. } => {
+                ApiError::bad_request(e.to_string())
+            }
+            E::DuplicateUuids(found) => {
+                let positions = |list: Vec<(uuid::Uuid, Vec<usize>)>| {
+                    list.into_iter()
+                        .map(|(uuid, at)| (uuid.to_string(), json!(at)))
+                        .collect()
+                };
+                ApiError::duplicate_uuids(positions(found.queries), positions(found.database))
+            }
             E::Wbia(e) => e.into(),
+            E::Engine(e) => e.into(),
+            E::Split(e) => e.into(),
         }
     }
 }
@@ -249,9 +261,9 @@ impl From<crate::job_refusals::CancelRefused> for ApiError {
     }
 }
 
-impl From<crate::split::SplitError> for ApiError {
-    fn from(e: crate::split::SplitError) -> Self {
-        use crate::split::SplitError as E;
+impl From<wbia_lightglue_service::SplitError> for ApiError {
+    fn from(e: wbia_lightglue_service::SplitError) -> Self {
+        use wbia_lightglue_service::SplitError as E;
         match e {
             E::Engine(e) => e.into(),
             E::Task(e) => e.into(),

@@ -80,7 +80,7 @@ pub fn spawn_wbia_monitor(state: &Arc<AppState>) {
 fn report(state: &AppState) -> serde_json::Value {
     json!({
         "ready": state.ready.load(Ordering::Acquire),
-        "worker_alive": state.engine.worker_alive(),
+        "worker_alive": state.engine().worker_alive(),
         "wbia_reachable": state.wbia_health.reachable(),
         "wbia_checked_secs_ago": state.wbia_health.age_secs(),
         "wbia_url": state.wbia.base_url(),
@@ -93,7 +93,7 @@ fn report(state: &AppState) -> serde_json::Value {
 /// 503 otherwise. WBIA's state is reported, not required (a query needs WBIA, a pass-through
 /// too, but a restart of this service would not bring WBIA back).
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let ok = state.ready.load(Ordering::Acquire) && state.engine.worker_alive();
+    let ok = state.ready.load(Ordering::Acquire) && state.engine().worker_alive();
     respond(ok, report(&state))
 }
 
@@ -102,7 +102,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 /// `/health/live`: liveness. 503 only when the model worker has died: restarting the process
 /// is then the cure. A process still loading its models is alive.
 pub async fn live(State(state): State<Arc<AppState>>) -> Response {
-    respond(state.engine.worker_alive(), report(&state))
+    respond(state.engine().worker_alive(), report(&state))
 }
 
 fn respond(ok: bool, body: serde_json::Value) -> Response {

@@ -13,7 +13,6 @@ pub mod params;
 mod proxy;
 mod review;
 pub mod schema;
-mod split;
 mod thumbs;
 mod upload;
 
@@ -31,22 +30,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use uuid::Uuid;
 use wbia_client::WbiaClient;
 use wbia_lightglue_engine::metrics::Histogram;
-use wbia_lightglue_engine::{
-    rank_all, Annot, Config, ConfigDir, Engine, Progress, QueryResult, ScoredAnnot, Skipped,
-    Ticket, UnusableChips,
-};
+use wbia_lightglue_engine::{Config, ConfigDir, Engine, QueryResult, ScoredAnnot, Skipped};
 
 use envelope::ApiError;
 use params::Params;
-use wbia_lightglue_service::{Annotations, ChipOptions, WbiaJobs};
-
-/// Most annotations one request may name.
-/// Requests stream their chips (memory does not grow with this), so the bound is on the
-/// lists and results a request carries.
-pub const MAX_ANNOTS_PER_REQUEST: usize = 50_000;
+use wbia_lightglue_service::{
+    Annotations, ChipOptions, Identifier, RunContext, SplitOptions, WbiaJobs,
+};
 
 /// Limits and policies of the HTTP side (the engine's are in `EngineOptions`).
 #[derive(Clone, Debug)]
@@ -104,14 +96,13 @@ impl Default for ServerOptions {
 }
 
 pub struct AppState {
-    pub engine: Engine,
+    /// Scoring: the engine, WBIA's annotations and their chips, split jobs.
+    pub identifier: Arc<Identifier>,
     pub jobs: jobs::JobStore,
     /// WBIA as the pass-through reaches it (requests forwarded, its health).
     pub wbia: WbiaClient,
     /// WBIA's own engine jobs, and the callbacks of ours.
     pub wbia_jobs: WbiaJobs,
-    /// Annotations resolved in WBIA, and their chips.
-    pub annotations: Annotations,
     pub configs: ConfigDir,
     pub ready: AtomicBool,
     pub metrics: Metrics,
@@ -121,8 +112,6 @@ pub struct AppState {
     /// This process's name among replicas sharing a PostgreSQL store (jobs record who runs
     /// them): host name and process id.
     pub replica: String,
-    /// Chunks of split jobs this replica has worked on.
-    pub chunk_metrics: split::ChunkMetrics,
     proxy_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -133,21 +122,35 @@ impl AppState {
         configs: ConfigDir,
         options: ServerOptions,
     ) -> Self {
+        let replica = replica_name();
+        let annotations = Annotations::new(wbia.clone(), options.chips.clone());
+        let split = SplitOptions {
+            chunk_annotations: options.chunk_annotations,
+            chunk_lease: options.chunk_lease,
+            replica: replica.clone(),
+        };
         Self {
-            engine,
+            identifier: Arc::new(Identifier::new(Arc::new(engine), annotations, split)),
             jobs: jobs::JobStore::new(options.max_job_result_bytes),
-            annotations: Annotations::new(wbia.clone(), options.chips.clone()),
             wbia_jobs: WbiaJobs::new(wbia.clone()),
             wbia,
             configs,
             ready: AtomicBool::new(false),
             metrics: Metrics::default(),
             wbia_health: WbiaHealth::default(),
-            replica: replica_name(),
-            chunk_metrics: split::ChunkMetrics::default(),
+            replica,
             proxy_slots: Arc::new(tokio::sync::Semaphore::new(options.max_proxied.max(1))),
             options,
         }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.identifier.engine()
+    }
+
+    /// Annotations resolved in WBIA, and their chips.
+    pub fn annotations(&self) -> &Annotations {
+        self.identifier.annotations()
     }
 }
 
@@ -179,8 +182,6 @@ pub struct Metrics {
     pub callbacks_failed: AtomicU64,
     /// Requests refused for a missing or wrong bearer token.
     pub unauthorized: AtomicU64,
-    /// Database annotations left out of answers because their chips cannot be used.
-    pub annotations_skipped: AtomicU64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -255,7 +256,7 @@ pub fn spawn_warm_up(state: Arc<AppState>) {
                 return;
             }
         };
-        match state.engine.warm_up(&config).await {
+        match state.engine().warm_up(&config).await {
             Ok(()) => {
                 state.ready.store(true, Ordering::Release);
                 tracing::info!("models loaded; ready");
@@ -282,15 +283,15 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "pipeline_root": "LightGlue",
         "extractor": extractor,
-        "model_versions": state.engine.runtime.model_versions,
+        "model_versions": state.engine().runtime.model_versions,
         "matcher": "lightglue (aliked)",
-        "device": state.engine.runtime.device,
-        "precision": state.engine.runtime.precision,
-        "match_batch": state.engine.runtime.match_batch,
+        "device": state.engine().runtime.device,
+        "precision": state.engine().runtime.precision,
+        "match_batch": state.engine().runtime.match_batch,
         "config_dir": state.configs.path(),
         "default_config": config,
         "wbia_url": state.wbia.base_url(),
-        "chips": chips_info(&state.annotations),
+        "chips": chips_info(state.annotations()),
     }))
     .into_response()
 }
@@ -375,7 +376,10 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
         lists.next().unwrap_or_default(),
         lists.next().unwrap_or_default(),
     );
-    let computed = compute(state, None, &queries, &database, &config, None, None).await?;
+    let computed = state
+        .identifier
+        .identify(&queries, &database, &config, RunContext::default())
+        .await?;
     Ok(json!({
         "pipeline_root": "LightGlue",
         "config": config_json(&config),
@@ -388,152 +392,8 @@ async fn run_query(state: &AppState, req: Request) -> Result<Value, ApiError> {
     }))
 }
 
-/// What a query run produces: per query, ranked results; and the rowids WBIA gave for the
-/// annotations on the way.
-pub struct Computed {
-    pub results: Vec<QueryResult>,
-    pub aids: Vec<(Uuid, i64)>,
-    /// Database annotations left out because their chips cannot be used.
-    pub skipped: Vec<Skipped>,
-    /// Every annotation's name as WBIA gave it (`None`: unnamed), queries included.
-    pub names: std::collections::HashMap<Uuid, Option<String>>,
-}
-
-/// What WBIA checks of a request's lists before any work: non-empty, not too long, no
-/// duplicates (601).
-pub fn check_lists(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError> {
-    if queries.is_empty() || database.is_empty() {
-        return Err(ApiError::bad_request(
-            "query_annot_uuid_list and database_annot_uuid_list must not be empty",
-        ));
-    }
-    if queries.len() + database.len() > MAX_ANNOTS_PER_REQUEST {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_ANNOTS_PER_REQUEST} annotations per request"
-        )));
-    }
-    check_duplicates(queries, database)
-}
-
-/// Pairs a request scores: each query against the database minus itself.
-pub fn pair_count(queries: &[Uuid], database: &[Uuid]) -> usize {
-    queries
-        .iter()
-        .map(|q| database.iter().filter(|d| *d != q).count())
-        .sum()
-}
-
-/// Validates the lists, admits the request (unless `admitted` already holds its ticket),
-/// resolves the annotations with WBIA, and has the engine score every query against the
-/// database (minus itself): chips stream through fetch → decode → extract → match, those
-/// whose features are cached or stored (keyed by WBIA's image UUID, bbox and theta) are not
-/// downloaded.
-/// Scores and ranks `queries` against `database`. `split_job` names the engine job this is
-/// for: with a shared store, a large one is split across replicas (`split.rs`).
-pub async fn compute(
-    state: &AppState,
-    admitted: Option<&Ticket>,
-    queries: &[Uuid],
-    database: &[Uuid],
-    config: &Config,
-    progress: Option<&Progress>,
-    split_job: Option<&str>,
-) -> Result<Computed, ApiError> {
-    check_lists(queries, database)?;
-    let own_ticket;
-    let ticket = match admitted {
-        Some(t) => t,
-        None => {
-            own_ticket = state.engine.admit(pair_count(queries, database))?;
-            &own_ticket
-        }
-    };
-
-    // One lookup for every annotation, so all unknown UUIDs are reported at once (code 600).
-    let mut all: Vec<Uuid> = queries.to_vec();
-    all.extend(database.iter().filter(|u| !queries.contains(u)));
-    let resolved = state.annotations.resolve(&all).await?;
-    let aids: Vec<(Uuid, i64)> = resolved.iter().map(|a| (a.uuid, a.aid)).collect();
-    let annot_of: std::collections::HashMap<Uuid, Annot> =
-        resolved.iter().map(|a| (a.uuid, a.annot())).collect();
-    let annots =
-        |list: &[Uuid]| -> Vec<Annot> { list.iter().map(|u| annot_of[u].clone()).collect() };
-    let source = state.annotations.chips(&resolved);
-    let own_progress = Progress::default();
-    let progress = progress.unwrap_or(&own_progress);
-    let others: Vec<Uuid> = match queries {
-        [q] => database.iter().filter(|d| *d != q).copied().collect(),
-        _ => Vec::new(),
-    };
-    let found = match split_job {
-        Some(jobid) if queries.len() == 1 && split::splits(state, others.len()) => {
-            // In the shared store before the chunks are queued: no replica extracts it again.
-            let query = &annots(queries)[0];
-            state
-                .engine
-                .prepare_query(ticket, &source, query, config, progress)
-                .await?;
-            split::score(state, jobid, queries[0], &others, config, progress).await?
-        }
-        _ => {
-            state
-                .engine
-                .identify_all(
-                    ticket,
-                    &source,
-                    &annots(queries),
-                    &annots(database),
-                    config,
-                    progress,
-                    UnusableChips::Skip,
-                )
-                .await?
-        }
-    };
-    if !found.skipped.is_empty() {
-        state
-            .metrics
-            .annotations_skipped
-            .fetch_add(found.skipped.len() as u64, Ordering::Relaxed);
-    }
-    let names: std::collections::HashMap<Uuid, Option<String>> =
-        resolved.into_iter().map(|a| (a.uuid, a.name)).collect();
-    let results = rank_all(queries, database, found.scores, &names, config);
-    Ok(Computed {
-        results,
-        aids,
-        skipped: found.skipped,
-        names,
-    })
-}
-
 fn config_json(config: &Config) -> Value {
     serde_json::to_value(config).unwrap_or(Value::Null)
-}
-
-/// WBIA refuses duplicate UUIDs within a list with code 601 (`web_check_uuids`).
-/// 601 for UUIDs listed more than once, in WBIA's shape: per list, an object from each
-/// repeated UUID to all its positions. (WBIA 4.0.4 fills both maps from the database list;
-/// the engine's query list holds one annotation, so its `qdup_pos_map` is empty here.)
-fn check_duplicates(queries: &[Uuid], database: &[Uuid]) -> Result<(), ApiError> {
-    let dups = |list: &[Uuid]| -> serde_json::Map<String, Value> {
-        let mut positions: std::collections::HashMap<Uuid, Vec<usize>> = Default::default();
-        for (i, u) in list.iter().enumerate() {
-            positions.entry(*u).or_default().push(i);
-        }
-        let mut repeated: Vec<(Uuid, Vec<usize>)> =
-            positions.into_iter().filter(|(_, p)| p.len() > 1).collect();
-        repeated.sort_by_key(|(_, p)| p[0]);
-        repeated
-            .into_iter()
-            .map(|(u, p)| (u.to_string(), json!(p)))
-            .collect()
-    };
-    let (q, d) = (dups(queries), dups(database));
-    if q.is_empty() && d.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::duplicate_uuids(q, d))
 }
 
 /// A database annotation left out, in the documented shape.

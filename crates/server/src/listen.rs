@@ -31,8 +31,8 @@ pub async fn serve(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<()
     tracing::info!(addr = %listener.local_addr()?, "listening");
     spawn_warm_up(state.clone());
     // With a shared store, this replica takes chunks of every replica's large jobs.
-    if state.engine.chunk_queue().is_some() {
-        tokio::spawn(crate::split::work_chunks(state.clone()));
+    if state.engine().chunk_queue().is_some() {
+        tokio::spawn(state.identifier.clone().work_chunks());
     }
     serve_on(state, listener, signal).await
 }

@@ -60,7 +60,7 @@ pub(crate) fn render(state: &AppState) -> String {
 fn requests(state: &AppState) -> Vec<Family> {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let m = &state.metrics;
-    let c = &state.engine.cache_stats;
+    let c = &state.engine().cache_stats;
     vec![
         Family::new(
             "wbia_lightglue_queries_total",
@@ -114,7 +114,7 @@ fn requests(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_annotations_skipped_total",
             Kind::Counter,
             "Database annotations left out of an answer because their chips cannot be used (WBIA refused them, too large, not a readable image).",
-            load(&m.annotations_skipped),
+            load(&state.identifier.metrics().annotations_skipped),
         ),
     ]
 }
@@ -122,7 +122,7 @@ fn requests(state: &AppState) -> Vec<Family> {
 /// Features and pair scores: cache, store, extraction, matching.
 fn features(state: &AppState) -> Vec<Family> {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let c = &state.engine.cache_stats;
+    let c = &state.engine().cache_stats;
     vec![
         Family::new(
             "wbia_lightglue_feature_cache_hits_total",
@@ -182,7 +182,7 @@ fn features(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_store_corrupt_rows_total",
             Kind::Counter,
             "Persisted rows whose checksum failed (read as misses and deleted).",
-            state.engine.store_corrupt_rows(),
+            state.engine().store_corrupt_rows(),
         ),
     ]
 }
@@ -190,7 +190,7 @@ fn features(state: &AppState) -> Vec<Family> {
 /// Where chips came from.
 fn chips(state: &AppState) -> Vec<Family> {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let c = &state.engine.cache_stats;
+    let c = &state.engine().cache_stats;
     vec![
         Family::new(
             "wbia_lightglue_chips_downloaded_total",
@@ -208,13 +208,13 @@ fn chips(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_chips_from_image_files_total",
             Kind::Counter,
             "Annotations whose chip was made here from WBIA's image file, as WBIA makes it (counted when resolved).",
-            state.annotations.stats().from_images.load(Ordering::Relaxed),
+            state.annotations().stats().from_images.load(Ordering::Relaxed),
         ),
         Family::new(
             "wbia_lightglue_chips_image_file_unreadable_total",
             Kind::Counter,
             "Annotations whose WBIA image file could not be read here: with --chips auto their chips are downloaded (JPEG re-encodes).",
-            state.annotations.stats().unreadable.load(Ordering::Relaxed),
+            state.annotations().stats().unreadable.load(Ordering::Relaxed),
         ),
     ]
 }
@@ -227,33 +227,33 @@ fn chunks(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_chunks_taken_total",
             Kind::Counter,
             "Chunks of split jobs (any replica's) this replica took.",
-            load(&state.chunk_metrics.taken),
+            load(&state.identifier.metrics().chunks.taken),
         ),
         Family::new(
             "wbia_lightglue_chunks_done_total",
             Kind::Counter,
             "Chunks of split jobs this replica finished.",
-            load(&state.chunk_metrics.done),
+            load(&state.identifier.metrics().chunks.done),
         ),
         Family::new(
             "wbia_lightglue_chunks_retaken_total",
             Kind::Counter,
             "Chunks this replica took after another replica's lease on them expired.",
-            load(&state.chunk_metrics.retaken),
+            load(&state.identifier.metrics().chunks.retaken),
         ),
         Family::new(
             "wbia_lightglue_chunks_failed_total",
             Kind::Counter,
             "Chunks that failed on this replica.",
-            load(&state.chunk_metrics.failed),
+            load(&state.identifier.metrics().chunks.failed),
         ),
     ]
 }
 
 /// What is held or running now.
 fn gauges(state: &AppState) -> Vec<Family> {
-    let (cached, cached_bytes) = state.engine.cached_features();
-    let (admitted, pending_pairs) = state.engine.admitted();
+    let (cached, cached_bytes) = state.engine().cached_features();
+    let (admitted, pending_pairs) = state.engine().admitted();
     vec![
         Family::new(
             "wbia_lightglue_feature_cache_entries",
@@ -271,7 +271,7 @@ fn gauges(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_queue_depth",
             Kind::Gauge,
             "Model jobs waiting for the worker.",
-            state.engine.queue_depth() as u64,
+            state.engine().queue_depth() as u64,
         ),
         Family::new(
             "wbia_lightglue_admitted_requests",
@@ -307,7 +307,7 @@ fn gauges(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_worker_alive",
             Kind::Gauge,
             "1 while the model worker thread runs.",
-            u64::from(state.engine.worker_alive()),
+            u64::from(state.engine().worker_alive()),
         ),
         Family::new(
             "wbia_lightglue_wbia_reachable",
@@ -325,7 +325,7 @@ fn histograms(state: &AppState, text: &mut String) {
         text,
         "# HELP {stage} Latency of one pipeline step: a chip download (all attempts), a decode, an extraction or a matching job (queueing included).\n# TYPE {stage} histogram\n"
     );
-    let s = &state.engine.stage_seconds;
+    let s = &state.engine().stage_seconds;
     for (label, h) in [
         ("fetch", &s.fetch),
         ("decode", &s.decode),

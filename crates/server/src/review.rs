@@ -13,7 +13,8 @@ use wbia_lightglue_engine::{NameScore, QueryResult};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
-use crate::{compute, jobs, AppState};
+use crate::{jobs, AppState};
+use wbia_lightglue_service::RunContext;
 
 #[utoipa::path(
     get,
@@ -59,14 +60,17 @@ async fn best_individual(
     let config = state
         .configs
         .load(query_config.get("config_path").and_then(Value::as_str))?;
-    let query = state.annotations.by_rowid(aid).await?;
-    let database = state.annotations.all_but(query).await?;
+    let query = state.annotations().by_rowid(aid).await?;
+    let database = state.annotations().all_but(query).await?;
     if database.is_empty() {
         return Err(ApiError::bad_request(
             "WBIA holds no other annotation to compare with",
         ));
     }
-    let computed = compute(state, None, &[query], &database, &config, None, None).await?;
+    let computed = state
+        .identifier
+        .identify(&[query], &database, &config, RunContext::default())
+        .await?;
     let result = &computed.results[0];
     let Some(best) = result.name_scores.first() else {
         // WBIA answers all-null when no database annotation has a name.
@@ -116,11 +120,11 @@ async fn sex_and_age(
         name_annots.push(query);
     }
     let sex = state
-        .annotations
+        .annotations()
         .sex(best.best_annot)
         .await?
         .map(|s| title_case(&s));
-    let min_age = state.annotations.min_age_months(&name_annots).await?;
+    let min_age = state.annotations().min_age_months(&name_annots).await?;
     Ok((sex, min_age))
 }
 

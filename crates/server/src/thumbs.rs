@@ -116,17 +116,17 @@ async fn render_thumb(
     // keyed as identification keys them: the features of the job that handed out this
     // reference are found, not recomputed.
     let resolved = state
-        .annotations
+        .annotations()
         .resolve(&[q, d])
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let chips = state.annotations.chips(&resolved);
+    let chips = state.annotations().chips(&resolved);
     let (qchip, dchip) =
         tokio::try_join!(chips.chip(q), chips.chip(d)).map_err(|e| failed(e.to_string()))?;
     let pair = if draws_matches(&version) {
         let source = Fetched(HashMap::from([(q, qchip.clone()), (d, dchip.clone())]));
         let matched = state
-            .engine
+            .engine()
             .match_pair(
                 &source,
                 &resolved[0].annot(),

@@ -130,7 +130,7 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
             image1.ok_or_else(|| missing("image1"))?,
         ),
     ];
-    let (pair, [left, right]) = state.engine.match_images(images, &config).await?;
+    let (pair, [left, right]) = state.engine().match_images(images, &config).await?;
     let score = pair.result.score();
     if json {
         return Ok(envelope::ok(

@@ -1924,10 +1924,10 @@ async fn two_uploaded_images_are_matched_and_drawn() {
         "config.json asks for 512"
     );
     // Uploads are not annotations: nothing cached, nothing downloaded from WBIA.
-    assert_eq!(state.engine.cached_features().0, 0);
+    assert_eq!(state.engine().cached_features().0, 0);
     assert_eq!(
         state
-            .engine
+            .engine()
             .cache_stats
             .chips_downloaded
             .load(Ordering::SeqCst),

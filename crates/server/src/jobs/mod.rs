@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use wbia_lightglue_engine::{Config, Progress, Ticket};
-use wbia_lightglue_service::Callback;
+use wbia_lightglue_service::{Callback, RunContext};
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
-use crate::{check_lists, compute, pair_count, proxy, AppState};
+use crate::{proxy, AppState};
 
 pub use crate::job_refusals::{
     valid_jobid, CallbackRefused, CancelRefused, JobIdError, JobIdRefused, MAX_JOBID_LEN,
@@ -195,19 +195,18 @@ async fn accept(
     // accepted as a job that can only fail.
     let mut known = vec![request.query];
     known.extend(request.database.iter().flatten());
-    state.annotations.check_known(&known).await?;
+    state.annotations().check_known(&known).await?;
     // A null or absent list means every annotation of the query's species, as in WBIA
     // (docs/wbia-api.md); resolved before admission, which needs the pair count.
     let mut database = match request.database {
         Some(list) => list,
-        None => state.annotations.same_species(request.query).await?,
+        None => state.annotations().same_species(request.query).await?,
     };
     if request.include_query && !database.contains(&request.query) {
         database.push(request.query);
     }
     let queries = vec![request.query];
-    check_lists(&queries, &database)?;
-    let ticket = state.engine.admit(pair_count(&queries, &database))?;
+    let ticket = state.identifier.admit(&queries, &database)?;
     // Unique across replicas too (a no-op without a shared store).
     if !shared::claim(state, &request.jobid).await? {
         return Err(JobIdRefused::new(&request.jobid, JobIdError::Taken).into());
@@ -262,19 +261,18 @@ fn spawn(state: &Arc<AppState>, run: Run, ticket: Ticket) -> Result<String, ApiE
 /// Runs one job to its end: its scores, its result document, or the error it ended with.
 async fn execute(state: &AppState, run: &Run, ticket: Ticket, progress: &Progress) -> Job {
     let outcome = async {
-        let computed = compute(
-            state,
-            Some(&ticket),
-            &run.queries,
-            &run.database,
-            &run.config,
-            Some(progress),
-            Some(&run.jobid),
-        )
-        .await?;
+        let run_context = RunContext {
+            admitted: Some(&ticket),
+            progress: Some(progress),
+            job: Some(&run.jobid),
+        };
+        let computed = state
+            .identifier
+            .identify(&run.queries, &run.database, &run.config, run_context)
+            .await?;
         // Only the job result reports name ids; the synchronous endpoint does not need them.
         let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
-        let nids = state.annotations.name_rowids(&annots).await?;
+        let nids = state.annotations().name_rowids(&annots).await?;
         let name_rowids: Vec<(Uuid, Option<i64>)> = annots.into_iter().zip(nids).collect();
         Ok::<_, ApiError>((computed, name_rowids))
     }

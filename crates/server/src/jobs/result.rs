@@ -11,7 +11,7 @@ use uuid::Uuid;
 use wbia_lightglue_engine::{QueryResult, ScoredAnnot};
 
 use crate::schema::FancyUuid;
-use crate::Computed;
+use wbia_lightglue_service::Computed;
 
 /// Annotations per result marked as having a match thumbnail (WBIA renders its top 20).
 const THUMBS_PER_RESULT: usize = 20;

@@ -22,7 +22,7 @@ async fn on_store<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&dyn JobBoard) -> wbia_lightglue_engine::Result<T> + Send + 'static,
 ) -> Option<Result<T, ApiError>> {
-    let store = state.engine.job_board()?.clone();
+    let store = state.engine().job_board()?.clone();
     Some(
         match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
             Ok(answer) => answer.map_err(ApiError::from),
@@ -103,7 +103,7 @@ pub async fn publish_final(
 
 /// Publishes a working job's progress until the job's task ends (the caller aborts this).
 pub async fn publish_progress(state: Arc<AppState>, jobid: String, progress: Arc<Progress>) {
-    if state.engine.chunk_queue().is_none() {
+    if state.engine().chunk_queue().is_none() {
         return;
     }
     loop {
