@@ -197,6 +197,9 @@ impl From<wbia_lightglue_service::Error> for ApiError {
             E::Wbia(e) => e.into(),
             E::Engine(e) => e.into(),
             E::Split(e) => e.into(),
+            E::JobId(refused) => refused.into(),
+            E::Callback(refused) => refused.into(),
+            E::Task(e) => e.into(),
         }
     }
 }
@@ -229,9 +232,9 @@ impl From<axum::extract::multipart::MultipartError> for ApiError {
     }
 }
 
-impl From<crate::job_refusals::JobIdRefused> for ApiError {
-    fn from(refused: crate::job_refusals::JobIdRefused) -> Self {
-        use crate::job_refusals::JobIdError as E;
+impl From<wbia_lightglue_service::job_refusals::JobIdRefused> for ApiError {
+    fn from(refused: wbia_lightglue_service::job_refusals::JobIdRefused) -> Self {
+        use wbia_lightglue_service::job_refusals::JobIdError as E;
         match refused.error {
             E::Invalid => ApiError::bad_request(refused.to_string()),
             E::Taken => ApiError::new(409, refused.to_string(), Value::Null),
@@ -239,9 +242,9 @@ impl From<crate::job_refusals::JobIdRefused> for ApiError {
     }
 }
 
-impl From<crate::job_refusals::CallbackRefused> for ApiError {
-    fn from(refused: crate::job_refusals::CallbackRefused) -> Self {
-        use crate::job_refusals::CallbackRefused as E;
+impl From<wbia_lightglue_service::job_refusals::CallbackRefused> for ApiError {
+    fn from(refused: wbia_lightglue_service::job_refusals::CallbackRefused) -> Self {
+        use wbia_lightglue_service::job_refusals::CallbackRefused as E;
         match refused {
             E::NotAUrl { .. } | E::NotHttp { .. } => ApiError::bad_request(refused.to_string()),
             E::HostNotAllowed { .. } => ApiError::new(403, refused.to_string(), Value::Null),
@@ -249,9 +252,9 @@ impl From<crate::job_refusals::CallbackRefused> for ApiError {
     }
 }
 
-impl From<crate::job_refusals::CancelRefused> for ApiError {
-    fn from(refused: crate::job_refusals::CancelRefused) -> Self {
-        use crate::job_refusals::CancelRefused as E;
+impl From<wbia_lightglue_service::job_refusals::CancelRefused> for ApiError {
+    fn from(refused: wbia_lightglue_service::job_refusals::CancelRefused) -> Self {
+        use wbia_lightglue_service::job_refusals::CancelRefused as E;
         match refused {
             E::Ended { .. } | E::Elsewhere { .. } => {
                 ApiError::new(409, refused.to_string(), Value::Null)

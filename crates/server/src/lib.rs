@@ -3,7 +3,6 @@
 mod auth;
 pub mod envelope;
 mod health;
-pub mod job_refusals;
 pub mod jobs;
 pub mod lenient_uri;
 mod listen;
@@ -36,6 +35,7 @@ use wbia_lightglue_engine::{Config, ConfigDir, Engine, QueryResult, ScoredAnnot,
 
 use envelope::ApiError;
 use params::Params;
+use wbia_lightglue_service::jobs::{JobOptions, JobRunner, JobStore};
 use wbia_lightglue_service::{
     Annotations, ChipOptions, Identifier, RunContext, SplitOptions, WbiaJobs,
 };
@@ -98,11 +98,10 @@ impl Default for ServerOptions {
 pub struct AppState {
     /// Scoring: the engine, WBIA's annotations and their chips, split jobs.
     pub identifier: Arc<Identifier>,
-    pub jobs: jobs::JobStore,
+    /// Engine jobs: accepted, run, remembered, shared with the replicas.
+    pub runner: Arc<JobRunner>,
     /// WBIA as the pass-through reaches it (requests forwarded, its health).
     pub wbia: WbiaClient,
-    /// WBIA's own engine jobs, and the callbacks of ours.
-    pub wbia_jobs: WbiaJobs,
     pub configs: ConfigDir,
     pub ready: AtomicBool,
     pub metrics: Metrics,
@@ -129,10 +128,20 @@ impl AppState {
             chunk_lease: options.chunk_lease,
             replica: replica.clone(),
         };
+        let identifier = Arc::new(Identifier::new(Arc::new(engine), annotations, split));
+        let runner = JobRunner::new(
+            identifier.clone(),
+            JobStore::new(options.max_job_result_bytes),
+            WbiaJobs::new(wbia.clone()),
+            JobOptions {
+                callback_hosts: options.callback_hosts.clone(),
+                job_lease: options.job_lease,
+            },
+            Box::new(jobs::WbiaDocuments),
+        );
         Self {
-            identifier: Arc::new(Identifier::new(Arc::new(engine), annotations, split)),
-            jobs: jobs::JobStore::new(options.max_job_result_bytes),
-            wbia_jobs: WbiaJobs::new(wbia.clone()),
+            identifier,
+            runner: Arc::new(runner),
             wbia,
             configs,
             ready: AtomicBool::new(false),
@@ -172,14 +181,9 @@ pub struct Metrics {
     pub query_errors: AtomicU64,
     /// Synchronous `chip/best` queries, start to answer.
     pub query_seconds: Histogram,
-    /// Engine jobs, accepted to finished.
-    pub job_seconds: Histogram,
     /// Requests passed through to WBIA, and those refused for want of a slot.
     pub proxied: AtomicU64,
     pub proxy_refused: AtomicU64,
-    /// Job callbacks delivered, and those that failed after every retry.
-    pub callbacks_sent: AtomicU64,
-    pub callbacks_failed: AtomicU64,
     /// Requests refused for a missing or wrong bearer token.
     pub unauthorized: AtomicU64,
 }

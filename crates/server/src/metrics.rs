@@ -96,13 +96,13 @@ fn requests(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_callbacks_sent_total",
             Kind::Counter,
             "Job callbacks delivered.",
-            load(&m.callbacks_sent),
+            load(&state.runner.metrics().callbacks_sent),
         ),
         Family::new(
             "wbia_lightglue_callbacks_failed_total",
             Kind::Counter,
             "Job callbacks that failed after every retry.",
-            load(&m.callbacks_failed),
+            load(&state.runner.metrics().callbacks_failed),
         ),
         Family::new(
             "wbia_lightglue_unauthorized_total",
@@ -295,13 +295,13 @@ fn gauges(state: &AppState) -> Vec<Family> {
             "wbia_lightglue_jobs_known",
             Kind::Gauge,
             "Engine jobs held for status and result.",
-            state.jobs.len() as u64,
+            state.runner.jobs().len() as u64,
         ),
         Family::new(
             "wbia_lightglue_job_result_bytes",
             Kind::Gauge,
             "Bytes of the finished job results held.",
-            state.jobs.result_bytes() as u64,
+            state.runner.jobs().result_bytes() as u64,
         ),
         Family::new(
             "wbia_lightglue_worker_alive",
@@ -344,7 +344,8 @@ fn histograms(state: &AppState, text: &mut String) {
         .query_seconds
         .render(text, request, "kind=\"query\"");
     state
-        .metrics
+        .runner
+        .metrics()
         .job_seconds
         .render(text, request, "kind=\"job\"");
 }

@@ -85,7 +85,7 @@ async fn best_individual(
     let (sex, min_age) = sex_and_age(state, query, query_name, result, best).await?;
     // The reference our own thumbnail route renders (it was passed to WBIA, which knew it not).
     let reference = crate::jobs::thumb_reference(&config);
-    state.jobs.remember_reference(&reference, &config);
+    state.runner.jobs().remember_reference(&reference, &config);
     Ok(json!({
         "name": best.name,
         "sex": sex,

@@ -56,14 +56,18 @@ pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Re
     let reference = params.string("extern_reference").unwrap_or_default();
     // A reference this process handed out, else one of the configuration directory's (made
     // before a restart, or by another replica sharing the directory), recomputed here.
-    let config = state.jobs.reference_config(&reference).or_else(|| {
-        state
-            .configs
-            .all()
-            .into_iter()
-            .map(|(_, config)| config)
-            .find(|c| thumb_reference(c) == reference)
-    });
+    let config = state
+        .runner
+        .jobs()
+        .reference_config(&reference)
+        .or_else(|| {
+            state
+                .configs
+                .all()
+                .into_iter()
+                .map(|(_, config)| config)
+                .find(|c| thumb_reference(c) == reference)
+        });
     let Some(config) = config else {
         return proxy::forward(&state, &parts, body).await;
     };

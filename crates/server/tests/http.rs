@@ -861,7 +861,7 @@ async fn a_job_naming_unknown_annotations_is_refused_at_its_start() {
         .collect();
     assert_eq!(missing, vec![0xdead, 0xbeef]);
     assert!(
-        state.jobs.get("with-unknowns").is_none(),
+        state.runner.jobs().get("with-unknowns").is_none(),
         "no job was created"
     );
 
@@ -1989,7 +1989,7 @@ async fn thumbnail_references_of_any_configuration_survive_the_process() {
         ConfigDir::new(dir),
         ServerOptions::default(),
     ));
-    assert!(!second.jobs.knows_reference(&reference));
+    assert!(!second.runner.jobs().knows_reference(&reference));
     let addr = spawn_ours(router(second)).await;
     let resp = reqwest::Client::new()
         .get(format!("http://{addr}/api/query/graph/match/thumb/"))

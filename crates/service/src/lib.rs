@@ -9,6 +9,8 @@
 mod annotations;
 mod chips;
 mod identify;
+pub mod job_refusals;
+pub mod jobs;
 mod split;
 mod wbia_jobs;
 
@@ -49,6 +51,13 @@ pub enum Error {
     Engine(#[from] wbia_lightglue_engine::Error),
     #[error(transparent)]
     Split(#[from] SplitError),
+    #[error(transparent)]
+    JobId(#[from] job_refusals::JobIdRefused),
+    #[error(transparent)]
+    Callback(#[from] job_refusals::CallbackRefused),
+    /// A blocking task that panicked or was cancelled.
+    #[error("a blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

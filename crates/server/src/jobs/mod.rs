@@ -2,11 +2,8 @@
 //! status, fetch its result, and get a `jobid=<id>` callback when it is done. Jobs whose
 //! `pipeline_root` is not LightGlue, and job ids that are not ours, go to WBIA unchanged.
 
-mod registry;
 mod result;
-mod shared;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -14,21 +11,19 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use wbia_lightglue_engine::{Config, Progress, Ticket};
-use wbia_lightglue_service::{Callback, RunContext};
+use wbia_lightglue_engine::job_board::JobStatus;
+use wbia_lightglue_engine::Config;
+use wbia_lightglue_service::jobs::{FoundJob, JobSpec};
+use wbia_lightglue_service::Callback;
 
 use crate::envelope::{self, ApiError};
 use crate::params::Params;
 use crate::{proxy, AppState};
 
-pub use crate::job_refusals::{
-    valid_jobid, CallbackRefused, CancelRefused, JobIdError, JobIdRefused, MAX_JOBID_LEN,
-};
-pub use registry::{Job, JobStatus, JobStore, MAX_JOBS};
-use result::identification_result;
 pub use result::{
     render, AnnotPairDict, ChipMatch, ClusterDict, IdentificationResult, Inference, JobResult,
-    JobResultResponse, NameId, NameScoreCell, PriorMatchingState, ReviewPair, Summary, NEG_INF,
+    JobResultResponse, NameId, NameScoreCell, PriorMatchingState, ReviewPair, Summary,
+    WbiaDocuments, NEG_INF,
 };
 
 /// The `dannot_extern_reference` of our results, in WBIA's form (16 lowercase letters),
@@ -93,6 +88,32 @@ pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Response
         Ok(jobid) => envelope::ok(Value::String(jobid)),
         Err(e) => e.into_response(),
     }
+}
+
+/// Reads the request and its configuration, and hands the job to the runner.
+async fn accept(
+    state: &AppState,
+    params: &Params,
+    query_config: Value,
+) -> Result<String, ApiError> {
+    let request = JobRequest::read(params)?;
+    let config_path = query_config.get("config_path").and_then(Value::as_str);
+    let config = state.configs.load(config_path)?;
+    // Known before the job ends, so that its thumbnails can be drawn while it works.
+    state
+        .runner
+        .jobs()
+        .remember_reference(&thumb_reference(&config), &config);
+    let spec = JobSpec {
+        jobid: request.jobid,
+        query: request.query,
+        database: request.database,
+        include_query: request.include_query,
+        config,
+        query_config,
+        callback: request.callback,
+    };
+    Ok(state.runner.accept(spec).await?)
 }
 
 /// What a job request asks for, as read from its parameters.
@@ -164,208 +185,6 @@ impl JobRequest {
     }
 }
 
-/// One accepted job: what it matches and how, and what its result echoes.
-struct Run {
-    jobid: String,
-    queries: Vec<Uuid>,
-    database: Vec<Uuid>,
-    config: Config,
-    reference: String,
-    query_config: Value,
-    callback: Option<Callback>,
-}
-
-/// Validates the request, resolves its database, admits it (or answers 429 now, never later
-/// as a failed job), records the job and runs it in the background.
-async fn accept(
-    state: &Arc<AppState>,
-    params: &Params,
-    query_config: Value,
-) -> Result<String, ApiError> {
-    let request = JobRequest::read(params)?;
-    let config_path = query_config.get("config_path").and_then(Value::as_str);
-    let config = state.configs.load(config_path)?;
-    let reference = thumb_reference(&config);
-    state.jobs.remember_reference(&reference, &config);
-    jobid_usable(state, &request.jobid)?;
-    if let Some(callback) = &request.callback {
-        check_callback(state, &callback.url)?;
-    }
-    // Unknown annotations are refused now, as WBIA's `web_check_uuids` does (600), not
-    // accepted as a job that can only fail.
-    let mut known = vec![request.query];
-    known.extend(request.database.iter().flatten());
-    state.annotations().check_known(&known).await?;
-    // A null or absent list means every annotation of the query's species, as in WBIA
-    // (docs/wbia-api.md); resolved before admission, which needs the pair count.
-    let mut database = match request.database {
-        Some(list) => list,
-        None => state.annotations().same_species(request.query).await?,
-    };
-    if request.include_query && !database.contains(&request.query) {
-        database.push(request.query);
-    }
-    let queries = vec![request.query];
-    let ticket = state.identifier.admit(&queries, &database)?;
-    // Unique across replicas too (a no-op without a shared store).
-    if !shared::claim(state, &request.jobid).await? {
-        return Err(JobIdRefused::new(&request.jobid, JobIdError::Taken).into());
-    }
-    let run = Run {
-        jobid: request.jobid,
-        queries,
-        database,
-        config,
-        reference,
-        query_config,
-        callback: request.callback,
-    };
-    spawn(state, run, ticket)
-}
-
-/// Registers the job as working and runs it in the background.
-fn spawn(state: &Arc<AppState>, run: Run, ticket: Ticket) -> Result<String, ApiError> {
-    let jobid = run.jobid.clone();
-    let progress = Arc::new(Progress::default());
-    let task_state = state.clone();
-    let task_progress = progress.clone();
-    // Registered before it can finish, so that its final state is never overwritten.
-    let slot = Arc::new(tokio::sync::Notify::new());
-    let registered = slot.clone();
-    let task = tokio::spawn(async move {
-        registered.notified().await;
-        let accepted = std::time::Instant::now();
-        let state = task_state;
-        let publisher = tokio::spawn(shared::publish_progress(
-            state.clone(),
-            run.jobid.clone(),
-            task_progress.clone(),
-        ));
-        let job = execute(&state, &run, ticket, &task_progress).await;
-        state.metrics.job_seconds.since(accepted);
-        publisher.abort();
-        finish(&state, &run.jobid, job, run.callback.as_ref()).await;
-    });
-    if let Err(e) = state
-        .jobs
-        .insert(&jobid, Job::working(progress, task.abort_handle()))
-    {
-        // Taken since the check above by a request racing this one.
-        task.abort();
-        return Err(JobIdRefused::new(&jobid, e).into());
-    }
-    slot.notify_one();
-    Ok(jobid)
-}
-
-/// Runs one job to its end: its scores, its result document, or the error it ended with.
-async fn execute(state: &AppState, run: &Run, ticket: Ticket, progress: &Progress) -> Job {
-    let outcome = async {
-        let run_context = RunContext {
-            admitted: Some(&ticket),
-            progress: Some(progress),
-            job: Some(&run.jobid),
-        };
-        let computed = state
-            .identifier
-            .identify(&run.queries, &run.database, &run.config, run_context)
-            .await?;
-        // Only the job result reports name ids; the synchronous endpoint does not need them.
-        let annots: Vec<Uuid> = computed.aids.iter().map(|(u, _)| *u).collect();
-        let nids = state.annotations().name_rowids(&annots).await?;
-        let name_rowids: Vec<(Uuid, Option<i64>)> = annots.into_iter().zip(nids).collect();
-        Ok::<_, ApiError>((computed, name_rowids))
-    }
-    .await;
-    drop(ticket);
-    let failed = |text: String| Job::ended(JobStatus::Exception, Value::String(text).to_string());
-    let (computed, name_rowids) = match outcome {
-        Ok(found) => found,
-        Err(e) => return failed(format!("{} (code {})", e.message, e.code)),
-    };
-    // WBIA reports the query's own name (`qname`, `orig_name_list`).
-    let query_name = computed.names.get(&run.queries[0]).cloned().flatten();
-    let document = identification_result(
-        &computed,
-        &run.reference,
-        &name_rowids,
-        query_name.as_deref(),
-        &run.queries,
-        &run.database,
-        &run.query_config,
-    );
-    let rendered = render(&document);
-    let limit = state.jobs.max_result_bytes();
-    if rendered.len() > limit {
-        return failed(format!(
-            "the result takes {} bytes, more than this service keeps for one job ({limit}, \
-             --max-job-result-bytes); send a smaller database",
-            rendered.len()
-        ));
-    }
-    Job::ended(JobStatus::Completed, rendered)
-}
-
-/// Refuses an unusable or taken job id before any work.
-fn jobid_usable(state: &AppState, jobid: &str) -> Result<(), JobIdRefused> {
-    state
-        .jobs
-        .check_new(jobid)
-        .map_err(|e| JobIdRefused::new(jobid, e))
-}
-
-/// A callback must be an http(s) URL and, when `--callback-hosts` is set, name one of them.
-fn check_callback(state: &AppState, url: &str) -> Result<(), CallbackRefused> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| CallbackRefused::NotAUrl {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(CallbackRefused::NotHttp {
-            url: url.to_string(),
-        });
-    }
-    if let Some(allowed) = &state.options.callback_hosts {
-        let host = parsed.host_str().unwrap_or_default();
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
-            return Err(CallbackRefused::HostNotAllowed {
-                host: host.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Records a job's end, unless it has ended already (cancelled meanwhile), and then posts the
-/// callback, as WBIA's engine does.
-async fn finish(state: &AppState, id: &str, job: Job, callback: Option<&Callback>) {
-    let status = job.status;
-    let result = job.result.clone();
-    if !state.jobs.end(id, job) {
-        return;
-    }
-    shared::publish_final(state, id, status, result.clone()).await;
-    tracing::info!(jobid = %id, status = status.as_str(), "job finished");
-    let Some(callback) = callback else { return };
-    let rendered = result.as_deref().unwrap_or("null");
-    match state
-        .wbia_jobs
-        .announce(callback, id, status.as_str(), rendered)
-        .await
-    {
-        Ok(()) => {
-            state.metrics.callbacks_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            state
-                .metrics
-                .callbacks_failed
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(jobid = %id, error = %e, "callback failed after retries");
-        }
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/api/engine/job/cancel/",
@@ -388,47 +207,10 @@ pub async fn cancel(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let Some(id) = jobid_of(&params) else {
         return ApiError::bad_request("missing parameter jobid").into_response();
     };
-    match cancel_job(&state, &id).await {
+    match state.runner.cancel(&id).await {
         Ok(()) => envelope::ok(json!({"jobid": id, "jobstatus": "exception", "cancelled": true})),
         Err(refused) => ApiError::from(refused).into_response(),
     }
-}
-
-/// Ends working job `id` as cancelled, or says why it cannot be.
-async fn cancel_job(state: &AppState, id: &str) -> Result<(), CancelRefused> {
-    let cancelled = Job::ended(
-        JobStatus::Exception,
-        Value::String("cancelled by request".into()).to_string(),
-    );
-    let abort = state.jobs.get(id).and_then(|j| j.abort);
-    let result = cancelled.result.clone();
-    if state.jobs.end(id, cancelled) {
-        if let Some(abort) = abort {
-            abort.abort();
-        }
-        shared::publish(state, id, JobStatus::Exception, None, result).await;
-        tracing::info!(jobid = %id, "job cancelled");
-        return Ok(());
-    }
-    let jobid = id.to_string();
-    if let Some(job) = state.jobs.get(id) {
-        return Err(CancelRefused::Ended {
-            jobid,
-            status: job.status,
-        });
-    }
-    Err(match shared::lookup(state, id).await {
-        Some(job) if job.status != JobStatus::Working => CancelRefused::Ended {
-            jobid,
-            status: job.status,
-        },
-        Some(job) => CancelRefused::Elsewhere {
-            jobid,
-            replica: job.replica,
-            status: job.status,
-        },
-        None => CancelRefused::Unknown { jobid },
-    })
 }
 
 fn jobid_of(params: &Params) -> Option<String> {
@@ -451,8 +233,8 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let Some(id) = jobid_of(&params) else {
         return proxy::forward(&state, &parts, body).await;
     };
-    match state.jobs.get(&id) {
-        Some(job) => {
+    match state.runner.find(&id).await {
+        Some(FoundJob::Here(job)) => {
             let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status.as_str()});
             // Not in WBIA's answer; Wildbook ignores keys it does not read.
             if let Some(p) = &job.progress {
@@ -460,21 +242,18 @@ pub async fn status(State(state): State<Arc<AppState>>, req: Request) -> Respons
             }
             envelope::ok(status)
         }
-        None => match shared::lookup(&state, &id).await {
-            // Another replica's job, as it last published it.
-            Some(job) => {
-                let mut status =
-                    json!({"status": "ok", "jobid": id, "jobstatus": job.status.as_str()});
-                if let Some(p) = job
-                    .progress
-                    .and_then(|p| serde_json::from_str::<Value>(&p).ok())
-                {
-                    status["progress"] = p;
-                }
-                envelope::ok(status)
+        // Another replica's job, or an earlier process's, as it was last published.
+        Some(FoundJob::OnBoard(job)) => {
+            let mut status = json!({"status": "ok", "jobid": id, "jobstatus": job.status.as_str()});
+            if let Some(p) = job
+                .progress
+                .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+            {
+                status["progress"] = p;
             }
-            None => proxy::forward(&state, &parts, body).await,
-        },
+            envelope::ok(status)
+        }
+        None => proxy::forward(&state, &parts, body).await,
     }
 }
 
@@ -494,12 +273,10 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let Some(id) = jobid_of(&params) else {
         return proxy::forward(&state, &parts, body).await;
     };
-    let (status, result): (JobStatus, Option<Arc<str>>) = match state.jobs.get(&id) {
-        Some(job) => (job.status, job.result),
-        None => match shared::lookup(&state, &id).await {
-            Some(job) => (job.status, job.result.map(Into::into)),
-            None => return proxy::forward(&state, &parts, body).await,
-        },
+    let (status, result): (JobStatus, Option<Arc<str>>) = match state.runner.find(&id).await {
+        Some(FoundJob::Here(job)) => (job.status, job.result),
+        Some(FoundJob::OnBoard(job)) => (job.status, job.result.map(Into::into)),
+        None => return proxy::forward(&state, &parts, body).await,
     };
     // WBIA reports the execution status here ("completed" / "exception"), not "ok"
     // (docs/wbia-api.md); the result is spliced in as rendered when the job ended.
@@ -520,16 +297,14 @@ pub async fn result(State(state): State<Arc<AppState>>, req: Request) -> Respons
 )]
 /// `/api/engine/job/`: our job ids and WBIA's.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
-    let mut ids = state.jobs.ids();
     // With replicas: every replica's jobs.
-    match shared::ids(&state).await {
-        Some(Ok(all)) => ids.extend(all),
-        Some(Err(e)) => return e.into_response(),
-        None => {}
-    }
+    let mut ids = match state.runner.ids().await {
+        Ok(ids) => ids,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     // WBIA's own jobs (its other pipelines, passed through) are listed too, as WBIA lists
     // them; without WBIA the list is ours alone.
-    match state.wbia_jobs.ids().await {
+    match state.runner.wbia_jobs().ids().await {
         Ok(theirs) => ids.extend(theirs),
         Err(e) => tracing::warn!(error = %e, "WBIA's job list is left out"),
     }

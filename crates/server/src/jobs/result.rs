@@ -11,7 +11,10 @@ use uuid::Uuid;
 use wbia_lightglue_engine::{QueryResult, ScoredAnnot};
 
 use crate::schema::FancyUuid;
+use wbia_lightglue_service::jobs::{FinishedRun, JobDocuments};
 use wbia_lightglue_service::Computed;
+
+use crate::envelope::ApiError;
 
 /// Annotations per result marked as having a match thumbnail (WBIA renders its top 20).
 const THUMBS_PER_RESULT: usize = 20;
@@ -197,9 +200,31 @@ pub struct JobResult {
     pub json_result: IdentificationResult,
 }
 
+/// WBIA's documents of a job: the identification result, or an error's text with its code.
+pub struct WbiaDocuments;
+
+impl JobDocuments for WbiaDocuments {
+    fn completed(&self, run: &FinishedRun<'_>) -> String {
+        render(&identification_result(
+            run.computed,
+            &super::thumb_reference(run.config),
+            run.name_rowids,
+            run.query_name,
+            run.queries,
+            run.database,
+            run.query_config,
+        ))
+    }
+
+    fn failed(&self, error: wbia_lightglue_service::Error) -> String {
+        let e = ApiError::from(error);
+        format!("{} (code {})", e.message, e.code)
+    }
+}
+
 /// The result document of `query_chips_graph` (docs/wbia-api.md), for the one query. Lookups
 /// go through maps: a species-wide database has tens of thousands of annotations.
-pub(super) fn identification_result(
+fn identification_result(
     c: &Computed,
     reference: &str,
     name_rowids: &[(Uuid, Option<i64>)],
