@@ -4,15 +4,13 @@
 //! LightGlue's matches drawn over them for `matches` and for `heatmask`, the version Wildbook
 //! asks for (we have no heat mask; the matches are our evidence). Other references are WBIA's.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use uuid::Uuid;
 use wbia_client::uuid_from_value;
-use wbia_lightglue_engine::{Chip, ChipSource, Config, SourceError};
+use wbia_lightglue_engine::Config;
 use wbia_lightglue_model::render;
 
 use crate::envelope::ApiError;
@@ -77,15 +75,6 @@ pub async fn match_thumb(State(state): State<Arc<AppState>>, req: Request) -> Re
     }
 }
 
-/// The two chips already had, for the engine (no second download or read).
-struct Fetched(HashMap<Uuid, Chip>);
-
-impl ChipSource for Fetched {
-    async fn chip(&self, annot: Uuid) -> Result<Chip, SourceError> {
-        self.0.get(&annot).cloned().ok_or(SourceError::Unknown)
-    }
-}
-
 async fn render_thumb(
     state: &AppState,
     params: &Params,
@@ -119,34 +108,27 @@ async fn render_thumb(
     // The chips as identification has them (made from WBIA's image files where readable),
     // keyed as identification keys them: the features of the job that handed out this
     // reference are found, not recomputed.
-    let resolved = state
-        .annotations()
-        .resolve(&[q, d])
+    let chips = state
+        .identifier
+        .chip_pair(q, d)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let chips = state.annotations().chips(&resolved);
-    let (qchip, dchip) =
-        tokio::try_join!(chips.chip(q), chips.chip(d)).map_err(|e| failed(e.to_string()))?;
     let pair = if draws_matches(&version) {
-        let source = Fetched(HashMap::from([(q, qchip.clone()), (d, dchip.clone())]));
         let matched = state
-            .engine()
-            .match_pair(
-                &source,
-                &resolved[0].annot(),
-                &resolved[1].annot(),
-                config,
-                wbia_lightglue_model::Rotation::None,
-            )
+            .identifier
+            .match_chip_pair(&chips, config)
             .await
             .map_err(|e| match e {
-                wbia_lightglue_engine::Error::Busy { .. } => ApiError::from(e),
+                wbia_lightglue_service::Error::Engine(
+                    busy @ wbia_lightglue_engine::Error::Busy { .. },
+                ) => ApiError::from(busy),
                 other => failed(other.to_string()),
             })?;
         Some(matched)
     } else {
         None
     };
+    let [qchip, dchip] = chips.chips;
     let rendered = tokio::task::spawn_blocking(move || {
         let (a, b) = (qchip.pixels()?, dchip.pixels()?);
         let picture = match &pair {

@@ -1,6 +1,8 @@
-//! `POST /api/lightglue/match/`: two uploaded images matched under a configuration and
-//! answered as a match picture (PNG) or as the matches (JSON). For looking at what LightGlue
-//! sees in two photos without registering them in WBIA; nothing is cached or stored.
+//! `POST /api/lightglue/match/`: two images matched under a configuration and answered as a
+//! match picture (PNG) or as the matches (JSON). The images are uploaded (for looking at what
+//! LightGlue sees in two photos without registering them in WBIA; nothing is cached or
+//! stored), or are two annotations' chips from WBIA, named by UUID (what a query of one
+//! against the other matches, with its features and score cached and stored as usual).
 
 use std::sync::Arc;
 
@@ -10,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
 use utoipa::ToSchema;
-use wbia_lightglue_model::render;
+use uuid::Uuid;
+use wbia_lightglue_model::{render, RgbImage};
 
 use crate::envelope::{self, ApiError};
 use crate::AppState;
@@ -35,7 +38,7 @@ pub struct UploadMatch {
     pub matches: Vec<[usize; 2]>,
     /// Confidence of each match.
     pub match_scores: Vec<f32>,
-    /// Each match's two keypoints, `[[x0, y0], [x1, y1]]` in the uploaded images' pixels.
+    /// Each match's two keypoints, `[[x0, y0], [x1, y1]]` in the images' (or chips') pixels.
     pub match_keypoints: Vec<[[f32; 2]; 2]>,
     /// Transformer layers run (adaptive depth).
     pub stop_layer: usize,
@@ -45,8 +48,42 @@ pub struct UploadMatch {
 #[derive(Default)]
 struct Upload {
     images: [Option<Bytes>; 2],
+    annotations: [Option<Uuid>; 2],
     config_path: Option<String>,
     format: Option<String>,
+}
+
+/// What is matched: two uploaded images, or two annotations' chips.
+enum Sides {
+    Images([(String, Bytes); 2]),
+    Annotations([Uuid; 2]),
+}
+
+impl Upload {
+    /// Both sides of one kind.
+    fn sides(&mut self) -> Result<Sides, ApiError> {
+        let missing = |name: &str| ApiError::bad_request(format!("missing field {name}"));
+        match (&mut self.images, self.annotations) {
+            ([None, None], [Some(a), Some(b)]) => Ok(Sides::Annotations([a, b])),
+            ([image0, image1], [None, None]) => Ok(Sides::Images([
+                (
+                    "image0".to_string(),
+                    image0.take().ok_or_else(|| missing("image0"))?,
+                ),
+                (
+                    "image1".to_string(),
+                    image1.take().ok_or_else(|| missing("image1"))?,
+                ),
+            ])),
+            ([None, None], _) => Err(ApiError::bad_request(
+                "give both annot_uuid_0 and annot_uuid_1 (or image0 and image1)",
+            )),
+            _ => Err(ApiError::bad_request(
+                "give two images (image0, image1) or two annotations (annot_uuid_0, \
+                 annot_uuid_1), not both",
+            )),
+        }
+    }
 }
 
 async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
@@ -61,11 +98,19 @@ async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
                 }
                 *slot = Some(field.bytes().await?);
             }
+            "annot_uuid_0" | "annot_uuid_1" => {
+                let text = field.text().await?;
+                let uuid = Uuid::parse_str(text.trim()).map_err(|e| {
+                    ApiError::bad_request(format!("{name} {text:?} is not a UUID: {e}"))
+                })?;
+                upload.annotations[usize::from(name == "annot_uuid_1")] = Some(uuid);
+            }
             "config_path" => upload.config_path = Some(field.text().await?),
             "format" => upload.format = Some(field.text().await?),
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown field {other:?} (expected image0, image1, config_path, format)"
+                    "unknown field {other:?} (expected image0 and image1, or annot_uuid_0 and \
+                     annot_uuid_1; config_path, format)"
                 )))
             }
         }
@@ -79,14 +124,16 @@ async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
     tag = "query",
     request_body(
         content_type = "multipart/form-data",
-        description = "`image0`, `image1`: JPEG or PNG files (64 MiB in all at most); `config_path`: a configuration in the config directory (default config.json); `format`: `png` (default) or `json`"
+        description = "`image0`, `image1`: JPEG or PNG files (64 MiB in all at most), or `annot_uuid_0`, `annot_uuid_1`: two annotations whose chips come from WBIA (the first as the query); `config_path`: a configuration in the config directory (default config.json); `format`: `png` (default) or `json`"
     ),
     responses(
         (status = 200, description = "`png`: image0 and image1 side by side (at most 720 px high), a line per match coloured by confidence (red 0, yellow 0.5, green 1), the score written on it; headers `x-lightglue-score` and `x-lightglue-matches`. `json`: the matches in the envelope", content_type = "image/png"),
-        (status = 400, description = "a missing image, an unknown field or format, a bad config_path", body = crate::schema::ErrorResponse),
+        (status = 400, description = "a missing image or annotation, images and annotations mixed, an unknown field or format, a bad config_path", body = crate::schema::ErrorResponse),
         (status = 413, description = "upload larger than 64 MiB"),
         (status = 422, description = "an image that cannot be decoded (named)", body = crate::schema::ErrorResponse),
         (status = 429, description = "busy", body = crate::schema::ErrorResponse),
+        (status = 502, description = "WBIA unreachable or failing for a chip", body = crate::schema::ErrorResponse),
+        (status = 600, description = "annotation UUIDs unknown to WBIA", body = crate::schema::ErrorResponse),
     )
 )]
 pub async fn match_upload(
@@ -107,7 +154,7 @@ pub async fn match_upload(
 }
 
 async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiError> {
-    let upload = read(multipart).await?;
+    let mut upload = read(multipart).await?;
     let json = match upload.format.as_deref().map(str::trim) {
         None | Some("") | Some("png") => false,
         Some("json") => true,
@@ -117,20 +164,19 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
             )))
         }
     };
+    let sides = upload.sides()?;
     let config = state.configs.load(upload.config_path.as_deref())?;
-    let [image0, image1] = upload.images;
-    let missing = |name: &str| ApiError::bad_request(format!("missing file field {name}"));
-    let images = [
-        (
-            "image0".to_string(),
-            image0.ok_or_else(|| missing("image0"))?,
-        ),
-        (
-            "image1".to_string(),
-            image1.ok_or_else(|| missing("image1"))?,
-        ),
-    ];
-    let (pair, [left, right]) = state.engine().match_images(images, &config).await?;
+    let (pair, pixels) = match sides {
+        Sides::Images(images) => {
+            let (pair, pixels) = state.engine().match_images(images, &config).await?;
+            (pair, Pixels::Decoded(pixels))
+        }
+        Sides::Annotations([a, b]) => {
+            let chips = state.identifier.chip_pair(a, b).await?;
+            let pair = state.identifier.match_chip_pair(&chips, &config).await?;
+            (pair, Pixels::Chips(chips.chips))
+        }
+    };
     let score = pair.result.score();
     if json {
         return Ok(envelope::ok(
@@ -153,6 +199,7 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
     }
     let matches = pair.result.matches.len();
     let png = tokio::task::spawn_blocking(move || {
+        let [left, right] = pixels.decoded()?;
         let picture = render::draw_matches(
             &left,
             &pair.query,
@@ -174,4 +221,19 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
         png,
     )
         .into_response())
+}
+
+/// The two images to draw on: decoded already (uploads), or chips decoded only when drawn.
+enum Pixels {
+    Decoded([RgbImage; 2]),
+    Chips([wbia_lightglue_engine::Chip; 2]),
+}
+
+impl Pixels {
+    fn decoded(self) -> wbia_lightglue_model::Result<[RgbImage; 2]> {
+        match self {
+            Self::Decoded(images) => Ok(images),
+            Self::Chips([a, b]) => Ok([a.pixels()?, b.pixels()?]),
+        }
+    }
 }

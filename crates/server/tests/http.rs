@@ -125,7 +125,19 @@ async fn spawn_ours(app: Router) -> SocketAddr {
 }
 
 async fn fake_wbia(fail_first: usize) -> (SocketAddr, Arc<FakeWbia>) {
+    fake_wbia_with(fail_first, Vec::new()).await
+}
+
+/// The fake WBIA with more annotations: (UUID, rowid, chip file), each its own individual.
+async fn fake_wbia_with(
+    fail_first: usize,
+    extra: Vec<(Uuid, i64, Vec<u8>)>,
+) -> (SocketAddr, Arc<FakeWbia>) {
     let mut fake = FakeWbia::default();
+    for (uuid, aid, chip) in extra {
+        fake.by_uuid.insert(uuid, (aid, "____".to_string()));
+        fake.chips.insert(aid, chip);
+    }
     for a in annots() {
         fake.by_uuid.insert(a.uuid, (a.aid, a.name.to_string()));
         fake.species.insert(a.uuid, a.species.to_string());
@@ -2111,120 +2123,241 @@ async fn an_ensemble_reports_member_scores_and_ranks_by_their_fusion() {
 /// The sweep's image-to-image pairs (`tests/goldens/sweep_manifest.json`, `image_to_image`:
 /// square and non-square crops of the Sacré-Cœur and turtle photos at 512 px, 512
 /// keypoints), uploaded as PNG and matched over HTTP, against the PyTorch reference's whole
-/// pipeline match by match: matches paired by the positions of their two keypoints (0.01 px),
-/// IoU ≥ 0.99 and each paired match's confidence within 5e-4 (the sweep's tight bound),
-/// the score within 0.5% (tight: 2e-4).
+/// pipeline match by match (`assert_matches_reference`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploaded_pairs_match_the_reference_match_by_match() {
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/goldens/sweep_manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest = sweep_manifest();
     let pairs = manifest["image_to_image"].as_object().unwrap();
     assert!(pairs.len() >= 2, "{pairs:?}");
     let (wbia, _fake) = fake_wbia(0).await;
     let (addr, _) = our_server(&format!("http://{wbia}")).await;
     let url = format!("http://{addr}/api/lightglue/match/");
     let client = reqwest::Client::new();
-    type Key = [[i64; 2]; 2];
-    let key = |m: &[[f32; 2]; 2]| m.map(|p| p.map(|v| (v * 100.0).round() as i64));
     for (name, pair) in pairs {
-        // config.json holds the recipe's settings.
-        assert_eq!(
-            (
-                pair["image_size"].as_u64(),
-                pair["max_num_keypoints"].as_i64()
-            ),
-            (Some(512), Some(512))
-        );
-        let sides: Vec<Vec<u8>> = pair["sides"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|side| {
-                let crop: Vec<u32> = side["crop"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as u32)
-                    .collect();
-                assert_eq!(side["repeat"], 1, "{name}: only plain crops are uploaded");
-                let photo = wbia_lightglue_model::load_image(
-                    repo()
-                        .join("tests/fixtures")
-                        .join(side["fixture"].as_str().unwrap()),
-                )
-                .unwrap();
-                let whole =
-                    image::RgbImage::from_raw(photo.width, photo.height, photo.data).unwrap();
-                let part = image::imageops::crop_imm(&whole, crop[0], crop[1], crop[2], crop[3])
-                    .to_image();
-                let mut png = std::io::Cursor::new(Vec::new());
-                part.write_to(&mut png, image::ImageFormat::Png).unwrap();
-                png.into_inner()
-            })
-            .collect();
+        let [a, b] = i2i_sides(name, pair);
         let form = reqwest::multipart::Form::new()
             .part(
                 "image0",
-                reqwest::multipart::Part::bytes(sides[0].clone()).file_name("0.png"),
+                reqwest::multipart::Part::bytes(a).file_name("0.png"),
             )
             .part(
                 "image1",
-                reqwest::multipart::Part::bytes(sides[1].clone()).file_name("1.png"),
+                reqwest::multipart::Part::bytes(b).file_name("1.png"),
             )
             .text("format", "json");
         let resp = client.post(&url).multipart(form).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{name}");
         let body: Value = resp.json().await.unwrap();
+        assert_matches_reference(name, &body["response"], &manifest);
+    }
+}
+
+/// The same pairs as WBIA's annotations (their chips served as PNG by the fake WBIA), matched
+/// by UUID through `/api/lightglue/match/` — chips fetched from WBIA, keyed, extracted and
+/// matched as identification does — against the reference match by match; and the square
+/// turtle chips (JPEG, the plugin's 2,048 keypoints) against the reference's score and match
+/// count. Asked again, nothing is fetched or extracted again. Then the form's refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wbia_annotation_pairs_match_the_reference_match_by_match() {
+    let manifest = sweep_manifest();
+    let pairs: Vec<(String, Value)> = manifest["image_to_image"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(pairs.len() >= 2, "{pairs:?}");
+    let mut extra = Vec::new();
+    for (i, (name, pair)) in pairs.iter().enumerate() {
+        for (side, chip) in i2i_sides(name, pair).into_iter().enumerate() {
+            let n = (2 * i + side) as u128;
+            extra.push((Uuid::from_u128(0x1200 + n), 1200 + n as i64, chip));
+        }
+    }
+    let (wbia, fake) = fake_wbia_with(0, extra).await;
+    let (addr, state) = our_server(&format!("http://{wbia}")).await;
+    let url = format!("http://{addr}/api/lightglue/match/");
+    let client = reqwest::Client::new();
+    let ask = |a: u128, b: u128, config: &str| {
+        let form = reqwest::multipart::Form::new()
+            .text("annot_uuid_0", Uuid::from_u128(a).to_string())
+            .text("annot_uuid_1", Uuid::from_u128(b).to_string())
+            .text("config_path", config.to_string())
+            .text("format", "json");
+        client.post(&url).multipart(form).send()
+    };
+    for round in 0..2 {
+        let fetched = fake.chip_requests.load(Ordering::SeqCst);
+        let extracted = state
+            .engine()
+            .cache_stats
+            .extractions
+            .load(Ordering::SeqCst);
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            let first = 0x1200 + 2 * i as u128;
+            let resp = ask(first, first + 1, "config.json").await.unwrap();
+            assert_eq!(resp.status(), 200, "{name}");
+            let body: Value = resp.json().await.unwrap();
+            assert_matches_reference(name, &body["response"], &manifest);
+        }
+        let squares = &manifest["service_pairs"]["turtle_squares"];
+        let resp = ask(0x5a1, 0x5a2, "plugin_defaults.json").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
         let r = &body["response"];
-        let ours: HashMap<Key, f32> = r["match_keypoints"]
+        let (score, want) = (
+            r["score"].as_f64().unwrap(),
+            squares["score"].as_f64().unwrap(),
+        );
+        let rel = (score - want).abs() / want;
+        let (matches, want_matches) = (
+            r["matches"].as_array().unwrap().len() as i64,
+            squares["num_matches"].as_i64().unwrap(),
+        );
+        println!(
+            "turtle squares via WBIA by UUID: score rel {rel:.1e}, {matches} matches (reference \
+             {want_matches})"
+        );
+        assert_eq!(r["num_keypoints"], json!([2048, 2048]));
+        assert!(rel <= 2e-4, "score {score} against {want}");
+        assert!(
+            (matches - want_matches).abs() * 100 <= want_matches,
+            "{matches} matches"
+        );
+        if round == 1 {
+            assert_eq!(
+                fake.chip_requests.load(Ordering::SeqCst),
+                fetched + 2 * (pairs.len() + 1),
+                "each chip is fetched again (a picture may be asked for), once"
+            );
+            assert_eq!(
+                state
+                    .engine()
+                    .cache_stats
+                    .extractions
+                    .load(Ordering::SeqCst),
+                extracted,
+                "nothing is extracted twice"
+            );
+        }
+    }
+
+    // An unknown annotation: WBIA's 600; one annotation, or an image and an annotation: 400.
+    let resp = ask(0x1200, 0xdead, "config.json").await.unwrap();
+    assert_eq!(resp.status(), 600);
+    let one =
+        reqwest::multipart::Form::new().text("annot_uuid_0", Uuid::from_u128(0x1200).to_string());
+    let resp = client.post(&url).multipart(one).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_message_names(resp, "annot_uuid_1").await;
+    let mixed = reqwest::multipart::Form::new()
+        .text("annot_uuid_0", Uuid::from_u128(0x1200).to_string())
+        .part("image1", reqwest::multipart::Part::bytes(vec![1, 2, 3]));
+    let resp = client.post(&url).multipart(mixed).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let not_uuid = reqwest::multipart::Form::new()
+        .text("annot_uuid_0", "turtle")
+        .text("annot_uuid_1", Uuid::from_u128(0x1200).to_string());
+    let resp = client.post(&url).multipart(not_uuid).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_message_names(resp, "annot_uuid_0").await;
+}
+
+fn sweep_manifest() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/goldens/sweep_manifest.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The two sides of an image-to-image pair of the sweep: crops of fixture photos, as PNG.
+fn i2i_sides(name: &str, pair: &Value) -> [Vec<u8>; 2] {
+    // config.json (`our_server`) holds the recipe's settings.
+    assert_eq!(
+        (
+            pair["image_size"].as_u64(),
+            pair["max_num_keypoints"].as_i64()
+        ),
+        (Some(512), Some(512)),
+        "{name}"
+    );
+    let side = |side: &Value| {
+        let crop: Vec<u32> = side["crop"]
             .as_array()
             .unwrap()
             .iter()
-            .zip(r["match_scores"].as_array().unwrap())
-            .map(|(m, s)| {
-                let m: [[f32; 2]; 2] = serde_json::from_value(m.clone()).unwrap();
-                (key(&m), s.as_f64().unwrap() as f32)
-            })
+            .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        let golden =
-            safetensors_f32(&repo().join(format!("tests/goldens/sweep/i2i_{name}.safetensors")));
-        let (k0, k1, scores) = (
-            &golden["keypoints0"],
-            &golden["keypoints1"],
-            &golden["scores"],
-        );
-        let reference: HashMap<Key, f32> = k0
-            .chunks_exact(2)
-            .zip(k1.chunks_exact(2))
-            .zip(scores)
-            .map(|((a, b), s)| (key(&[[a[0], a[1]], [b[0], b[1]]]), *s))
-            .collect();
-        let shared: Vec<&Key> = ours.keys().filter(|k| reference.contains_key(*k)).collect();
-        let iou = shared.len() as f64 / (ours.len() + reference.len() - shared.len()) as f64;
-        let worst = shared
-            .iter()
-            .map(|k| (ours[*k] - reference[*k]).abs())
-            .fold(0f32, f32::max);
-        let want = golden["score"][0];
-        let score = r["score"].as_f64().unwrap() as f32;
-        let rel = (score - want).abs() / want;
-        println!(
-            "{name}: {} matches (reference {}), IoU {iou:.4}, worst match {worst:.2e}, score rel {rel:.1e}",
-            ours.len(),
-            reference.len()
-        );
-        assert_eq!(
-            manifest["image_to_image"][name]["num_matches"],
-            reference.len()
-        );
-        assert!(iou >= 0.99 && rel <= 5e-3, "{name}: outside the promise");
-        assert!(
-            iou >= 0.995 && rel <= 2e-4 && worst <= 5e-4,
-            "{name}: outside the tight bounds"
-        );
-    }
+        assert_eq!(side["repeat"], 1, "{name}: only plain crops are used");
+        let photo = wbia_lightglue_model::load_image(
+            repo()
+                .join("tests/fixtures")
+                .join(side["fixture"].as_str().unwrap()),
+        )
+        .unwrap();
+        let whole = image::RgbImage::from_raw(photo.width, photo.height, photo.data).unwrap();
+        let part = image::imageops::crop_imm(&whole, crop[0], crop[1], crop[2], crop[3]).to_image();
+        let mut png = std::io::Cursor::new(Vec::new());
+        part.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        png.into_inner()
+    };
+    let sides = pair["sides"].as_array().unwrap();
+    [side(&sides[0]), side(&sides[1])]
+}
+
+/// A `format=json` answer of `/api/lightglue/match/` against the reference's whole pipeline
+/// on image-to-image pair `name`, match by match: matches paired by the positions of their
+/// two keypoints (0.01 px), IoU ≥ 0.99 and the score within 0.5% (the promise); tight bounds
+/// IoU ≥ 0.995, score 2e-4 and each paired match's confidence within 5e-4 (the sweep's).
+fn assert_matches_reference(name: &str, r: &Value, manifest: &Value) {
+    type Key = [[i64; 2]; 2];
+    let key = |m: &[[f32; 2]; 2]| m.map(|p| p.map(|v| (v * 100.0).round() as i64));
+    let ours: HashMap<Key, f32> = r["match_keypoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["match_scores"].as_array().unwrap())
+        .map(|(m, s)| {
+            let m: [[f32; 2]; 2] = serde_json::from_value(m.clone()).unwrap();
+            (key(&m), s.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let golden =
+        safetensors_f32(&repo().join(format!("tests/goldens/sweep/i2i_{name}.safetensors")));
+    let (k0, k1, scores) = (
+        &golden["keypoints0"],
+        &golden["keypoints1"],
+        &golden["scores"],
+    );
+    let reference: HashMap<Key, f32> = k0
+        .chunks_exact(2)
+        .zip(k1.chunks_exact(2))
+        .zip(scores)
+        .map(|((a, b), s)| (key(&[[a[0], a[1]], [b[0], b[1]]]), *s))
+        .collect();
+    let shared: Vec<&Key> = ours.keys().filter(|k| reference.contains_key(*k)).collect();
+    let iou = shared.len() as f64 / (ours.len() + reference.len() - shared.len()) as f64;
+    let worst = shared
+        .iter()
+        .map(|k| (ours[*k] - reference[*k]).abs())
+        .fold(0f32, f32::max);
+    let want = golden["score"][0];
+    let score = r["score"].as_f64().unwrap() as f32;
+    let rel = (score - want).abs() / want;
+    println!(
+        "{name}: {} matches (reference {}), IoU {iou:.4}, worst match {worst:.2e}, score rel {rel:.1e}",
+        ours.len(),
+        reference.len()
+    );
+    assert_eq!(
+        manifest["image_to_image"][name]["num_matches"],
+        reference.len()
+    );
+    assert!(iou >= 0.99 && rel <= 5e-3, "{name}: outside the promise");
+    assert!(
+        iou >= 0.995 && rel <= 2e-4 && worst <= 5e-4,
+        "{name}: outside the tight bounds"
+    );
 }
 
 /// Every tensor of a safetensors file of f32 tensors (the image-to-image goldens).

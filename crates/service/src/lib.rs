@@ -11,6 +11,7 @@ mod chips;
 mod identify;
 pub mod job_refusals;
 pub mod jobs;
+mod pair;
 mod split;
 mod wbia_jobs;
 
@@ -20,6 +21,7 @@ pub use identify::{
     check_lists, pair_count, Computed, Duplicates, Identifier, IdentifyMetrics, RunContext,
     SplitOptions, MAX_ANNOTS_PER_REQUEST,
 };
+pub use pair::ChipPair;
 pub use split::{ChunkMetrics, SplitError};
 pub use wbia_jobs::{Callback, WbiaJobs};
 
