@@ -4,8 +4,10 @@
 #
 #   scripts/gpu-check.sh [BUNDLE_DIR]        # default gpu-bundle
 #
-# 1. CUDA tests: our kernels against their CPU twins, extraction and matching on CUDA against
-#    the CPU (f32 pair scores within 1e-3), f16/bf16 within 2% of f32, batched == single.
+# 1. CUDA tests: our kernels against their CPU twins, extraction on CUDA against the CPU and
+#    the PyTorch goldens (a photo and the sweep's extremes), matching against the CPU (f32
+#    pair scores within 1e-3), f16/bf16 within 2% of f32, batched == single, and the
+#    aliked-n16rot and aliked-n32 variants against the CPU.
 # 2. `wbia-lightglue bench` on CUDA in f32, f16 and bf16.
 # 3. The PyTorch reference's bench on the same GPU, and the ratio table (scripts/bench_table.py).
 # Results go to $OUT (default target/gpu-check), seven files: summary.txt, cuda-tests.log,

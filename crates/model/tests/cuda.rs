@@ -1,5 +1,6 @@
 //! CUDA against CPU: our kernels against their CPU twins, extraction against the CPU and the
-//! PyTorch goldens on the sweep's extremes, and matching on real pairs. Built only with the
+//! PyTorch goldens on the sweep's extremes, matching on real pairs, and the other ALIKED
+//! variants. Built only with the
 //! `cuda` feature; each test prints why it skipped when no CUDA device is present, unless
 //! `WBIA_LIGHTGLUE_REQUIRE_CUDA` is set (the binary itself needs the NVIDIA driver's libcuda
 //! to start).
@@ -14,7 +15,8 @@ use common::{
 };
 use wbia_lightglue_model::ops::{deform_conv2d, grid_sample};
 use wbia_lightglue_model::{
-    load_image, weights, Aliked, DetectOptions, Features, LightGlue, MatchOptions, Precision,
+    load_image, weights, Aliked, AlikedConfig, DetectOptions, Features, LightGlue, MatchOptions,
+    Precision,
 };
 
 /// The first GPU. Without one each test skips, except where `WBIA_LIGHTGLUE_REQUIRE_CUDA` is
@@ -198,4 +200,67 @@ fn matching_equals_cpu() {
         assert!(rel(r.score(), single.score()) <= 1e-3);
     }
     assert_eq!(on_gpu[0].1.precision(), Precision::F32);
+}
+
+/// The other ALIKED variants on CUDA (aliked-n16rot, aliked-n32, each with its own weights): extraction of a real pair against the CPU at the promise above, and the
+/// pair's f32 score on CUDA within 1e-3 of the CPU's, adaptive and full depth.
+#[test]
+fn variants_equal_cpu() {
+    let Some(dev) = gpu() else { return };
+    let images = ["lightglue/sacre_coeur1.jpg", "lightglue/sacre_coeur2.jpg"]
+        .map(|f| load_image(fixture(f)).unwrap());
+    let mut failures = Vec::new();
+    for arch in [AlikedConfig::n16rot(), AlikedConfig::n32()] {
+        let load = |device: &Device| {
+            let path = weights::find_weights(Some(&repo_root().join("weights")), arch.weights_file)
+                .unwrap_or_else(|e| panic!("{}: {e}", arch.weights_file));
+            Aliked::from_file_variant(path, arch, DetectOptions::default(), device).unwrap()
+        };
+        let (cpu, on_gpu) = (load(&Device::Cpu), load(&dev));
+        let mut features = Vec::new();
+        for (image, side) in images.iter().zip(["0", "1"]) {
+            let (c, g) = (cpu.extract(image).unwrap(), on_gpu.extract(image).unwrap());
+            let p = compare_features(&g, &c);
+            println!(
+                "{} image {side}: CUDA vs CPU {:>4} kp: {:.4} within 0.01 px, min cosine {:.7}, \
+                 max score diff {:.1e}",
+                arch.name,
+                g.len(),
+                p.matched_fraction,
+                p.min_cosine,
+                p.max_score_diff
+            );
+            if p.matched_fraction < 0.99 || p.min_cosine < 0.9999 || p.max_score_diff > 1e-4 {
+                failures.push(format!("{} image {side}", arch.name));
+            }
+            features.push(c);
+        }
+        // One LightGlue for every 128-d variant, as the reference has.
+        let (cpu_m, gpu_m) = (
+            matcher(&Device::Cpu, Precision::F32),
+            matcher(&dev, Precision::F32),
+        );
+        for (mode, options) in [
+            ("adaptive", MatchOptions::default()),
+            ("full", MatchOptions::full()),
+        ] {
+            let want = cpu_m
+                .match_pair(&features[0], &features[1], &options)
+                .unwrap()
+                .score();
+            let got = gpu_m
+                .match_pair(&features[0], &features[1], &options)
+                .unwrap()
+                .score();
+            println!(
+                "{} {mode}: CUDA {got:.4} vs CPU {want:.4} (rel {:.2e})",
+                arch.name,
+                rel(got, want)
+            );
+            if rel(got, want) > 1e-3 {
+                failures.push(format!("{} {mode}: pair score", arch.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
