@@ -40,7 +40,9 @@ use wbia_lightglue_service::{
     Annotations, ChipOptions, Identifier, RunContext, SplitOptions, WbiaJobs,
 };
 
-/// Limits and policies of the HTTP side (the engine's are in `EngineOptions`).
+/// Limits and policies of the HTTP side (the engine's are in `EngineOptions`). What the
+/// service layer uses (callback hosts, leases, chunk size) is handed to it once, by
+/// [`AppState::new`]; changing these afterwards changes nothing.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// When set, every endpoint this service answers itself (not the pass-through to WBIA,
@@ -69,7 +71,7 @@ pub struct ServerOptions {
     /// this while working); a replica that dies loses its chunk after at most this.
     pub chunk_lease: Duration,
     /// With a shared PostgreSQL store: a working job whose replica has published nothing
-    /// for this long (it publishes every 2 s, `jobs/shared.rs`) ends as `exception` when
+    /// for this long (it publishes every 2 s, the service's `jobs/board.rs`) ends as `exception` when
     /// any replica reads it.
     pub job_lease: Duration,
     /// Where chips come from: WBIA's image files (as WBIA makes them) or its downloads.

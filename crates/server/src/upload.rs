@@ -99,11 +99,16 @@ async fn read(mut multipart: Multipart) -> Result<Upload, ApiError> {
                 *slot = Some(field.bytes().await?);
             }
             "annot_uuid_0" | "annot_uuid_1" => {
+                let slot = &mut upload.annotations[usize::from(name == "annot_uuid_1")];
+                if slot.is_some() {
+                    return Err(ApiError::bad_request(format!("{name} given twice")));
+                }
                 let text = field.text().await?;
                 let uuid = Uuid::parse_str(text.trim()).map_err(|e| {
-                    ApiError::bad_request(format!("{name} {text:?} is not a UUID: {e}"))
+                    let shown: String = text.chars().take(64).collect();
+                    ApiError::bad_request(format!("{name} {shown:?} is not a UUID: {e}"))
                 })?;
-                upload.annotations[usize::from(name == "annot_uuid_1")] = Some(uuid);
+                *slot = Some(uuid);
             }
             "config_path" => upload.config_path = Some(field.text().await?),
             "format" => upload.format = Some(field.text().await?),
@@ -174,7 +179,7 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
         Sides::Annotations([a, b]) => {
             let chips = state.identifier.chip_pair(a, b).await?;
             let pair = state.identifier.match_chip_pair(&chips, &config).await?;
-            (pair, Pixels::Chips(chips.chips))
+            (pair, Pixels::Chips(chips.chips, [a, b]))
         }
     };
     let score = pair.result.score();
@@ -200,18 +205,18 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
     let matches = pair.result.matches.len();
     let png = tokio::task::spawn_blocking(move || {
         let [left, right] = pixels.decoded()?;
-        let picture = render::draw_matches(
+        let drawn = render::draw_matches(
             &left,
             &pair.query,
             &right,
             &pair.database,
             &pair.result,
             PICTURE_HEIGHT,
-        )?;
-        render::encode_png(&picture)
+        )
+        .and_then(|picture| render::encode_png(&picture));
+        drawn.map_err(|e| ApiError::internal(e.to_string()))
     })
-    .await?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .await??;
     Ok((
         [
             ("content-type", "image/png".to_string()),
@@ -223,17 +228,28 @@ async fn answer(state: &AppState, multipart: Multipart) -> Result<Response, ApiE
         .into_response())
 }
 
-/// The two images to draw on: decoded already (uploads), or chips decoded only when drawn.
+/// The two images to draw on: decoded already (uploads), or two annotations' chips, decoded
+/// only when drawn (their features may have come from the cache without decoding them).
 enum Pixels {
     Decoded([RgbImage; 2]),
-    Chips([wbia_lightglue_engine::Chip; 2]),
+    Chips([wbia_lightglue_engine::Chip; 2], [Uuid; 2]),
 }
 
 impl Pixels {
-    fn decoded(self) -> wbia_lightglue_model::Result<[RgbImage; 2]> {
+    /// An undecodable chip is named as an undecodable upload is (422).
+    fn decoded(self) -> Result<[RgbImage; 2], wbia_lightglue_engine::Error> {
         match self {
             Self::Decoded(images) => Ok(images),
-            Self::Chips([a, b]) => Ok([a.pixels()?, b.pixels()?]),
+            Self::Chips([a, b], [ua, ub]) => {
+                let decode = |chip: wbia_lightglue_engine::Chip, uuid: Uuid| {
+                    chip.pixels()
+                        .map_err(|source| wbia_lightglue_engine::Error::Image {
+                            name: format!("the chip of annotation {uuid}"),
+                            source,
+                        })
+                };
+                Ok([decode(a, ua)?, decode(b, ub)?])
+            }
         }
     }
 }

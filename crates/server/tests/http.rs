@@ -2242,6 +2242,24 @@ async fn wbia_annotation_pairs_match_the_reference_match_by_match() {
         }
     }
 
+    // The picture of a pair: the chips side by side with the matches the JSON gave.
+    let form = reqwest::multipart::Form::new()
+        .text("annot_uuid_0", Uuid::from_u128(0x5a1).to_string())
+        .text("annot_uuid_1", Uuid::from_u128(0x5a2).to_string())
+        .text("config_path", "plugin_defaults.json");
+    let resp = client.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(
+        resp.headers()["x-lightglue-matches"],
+        manifest["service_pairs"]["turtle_squares"]["num_matches"]
+            .to_string()
+            .as_str()
+    );
+    let picture = wbia_lightglue_model::decode_image(&resp.bytes().await.unwrap()).unwrap();
+    // Two 518 px squares side by side, 8 px apart, not enlarged.
+    assert_eq!((picture.width, picture.height), (518 + 8 + 518, 518));
+
     // An unknown annotation: WBIA's 600; one annotation, or an image and an annotation: 400.
     let resp = ask(0x1200, 0xdead, "config.json").await.unwrap();
     assert_eq!(resp.status(), 600);
@@ -2261,6 +2279,12 @@ async fn wbia_annotation_pairs_match_the_reference_match_by_match() {
     let resp = client.post(&url).multipart(not_uuid).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert_message_names(resp, "annot_uuid_0").await;
+    let twice = reqwest::multipart::Form::new()
+        .text("annot_uuid_1", Uuid::from_u128(0x1200).to_string())
+        .text("annot_uuid_1", Uuid::from_u128(0x1201).to_string());
+    let resp = client.post(&url).multipart(twice).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_message_names(resp, "annot_uuid_1 given twice").await;
 }
 
 fn sweep_manifest() -> Value {

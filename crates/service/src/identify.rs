@@ -106,8 +106,8 @@ impl Identifier {
         &self.metrics
     }
 
-    /// Admits a run of these lists now (the engine's 429 when full), for a job that must be
-    /// refused at once rather than fail later.
+    /// Checks the lists ([`check_lists`]) and admits a run of them now (the engine's `Busy`
+    /// when full), for a job that must be refused at once rather than fail later.
     pub fn admit(&self, queries: &[Uuid], database: &[Uuid]) -> Result<Ticket> {
         check_lists(queries, database)?;
         Ok(self.engine.admit(pair_count(queries, database))?)
@@ -173,9 +173,11 @@ impl Identifier {
                     .await?
             }
         };
-        self.metrics
-            .annotations_skipped
-            .fetch_add(found.skipped.len() as u64, Ordering::Relaxed);
+        if !found.skipped.is_empty() {
+            self.metrics
+                .annotations_skipped
+                .fetch_add(found.skipped.len() as u64, Ordering::Relaxed);
+        }
         let names: HashMap<Uuid, Option<String>> =
             resolved.into_iter().map(|a| (a.uuid, a.name)).collect();
         let results = rank_all(queries, database, found.scores, &names, config);

@@ -30,9 +30,11 @@ impl Identifier {
     pub async fn chip_pair(&self, first: Uuid, second: Uuid) -> Result<ChipPair> {
         let resolved = self.annotations().resolve(&[first, second]).await?;
         let chips = self.annotations().chips(&resolved);
-        let (a, b) = tokio::join!(chips.chip(first), chips.chip(second));
         let named = |uuid| move |cause| wbia_lightglue_engine::Error::Source { uuid, cause };
-        let (a, b) = (a.map_err(named(first))?, b.map_err(named(second))?);
+        let (a, b) = tokio::try_join!(
+            async { chips.chip(first).await.map_err(named(first)) },
+            async { chips.chip(second).await.map_err(named(second)) },
+        )?;
         // `resolve` answers one annotation per UUID asked for, or fails.
         let annotations: [Annotation; 2] = resolved
             .try_into()

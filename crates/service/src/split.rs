@@ -1,6 +1,6 @@
 //! A large engine job's matching split across replicas. With a shared PostgreSQL store, the
 //! replica that accepted a job of more than `chunk_annotations` database annotations queues
-//! it as chunks of that many; every replica's chunk worker ([`work_chunks`]) takes chunks
+//! it as chunks of that many; every replica's chunk worker ([`Identifier::work_chunks`]) takes chunks
 //! (`FOR UPDATE SKIP LOCKED`) and matches them on its own model worker, the accepting replica's
 //! included; the accepting replica merges the scores in database order. A taken chunk holds a
 //! lease, renewed while it is worked on: a replica that dies mid-chunk loses it when the lease
