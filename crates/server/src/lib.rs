@@ -110,9 +110,6 @@ pub struct AppState {
     pub options: ServerOptions,
     /// Reachability of WBIA, checked in the background (never on a `/health` request).
     pub wbia_health: WbiaHealth,
-    /// This process's name among replicas sharing a PostgreSQL store (jobs record who runs
-    /// them): host name and process id.
-    pub replica: String,
     proxy_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -123,12 +120,11 @@ impl AppState {
         configs: ConfigDir,
         options: ServerOptions,
     ) -> Self {
-        let replica = replica_name();
         let annotations = Annotations::new(wbia.clone(), options.chips.clone());
         let split = SplitOptions {
             chunk_annotations: options.chunk_annotations,
             chunk_lease: options.chunk_lease,
-            replica: replica.clone(),
+            replica: replica_name(),
         };
         let identifier = Arc::new(Identifier::new(Arc::new(engine), annotations, split));
         let runner = JobRunner::new(
@@ -149,7 +145,6 @@ impl AppState {
             ready: AtomicBool::new(false),
             metrics: Metrics::default(),
             wbia_health: WbiaHealth::default(),
-            replica,
             proxy_slots: Arc::new(tokio::sync::Semaphore::new(options.max_proxied.max(1))),
             options,
         }

@@ -30,7 +30,8 @@ pub struct SplitOptions {
     /// How long a replica may hold a chunk without renewing it (it renews at a third of
     /// this while working); a replica that dies loses its chunk after at most this.
     pub chunk_lease: Duration,
-    /// This process's name among the replicas (chunks record who holds them).
+    /// This process's name among the replicas (host name and process id): jobs and chunks
+    /// record who runs them.
     pub replica: String,
 }
 
@@ -43,8 +44,9 @@ pub struct IdentifyMetrics {
     pub chunks: ChunkMetrics,
 }
 
-/// What one run is besides its lists: the admission it already holds (else it is admitted
-/// here), where it counts its progress, and the engine job it is for (only a job is split).
+/// What one run is besides its lists: the admission it already holds from
+/// [`Identifier::admit`], which checked the lists (else they are checked and admitted here),
+/// where it counts its progress, and the engine job it is for (only a job is split).
 #[derive(Clone, Copy, Default)]
 pub struct RunContext<'a> {
     pub admitted: Option<&'a Ticket>,
@@ -125,12 +127,11 @@ impl Identifier {
         config: &Config,
         run: RunContext<'_>,
     ) -> Result<Computed> {
-        check_lists(queries, database)?;
         let own_ticket;
         let ticket = match run.admitted {
             Some(t) => t,
             None => {
-                own_ticket = self.engine.admit(pair_count(queries, database))?;
+                own_ticket = self.admit(queries, database)?;
                 &own_ticket
             }
         };
