@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds, on a machine WITHOUT a GPU, everything scripts/gpu-check.sh needs on a machine WITH
 # one (and no cargo): the release binary and the CUDA test binary built with `--features cuda`,
-# compressed, plus the PyTorch reference's source and the kornia wheels (no .pth weights: the
-# reference loads ours, which hold the same tensors). Output: gpu-bundle/ (git-ignored).
+# compressed, our weights packed by scripts/gpu-weights.py (byte planes, xz: 84% of their size;
+# they are most of what travels), the PyTorch reference's source and the kornia wheels (no .pth
+# weights: the reference loads ours, which hold the same tensors). Output: gpu-bundle/
+# (git-ignored).
 #
 #   scripts/gpu-bundle.sh            # then carry gpu-bundle/ to the GPU machine
 #
@@ -15,7 +17,7 @@ if ! command -v nvcc >/dev/null; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
 out=gpu-bundle
-rm -rf "$out" && mkdir -p "$out/wheels" "$out/reference"
+rm -rf "$out" && mkdir -p "$out/wheels" "$out/reference" "$out/weights"
 
 cargo build --release --locked --features cuda --bin wbia-lightglue
 test_bin=$(cargo test --release --locked --features cuda -p wbia-lightglue-model --test cuda \
@@ -45,4 +47,7 @@ PY
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$out/wheels" kornia==0.9.0 kornia_rs==0.2.0
-du -sh "$out"/* "$out"/wheels/*
+for w in weights/*.safetensors; do
+  python3 scripts/gpu-weights.py pack "$w" "$out/weights/$(basename "$w").planes.xz"
+done
+du -sh "$out"/* "$out"/wheels/* "$out"/weights/*
