@@ -11,7 +11,7 @@
 #
 # Environment: REFERENCE_PYTHON (a Python with scripts/reference/requirements.txt installed;
 # default python3), THREADS (default 2), REPEAT (default 5), ROUNDS (default 2), SKIP_1VN=1
-# to skip 1-vs-N, N (database size of 1-vs-N, default 64), SKIP_BF16=1 to skip the bf16 rows. Run it on an otherwise idle machine.
+# to skip 1-vs-N, N (database size of 1-vs-N, default 64), SKIP_BF16=1 to skip the bf16 rows, BF16_AVX512=1 to time bf16 also without AMX tiles (`WBIA_LIGHTGLUE_CPU=avx512`). Run it on an otherwise idle machine.
 # Results: target/bench/round-N/{reference,ours,ours-bf16}.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,11 @@ for round in $(seq 1 "$rounds"); do
     echo "round $round: wbia-lightglue bf16 ($threads threads)..." >&2
     RAYON_NUM_THREADS="$threads" target/release/wbia-lightglue bench --repeat "$repeat" \
       --device cpu --precision bf16 --skip-1vn > "$dir/ours-bf16.json"
+    if [ "${BF16_AVX512:-0}" = 1 ]; then
+      echo "round $round: wbia-lightglue bf16 without AMX tiles ($threads threads)..." >&2
+      WBIA_LIGHTGLUE_CPU=avx512 RAYON_NUM_THREADS="$threads" target/release/wbia-lightglue bench \
+        --repeat "$repeat" --device cpu --precision bf16 --skip-1vn > "$dir/ours-bf16-avx512.json"
+    fi
   fi
 done
 python3 scripts/bench_table.py "${dirs[@]}"

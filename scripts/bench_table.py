@@ -18,6 +18,8 @@ for d in sys.argv[1:]:
     r = {"ref": json.load(open(d / "reference.json")), "ours": json.load(open(d / "ours.json"))}
     if (d / "ours-bf16.json").exists():
         r["bf16"] = json.load(open(d / "ours-bf16.json"))
+    if (d / "ours-bf16-avx512.json").exists():
+        r["bf16_avx512"] = json.load(open(d / "ours-bf16-avx512.json"))
     rounds.append(r)
 
 
@@ -51,6 +53,8 @@ for k in (2048, 512):
                          "bf16", key, key))
         lines.append(row(f"matching, {k} kpts, {mode}, our bf16 vs its bf16 autocast (ms/pair)",
                          "bf16", key, key + "_bf16"))
+        lines.append(row(f"matching, {k} kpts, {mode}, our bf16 without AMX vs its f32 (ms/pair)",
+                         "bf16_avx512", key, key))
 for line in lines:
     if line:
         print(line)

@@ -4,7 +4,10 @@
 //!
 //! - `native` (the default, also when unset or empty): whatever the CPU has. On AVX-512 CPUs
 //!   that is the packed f32 kernel, the AVX-512 BF16 kernel for `--precision bf16`, the fused
-//!   attention and the 16-lane `exp`/`erf`; elsewhere the same as `portable`.
+//!   attention and the 16-lane `exp`/`erf`, and on CPUs with AMX (Intel since Sapphire
+//!   Rapids) bf16 products on its tiles; elsewhere the same as `portable`.
+//! - `avx512`: `native` without AMX tiles (bf16 products on AVX-512 BF16), to compare the
+//!   two on one CPU.
 //! - `portable`: no AVX-512 (F, BW, BF16) in this crate's kernels, as on most desktop CPUs
 //!   and Xeons before Skylake-SP: products go through the `gemm` crate, convolutions through
 //!   candle's, single pairs through candle's layers, GELU through libm's `erff`, bf16 falls
@@ -36,6 +39,8 @@ pub enum Paths {
     Scalar,
     /// Up to AVX2 + FMA: no AVX-512.
     Portable,
+    /// Up to AVX-512 (F, BW, BF16): no AMX tiles.
+    Avx512,
     /// Everything the CPU has.
     Native,
 }
@@ -46,6 +51,7 @@ impl Paths {
         match value.trim().to_ascii_lowercase().as_str() {
             "" | "native" => Some(Self::Native),
             "portable" => Some(Self::Portable),
+            "avx512" => Some(Self::Avx512),
             "scalar" => Some(Self::Scalar),
             _ => None,
         }
@@ -55,6 +61,7 @@ impl Paths {
         match self {
             Self::Native => "native",
             Self::Portable => "portable",
+            Self::Avx512 => "avx512",
             Self::Scalar => "scalar",
         }
     }
@@ -68,8 +75,9 @@ pub fn paths() -> Paths {
     static PATHS: OnceLock<Paths> = OnceLock::new();
     *PATHS.get_or_init(|| match std::env::var(ENV) {
         Err(std::env::VarError::NotPresent) => Paths::Native,
-        Ok(value) => Paths::parse(&value)
-            .unwrap_or_else(|| panic!("{ENV}={value:?}: expected native, portable or scalar")),
+        Ok(value) => Paths::parse(&value).unwrap_or_else(|| {
+            panic!("{ENV}={value:?}: expected native, avx512, portable or scalar")
+        }),
         Err(e) => panic!("{ENV}: {e}"),
     })
 }
@@ -77,14 +85,21 @@ pub fn paths() -> Paths {
 /// AVX-512 F: the packed f32 kernel, the fused attention, 16-lane `exp` and `erf`.
 pub fn avx512f() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| paths() >= Paths::Native && detected::avx512f())
+    *HAS.get_or_init(|| paths() >= Paths::Avx512 && detected::avx512f())
 }
 
 /// AVX-512 F, BW and BF16: the bf16 kernel (Intel since Cooper Lake / Sapphire Rapids, AMD
 /// since Zen 4).
 pub fn avx512_bf16() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| paths() >= Paths::Native && detected::avx512_bf16())
+    *HAS.get_or_init(|| paths() >= Paths::Avx512 && detected::avx512_bf16())
+}
+
+/// AMX tiles with bf16 products (Intel since Sapphire Rapids) besides AVX-512 BF16, and the
+/// kernel's permission to use them: the bf16 products' fastest path.
+pub fn amx_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| paths() >= Paths::Native && avx512_bf16() && detected::amx_bf16())
 }
 
 /// AVX2 and FMA: the softmax loops compiled for them.
@@ -110,6 +125,46 @@ pub mod detected {
             && is_x86_feature_detected!("avx512bf16");
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// AMX-TILE and AMX-BF16 (CPUID leaf 7), and Linux's permission for this process to use
+    /// the tiles' 8 KiB of state, which it grants on request (`arch_prctl`,
+    /// `ARCH_REQ_XCOMP_PERM`; Linux 5.16 or newer). Asked once; later calls return the answer.
+    pub fn amx_bf16() -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *GRANTED.get_or_init(|| {
+                let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+                let (tile, bf16) = ((leaf.edx >> 24) & 1 == 1, (leaf.edx >> 22) & 1 == 1);
+                tile && bf16 && request_tile_data()
+            })
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    }
+
+    /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: zero when granted.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn request_tile_data() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: a system call that only changes which register state this process may
+        // use; it reads and writes no memory. `syscall` clobbers rcx and r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
     }
 
     pub fn avx2_fma() -> bool {

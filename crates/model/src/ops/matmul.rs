@@ -9,6 +9,11 @@
 //! dimension in one 32-bit word: the left operand as rows of words ([`PackedA`]), the right one
 //! in panels of [`NR`] columns ([`PackedB`]), each packed once and reused by every tile.
 //! [`gemm_bf16_reference`] is the loop-by-loop twin the tests compare against.
+//!
+//! On CPUs with AMX (Intel since Sapphire Rapids) the same packed operands feed AMX tiles
+//! instead (`x86::gemm_amx`): a [`PackedB`] panel is two B tiles side by side, 16 rows of
+//! [`PackedA`] words one A tile. `vdpbf16ps` does no more multiply-adds per cycle than two
+//! f32 FMAs on those CPUs, so without the tiles bf16 gains nothing there.
 
 use rayon::prelude::*;
 
@@ -374,7 +379,8 @@ fn pair(lo: f32, hi: f32) -> u32 {
 }
 
 /// The left operand in bf16: row `r` holds words `(a[r][2p], a[r][2p+1])`, `kp` words per
-/// row (an odd inner dimension is padded with a zero), rows padded to a multiple of [`MR`].
+/// row (an odd inner dimension is padded with a zero), rows padded to a multiple of
+/// [`A_ROW_PAD`].
 pub struct PackedA {
     words: Vec<u32>,
     rows: usize,
@@ -425,7 +431,7 @@ impl PackedA {
         mut fill: impl FnMut(usize, &mut [u32]),
     ) {
         let kp = cols.div_ceil(2);
-        let len = rows.div_ceil(MR) * MR * kp;
+        let len = rows.div_ceil(A_ROW_PAD) * A_ROW_PAD * kp;
         if words.len() < len {
             words.resize(len, 0);
         }
@@ -436,6 +442,10 @@ impl PackedA {
         }
     }
 }
+
+/// [`PackedA`]'s rows are padded to a multiple of this: whole tiles of [`MR`] rows for the
+/// AVX-512 kernel and of 16 rows for AMX tiles, which read every row of a tile.
+const A_ROW_PAD: usize = 48;
 
 thread_local! {
     /// [`PackedA::with_rows`]'s buffer; taken out while in use, so a nested call gets its own.
@@ -568,6 +578,12 @@ pub fn gemm_bf16(dst: &mut [f32], ldd: usize, a: &PackedA, b: &PackedB, out: Epi
     assert_eq!(a.kp, b.kp, "gemm_bf16: inner dimensions differ");
     if !output_fits(dst, ldd, a.rows, b.cols, out.bias) {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::amx_bf16() {
+        // SAFETY: the CPU has AMX and AVX-512 BF16 and the process may use the tiles;
+        // `output_fits` bounds every store, `A_ROW_PAD` every row a tile reads.
+        return unsafe { x86::gemm_amx(dst, ldd, a, b, out) };
     }
     #[cfg(target_arch = "x86_64")]
     if bf16_available() {
@@ -724,7 +740,11 @@ fn row_tasks(rows: usize, threads: usize) -> Vec<(usize, usize)> {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
+    pub(super) use super::amx::gemm_amx;
     use super::{Epilogue, PackedA, PackedB, MR, NR};
     use std::arch::x86_64::*;
 
@@ -970,7 +990,7 @@ mod x86 {
 
     /// The first `n` of 16 lanes.
     #[inline]
-    fn lane_mask(n: usize) -> __mmask16 {
+    pub(super) fn lane_mask(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
         } else {
@@ -1135,6 +1155,54 @@ mod tests {
             let expected = w + bias[i % outputs];
             assert!((g - expected).abs() < 1e-4, "f32 at {i}: {g} vs {expected}");
         }
+    }
+
+    /// The AMX kernel against the loop-by-loop reference and the plain twin, with scale, bias
+    /// and accumulation, over the shapes its tiling distinguishes: rows within one, at and past
+    /// 16- and 32-row blocks; columns within one panel, at it and past it; inner dimensions
+    /// below one 32-value step, at it, with a tail, and cross-attention's 1,377 keys. Its
+    /// subject needs AMX (Intel since Sapphire Rapids): CI's CPUs vary, so it is ignored there
+    /// and run with `cargo test -p wbia-lightglue-model --lib -- --ignored amx` on such a CPU
+    /// (BENCHMARKS.md, *AMX*); where bf16 products run on AMX the shape sweep above runs it too.
+    #[test]
+    #[ignore = "needs AMX tiles (Intel since Sapphire Rapids)"]
+    fn amx_product_equals_reference_and_twin() {
+        if !crate::cpu::detected::amx_bf16() || !crate::cpu::detected::avx512_bf16() {
+            crate::cpu::skip_or_fail("this CPU has no AMX-BF16: the AMX kernel cannot run");
+            return;
+        }
+        let mut cases = 0;
+        for &m in &[1usize, 15, 16, 17, 32, 33, 50, 100] {
+            for &n in &[1usize, 31, 32, 33, 64, 70] {
+                for &k in &[1usize, 2, 31, 32, 33, 64, 100, 256, 1377] {
+                    let a = values(m * k, (m * 7919 + k) as u64);
+                    let b = values(k * n, (n * 104729 + k) as u64);
+                    let bias = values(n, (m + n + k) as u64);
+                    let (lhs, rhs) = (Mat::rows(&a, m, k), Mat::rows(&b, k, n));
+                    let want = gemm_bf16_reference(lhs, rhs, 0.5);
+                    let (pa, pb) = (PackedA::pack(lhs), PackedB::pack(rhs));
+                    let old = values(m * n, 5);
+                    let (mut amx, mut plain) = (old.clone(), old.clone());
+                    let out = Epilogue::new(0.5, Some(&bias), true);
+                    // SAFETY: AMX-BF16 and AVX-512 BF16 checked above; permission asked by
+                    // `detected::amx_bf16`; `amx` holds m × n.
+                    unsafe { x86::gemm_amx(&mut amx, n, &pa, &pb, out) };
+                    gemm_bf16_packed_plain(&mut plain, n, &pa, &pb, out);
+                    for i in 0..m * n {
+                        let w = old[i] + want[i] + bias[i % n];
+                        let tol = tolerance(k);
+                        assert!(
+                            (amx[i] - w).abs() <= tol && (amx[i] - plain[i]).abs() <= tol,
+                            "m {m} n {n} k {k} at {i}: AMX {} plain {} reference {w}",
+                            amx[i],
+                            plain[i]
+                        );
+                    }
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 8 * 6 * 9);
     }
 
     /// A right operand produced row by row packs to the same words as the whole matrix,
