@@ -885,7 +885,7 @@ mod x86 {
     /// `out` says; the tile's first column is column `c0` of the product (where its bias
     /// starts).
     #[derive(Clone, Copy)]
-    struct TileDst<'a> {
+    pub(super) struct TileDst<'a> {
         c: *mut f32,
         ldc: usize,
         rows: usize,
@@ -897,7 +897,7 @@ mod x86 {
     impl<'a> TileDst<'a> {
         /// The tile whose first element is (`r0`, `c0`) of `dst` (rows `ldd` apart), `rows` ×
         /// `cols` of it inside the product. The caller has checked that they fit.
-        unsafe fn at(
+        pub(super) unsafe fn at(
             dst: &mut [f32],
             ldd: usize,
             (r0, c0): (usize, usize),
@@ -915,11 +915,12 @@ mod x86 {
         }
     }
 
-    /// Writes a tile's sums `acc` to its [`TileDst`]. A macro,
-    /// not a function: the 24 accumulators must stay in registers, and a call (the compiler
-    /// would not inline one this size) spilled them and reloaded them for every tile.
+    /// Writes a tile's sums to its [`TileDst`], at most `$max_rows` rows, row `$r`'s two
+    /// vectors of sums given by `$sums`. A macro, not a function: the 24 accumulators must
+    /// stay in registers, and a call (the compiler would not inline one this size) spilled
+    /// them and reloaded them for every tile.
     macro_rules! store_tile {
-        ($acc:ident, $dst:expr) => {{
+        ($dst:expr, $max_rows:expr, |$r:ident| $sums:expr) => {{
             let TileDst {
                 c,
                 ldc,
@@ -937,10 +938,11 @@ mod x86 {
                 ),
                 None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
             };
-            for r in 0..rows.min(MR) {
-                let row: *mut f32 = c.add(r * ldc);
-                let mut v0 = _mm512_fmadd_ps($acc[2 * r], s, bias0);
-                let mut v1 = _mm512_fmadd_ps($acc[2 * r + 1], s, bias1);
+            for $r in 0..rows.min($max_rows) {
+                let row: *mut f32 = c.add($r * ldc);
+                let (sum0, sum1) = $sums;
+                let mut v0 = _mm512_fmadd_ps(sum0, s, bias0);
+                let mut v1 = _mm512_fmadd_ps(sum1, s, bias1);
                 if out.accumulate {
                     v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
                     v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
@@ -949,6 +951,16 @@ mod x86 {
                 _mm512_mask_storeu_ps(row.add(16), m1, v1);
             }
         }};
+    }
+
+    /// Writes a block of sums held in memory, row `r`'s [`NR`] at `sums + NR·r` (64-byte
+    /// aligned), as the AMX kernel stores its tiles.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_sums(sums: *const f32, dst: TileDst) {
+        store_tile!(dst, usize::MAX, |r| (
+            _mm512_load_ps(sums.add(r * NR)),
+            _mm512_load_ps(sums.add(r * NR + 16))
+        ));
     }
 
     /// The f32 products of one MR × NR tile, 12 broadcasts and 24 FMAs per step of `k`
@@ -966,7 +978,7 @@ mod x86 {
                 acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
             }
         }
-        store_tile!(acc, dst);
+        store_tile!(dst, MR, |r| (acc[2 * r], acc[2 * r + 1]));
     }
 
     /// The bf16 products of one MR × NR tile, two inner-dimension steps per `vdpbf16ps`,
@@ -985,7 +997,7 @@ mod x86 {
                 acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
             }
         }
-        store_tile!(acc, dst);
+        store_tile!(dst, MR, |r| (acc[2 * r], acc[2 * r + 1]));
     }
 
     /// The first `n` of 16 lanes.

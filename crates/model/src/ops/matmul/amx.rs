@@ -11,9 +11,8 @@
 //! f32 rounding alone.
 
 use std::arch::asm;
-use std::arch::x86_64::*;
 
-use super::x86::lane_mask;
+use super::x86::{store_sums, TileDst};
 use super::{Epilogue, PackedA, PackedB, NR};
 
 /// Rows of a tile, and words (pairs of bf16, or f32 sums) per tile row: 64 bytes.
@@ -134,15 +133,8 @@ pub(in crate::ops::matmul) unsafe fn gemm_amx(
                     options(nostack)
                 );
             }
-            store(
-                &sums,
-                rows,
-                cols,
-                dst.as_mut_ptr().add(r0 * ldd + c0),
-                ldd,
-                c0,
-                out,
-            );
+            let to = TileDst::at(dst, ldd, (r0, c0), (rows, cols), out);
+            store_sums(sums.0.as_ptr(), to);
         }
     }
     asm!("tilerelease", options(nostack, nomem));
@@ -173,39 +165,5 @@ unsafe fn step(a: *const u32, a_stride: usize, b: *const u32, b_stride: usize, b
             as_ = in(reg) a_stride,
             options(nostack, readonly)
         );
-    }
-}
-
-/// Writes `rows` × `cols` of a block's sums to `c` (rows `ldc` apart) as `out` says; the
-/// block's first column is column `c0` of the product, where its bias starts.
-#[target_feature(enable = "avx512f")]
-unsafe fn store(
-    sums: &Sums,
-    rows: usize,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-    c0: usize,
-    out: Epilogue,
-) {
-    let s = _mm512_set1_ps(out.scale);
-    let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
-    let (bias0, bias1) = match out.bias {
-        Some(v) => (
-            _mm512_maskz_loadu_ps(m0, v.as_ptr().add(c0)),
-            _mm512_maskz_loadu_ps(m1, v.as_ptr().add(c0 + 16)),
-        ),
-        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-    };
-    for r in 0..rows {
-        let (sum, row) = (sums.0.as_ptr().add(r * NR), c.add(r * ldc));
-        let mut v0 = _mm512_fmadd_ps(_mm512_load_ps(sum), s, bias0);
-        let mut v1 = _mm512_fmadd_ps(_mm512_load_ps(sum.add(16)), s, bias1);
-        if out.accumulate {
-            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
-            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
-        }
-        _mm512_mask_storeu_ps(row, m0, v0);
-        _mm512_mask_storeu_ps(row.add(16), m1, v1);
     }
 }
