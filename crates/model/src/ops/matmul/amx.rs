@@ -76,6 +76,11 @@ pub(in crate::ops::matmul) unsafe fn gemm_amx(
     out: Epilogue,
 ) {
     let kp = a.kp;
+    assert!(
+        a.words.len() >= a.rows.div_ceil(ROWS) * ROWS * kp
+            && b.words.len() >= b.cols.div_ceil(NR) * kp * NR,
+        "gemm_amx: packed operands shorter than the tiles read"
+    );
     let steps = kp / WORDS;
     let tails = (!kp.is_multiple_of(WORDS)).then(|| Tails::new(a, b, steps * WORDS));
     let config = TileConfig::eight_full_tiles();
