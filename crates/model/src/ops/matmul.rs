@@ -1002,7 +1002,7 @@ mod x86 {
 
     /// The first `n` of 16 lanes.
     #[inline]
-    pub(super) fn lane_mask(n: usize) -> __mmask16 {
+    fn lane_mask(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
         } else {
