@@ -18,7 +18,7 @@ use wbia_lightglue_engine::evaluate::{
 };
 use wbia_lightglue_engine::{
     Annot, Calibration, Chip, ChipSource, Config, Engine, EngineOptions, Error as EngineError,
-    Progress, SourceError, WbiaChip,
+    Fusion, Progress, SourceError, WbiaChip,
 };
 use wbia_lightglue_model::{render, weights, Rotation};
 use wbia_lightglue_service::{Annotations, ChipOptions};
@@ -56,9 +56,16 @@ pub struct EvaluateArgs {
     rotation_sweep: bool,
     /// Fit a calibration (raw score → probability of the same identity) on this set's pairs
     /// and write the configuration with it to this file, for the service's configuration
-    /// directory.
+    /// directory. For an ensemble, each member's calibration is fitted too, on its own
+    /// scores (`member_calibrations`, what `"fusion": "log_odds"` weighs members by; such a
+    /// configuration may come without them here).
     #[arg(long, value_name = "OUT.json")]
     calibrate: Option<PathBuf>,
+    /// Write every comparable pair to this CSV: both images, whether they are the same
+    /// identity, the score and, for an ensemble, each member's score (for studying fusion
+    /// rules and thresholds outside this tool).
+    #[arg(long, value_name = "OUT.csv")]
+    pairs: Option<PathBuf>,
     /// For each query whose best candidate is another identity, save a picture of its top
     /// candidates (matches drawn), and of its best same-identity candidate below them, in
     /// this folder.
@@ -268,7 +275,12 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            Config::from_json(&text, &path.display().to_string())?
+            let source = path.display().to_string();
+            if args.calibrate.is_some() {
+                Config::from_json_to_calibrate(&text, &source)?
+            } else {
+                Config::from_json(&text, &source)?
+            }
         }
         None => {
             let lg = args.matcher.options();
@@ -285,7 +297,20 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         }
     };
     config.rotation_sweep |= args.rotation_sweep;
-    config.validate()?;
+    // The engine fuses by `config`; an ensemble's fused scores are recomputed below from
+    // the members' once `--calibrate` has fitted their calibrations, so it is asked for
+    // plain sums until then.
+    let members_fitted_here = args.calibrate.is_some() && config.model_name.is_ensemble();
+    let scoring_config = if members_fitted_here {
+        Config {
+            fusion: Fusion::Sum,
+            member_calibrations: Vec::new(),
+            ..config.clone()
+        }
+    } else {
+        config.clone()
+    };
+    scoring_config.validate()?;
     // Weights are looked for now, so that a missing file is named before any work.
     let mut descriptor_dims = 0;
     for member in config.members() {
@@ -338,6 +363,8 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     let progress = bar(pairs, "match");
     let started = std::time::Instant::now();
     let mut scores = vec![vec![0f32; n]; n];
+    // An ensemble's member scores per pair (both orders), empty for a single model.
+    let mut member_scores = vec![vec![Vec::<f32>::new(); n]; n];
     // The query turn that gave each score, as seen from the row's item.
     let mut turns = vec![vec![Rotation::None; n]; n];
     for (i, others) in later.iter().enumerate() {
@@ -351,7 +378,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
                 &chips,
                 &[annot(i)],
                 &database,
-                &config,
+                &scoring_config,
                 &Progress::default(),
             )
             .await
@@ -365,6 +392,8 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         for (&j, s) in others.iter().zip(&got[0]) {
             scores[i][j] = s.score;
             scores[j][i] = s.score;
+            member_scores[i][j] = s.members.as_slice().to_vec();
+            member_scores[j][i] = s.members.as_slice().to_vec();
             turns[i][j] = s.rotation;
             // Turning i one way against j is turning j the other way against i.
             turns[j][i] = s.rotation.inverse();
@@ -390,6 +419,36 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
             .map(|i| i.group.clone().unwrap_or_default())
             .collect()
     });
+    if members_fitted_here {
+        config.member_calibrations = (0..members)
+            .map(|m| {
+                let member: Vec<Vec<f32>> = member_scores
+                    .iter()
+                    .map(|row| {
+                        row.iter()
+                            .map(|s| s.get(m).copied().unwrap_or(0.0))
+                            .collect()
+                    })
+                    .collect();
+                Calibration::fit(&labelled_pairs(&member, &identities, groups.as_deref()))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        // Only `log_odds` reads them; other rules keep no calibrations they would ignore.
+        if config.fusion != Fusion::LogOdds {
+            config.member_calibrations.clear();
+        }
+        config.validate()?;
+        for (i, row) in member_scores.iter().enumerate() {
+            for (j, members) in row.iter().enumerate() {
+                if i != j && comparable(i, j) {
+                    scores[i][j] = config.fuse(members);
+                }
+            }
+        }
+    }
+    if let Some(path) = &args.pairs {
+        write_pairs(path, &items, &scores, &member_scores, &config)?;
+    }
     let result = evaluate(&scores, &identities, groups.as_deref());
     let pairs = labelled_pairs(&scores, &identities, groups.as_deref());
     let checked = config
@@ -431,6 +490,48 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         timing,
     };
     print(&report, args.json)
+}
+
+/// `--pairs`: each comparable pair once (in input order), with the members' scores.
+fn write_pairs(
+    path: &Path,
+    items: &[Item],
+    scores: &[Vec<f32>],
+    member_scores: &[Vec<Vec<f32>>],
+    config: &Config,
+) -> Result<()> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let names = config.model_name.names();
+    let mut header = vec!["query", "candidate", "same_identity", "score"];
+    if config.model_name.is_ensemble() {
+        header.extend(names.iter().map(String::as_str));
+    }
+    writeln!(out, "{}", header.join(","))?;
+    for i in 0..items.len() {
+        for j in i + 1..items.len() {
+            if items[i].group != items[j].group {
+                continue;
+            }
+            write!(
+                out,
+                "{},{},{},{}",
+                items[i].label,
+                items[j].label,
+                items[i].identity == items[j].identity,
+                scores[i][j]
+            )?;
+            for s in &member_scores[i][j] {
+                write!(out, ",{s}")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// What `evaluate` prints.

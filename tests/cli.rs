@@ -288,6 +288,102 @@ fn evaluate_calibrates_on_one_set_and_checks_on_another() {
     assert!(applied["genuine_scores"]["min"].as_f64() > applied["impostor_scores"]["min"].as_f64());
 }
 
+/// An ensemble with `"fusion": "log_odds"` on the buildings (6 images, 15 pairs, 256
+/// keypoints): `--calibrate` fits each member's calibration on that member's scores alone
+/// (the same fit as calibrating the single model), `--pairs` writes every pair with its
+/// members' scores, the fused score is Σ slopeᵢ·ln(1 + sᵢ) of them, and the written
+/// configuration, loaded as the service would, scores every pair the same again.
+#[test]
+fn evaluate_fits_member_calibrations_for_log_odds_and_writes_pairs() {
+    let dir = std::env::temp_dir().join(format!("wbia-lg-log-odds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("store");
+    let ensemble = dir.join("ensemble.json");
+    std::fs::write(
+        &ensemble,
+        r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "fusion": "log_odds",
+            "max_num_keypoints": 256}"#,
+    )
+    .unwrap();
+    let single = dir.join("single.json");
+    std::fs::write(
+        &single,
+        r#"{"model_name": "aliked-n16", "max_num_keypoints": 256}"#,
+    )
+    .unwrap();
+    let (fitted, pairs) = (dir.join("fitted.json"), dir.join("pairs.csv"));
+    let csv = fixture("buildings.csv");
+    let run = |config: &PathBuf, extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            store.as_os_str(),
+            "--csv".as_ref(),
+            csv.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        evaluate_json(&args)
+    };
+    run(
+        &ensemble,
+        &[
+            "--calibrate".as_ref(),
+            fitted.as_os_str(),
+            "--pairs".as_ref(),
+            pairs.as_os_str(),
+        ],
+    );
+    let text = std::fs::read_to_string(&fitted).unwrap();
+    let config = wbia_lightglue_engine::Config::from_json(&text, "fitted.json").unwrap();
+    let slopes: Vec<f64> = config.member_calibrations.iter().map(|c| c.slope).collect();
+    assert_eq!(slopes.len(), 2, "{text}");
+    let alone = run(
+        &single,
+        &["--calibrate".as_ref(), dir.join("n16.json").as_os_str()],
+    );
+    assert_eq!(
+        alone["fitted_calibration"]["slope"].as_f64(),
+        Some(slopes[0])
+    );
+
+    let read = |path: &PathBuf| -> Vec<Vec<String>> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    };
+    let rows = read(&pairs);
+    assert_eq!(
+        rows[0],
+        [
+            "query",
+            "candidate",
+            "same_identity",
+            "score",
+            "aliked-n16",
+            "aliked-n16rot"
+        ]
+    );
+    assert_eq!(rows.len(), 1 + 15);
+    assert_eq!(rows.iter().filter(|r| r[2] == "true").count(), 3);
+    for row in &rows[1..] {
+        let v: Vec<f64> = row[3..].iter().map(|x| x.parse().unwrap()).collect();
+        let expected = slopes[0] * v[1].ln_1p() + slopes[1] * v[2].ln_1p();
+        assert!(
+            (v[0] - expected).abs() <= 1e-5 * expected,
+            "{row:?}: {expected}"
+        );
+    }
+    // The written configuration, as the service loads it: the engine fuses each pair
+    // to the same score.
+    let again = dir.join("again.csv");
+    run(&fitted, &["--pairs".as_ref(), again.as_os_str()]);
+    assert_eq!(read(&again), rows);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A query photographed sideways (turtle_a1 turned 90°, as PNG) among the other turtles:
 /// without the sweep it misses (CMC@1 0.5) and `--png` draws its failure, its top candidates
 /// and its same-identity one below; with `--rotation-sweep` every query hits.

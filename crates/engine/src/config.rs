@@ -41,6 +41,11 @@ pub struct Config {
     /// that ranks, and that `calibration` maps). Ignored for a single model.
     #[serde(skip_serializing_if = "Fusion::is_default")]
     pub fusion: Fusion,
+    /// Not in the plugin: each ensemble member's own calibration, in `model_name`'s order,
+    /// fitted on its scores by `evaluate --calibrate`; what `fusion: "log_odds"` weighs the
+    /// members by, and used by nothing else.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub member_calibrations: Vec<Calibration>,
 }
 
 /// The most members an ensemble has: the variants LightGlue can match, each at most once.
@@ -124,6 +129,11 @@ pub enum Fusion {
     LogSum,
     /// maxᵢ sᵢ: the member that sees the pair best decides.
     Max,
+    /// Σ slopeᵢ · ln(1 + sᵢ), slopeᵢ from each member's calibration (`member_calibrations`):
+    /// the members' calibrated log-odds summed, as if they erred independently, less their
+    /// intercepts (the same for every pair, so the ranking is the log-odds sum's, and the
+    /// score stays ≥ 0). A member whose scores separate identities better weighs more.
+    LogOdds,
 }
 
 impl Fusion {
@@ -131,12 +141,18 @@ impl Fusion {
         *self == Fusion::default()
     }
 
-    /// The pair's score from its members' scores.
-    pub fn fuse(self, scores: &[f32]) -> f32 {
+    /// The pair's score from its members' scores; `calibrations` are the members' (read by
+    /// [`Fusion::LogOdds`] only, which needs one per member: [`Config::validate`] sees to it).
+    pub fn fuse(self, scores: &[f32], calibrations: &[Calibration]) -> f32 {
         match self {
             Fusion::Sum => scores.iter().sum(),
             Fusion::LogSum => scores.iter().map(|s| s.max(0.0).ln_1p()).sum(),
             Fusion::Max => scores.iter().copied().fold(0.0, f32::max),
+            Fusion::LogOdds => scores
+                .iter()
+                .zip(calibrations)
+                .map(|(s, c)| c.slope * f64::from(s.max(0.0)).ln_1p())
+                .sum::<f64>() as f32,
         }
     }
 }
@@ -156,6 +172,7 @@ impl Default for Config {
             rotation_sweep: false,
             calibration: None,
             fusion: Fusion::default(),
+            member_calibrations: Vec::new(),
         }
     }
 }
@@ -214,9 +231,57 @@ impl Config {
         if let Some(c) = &self.calibration {
             c.validate()?;
         }
+        self.validate_member_calibrations()?;
         self.aliked().validate()?;
         self.match_options().validate()?;
         Ok(())
+    }
+
+    /// `member_calibrations`: one per member, each valid, exactly when `fusion` is
+    /// `log_odds` (elsewhere they would be saved and silently unused).
+    fn validate_member_calibrations(&self) -> Result<()> {
+        let members = self.model_name.names().len();
+        let given = self.member_calibrations.len();
+        let log_odds = self.model_name.is_ensemble() && self.fusion == Fusion::LogOdds;
+        if log_odds && given != members {
+            return Err(Error::Config(format!(
+                "fusion \"log_odds\" needs member_calibrations, one per member ({members}), got \
+                 {given}; fit them with `wbia-lightglue evaluate --calibrate`"
+            )));
+        }
+        if !log_odds && given > 0 {
+            return Err(Error::Config(
+                "member_calibrations are read by an ensemble's fusion \"log_odds\" only".into(),
+            ));
+        }
+        for c in &self.member_calibrations {
+            c.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Parses a configuration file for `evaluate --calibrate`, which fits
+    /// `member_calibrations` itself: a `log_odds` ensemble may come without them.
+    pub fn from_json_to_calibrate(text: &str, source: &str) -> Result<Self> {
+        let mut config: Self =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: {e}")))?;
+        let fitted_later =
+            config.fusion == Fusion::LogOdds && config.member_calibrations.is_empty();
+        if fitted_later {
+            config.fusion = Fusion::Sum;
+        }
+        config
+            .validate()
+            .map_err(|e| Error::Config(format!("{source}: {e}")))?;
+        if fitted_later {
+            config.fusion = Fusion::LogOdds;
+        }
+        Ok(config)
+    }
+
+    /// A pair's score from its members' scores, by this configuration's fusion.
+    pub fn fuse(&self, members: &[f32]) -> f32 {
+        self.fusion.fuse(members, &self.member_calibrations)
     }
 
     /// The ALIKED architecture `model_name` names; an ensemble has none (its members do).
@@ -256,6 +321,7 @@ impl Config {
             model_name: ModelName::One(name.to_string()),
             calibration: None,
             fusion: Fusion::default(),
+            member_calibrations: Vec::new(),
             ..self.clone()
         }
     }

@@ -20,8 +20,8 @@ use wbia_lightglue_model::Rotation;
 
 use crate::worker::{Job, MatchWork};
 use crate::{
-    store, AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, Fusion, MatcherSettings,
-    Result, MAX_ENSEMBLE,
+    store, AnnotFeatures, ChipId, Config, Engine, Error, FeatureKey, MatcherSettings, Result,
+    MAX_ENSEMBLE,
 };
 
 /// How long a failing store write is retried before it is given up; a PostgreSQL restart
@@ -545,7 +545,7 @@ impl Engine {
     /// whose chip cannot be used does: fail the request, or be skipped (named in the
     /// answer). A query's own chip failing always fails. An ensemble runs each member as that
     /// single model would run (its own keys, cache entries and stored scores), one after the
-    /// other, and fuses each pair's member scores ([`Fusion`]); the turn reported is the
+    /// other, and fuses each pair's member scores ([`crate::Fusion`]); the turn reported is the
     /// first member's.
     #[allow(clippy::too_many_arguments)]
     pub async fn identify_all<S: ChipSource>(
@@ -573,7 +573,7 @@ impl Engine {
                 return Ok(single);
             }
         }
-        Ok(fuse(runs, config.fusion))
+        Ok(fuse(runs, config))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1033,7 +1033,7 @@ pub(crate) fn chip_specific(e: &wbia_lightglue_model::Error) -> bool {
 /// One identification from an ensemble's member runs (same queries and database, in the
 /// configuration's order): a pair has a score when every member has one; an annotation
 /// skipped by any member is skipped (all members read the same chip, so they skip alike).
-fn fuse(runs: Vec<Identification>, fusion: Fusion) -> Identification {
+fn fuse(runs: Vec<Identification>, config: &Config) -> Identification {
     let mut fused = Identification::default();
     for run in &runs {
         for s in &run.skipped {
@@ -1053,7 +1053,7 @@ fn fuse(runs: Vec<Identification>, fusion: Fusion) -> Identification {
                 let pairs = pairs?;
                 let members: Vec<f32> = pairs.iter().map(|p| p.score).collect();
                 Some(PairScore {
-                    score: fusion.fuse(&members),
+                    score: config.fuse(&members),
                     rotation: pairs[0].rotation,
                     members: MemberScores::new(&members),
                 })

@@ -1,5 +1,5 @@
 //! Ensembles (`model_name` a list): each member runs exactly as that single model would, under
-//! its own keys, and the pair's score is the members' fused. Covers the three fusion rules on
+//! its own keys, and the pair's score is the members' fused. Covers the four fusion rules on
 //! the four turtle chips (1 query × 3 candidates) with n16 + n16rot and n16 + n16rot + n32,
 //! at 128 keypoints and 256 px, with a store on disk shared by a second engine.
 
@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 use wbia_lightglue_engine::{
-    Annot, Config, Engine, EngineOptions, FileChips, Fusion, ModelName, Progress, UnusableChips,
+    calibration::CalibrationMethod, Annot, Calibration, Config, Engine, EngineOptions, FileChips,
+    Fusion, ModelName, Progress, UnusableChips,
 };
 
 fn repo() -> PathBuf {
@@ -36,12 +37,32 @@ fn turtles() -> (Vec<Annot>, FileChips) {
     (annots, FileChips(files))
 }
 
+/// Made-up member calibrations (slopes 2, 0.5, 1): what `log_odds` weighs members by.
+fn member_calibrations(members: usize) -> Vec<Calibration> {
+    [2.0, 0.5, 1.0][..members]
+        .iter()
+        .map(|&slope| Calibration {
+            method: CalibrationMethod::LogisticLog1p,
+            slope,
+            intercept: -3.0,
+            genuine_pairs: 10,
+            impostor_pairs: 90,
+        })
+        .collect()
+}
+
 fn config(model_name: ModelName, fusion: Fusion) -> Config {
+    let members = model_name.names().len();
     let config = Config {
         model_name,
         max_num_keypoints: 128,
         image_size: 256,
         fusion,
+        member_calibrations: if fusion == Fusion::LogOdds {
+            member_calibrations(members)
+        } else {
+            Vec::new()
+        },
         ..Config::default()
     };
     config.validate().unwrap();
@@ -104,7 +125,7 @@ async fn members_run_as_single_models_and_their_scores_are_fused() {
     let pair = ModelName::Ensemble(vec![names[0].into(), names[1].into()]);
     let all_three = ModelName::Ensemble(names.iter().map(|n| n.to_string()).collect());
     for (model_name, members) in [(pair, 2), (all_three, 3)] {
-        for fusion in [Fusion::Sum, Fusion::LogSum, Fusion::Max] {
+        for fusion in [Fusion::Sum, Fusion::LogSum, Fusion::Max, Fusion::LogOdds] {
             let got = scores(&first, &config(model_name.clone(), fusion)).await;
             for (d, (score, m)) in got.iter().enumerate() {
                 let expected: Vec<f32> = single[..members].iter().map(|s| s[d]).collect();
@@ -116,6 +137,11 @@ async fn members_run_as_single_models_and_their_scores_are_fused() {
                     Fusion::Sum => expected.iter().sum::<f32>(),
                     Fusion::LogSum => expected.iter().map(|s| s.ln_1p()).sum(),
                     Fusion::Max => expected.iter().copied().fold(0.0, f32::max),
+                    Fusion::LogOdds => member_calibrations(members)
+                        .iter()
+                        .zip(&expected)
+                        .map(|(c, s)| c.slope * f64::from(*s).ln_1p())
+                        .sum::<f64>() as f32,
                 };
                 assert_eq!(*score, fused, "{model_name} {fusion:?}");
             }
@@ -186,8 +212,60 @@ fn model_name_is_a_string_or_a_list_of_distinct_matchable_variants() {
         ),
         (r#"{"model_name": ["aliked-n16", 3]}"#, "expected a string"),
         (r#"{"fusion": "product"}"#, "product"),
+        (
+            r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "fusion": "log_odds"}"#,
+            "needs member_calibrations, one per member (2), got 0",
+        ),
+        (
+            r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "fusion": "log_odds",
+                "member_calibrations": [{"method": "logistic-log1p", "slope": 1.0,
+                "intercept": 0.0, "genuine_pairs": 1, "impostor_pairs": 1}]}"#,
+            "got 1",
+        ),
+        (
+            r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "member_calibrations": []}"#,
+            "",
+        ),
+        (
+            r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "member_calibrations": [
+                {"method": "logistic-log1p", "slope": 1.0, "intercept": 0.0,
+                 "genuine_pairs": 1, "impostor_pairs": 1},
+                {"method": "logistic-log1p", "slope": 1.0, "intercept": 0.0,
+                 "genuine_pairs": 1, "impostor_pairs": 1}]}"#,
+            "read by an ensemble's fusion \"log_odds\" only",
+        ),
+        (
+            r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "fusion": "log_odds",
+                "member_calibrations": [
+                {"method": "logistic-log1p", "slope": 1.0, "intercept": 0.0,
+                 "genuine_pairs": 1, "impostor_pairs": 1},
+                {"method": "logistic-log1p", "slope": -1.0, "intercept": 0.0,
+                 "genuine_pairs": 1, "impostor_pairs": 1}]}"#,
+            "slope must be positive",
+        ),
     ] {
+        if says.is_empty() {
+            // An empty list is no list: accepted, and written back without the key.
+            let config = Config::from_json(bad, "x.json").unwrap();
+            let written = serde_json::to_value(&config).unwrap();
+            assert!(written.get("member_calibrations").is_none());
+            continue;
+        }
         let e = Config::from_json(bad, "x.json").unwrap_err().to_string();
         assert!(e.contains(says), "{bad}: {e}");
     }
+
+    // `evaluate --calibrate` fits the member calibrations itself: it may be given a
+    // `log_odds` ensemble without them, and nothing else is let through.
+    let text = r#"{"model_name": ["aliked-n16", "aliked-n16rot"], "fusion": "log_odds"}"#;
+    let to_fit = Config::from_json_to_calibrate(text, "x").unwrap();
+    assert_eq!(to_fit.fusion, Fusion::LogOdds);
+    assert!(to_fit.member_calibrations.is_empty());
+    let e = Config::from_json_to_calibrate(
+        r#"{"model_name": ["aliked-n16"], "fusion": "log_odds"}"#,
+        "x",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at least two"), "{e}");
 }
