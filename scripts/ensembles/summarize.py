@@ -4,7 +4,11 @@
 ensemble against the plugin's single model (`*-n16-f32`, else `*-n16-bf16`) as paired
 differences: the same resampled queries for both, 2,000 resamplings, 95% percentile interval.
 
-    summarize.py OUT_DIR [--markdown]
+Last, the fusion rule the train split chooses, by the rule fixed in scripts/ensembles/README.md:
+among the ensembles whose CMC@1 is not below the single model's (n16 in bf16, the members'
+precision), the highest mean of CMC@5 and CMC@10, ties broken by mAP.
+
+    summarize.py OUT_DIR
 """
 import json
 import random
@@ -68,6 +72,25 @@ def main():
                 d, lo, hi = paired(r["first_hit"], base["first_hit"], rank)
                 cells.append(f"{d:+.2f} ({lo:+.2f} – {hi:+.2f})")
             print(f"| {name} − {base_name} | " + " | ".join(cells) + " |")
+    print()
+    print(f"chosen on train: {choose(runs) or 'nothing (no train runs)'}")
+
+
+def cmc(run, rank):
+    return dict((r, v) for r, v in run["cmc"])[rank]
+
+
+def choose(runs):
+    """The train split's choice; None without the runs it needs."""
+    base = runs.get("train-n16-bf16")
+    if base is None:
+        return None
+    eligible = [(name, r) for name, r in runs.items()
+                if name.startswith("train-ens") and cmc(r, 1) >= cmc(base, 1)]
+    if not eligible:
+        return "none: every ensemble loses rank 1 to the single model"
+    key = lambda nr: ((cmc(nr[1], 5) + cmc(nr[1], 10)) / 2, nr[1]["mean_average_precision"])
+    return max(eligible, key=key)[0]
 
 
 if __name__ == "__main__":
