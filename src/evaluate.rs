@@ -56,9 +56,9 @@ pub struct EvaluateArgs {
     rotation_sweep: bool,
     /// Fit a calibration (raw score → probability of the same identity) on this set's pairs
     /// and write the configuration with it to this file, for the service's configuration
-    /// directory. For an ensemble, each member's calibration is fitted too, on its own
-    /// scores (`member_calibrations`, what `"fusion": "log_odds"` weighs members by; such a
-    /// configuration may come without them here).
+    /// directory. For an ensemble with `"fusion": "log_odds"`, each member's calibration is
+    /// fitted too, on its own scores (`member_calibrations`, what that rule weighs members
+    /// by; such a configuration may come without them here).
     #[arg(long, value_name = "OUT.json")]
     calibrate: Option<PathBuf>,
     /// Write every comparable pair to this CSV: both images, whether they are the same
@@ -420,23 +420,26 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
             .collect()
     });
     if members_fitted_here {
-        config.member_calibrations = (0..members)
-            .map(|m| {
-                let member: Vec<Vec<f32>> = member_scores
-                    .iter()
-                    .map(|row| {
-                        row.iter()
-                            .map(|s| s.get(m).copied().unwrap_or(0.0))
-                            .collect()
-                    })
-                    .collect();
-                Calibration::fit(&labelled_pairs(&member, &identities, groups.as_deref()))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        // Only `log_odds` reads them; other rules keep no calibrations they would ignore.
-        if config.fusion != Fusion::LogOdds {
-            config.member_calibrations.clear();
-        }
+        // Only `log_odds` reads member calibrations; other rules keep none they would ignore.
+        config.member_calibrations = if config.fusion == Fusion::LogOdds {
+            let names = config.model_name.names();
+            (0..members)
+                .map(|m| {
+                    let member: Vec<Vec<f32>> = member_scores
+                        .iter()
+                        .map(|row| {
+                            row.iter()
+                                .map(|s| s.get(m).copied().unwrap_or(0.0))
+                                .collect()
+                        })
+                        .collect();
+                    Calibration::fit(&labelled_pairs(&member, &identities, groups.as_deref()))
+                        .with_context(|| format!("calibrating member {}", names[m]))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         config.validate()?;
         for (i, row) in member_scores.iter().enumerate() {
             for (j, members) in row.iter().enumerate() {
