@@ -18,7 +18,7 @@ use wbia_lightglue_engine::evaluate::{
 };
 use wbia_lightglue_engine::{
     Annot, Calibration, Chip, ChipSource, Config, Engine, EngineOptions, Error as EngineError,
-    Fusion, Progress, SourceError, WbiaChip,
+    Fusion, MemberScores, Progress, SourceError, WbiaChip,
 };
 use wbia_lightglue_model::{render, weights, Rotation};
 use wbia_lightglue_service::{Annotations, ChipOptions};
@@ -47,8 +47,10 @@ pub struct EvaluateArgs {
     #[arg(long)]
     json: bool,
     /// Read the settings from this configuration file (the service's JSON: `model_name`,
-    /// thresholds, `rotation_sweep`, `calibration`) instead of the model and matcher flags.
-    /// With a calibration in it, the calibrated scores are checked on this set.
+    /// thresholds, `rotation_sweep`, `calibration`, an ensemble's `fusion` and
+    /// `member_calibrations`) instead of the model and matcher flags. With a calibration in
+    /// it, the calibrated scores are checked on this set (unless `--calibrate` refits the
+    /// member calibrations: they change the scores that calibration maps).
     #[arg(long, value_name = "CONFIG.json")]
     config: Option<PathBuf>,
     /// Also match each query turned by 90°, 180° and 270° and keep each pair's best score.
@@ -363,8 +365,12 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     let progress = bar(pairs, "match");
     let started = std::time::Instant::now();
     let mut scores = vec![vec![0f32; n]; n];
-    // An ensemble's member scores per pair (both orders), empty for a single model.
-    let mut member_scores = vec![vec![Vec::<f32>::new(); n]; n];
+    // An ensemble's member scores per pair (both orders); nothing for a single model.
+    let mut member_scores: Vec<Vec<MemberScores>> = if config.model_name.is_ensemble() {
+        vec![vec![MemberScores::default(); n]; n]
+    } else {
+        Vec::new()
+    };
     // The query turn that gave each score, as seen from the row's item.
     let mut turns = vec![vec![Rotation::None; n]; n];
     for (i, others) in later.iter().enumerate() {
@@ -392,8 +398,10 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         for (&j, s) in others.iter().zip(&got[0]) {
             scores[i][j] = s.score;
             scores[j][i] = s.score;
-            member_scores[i][j] = s.members.as_slice().to_vec();
-            member_scores[j][i] = s.members.as_slice().to_vec();
+            if !member_scores.is_empty() {
+                member_scores[i][j] = s.members;
+                member_scores[j][i] = s.members;
+            }
             turns[i][j] = s.rotation;
             // Turning i one way against j is turning j the other way against i.
             turns[j][i] = s.rotation.inverse();
@@ -429,7 +437,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
                         .iter()
                         .map(|row| {
                             row.iter()
-                                .map(|s| s.get(m).copied().unwrap_or(0.0))
+                                .map(|s| s.as_slice().get(m).copied().unwrap_or(0.0))
                                 .collect()
                         })
                         .collect();
@@ -444,7 +452,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
         for (i, row) in member_scores.iter().enumerate() {
             for (j, members) in row.iter().enumerate() {
                 if i != j && comparable(i, j) {
-                    scores[i][j] = config.fuse(members);
+                    scores[i][j] = config.fuse(members.as_slice());
                 }
             }
         }
@@ -454,9 +462,12 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     }
     let result = evaluate(&scores, &identities, groups.as_deref());
     let pairs = labelled_pairs(&scores, &identities, groups.as_deref());
+    // Refitted member weights change the fused scores the given calibration was fitted on.
+    let reweighted = members_fitted_here && config.fusion == Fusion::LogOdds;
     let checked = config
         .calibration
         .as_ref()
+        .filter(|_| !reweighted)
         .map(|c| check_calibration(c, &pairs));
     let fitted = match &args.calibrate {
         Some(out) => {
@@ -500,7 +511,7 @@ fn write_pairs(
     path: &Path,
     items: &[Item],
     scores: &[Vec<f32>],
-    member_scores: &[Vec<Vec<f32>>],
+    member_scores: &[Vec<MemberScores>],
     config: &Config,
 ) -> Result<()> {
     use std::io::Write;
@@ -526,7 +537,10 @@ fn write_pairs(
                 items[i].identity == items[j].identity,
                 scores[i][j]
             )?;
-            for s in &member_scores[i][j] {
+            let members = member_scores
+                .get(i)
+                .map_or(&[][..], |row| row[j].as_slice());
+            for s in members {
                 write!(out, ",{s}")?;
             }
             writeln!(out)?;

@@ -45,6 +45,7 @@ if [[ $splits == *" test "* ]]; then
   run test-n16-bf16 test bf16 "$n16"
   run test-n16rot-bf16 test bf16 "$rot"
   for f in sum log_sum max; do run "test-ens-$f-bf16" test bf16 "$(ens $f)"; done
+  [ -s "$fitted" ] || { echo "$fitted is missing: run the train split first" >&2; exit 1; }
   run test-ens-log_odds-bf16 test bf16 "$(cat "$fitted")"
   run test-n16-f32 test f32 "$n16"
 fi

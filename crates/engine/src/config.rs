@@ -148,11 +148,18 @@ impl Fusion {
             Fusion::Sum => scores.iter().sum(),
             Fusion::LogSum => scores.iter().map(|s| s.max(0.0).ln_1p()).sum(),
             Fusion::Max => scores.iter().copied().fold(0.0, f32::max),
-            Fusion::LogOdds => scores
-                .iter()
-                .zip(calibrations)
-                .map(|(s, c)| c.slope * f64::from(s.max(0.0)).ln_1p())
-                .sum::<f64>() as f32,
+            Fusion::LogOdds => {
+                debug_assert_eq!(
+                    scores.len(),
+                    calibrations.len(),
+                    "one calibration per member"
+                );
+                scores
+                    .iter()
+                    .zip(calibrations)
+                    .map(|(s, c)| c.slope * f64::from(s.max(0.0)).ln_1p())
+                    .sum::<f64>() as f32
+            }
         }
     }
 }
@@ -261,7 +268,9 @@ impl Config {
     }
 
     /// Parses a configuration file for `evaluate --calibrate`, which fits
-    /// `member_calibrations` itself: a `log_odds` ensemble may come without them.
+    /// `member_calibrations` itself: a `log_odds` ensemble may come without them. Such a
+    /// configuration does not pass [`Config::validate`] and must not fuse scores until they
+    /// are fitted (`evaluate` scores it as a `sum` ensemble meanwhile).
     pub fn from_json_to_calibrate(text: &str, source: &str) -> Result<Self> {
         let mut config: Self =
             serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: {e}")))?;
