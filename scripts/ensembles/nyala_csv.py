@@ -9,6 +9,9 @@ match to find). Columns: path (relative to the CSV's folder), identity, side; ev
 `--group-column side` so that left flanks are compared with left flanks only.
 
     nyala_csv.py NYALA_ROOT --split test --photos 50 --out NYALA_ROOT/test50.csv
+
+`--exclude CSV` leaves out every individual listed in an earlier CSV (on either flank): a
+fresh test subset, disjoint from one already looked at.
 """
 
 import argparse
@@ -28,15 +31,20 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=50, help="photos per flank")
     ap.add_argument("--per-identity", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exclude", help="a CSV written earlier: its individuals are left out")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     split_dir = os.path.join(args.root, "Nyala_Data_Zero", args.split)
     out_dir = os.path.dirname(os.path.abspath(args.out))
+    excluded = set()
+    if args.exclude:
+        with open(args.exclude, newline="") as f:
+            excluded = {row["identity"] for row in csv.DictReader(f)}
     by_side = {"left": {}, "right": {}}
     for identity in sorted(os.listdir(split_dir)):
         folder = os.path.join(split_dir, identity)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or identity in excluded:
             continue
         for name in sorted(os.listdir(folder)):
             m = PHOTO.match(name)

@@ -5,7 +5,8 @@
 # NYALA_ROOT holds Nyala_Data_Zero/ (a local copy; nothing is fetched). Writes CSVs and
 # configurations into OUT_DIR, one JSON result per run, and keeps features and pair scores in
 # OUT_DIR/store so that an ensemble reuses its members' scores (and a rerun scores nothing).
-# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (default 24 each). SPLITS: which splits to run
+# Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (default 24 each); TEST_EXCLUDE: a test CSV
+# of an earlier run whose individuals the test subset leaves out (a fresh test). SPLITS: which splits to run
 # (default "train test"; "test" alone once the choice on train is fixed, and after the train
 # split has fitted the member calibrations `log_odds` reads).
 set -euo pipefail
@@ -14,7 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 weights=$(cd "$here/../.." && pwd)/weights
 mkdir -p "$out"
 python3 "$here/nyala_csv.py" "$root" --split train --photos "${TRAIN_PHOTOS:-24}" --out "$out/train.csv"
-python3 "$here/nyala_csv.py" "$root" --split test --photos "${TEST_PHOTOS:-24}" --out "$out/test.csv"
+python3 "$here/nyala_csv.py" "$root" --split test --photos "${TEST_PHOTOS:-24}" --out "$out/test.csv" \
+  ${TEST_EXCLUDE:+--exclude "$TEST_EXCLUDE"}
 run() { # NAME SPLIT PRECISION CONFIG_JSON [EVALUATE_ARGS...]
   local name=$1 split=$2 precision=$3 config=$4
   shift 4
@@ -31,8 +33,10 @@ n16='{"model_name": "aliked-n16"}'
 rot='{"model_name": "aliked-n16rot"}'
 ens() { echo "{\"model_name\": [\"aliked-n16\", \"aliked-n16rot\"], \"fusion\": \"$1\"}"; }
 splits=" ${SPLITS:-train test} "
-# `log_odds` weighs the members by calibrations fitted on the train split (this file).
-fitted=$out/train-ens-log_odds-bf16.fitted.config.json
+# `log_odds` weighs the members by calibrations fitted on the train split (this file, or
+# FITTED: a configuration fitted by an earlier train run, e.g. the one committed beside this
+# script).
+fitted=${FITTED:-$out/train-ens-log_odds-bf16.fitted.config.json}
 # Train: the members in bf16, then every fusion rule from their stored scores.
 if [[ $splits == *" train "* ]]; then
   run train-n16-bf16 train bf16 "$n16"

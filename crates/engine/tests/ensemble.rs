@@ -268,4 +268,15 @@ fn model_name_is_a_string_or_a_list_of_distinct_matchable_variants() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("at least two"), "{e}");
+
+    // The configuration the Nyala train split chose (scripts/ensembles/README.md) stays
+    // loadable as the schema evolves.
+    let path = repo().join("scripts/ensembles/nyala-train50-log_odds.json");
+    let chosen = Config::from_json(&std::fs::read_to_string(&path).unwrap(), "chosen").unwrap();
+    assert_eq!(chosen.fusion, Fusion::LogOdds);
+    assert_eq!(chosen.member_calibrations.len(), 2);
+    assert_eq!(
+        chosen.max_num_keypoints,
+        Config::default().max_num_keypoints
+    );
 }
