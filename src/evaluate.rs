@@ -304,11 +304,7 @@ async fn run_async(args: &EvaluateArgs) -> Result<()> {
     // plain sums until then.
     let members_fitted_here = args.calibrate.is_some() && config.model_name.is_ensemble();
     let scoring_config = if members_fitted_here {
-        Config {
-            fusion: Fusion::Sum,
-            member_calibrations: Vec::new(),
-            ..config.clone()
-        }
+        config.summing_members()
     } else {
         config.clone()
     };

@@ -270,22 +270,32 @@ impl Config {
     /// Parses a configuration file for `evaluate --calibrate`, which fits
     /// `member_calibrations` itself: a `log_odds` ensemble may come without them. Such a
     /// configuration does not pass [`Config::validate`] and must not fuse scores until they
-    /// are fitted (`evaluate` scores it as a `sum` ensemble meanwhile).
+    /// are fitted: it is checked, and `evaluate` scores it, as [`Config::summing_members`].
     pub fn from_json_to_calibrate(text: &str, source: &str) -> Result<Self> {
-        let mut config: Self =
+        let config: Self =
             serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: {e}")))?;
         let fitted_later =
             config.fusion == Fusion::LogOdds && config.member_calibrations.is_empty();
-        if fitted_later {
-            config.fusion = Fusion::Sum;
-        }
-        config
+        let checked = if fitted_later {
+            config.summing_members()
+        } else {
+            config.clone()
+        };
+        checked
             .validate()
             .map_err(|e| Error::Config(format!("{source}: {e}")))?;
-        if fitted_later {
-            config.fusion = Fusion::LogOdds;
-        }
         Ok(config)
+    }
+
+    /// This configuration fusing by `sum`, without member calibrations: how an ensemble is
+    /// scored before its member calibrations are fitted (its members' scores are the same
+    /// whatever the fusion).
+    pub fn summing_members(&self) -> Config {
+        Config {
+            fusion: Fusion::Sum,
+            member_calibrations: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// A pair's score from its members' scores, by this configuration's fusion.
