@@ -6,9 +6,9 @@
 # configurations into OUT_DIR, one JSON result per run, and keeps features and pair scores in
 # OUT_DIR/store so that an ensemble reuses its members' scores (and a rerun scores nothing).
 # Sizes: TRAIN_PHOTOS and TEST_PHOTOS per flank (default 24 each); TEST_EXCLUDE: a test CSV
-# of an earlier run whose individuals the test subset leaves out (a fresh test). SPLITS: which splits to run
-# (default "train test"; "test" alone once the choice on train is fixed, and after the train
-# split has fitted the member calibrations `log_odds` reads).
+# of an earlier run whose individuals the test subset leaves out (a fresh test). SPLITS:
+# which splits to run (default "train test"; "test" alone once the choice on train is fixed,
+# and after a train run has fitted the member calibrations `log_odds` reads: FITTED).
 set -euo pipefail
 root=$1 out=$2 bin=${3:-target/release/wbia-lightglue}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,23 +33,24 @@ n16='{"model_name": "aliked-n16"}'
 rot='{"model_name": "aliked-n16rot"}'
 ens() { echo "{\"model_name\": [\"aliked-n16\", \"aliked-n16rot\"], \"fusion\": \"$1\"}"; }
 splits=" ${SPLITS:-train test} "
-# `log_odds` weighs the members by calibrations fitted on the train split (this file, or
-# FITTED: a configuration fitted by an earlier train run, e.g. the one committed beside this
-# script).
-fitted=${FITTED:-$out/train-ens-log_odds-bf16.fitted.config.json}
+# `log_odds` weighs the members by calibrations fitted on the train split: a train run fits
+# them into `fit_into`; the test split reads FITTED (e.g. the configuration committed beside
+# this script), else that file. Checked before any test run, not after hours of them.
+fit_into=$out/train-ens-log_odds-bf16.fitted.config.json
+fitted=${FITTED:-$fit_into}
 # Train: the members in bf16, then every fusion rule from their stored scores.
 if [[ $splits == *" train "* ]]; then
   run train-n16-bf16 train bf16 "$n16"
   run train-n16rot-bf16 train bf16 "$rot"
   for f in sum log_sum max; do run "train-ens-$f-bf16" train bf16 "$(ens $f)"; done
-  run train-ens-log_odds-bf16 train bf16 "$(ens log_odds)" --calibrate "$fitted"
+  run train-ens-log_odds-bf16 train bf16 "$(ens log_odds)" --calibrate "$fit_into"
 fi
 # Test: the members in bf16, the ensembles, then the plugin's model in f32 (its precision).
 if [[ $splits == *" test "* ]]; then
+  [ -s "$fitted" ] || { echo "$fitted is missing: run the train split first" >&2; exit 1; }
   run test-n16-bf16 test bf16 "$n16"
   run test-n16rot-bf16 test bf16 "$rot"
   for f in sum log_sum max; do run "test-ens-$f-bf16" test bf16 "$(ens $f)"; done
-  [ -s "$fitted" ] || { echo "$fitted is missing: run the train split first" >&2; exit 1; }
   run test-ens-log_odds-bf16 test bf16 "$(cat "$fitted")"
   run test-n16-f32 test f32 "$n16"
 fi
